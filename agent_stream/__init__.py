@@ -1,0 +1,1 @@
+"""Agent Stream: a self-hosted voice-agent gateway for telephony media streams."""

@@ -1,0 +1,388 @@
+"""The JSON management API (contract section 3), scoped to the API key's organization."""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Final
+
+from aiohttp import web
+
+from .errors import Conflict, NotFound
+from .keys import STORE
+from .providers import SUPPORTED_PROVIDERS
+from .providers.cloudonix import normalize_domain
+from .security import mask_secret
+from .store import Run, Store, TelephonyConfig, User, Workflow
+from .workflow import starter_definition, validate_definition
+
+log = logging.getLogger(__name__)
+
+MAX_PAGE: Final = 200
+DEFAULT_PAGE: Final = 50
+RUN_STATES: Final = ("pending", "running", "completed", "failed")
+EDITABLE_STATUSES: Final = ("draft", "archived")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    """Bad input: answered with `status` and a JSON error, never a 500."""
+
+    def __init__(self, status: int, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.problems = problems
+
+
+def _error(status: int, message: str, problems: list[str] | None = None) -> web.Response:
+    body: dict[str, Any] = {"error": message}
+    if problems:
+        body["problems"] = problems
+    return web.json_response(body, status=status)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Domain errors to 4xx JSON; an unexpected error is logged once and answered 500."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return _error(exc.status, exc.message, exc.problems)
+    except NotFound as exc:
+        return _error(404, str(exc))
+    except Conflict as exc:
+        return _error(409, str(exc))
+    except web.HTTPException as exc:
+        if not request.path.startswith("/api/") or exc.status < 400:
+            raise
+        return _error(exc.status, exc.reason)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return _error(500, "internal server error")
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+async def api_user(request: web.Request) -> User:
+    """The user behind `Authorization: Bearer <api key>`, or 401."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise ApiError(401, "missing API key: send 'Authorization: Bearer <api key>'")
+    user = await request.app[STORE].user_for_api_key(key.strip())
+    if user is None:
+        raise ApiError(401, "invalid or revoked API key")
+    return user
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ApiError(400, "request body must be JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    return body
+
+
+def _text(body: dict[str, Any], key: str, *, required: bool = False, limit: int = 200) -> str | None:
+    value = body.get(key)
+    if value is None:
+        if required:
+            raise ApiError(400, f"'{key}' is required")
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ApiError(400, f"'{key}' must be a non-empty string")
+    if len(value) > limit:
+        raise ApiError(400, f"'{key}' is longer than {limit} characters")
+    return value.strip()
+
+
+def _int_param(request: web.Request, key: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(key)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"'{key}' must be an integer") from None
+    if not lo <= value <= hi:
+        raise ApiError(400, f"'{key}' must be between {lo} and {hi}")
+    return value
+
+
+def _definition(body: dict[str, Any]) -> dict[str, Any] | None:
+    if "definition" not in body or body["definition"] is None:
+        return None
+    problems = validate_definition(body["definition"])
+    if problems:
+        raise ApiError(400, "invalid workflow definition", problems)
+    return body["definition"]  # type: ignore[no-any-return]
+
+
+def _numbers(body: dict[str, Any]) -> list[str] | None:
+    value = body.get("from_numbers")
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(n, str) and n.strip() for n in value):
+        raise ApiError(400, "'from_numbers' must be a list of phone numbers")
+    return [n.strip() for n in value]
+
+
+def _id(request: web.Request, key: str) -> int:
+    try:
+        return int(request.match_info[key])
+    except ValueError:
+        raise NotFound(f"{key} not found") from None
+
+
+# -- JSON shapes ---------------------------------------------------------------------------
+
+
+def workflow_json(workflow: Workflow) -> dict[str, Any]:
+    return {
+        "uuid": workflow.uuid,
+        "name": workflow.name,
+        "status": workflow.status,
+        "version": workflow.version,
+        "published_version": workflow.published_version,
+        "definition": workflow.definition,
+        "created_at": workflow.created_at,
+        "updated_at": workflow.updated_at,
+    }
+
+
+def telephony_json(config: TelephonyConfig) -> dict[str, Any]:
+    """The token is never returned: only whether there is one and its masked hint."""
+    return {
+        "id": config.id,
+        "provider": config.provider,
+        "name": config.name,
+        "domain_id": config.domain_id,
+        "application_name": config.application_name,
+        "from_numbers": config.from_numbers,
+        "has_bearer_token": bool(config.bearer_token),
+        "bearer_token_hint": mask_secret(config.bearer_token),
+        "created_at": config.created_at,
+        "updated_at": config.updated_at,
+    }
+
+
+def run_json(run: Run, *, transcript: bool = True) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": run.id,
+        "name": run.name,
+        "workflow_uuid": run.workflow_uuid,
+        "call_type": run.call_type,
+        "mode": run.mode,
+        "state": run.state,
+        "initial_context": run.initial_context,
+        "gathered_context": run.gathered_context,
+        "logs": run.logs,
+        "created_at": run.created_at,
+        "started_at": run.started_at,
+        "ended_at": run.ended_at,
+        "duration_seconds": run.duration_seconds,
+        "end_reason": run.end_reason,
+        "close_code": run.close_code,
+        "error": run.error,
+        "has_recording": bool(run.recording_path and Path(run.recording_path).exists()),
+    }
+    if transcript:
+        body["transcript"] = [
+            {"role": t.role, "text": t.text, "start_ms": t.start_ms, "end_ms": t.end_ms,
+             "interrupted": t.interrupted}
+            for t in run.transcript
+        ]
+    return body
+
+
+# -- handlers ------------------------------------------------------------------------------
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def create_workflow(request: web.Request) -> web.Response:
+    user = await api_user(request)
+    body = await json_body(request)
+    name = _text(body, "name", required=True)
+    definition = _definition(body) or starter_definition()
+    workflow = await request.app[STORE].create_workflow(
+        organization_id=user.organization_id, owner_user_id=user.id, name=name or "",
+        definition=definition,
+    )
+    return web.json_response(workflow_json(workflow), status=201)
+
+
+async def list_workflows(request: web.Request) -> web.Response:
+    user = await api_user(request)
+    workflows = await request.app[STORE].list_workflows(user.organization_id)
+    return web.json_response({"workflows": [workflow_json(w) for w in workflows]})
+
+
+async def get_workflow(request: web.Request) -> web.Response:
+    user = await api_user(request)
+    workflow = await request.app[STORE].get_workflow(
+        user.organization_id, request.match_info["uuid"]
+    )
+    return web.json_response(workflow_json(workflow))
+
+
+async def patch_workflow(request: web.Request) -> web.Response:
+    user = await api_user(request)
+    body = await json_body(request)
+    status = body.get("status")
+    if status is not None and status not in EDITABLE_STATUSES:
+        raise ApiError(400, "'status' can be set to draft or archived; use /publish to publish")
+    workflow = await request.app[STORE].update_workflow(
+        user.organization_id,
+        request.match_info["uuid"],
+        name=_text(body, "name"),
+        definition=_definition(body),
+        status=status,
+    )
+    return web.json_response(workflow_json(workflow))
+
+
+async def publish_workflow(request: web.Request) -> web.Response:
+    user = await api_user(request)
+    store: Store = request.app[STORE]
+    current = await store.get_workflow(user.organization_id, request.match_info["uuid"])
+    if current.status == "archived":
+        raise ApiError(409, "an archived workflow cannot be published; set status to draft first")
+    problems = validate_definition(current.definition)
+    if problems:
+        raise ApiError(400, "invalid workflow definition", problems)
+    workflow = await store.publish_workflow(user.organization_id, current.uuid)
+    return web.json_response(workflow_json(workflow))
+
+
+async def create_telephony(request: web.Request) -> web.Response:
+    user = await api_user(request)
+    body = await json_body(request)
+    provider = _text(body, "provider", required=True)
+    if provider not in SUPPORTED_PROVIDERS:
+        raise ApiError(400, f"provider must be one of: {', '.join(sorted(SUPPORTED_PROVIDERS))}")
+    domain = normalize_domain(_text(body, "domain_id", required=True) or "")
+    token = _text(body, "bearer_token", required=True, limit=4096)
+    config = await request.app[STORE].create_telephony_config(
+        organization_id=user.organization_id,
+        provider=provider,
+        name=_text(body, "name") or domain,
+        domain_id=domain,
+        bearer_token=token or "",
+        application_name=_text(body, "application_name"),
+        from_numbers=_numbers(body),
+    )
+    return web.json_response(telephony_json(config), status=201)
+
+
+async def list_telephony(request: web.Request) -> web.Response:
+    user = await api_user(request)
+    configs = await request.app[STORE].list_telephony_configs(user.organization_id)
+    return web.json_response({"telephony_configurations": [telephony_json(c) for c in configs]})
+
+
+async def get_telephony(request: web.Request) -> web.Response:
+    user = await api_user(request)
+    config = await request.app[STORE].get_telephony_config(user.organization_id, _id(request, "id"))
+    return web.json_response(telephony_json(config))
+
+
+async def patch_telephony(request: web.Request) -> web.Response:
+    user = await api_user(request)
+    body = await json_body(request)
+    if "provider" in body:
+        raise ApiError(400, "'provider' cannot be changed; create a new configuration")
+    domain = _text(body, "domain_id")
+    config = await request.app[STORE].update_telephony_config(
+        user.organization_id,
+        _id(request, "id"),
+        name=_text(body, "name"),
+        domain_id=normalize_domain(domain) if domain else None,
+        bearer_token=_text(body, "bearer_token", limit=4096),
+        application_name=_text(body, "application_name"),
+        from_numbers=_numbers(body),
+    )
+    return web.json_response(telephony_json(config))
+
+
+async def delete_telephony(request: web.Request) -> web.Response:
+    user = await api_user(request)
+    await request.app[STORE].delete_telephony_config(user.organization_id, _id(request, "id"))
+    return web.Response(status=204)
+
+
+async def list_runs(request: web.Request) -> web.Response:
+    user = await api_user(request)
+    state = request.query.get("state")
+    if state is not None and state not in RUN_STATES:
+        raise ApiError(400, f"'state' must be one of: {', '.join(RUN_STATES)}")
+    workflow_uuid = request.query.get("workflow_uuid")
+    store: Store = request.app[STORE]
+    if workflow_uuid:
+        await store.get_workflow(user.organization_id, workflow_uuid)  # 404 across organizations
+    limit = _int_param(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
+    offset = _int_param(request, "offset", 0, 0, 10**9)
+    runs, total = await store.list_runs(
+        user.organization_id, workflow_uuid=workflow_uuid, state=state, limit=limit, offset=offset
+    )
+    return web.json_response({
+        "runs": [run_json(r, transcript=False) for r in runs],
+        "total": total,
+        "limit": limit,
+        "offset": offset,
+    })
+
+
+async def get_run(request: web.Request) -> web.Response:
+    user = await api_user(request)
+    run = await request.app[STORE].get_run(user.organization_id, _id(request, "id"))
+    return web.json_response(run_json(run))
+
+
+async def get_run_recording(request: web.Request) -> web.StreamResponse:
+    """The WAV of a run; FileResponse answers range requests for players."""
+    user = await api_user(request)
+    run = await request.app[STORE].get_run(user.organization_id, _id(request, "id"))
+    if not run.recording_path or not Path(run.recording_path).exists():
+        raise NotFound("this run has no recording")
+    return web.FileResponse(run.recording_path, headers={"Content-Type": "audio/wav"})
+
+
+async def list_rejections(request: web.Request) -> web.Response:
+    """Stream connections refused with 1008 for this organization's agents."""
+    user = await api_user(request)
+    rejections = await request.app[STORE].list_rejections(organization_id=user.organization_id)
+    return web.json_response({
+        "rejections": [
+            {"created_at": r.created_at, "provider": r.provider, "agent": r.agent_uuid_short,
+             "code": r.code, "reason": r.reason}
+            for r in rejections
+        ]
+    })
+
+
+def setup_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/api/v1/health", health, name="health")
+    r.add_post("/api/v1/workflows", create_workflow, name="api_workflows_create")
+    r.add_get("/api/v1/workflows", list_workflows, name="api_workflows")
+    r.add_get("/api/v1/workflows/{uuid}", get_workflow, name="api_workflow")
+    r.add_patch("/api/v1/workflows/{uuid}", patch_workflow, name="api_workflow_patch")
+    r.add_post("/api/v1/workflows/{uuid}/publish", publish_workflow, name="api_workflow_publish")
+    r.add_post("/api/v1/telephony-configurations", create_telephony, name="api_telephony_create")
+    r.add_get("/api/v1/telephony-configurations", list_telephony, name="api_telephony")
+    r.add_get("/api/v1/telephony-configurations/{id}", get_telephony, name="api_telephony_one")
+    r.add_patch("/api/v1/telephony-configurations/{id}", patch_telephony, name="api_telephony_patch")
+    r.add_delete("/api/v1/telephony-configurations/{id}", delete_telephony, name="api_telephony_delete")
+    r.add_get("/api/v1/workflow-runs", list_runs, name="api_runs")
+    r.add_get("/api/v1/workflow-runs/{id}", get_run, name="api_run")
+    r.add_get("/api/v1/workflow-runs/{id}/recording", get_run_recording, name="api_run_recording")
+    r.add_get("/api/v1/stream-rejections", list_rejections, name="api_rejections")

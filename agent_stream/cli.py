@@ -1,0 +1,127 @@
+"""Command line: `serve` (default), `create-user`, `create-api-key` (contract section 1)."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from .config import Settings
+from .errors import Conflict, NotFound
+from .store import Store
+
+
+def configure_logging() -> None:
+    """Plain stdlib logging; pipecat's loguru output (and its import banner) is kept to
+    warnings and above, so it must run before pipecat is imported."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
+
+
+def _parser() -> argparse.ArgumentParser:
+    """Flags may come before or after the command: `app.py --port 9000` serves too."""
+
+    def db_flag(p: argparse.ArgumentParser, default: object) -> None:
+        p.add_argument("--db", default=default, help="SQLite database path (env AGENT_STREAM_DB)")
+
+    def serve_flags(p: argparse.ArgumentParser, default: object) -> None:
+        p.add_argument("--host", default=default, help="listen address (env AGENT_STREAM_HOST)")
+        p.add_argument("--port", type=int, default=default, help="listen port (env AGENT_STREAM_PORT)")
+
+    parser = argparse.ArgumentParser(prog="app.py", description="Agent Stream voice-agent gateway")
+    db_flag(parser, None)
+    serve_flags(parser, None)
+    sub = parser.add_subparsers(dest="command")
+    # Subcommand flags default to SUPPRESS so they never overwrite the top-level ones.
+    serve = sub.add_parser("serve", help="run the server (default)")
+    db_flag(serve, argparse.SUPPRESS)
+    serve_flags(serve, argparse.SUPPRESS)
+
+    user = sub.add_parser("create-user", help="create a user (and its organization)")
+    db_flag(user, argparse.SUPPRESS)
+    user.add_argument("--email", required=True)
+    user.add_argument("--password", required=True)
+    user.add_argument("--org", default="Default", help="organization name (created if new)")
+    user.add_argument("--admin", action="store_true")
+    user.add_argument("--monthly-minutes", type=int, help="monthly call minutes (default unlimited)")
+    user.add_argument("--max-concurrent-calls", type=int, help="concurrent calls (default unlimited)")
+
+    key = sub.add_parser("create-api-key", help="create an API key; printed once, last line")
+    db_flag(key, argparse.SUPPRESS)
+    key.add_argument("--email", required=True)
+    key.add_argument("--name", default="default")
+    return parser
+
+
+async def _create_user(settings: Settings, args: argparse.Namespace) -> int:
+    for flag, value in (("--monthly-minutes", args.monthly_minutes),
+                        ("--max-concurrent-calls", args.max_concurrent_calls)):
+        if value is not None and value < 0:
+            print(f"error: {flag} must be zero or more", file=sys.stderr)
+            return 2
+    store = await Store.open(settings.db_path)
+    try:
+        org = await store.get_or_create_organization(args.org)
+        user = await store.create_user(
+            organization_id=org.id,
+            email=args.email,
+            password=args.password,
+            is_admin=args.admin,
+            monthly_minutes_limit=args.monthly_minutes,
+            max_concurrent_calls=args.max_concurrent_calls,
+        )
+    except Conflict as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await store.close()
+    print(f"created user {user.email} (id {user.id}) in organization {org.name!r}")
+    return 0
+
+
+async def _create_api_key(settings: Settings, args: argparse.Namespace) -> int:
+    store = await Store.open(settings.db_path)
+    try:
+        user = await store.get_user_by_email(args.email)
+        api_key, plaintext = await store.create_api_key(user.id, args.name)
+    except NotFound as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await store.close()
+    print(f"created API key {api_key.name!r} for {user.email}; it is shown only once:")
+    print(plaintext)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    command = args.command or "serve"
+    settings = Settings.from_env(host=args.host, port=args.port, db=args.db)
+    if command == "create-user":
+        return asyncio.run(_create_user(settings, args))
+    if command == "create-api-key":
+        return asyncio.run(_create_api_key(settings, args))
+    configure_logging()
+    from .server import AccessLogger, create_app  # imports pipecat: only when serving
+
+    logging.getLogger(__name__).info(
+        "Agent Stream on http://%s:%d (database %s)", settings.host, settings.port, settings.db_path
+    )
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        access_log_class=AccessLogger,
+        print=None,
+        shutdown_timeout=15.0,
+    )
+    return 0

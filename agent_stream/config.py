@@ -1,0 +1,58 @@
+"""Settings for one Agent Stream process, read once from flags and environment."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+DEFAULT_HOST: Final = "0.0.0.0"
+DEFAULT_PORT: Final = 8000
+DEFAULT_DB: Final = "./data/agent_stream.db"
+DEFAULT_CLOUDONIX_API: Final = "https://api.cloudonix.io"
+
+# How long the provider has to send `connected` and `start` after the socket opens.
+HANDSHAKE_TIMEOUT_SECONDS: Final = 10.0
+# How long the provider REST API has to answer a session validation / hangup / transfer.
+PROVIDER_API_TIMEOUT_SECONDS: Final = 5.0
+# Largest WebSocket message we accept; a Twilio-framed 20 ms media event is ~250 bytes.
+MAX_STREAM_MESSAGE_BYTES: Final = 64 * 1024
+# How long shutdown waits for live calls to finish their runs after closing them.
+SHUTDOWN_GRACE_SECONDS: Final = 10.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything `create_app` needs; tests build one pointing at a temp database."""
+
+    db_path: Path = Path(DEFAULT_DB)
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    cloudonix_api_base_url: str = DEFAULT_CLOUDONIX_API
+    handshake_timeout: float = HANDSHAKE_TIMEOUT_SECONDS
+    provider_api_timeout: float = PROVIDER_API_TIMEOUT_SECONDS
+    max_stream_message_bytes: int = MAX_STREAM_MESSAGE_BYTES
+    data_dir: Path = field(default=Path())
+
+    def __post_init__(self) -> None:
+        if self.data_dir == Path():
+            object.__setattr__(self, "data_dir", Path(self.db_path).parent)
+
+    @property
+    def recordings_dir(self) -> Path:
+        """Where call recordings live: next to the database, so one folder holds all data."""
+        return self.data_dir / "recordings"
+
+    @classmethod
+    def from_env(
+        cls, *, host: str | None = None, port: int | None = None, db: str | None = None
+    ) -> Settings:
+        """Flags win over environment variables, which win over defaults."""
+        return cls(
+            db_path=Path(db or os.environ.get("AGENT_STREAM_DB") or DEFAULT_DB),
+            host=host or os.environ.get("AGENT_STREAM_HOST") or DEFAULT_HOST,
+            port=int(port or os.environ.get("AGENT_STREAM_PORT") or DEFAULT_PORT),
+            cloudonix_api_base_url=(
+                os.environ.get("CLOUDONIX_API_BASE_URL") or DEFAULT_CLOUDONIX_API
+            ).rstrip("/"),
+        )

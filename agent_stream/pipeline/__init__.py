@@ -1,0 +1,1 @@
+"""The voice side of a call: pipecat transport, processors and the per-call pipeline."""

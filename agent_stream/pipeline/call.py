@@ -1,0 +1,90 @@
+"""One call's pipecat pipeline: provider audio in, recorder, provider audio out.
+
+The next issue puts speech recognition, the workflow engine and speech synthesis between
+the recorder and the output; the transport, recorder and lifecycle stay as they are.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import Final
+
+from aiohttp import web
+from pipecat.frames.frames import EndFrame, Frame
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.workers.runner import WorkerRunner
+
+from ..providers.cloudonix import SAMPLE_RATE, CloudonixSerializer
+from .recorder import CallRecorder
+from .transport import AiohttpWebsocketParams, AiohttpWebsocketTransport
+
+PIPELINE_START_TIMEOUT: Final = 5.0
+PIPELINE_END_TIMEOUT: Final = 3.0
+
+
+class CallPipeline:
+    """Builds, starts and stops the pipeline of one call; owns its recording file."""
+
+    def __init__(
+        self, ws: web.WebSocketResponse, serializer: CloudonixSerializer, recording_path: Path
+    ) -> None:
+        params = AiohttpWebsocketParams(
+            audio_in_enabled=True,
+            audio_in_sample_rate=SAMPLE_RATE,
+            audio_out_enabled=True,
+            audio_out_sample_rate=SAMPLE_RATE,
+            audio_out_10ms_chunks=2,
+            audio_out_auto_silence=False,
+            audio_out_end_silence_secs=0,
+            serializer=serializer,
+        )
+        self.transport = AiohttpWebsocketTransport(ws, params)
+        self.recorder = CallRecorder(recording_path, sample_rate=SAMPLE_RATE)
+        self.worker = PipelineWorker(
+            Pipeline([self.transport.input(), self.recorder, self.transport.output()]),
+            params=PipelineParams(
+                audio_in_sample_rate=SAMPLE_RATE, audio_out_sample_rate=SAMPLE_RATE
+            ),
+            enable_rtvi=False,
+            enable_turn_tracking=False,
+            idle_timeout_secs=None,
+            check_dangling_tasks=False,
+        )
+        self._runner: WorkerRunner | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Open the recording and wait until the pipeline takes frames."""
+        self.recorder.open()
+        self._runner = WorkerRunner(handle_sigint=False, check_dangling_tasks=False)
+        await self._runner.add_workers(self.worker)
+        self._task = asyncio.create_task(self._runner.run(), name="call-pipeline")
+        waiter = asyncio.create_task(self.transport.input().started.wait())
+        done, _ = await asyncio.wait(
+            {waiter, self._task}, timeout=PIPELINE_START_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+        )
+        if waiter not in done:
+            waiter.cancel()
+            raise RuntimeError("the call pipeline did not start")
+
+    async def deliver(self, frame: Frame) -> None:
+        await self.transport.input().deliver(frame)
+
+    async def stop(self, *, graceful: bool) -> None:
+        """End the pipeline (letting queued output drain when graceful), then close the file."""
+        try:
+            if self._task is None:
+                return
+            if graceful and not self._task.done():
+                await self.transport.input().drain(PIPELINE_END_TIMEOUT)
+                await self.worker.queue_frame(EndFrame())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._task), PIPELINE_END_TIMEOUT)
+            if not self._task.done():
+                await self.worker.cancel()
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(self._task, PIPELINE_END_TIMEOUT)
+        finally:
+            self.recorder.close()

@@ -1,0 +1,66 @@
+"""Password and API-key hashing, and the shortening/masking that keeps secrets out of logs."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+from typing import Final
+
+_SCRYPT_N: Final = 2**14
+_SCRYPT_R: Final = 8
+_SCRYPT_P: Final = 1
+API_KEY_PREFIX: Final = "ask_"
+_UUID_RE: Final = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
+
+
+def hash_password(password: str) -> str:
+    """scrypt from the standard library: slow enough for passwords, no extra dependency."""
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P)
+    b64 = base64.b64encode
+    return f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """Constant-time check of a password against `hash_password` output."""
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+    except ValueError:
+        return False
+    if scheme != "scrypt":
+        return False
+    actual = hashlib.scrypt(
+        password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p)
+    )
+    return hmac.compare_digest(actual, base64.b64decode(digest))
+
+
+def new_api_key() -> str:
+    """A fresh API key; shown to its owner once, stored only as a hash."""
+    return API_KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_api_key(key: str) -> str:
+    """API keys carry 256 random bits, so a plain SHA-256 is enough and allows lookup."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def short_uuid(value: str) -> str:
+    """The first block of a uuid: enough to tell agents apart, useless to connect with."""
+    return value[:8] + "…" if len(value) > 8 else value
+
+
+def redact_uuids(text: str) -> str:
+    """Shorten every uuid in a log line (paths in the access log carry agent uuids)."""
+    return _UUID_RE.sub(lambda m: short_uuid(m.group(0)), text)
+
+
+def mask_secret(secret: str | None) -> str:
+    """What a page or API answer may show of a token: dots and its last four characters."""
+    if not secret:
+        return ""
+    return "••••" + secret[-4:] if len(secret) > 8 else "••••"

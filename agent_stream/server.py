@@ -1,0 +1,76 @@
+"""`create_app(settings)`: the one factory that builds the whole service."""
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from . import api
+from .config import SHUTDOWN_GRACE_SECONDS, Settings
+from .keys import CALLS, HTTP, SETTINGS, STORE
+from .security import redact_uuids
+from .store import Store
+from .stream import CallRegistry, agent_stream
+
+log = logging.getLogger(__name__)
+
+
+class AccessLogger(AbstractAccessLogger):
+    """The access log, with agent uuids shortened (a stream URL is a credential)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            '%s "%s %s" %s %.1fms',
+            request.remote,
+            request.method,
+            redact_uuids(request.path_qs),
+            response.status,
+            time * 1000,
+        )
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Open and migrate the database; fail runs a crash left open; close at the end."""
+    store = await Store.open(app[SETTINGS].db_path)
+    recovered = await store.fail_interrupted_runs()
+    if recovered:
+        log.warning("marked %d run(s) left open by a previous process as failed", recovered)
+    app[STORE] = store
+    yield
+    await store.close()
+
+
+async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
+    """One shared HTTP client for every provider API call of the process."""
+    async with aiohttp.ClientSession(raise_for_status=False) as session:
+        app[HTTP] = session
+        yield
+
+
+async def _close_live_calls(app: web.Application) -> None:
+    """On shutdown: stop taking streams, close live calls with 1001, let their runs finish."""
+    await app[CALLS].shutdown(SHUTDOWN_GRACE_SECONDS)
+
+
+def setup_routes(app: web.Application) -> None:
+    """Every route of the service, named."""
+    app.router.add_get("/api/v1/agent-stream/{agent_uuid}", agent_stream, name="agent_stream")
+    app.router.add_get(
+        "/api/v1/agent-stream/{provider}/{agent_uuid}", agent_stream, name="agent_stream_provider"
+    )
+    api.setup_routes(app)
+
+
+def create_app(settings: Settings) -> web.Application:
+    """Build the application; resources open when it starts and close when it stops."""
+    app = web.Application(middlewares=[api.error_middleware], client_max_size=1024**2)
+    app[SETTINGS] = settings
+    app[CALLS] = CallRegistry()
+    app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(_http_ctx)
+    app.on_shutdown.append(_close_live_calls)
+    setup_routes(app)
+    return app

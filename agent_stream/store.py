@@ -1,0 +1,819 @@
+"""All SQL of Agent Stream: an aiosqlite store returning dataclasses.
+
+One writer connection serialised by a lock (every multi-statement write is an explicit
+`BEGIN IMMEDIATE` transaction) and one reader connection; WAL lets them run side by side.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import sqlite3
+import uuid as uuidlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import aiosqlite
+
+from .errors import Conflict, NotFound, QuotaExceeded
+from .security import hash_api_key, hash_password, new_api_key, verify_password
+
+log = logging.getLogger(__name__)
+
+SCHEMA_PATH: Final = Path(__file__).resolve().parent.parent / "schema.sql"
+BUSY_TIMEOUT_MS: Final = 5000
+RUN_NAME_PREFIX: Final = "WR-AGS-"
+ACTIVE_STATES: Final = ("pending", "running")
+
+
+# Numbered migrations: entry N-1 brings the database to user_version N. Migration 1 is
+# the whole schema.sql (idempotent CREATE ... IF NOT EXISTS); later ones are ALTERs.
+MIGRATIONS: Final[list[Callable[[], str]]] = [SCHEMA_PATH.read_text]
+
+
+def split_statements(script: str) -> list[str]:
+    """Split a SQL script so it can run inside our transaction (executescript commits)."""
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    return statements
+
+
+def utcnow() -> str:
+    """Timestamps are ISO 8601 UTC text, comparable as strings."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def month_start(now: datetime | None = None) -> str:
+    """Start of the current UTC month, for the monthly minutes quota."""
+    now = now or datetime.now(UTC)
+    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0).isoformat(
+        timespec="milliseconds"
+    )
+
+
+@dataclass(frozen=True)
+class Organization:
+    id: int
+    name: str
+    created_at: str
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    organization_id: int
+    email: str
+    is_admin: bool
+    monthly_minutes_limit: int | None
+    max_concurrent_calls: int | None
+    created_at: str
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: int
+    user_id: int
+    name: str
+    key_prefix: str
+    created_at: str
+    last_used_at: str | None
+    revoked_at: str | None
+
+
+@dataclass(frozen=True)
+class Workflow:
+    id: int
+    uuid: str
+    organization_id: int
+    owner_user_id: int
+    name: str
+    status: str
+    version: int  # latest definition version
+    published_version: int | None
+    definition: dict[str, Any]  # latest (draft) definition
+    published_definition: dict[str, Any] | None
+    definition_id: int
+    published_definition_id: int | None
+    created_at: str
+    updated_at: str
+
+    @property
+    def live_definition(self) -> dict[str, Any]:
+        """What a call runs: the published version if there is one, else the draft."""
+        return self.published_definition or self.definition
+
+    @property
+    def live_definition_id(self) -> int:
+        return self.published_definition_id or self.definition_id
+
+
+@dataclass(frozen=True)
+class TelephonyConfig:
+    id: int
+    organization_id: int
+    provider: str
+    name: str
+    domain_id: str
+    bearer_token: str
+    application_name: str | None
+    from_numbers: list[str]
+    created_at: str
+    updated_at: str
+
+
+@dataclass(frozen=True)
+class TranscriptLine:
+    role: str
+    text: str
+    start_ms: int
+    end_ms: int
+    interrupted: bool = False
+
+
+@dataclass(frozen=True)
+class Run:
+    id: int
+    workflow_id: int
+    workflow_uuid: str
+    organization_id: int
+    name: str
+    call_type: str
+    mode: str
+    state: str
+    initial_context: dict[str, Any]
+    gathered_context: dict[str, Any]
+    logs: dict[str, Any]
+    created_at: str
+    started_at: str | None
+    ended_at: str | None
+    duration_seconds: float | None
+    end_reason: str | None
+    close_code: int | None
+    error: str | None
+    recording_path: str | None
+    transcript: list[TranscriptLine] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    id: int
+    created_at: str
+    provider: str | None
+    agent_uuid_short: str
+    workflow_id: int | None
+    code: int
+    reason: str
+
+
+_WORKFLOW_SELECT: Final = """
+    SELECT w.*, d.id AS d_id, d.version AS d_version, d.definition AS d_definition,
+           p.version AS p_version, p.definition AS p_definition
+    FROM workflows w
+    JOIN workflow_definitions d ON d.id = (
+        SELECT id FROM workflow_definitions WHERE workflow_id = w.id ORDER BY version DESC LIMIT 1)
+    LEFT JOIN workflow_definitions p ON p.id = w.published_definition_id
+"""
+
+_RUN_SELECT: Final = """
+    SELECT r.*, w.uuid AS workflow_uuid, w.organization_id AS organization_id
+    FROM workflow_runs r JOIN workflows w ON w.id = r.workflow_id
+"""
+
+
+def _workflow(row: aiosqlite.Row) -> Workflow:
+    return Workflow(
+        id=row["id"],
+        uuid=row["uuid"],
+        organization_id=row["organization_id"],
+        owner_user_id=row["owner_user_id"],
+        name=row["name"],
+        status=row["status"],
+        version=row["d_version"],
+        published_version=row["p_version"],
+        definition=json.loads(row["d_definition"]),
+        published_definition=json.loads(row["p_definition"]) if row["p_definition"] else None,
+        definition_id=row["d_id"],
+        published_definition_id=row["published_definition_id"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _user(row: aiosqlite.Row) -> User:
+    return User(
+        id=row["id"],
+        organization_id=row["organization_id"],
+        email=row["email"],
+        is_admin=bool(row["is_admin"]),
+        monthly_minutes_limit=row["monthly_minutes_limit"],
+        max_concurrent_calls=row["max_concurrent_calls"],
+        created_at=row["created_at"],
+    )
+
+
+def _api_key(row: aiosqlite.Row) -> ApiKey:
+    return ApiKey(
+        id=row["id"],
+        user_id=row["user_id"],
+        name=row["name"],
+        key_prefix=row["key_prefix"],
+        created_at=row["created_at"],
+        last_used_at=row["last_used_at"],
+        revoked_at=row["revoked_at"],
+    )
+
+
+def _telephony(row: aiosqlite.Row) -> TelephonyConfig:
+    return TelephonyConfig(
+        id=row["id"],
+        organization_id=row["organization_id"],
+        provider=row["provider"],
+        name=row["name"],
+        domain_id=row["domain_id"],
+        bearer_token=row["bearer_token"],
+        application_name=row["application_name"],
+        from_numbers=json.loads(row["from_numbers"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _run(row: aiosqlite.Row, transcript: list[TranscriptLine] | None = None) -> Run:
+    return Run(
+        id=row["id"],
+        workflow_id=row["workflow_id"],
+        workflow_uuid=row["workflow_uuid"],
+        organization_id=row["organization_id"],
+        name=row["name"],
+        call_type=row["call_type"],
+        mode=row["mode"],
+        state=row["state"],
+        initial_context=json.loads(row["initial_context"]),
+        gathered_context=json.loads(row["gathered_context"]),
+        logs=json.loads(row["logs"]),
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        ended_at=row["ended_at"],
+        duration_seconds=row["duration_seconds"],
+        end_reason=row["end_reason"],
+        close_code=row["close_code"],
+        error=row["error"],
+        recording_path=row["recording_path"],
+        transcript=transcript or [],
+    )
+
+
+class Store:
+    """The database of one Agent Stream process."""
+
+    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+        self._writer = writer
+        self._reader = reader
+        self._write_lock = asyncio.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, path: Path) -> Store:
+        """Open (creating if needed) and migrate the database at `path`."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = await _connect(path)
+        reader = await _connect(path)
+        store = cls(writer, reader)
+        await store._migrate()
+        return store
+
+    async def close(self) -> None:
+        await self._reader.close()
+        await self._writer.close()
+
+    async def _migrate(self) -> None:
+        async with self._write_lock:
+            version = (await (await self._writer.execute("PRAGMA user_version")).fetchone())[0]
+            for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
+                await self._writer.execute("BEGIN IMMEDIATE")
+                try:
+                    for statement in split_statements(migration()):
+                        await self._writer.execute(statement)
+                    await self._writer.execute(f"PRAGMA user_version = {number}")
+                    await self._writer.execute("COMMIT")
+                except BaseException:
+                    await self._writer.execute("ROLLBACK")
+                    raise
+                log.info("database migrated to version %d", number)
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One explicit write transaction at a time on the writer connection."""
+        async with self._write_lock:
+            await self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._writer
+            except BaseException:
+                await self._writer.execute("ROLLBACK")
+                raise
+            await self._writer.execute("COMMIT")
+
+    async def _one(self, sql: str, params: tuple[Any, ...] = ()) -> aiosqlite.Row | None:
+        async with self._reader.execute(sql, params) as cursor:
+            return await cursor.fetchone()
+
+    async def _all(self, sql: str, params: tuple[Any, ...] = ()) -> list[aiosqlite.Row]:
+        async with self._reader.execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
+
+    # -- organizations, users, API keys -------------------------------------------------
+
+    async def count_users(self) -> int:
+        row = await self._one("SELECT COUNT(*) FROM users")
+        return row[0] if row else 0
+
+    async def get_or_create_organization(self, name: str) -> Organization:
+        async with self._transaction() as db:
+            row = await (await db.execute("SELECT * FROM organizations WHERE name = ?", (name,))).fetchone()
+            if row is None:
+                now = utcnow()
+                cur = await db.execute(
+                    "INSERT INTO organizations (name, created_at) VALUES (?, ?)", (name, now)
+                )
+                return Organization(cur.lastrowid or 0, name, now)
+        return Organization(row["id"], row["name"], row["created_at"])
+
+    async def create_user(
+        self,
+        *,
+        organization_id: int,
+        email: str,
+        password: str,
+        is_admin: bool = False,
+        monthly_minutes_limit: int | None = None,
+        max_concurrent_calls: int | None = None,
+    ) -> User:
+        password_hash = await asyncio.to_thread(hash_password, password)
+        try:
+            async with self._transaction() as db:
+                cur = await db.execute(
+                    """INSERT INTO users (organization_id, email, password_hash, is_admin,
+                           monthly_minutes_limit, max_concurrent_calls, created_at)
+                       VALUES (?, ?, ?, ?, ?, ?, ?)""",
+                    (organization_id, email.strip(), password_hash, int(is_admin),
+                     monthly_minutes_limit, max_concurrent_calls, utcnow()),
+                )
+                user_id = cur.lastrowid or 0
+        except sqlite3.IntegrityError as exc:
+            raise Conflict(f"a user with email {email!r} already exists") from exc
+        return await self.get_user(user_id)
+
+    async def get_user(self, user_id: int) -> User:
+        row = await self._one("SELECT * FROM users WHERE id = ?", (user_id,))
+        if row is None:
+            raise NotFound("user not found")
+        return _user(row)
+
+    async def get_user_by_email(self, email: str) -> User:
+        row = await self._one("SELECT * FROM users WHERE email = ?", (email.strip(),))
+        if row is None:
+            raise NotFound(f"no user with email {email!r}")
+        return _user(row)
+
+    async def check_password(self, email: str, password: str) -> User | None:
+        row = await self._one("SELECT * FROM users WHERE email = ?", (email.strip(),))
+        if row is None or not await asyncio.to_thread(verify_password, password, row["password_hash"]):
+            return None
+        return _user(row)
+
+    async def create_api_key(self, user_id: int, name: str) -> tuple[ApiKey, str]:
+        """Return the stored key and the plaintext, which exists only in this answer."""
+        plaintext = new_api_key()
+        async with self._transaction() as db:
+            cur = await db.execute(
+                """INSERT INTO api_keys (user_id, name, key_prefix, key_hash, created_at)
+                   VALUES (?, ?, ?, ?, ?)""",
+                (user_id, name, plaintext[:8], hash_api_key(plaintext), utcnow()),
+            )
+            key_id = cur.lastrowid
+        row = await self._one("SELECT * FROM api_keys WHERE id = ?", (key_id,))
+        assert row is not None
+        return _api_key(row), plaintext
+
+    async def user_for_api_key(self, plaintext: str) -> User | None:
+        row = await self._one(
+            """SELECT u.*, k.id AS key_id FROM api_keys k JOIN users u ON u.id = k.user_id
+               WHERE k.key_hash = ? AND k.revoked_at IS NULL""",
+            (hash_api_key(plaintext),),
+        )
+        return _user(row) if row else None
+
+    # -- workflows -------------------------------------------------------------------------
+
+    async def create_workflow(
+        self, *, organization_id: int, owner_user_id: int, name: str, definition: dict[str, Any]
+    ) -> Workflow:
+        now = utcnow()
+        workflow_uuid = str(uuidlib.uuid4())
+        async with self._transaction() as db:
+            cur = await db.execute(
+                """INSERT INTO workflows (uuid, organization_id, owner_user_id, name, status,
+                       created_at, updated_at) VALUES (?, ?, ?, ?, 'draft', ?, ?)""",
+                (workflow_uuid, organization_id, owner_user_id, name, now, now),
+            )
+            await db.execute(
+                """INSERT INTO workflow_definitions (workflow_id, version, definition, created_at)
+                   VALUES (?, 1, ?, ?)""",
+                (cur.lastrowid, json.dumps(definition), now),
+            )
+        return await self.get_workflow(organization_id, workflow_uuid)
+
+    async def list_workflows(self, organization_id: int) -> list[Workflow]:
+        rows = await self._all(
+            _WORKFLOW_SELECT + " WHERE w.organization_id = ? ORDER BY w.id DESC",
+            (organization_id,),
+        )
+        return [_workflow(r) for r in rows]
+
+    async def get_workflow(self, organization_id: int, workflow_uuid: str) -> Workflow:
+        row = await self._one(
+            _WORKFLOW_SELECT + " WHERE w.uuid = ? AND w.organization_id = ?",
+            (workflow_uuid, organization_id),
+        )
+        if row is None:
+            raise NotFound("workflow not found")
+        return _workflow(row)
+
+    async def find_stream_workflow(self, workflow_uuid: str) -> Workflow | None:
+        """The workflow an Agent Stream URL names; archived ones do not take calls."""
+        row = await self._one(
+            _WORKFLOW_SELECT + " WHERE w.uuid = ? AND w.status != 'archived'", (workflow_uuid,)
+        )
+        return _workflow(row) if row else None
+
+    async def update_workflow(
+        self,
+        organization_id: int,
+        workflow_uuid: str,
+        *,
+        name: str | None = None,
+        definition: dict[str, Any] | None = None,
+        status: str | None = None,
+    ) -> Workflow:
+        """Rename, archive/restore, or save a new draft version (the uuid never changes)."""
+        current = await self.get_workflow(organization_id, workflow_uuid)
+        now = utcnow()
+        async with self._transaction() as db:
+            if definition is not None and definition != current.definition:
+                await db.execute(
+                    """INSERT INTO workflow_definitions (workflow_id, version, definition, created_at)
+                       VALUES (?, (SELECT MAX(version) + 1 FROM workflow_definitions
+                                   WHERE workflow_id = ?), ?, ?)""",
+                    (current.id, current.id, json.dumps(definition), now),
+                )
+            await db.execute(
+                "UPDATE workflows SET name = ?, status = ?, updated_at = ? WHERE id = ?",
+                (name if name is not None else current.name,
+                 status if status is not None else current.status, now, current.id),
+            )
+        return await self.get_workflow(organization_id, workflow_uuid)
+
+    async def publish_workflow(self, organization_id: int, workflow_uuid: str) -> Workflow:
+        """Make the latest definition the one calls run."""
+        current = await self.get_workflow(organization_id, workflow_uuid)
+        now = utcnow()
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE workflow_definitions SET published_at = COALESCE(published_at, ?) WHERE id = ?",
+                (now, current.definition_id),
+            )
+            await db.execute(
+                """UPDATE workflows SET status = 'published', published_definition_id = ?,
+                       updated_at = ? WHERE id = ?""",
+                (current.definition_id, now, current.id),
+            )
+        return await self.get_workflow(organization_id, workflow_uuid)
+
+    # -- telephony configurations ----------------------------------------------------------
+
+    async def create_telephony_config(
+        self,
+        *,
+        organization_id: int,
+        provider: str,
+        name: str,
+        domain_id: str,
+        bearer_token: str,
+        application_name: str | None = None,
+        from_numbers: list[str] | None = None,
+    ) -> TelephonyConfig:
+        now = utcnow()
+        try:
+            async with self._transaction() as db:
+                cur = await db.execute(
+                    """INSERT INTO telephony_configurations (organization_id, provider, name,
+                           domain_id, bearer_token, application_name, from_numbers,
+                           created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                    (organization_id, provider, name, domain_id, bearer_token, application_name,
+                     json.dumps(from_numbers or []), now, now),
+                )
+                config_id = cur.lastrowid or 0
+        except sqlite3.IntegrityError as exc:
+            raise Conflict(f"a {provider} configuration for {domain_id} already exists") from exc
+        return await self.get_telephony_config(organization_id, config_id)
+
+    async def list_telephony_configs(self, organization_id: int) -> list[TelephonyConfig]:
+        rows = await self._all(
+            "SELECT * FROM telephony_configurations WHERE organization_id = ? ORDER BY id",
+            (organization_id,),
+        )
+        return [_telephony(r) for r in rows]
+
+    async def get_telephony_config(self, organization_id: int, config_id: int) -> TelephonyConfig:
+        row = await self._one(
+            "SELECT * FROM telephony_configurations WHERE id = ? AND organization_id = ?",
+            (config_id, organization_id),
+        )
+        if row is None:
+            raise NotFound("telephony configuration not found")
+        return _telephony(row)
+
+    async def find_telephony_config(
+        self, organization_id: int, provider: str, domain_id: str
+    ) -> TelephonyConfig | None:
+        """The configuration a call uses: matched by domain inside the workflow's organization."""
+        row = await self._one(
+            """SELECT * FROM telephony_configurations
+               WHERE organization_id = ? AND provider = ? AND domain_id = ?""",
+            (organization_id, provider, domain_id),
+        )
+        return _telephony(row) if row else None
+
+    async def update_telephony_config(
+        self, organization_id: int, config_id: int, **changes: Any
+    ) -> TelephonyConfig:
+        """Change the given fields; a token is only replaced when a new one is given."""
+        current = await self.get_telephony_config(organization_id, config_id)
+        allowed = {"name", "domain_id", "bearer_token", "application_name", "from_numbers"}
+        values = {k: v for k, v in changes.items() if k in allowed and v is not None}
+        if "from_numbers" in values:
+            values["from_numbers"] = json.dumps(values["from_numbers"])
+        if not values:
+            return current
+        assignments = ", ".join(f"{column} = ?" for column in values)
+        try:
+            async with self._transaction() as db:
+                await db.execute(
+                    f"UPDATE telephony_configurations SET {assignments}, updated_at = ? WHERE id = ?",
+                    (*values.values(), utcnow(), config_id),
+                )
+        except sqlite3.IntegrityError as exc:
+            raise Conflict("a configuration for that domain already exists") from exc
+        return await self.get_telephony_config(organization_id, config_id)
+
+    async def delete_telephony_config(self, organization_id: int, config_id: int) -> None:
+        async with self._transaction() as db:
+            cur = await db.execute(
+                "DELETE FROM telephony_configurations WHERE id = ? AND organization_id = ?",
+                (config_id, organization_id),
+            )
+            if cur.rowcount == 0:
+                raise NotFound("telephony configuration not found")
+
+    # -- runs ------------------------------------------------------------------------------
+
+    async def minutes_used_this_month(self, user_id: int) -> float:
+        row = await self._one(_MINUTES_USED_SQL, (user_id, month_start()))
+        return float(row[0] or 0.0) / 60.0 if row else 0.0
+
+    async def start_run(
+        self,
+        workflow: Workflow,
+        owner: User,
+        *,
+        mode: str,
+        initial_context: dict[str, Any],
+        gathered_context: dict[str, Any],
+        logs: dict[str, Any],
+    ) -> Run:
+        """Check the owner's quota and create the pending run in one write transaction,
+        so two simultaneous calls cannot both take the last slot."""
+        async with self._transaction() as db:
+            if owner.max_concurrent_calls is not None:
+                row = await (await db.execute(
+                    f"""SELECT COUNT(*) FROM workflow_runs r JOIN workflows w ON w.id = r.workflow_id
+                        WHERE w.owner_user_id = ? AND r.state IN {ACTIVE_STATES}""",
+                    (owner.id,),
+                )).fetchone()
+                if row[0] >= owner.max_concurrent_calls:
+                    raise QuotaExceeded(
+                        f"quota exceeded: {owner.max_concurrent_calls} concurrent calls already running"
+                    )
+            if owner.monthly_minutes_limit is not None:
+                row = await (await db.execute(_MINUTES_USED_SQL, (owner.id, month_start()))).fetchone()
+                if (row[0] or 0.0) / 60.0 >= owner.monthly_minutes_limit:
+                    raise QuotaExceeded(
+                        f"quota exceeded: {owner.monthly_minutes_limit} monthly call minutes used"
+                    )
+            now = utcnow()
+            for _ in range(10):
+                name = RUN_NAME_PREFIX + f"{secrets.randbelow(10**8):08d}"
+                taken = await (await db.execute(
+                    "SELECT 1 FROM workflow_runs WHERE name = ?", (name,))).fetchone()
+                if not taken:
+                    break
+            cur = await db.execute(
+                """INSERT INTO workflow_runs (workflow_id, definition_id, name, call_type, mode,
+                       state, initial_context, gathered_context, logs, created_at)
+                   VALUES (?, ?, ?, 'inbound', ?, 'pending', ?, ?, ?, ?)""",
+                (workflow.id, workflow.live_definition_id, name, mode, json.dumps(initial_context),
+                 json.dumps(gathered_context), json.dumps(logs), now),
+            )
+            run_id = cur.lastrowid or 0
+        return await self.get_run_by_id(run_id)
+
+    async def mark_run_running(self, run_id: int, logs: dict[str, Any] | None = None) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                """UPDATE workflow_runs SET state = 'running', started_at = ?,
+                       logs = json_patch(logs, ?) WHERE id = ? AND state = 'pending'""",
+                (utcnow(), json.dumps(logs or {}), run_id),
+            )
+
+    async def merge_run_context(
+        self,
+        run_id: int,
+        *,
+        initial_context: dict[str, Any] | None = None,
+        gathered_context: dict[str, Any] | None = None,
+        logs: dict[str, Any] | None = None,
+    ) -> None:
+        """Merge keys into the run's JSON columns (RFC 7396 merge patch)."""
+        async with self._transaction() as db:
+            await db.execute(
+                """UPDATE workflow_runs SET initial_context = json_patch(initial_context, ?),
+                       gathered_context = json_patch(gathered_context, ?),
+                       logs = json_patch(logs, ?) WHERE id = ?""",
+                (json.dumps(initial_context or {}), json.dumps(gathered_context or {}),
+                 json.dumps(logs or {}), run_id),
+            )
+
+    async def finish_run(
+        self,
+        run_id: int,
+        *,
+        state: str,
+        end_reason: str,
+        close_code: int | None,
+        error: str | None = None,
+        recording_path: str | None = None,
+        gathered_context: dict[str, Any] | None = None,
+        logs: dict[str, Any] | None = None,
+        transcript: list[TranscriptLine] | None = None,
+    ) -> None:
+        """End a run once: state, times, reason and everything the call gathered."""
+        now = utcnow()
+        async with self._transaction() as db:
+            await db.execute(
+                """UPDATE workflow_runs SET state = ?, ended_at = ?,
+                       duration_seconds = CASE WHEN started_at IS NULL THEN 0 ELSE
+                           ROUND((julianday(?) - julianday(started_at)) * 86400.0, 3) END,
+                       end_reason = ?, close_code = ?, error = ?,
+                       recording_path = COALESCE(?, recording_path),
+                       gathered_context = json_patch(gathered_context, ?),
+                       logs = json_patch(logs, ?)
+                   WHERE id = ? AND state IN ('pending', 'running')""",
+                (state, now, now, end_reason, close_code, error, recording_path,
+                 json.dumps(gathered_context or {}), json.dumps(logs or {}), run_id),
+            )
+            for seq, line in enumerate(transcript or []):
+                await db.execute(
+                    """INSERT INTO run_transcript_lines (run_id, seq, role, text, start_ms, end_ms,
+                           interrupted) VALUES (?, ?, ?, ?, ?, ?, ?)""",
+                    (run_id, seq, line.role, line.text, line.start_ms, line.end_ms,
+                     int(line.interrupted)),
+                )
+
+    async def fail_interrupted_runs(self) -> int:
+        """Runs a crash left pending/running: fail them at start so nothing stays open."""
+        now = utcnow()
+        async with self._transaction() as db:
+            cur = await db.execute(
+                """UPDATE workflow_runs SET state = 'failed', ended_at = ?,
+                       duration_seconds = CASE WHEN started_at IS NULL THEN 0 ELSE
+                           ROUND((julianday(?) - julianday(started_at)) * 86400.0, 3) END,
+                       end_reason = 'server_restarted', error = 'server restarted'
+                   WHERE state IN ('pending', 'running')""",
+                (now, now),
+            )
+            return cur.rowcount
+
+    async def get_run_by_id(self, run_id: int) -> Run:
+        row = await self._one(_RUN_SELECT + " WHERE r.id = ?", (run_id,))
+        if row is None:
+            raise NotFound("run not found")
+        return _run(row, await self._transcript(run_id))
+
+    async def get_run(self, organization_id: int, run_id: int) -> Run:
+        run = await self.get_run_by_id(run_id)
+        if run.organization_id != organization_id:
+            raise NotFound("run not found")
+        return run
+
+    async def _transcript(self, run_id: int) -> list[TranscriptLine]:
+        rows = await self._all(
+            "SELECT * FROM run_transcript_lines WHERE run_id = ? ORDER BY seq", (run_id,)
+        )
+        return [
+            TranscriptLine(r["role"], r["text"], r["start_ms"], r["end_ms"], bool(r["interrupted"]))
+            for r in rows
+        ]
+
+    async def list_runs(
+        self,
+        organization_id: int,
+        *,
+        workflow_uuid: str | None = None,
+        state: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[Run], int]:
+        """Newest first; returns one page and the total count."""
+        where = ["w.organization_id = ?"]
+        params: list[Any] = [organization_id]
+        if workflow_uuid:
+            where.append("w.uuid = ?")
+            params.append(workflow_uuid)
+        if state:
+            where.append("r.state = ?")
+            params.append(state)
+        clause = " WHERE " + " AND ".join(where)
+        total_row = await self._one(
+            "SELECT COUNT(*) FROM workflow_runs r JOIN workflows w ON w.id = r.workflow_id" + clause,
+            tuple(params),
+        )
+        rows = await self._all(
+            _RUN_SELECT + clause + " ORDER BY r.id DESC LIMIT ? OFFSET ?",
+            (*params, limit, offset),
+        )
+        return [_run(r) for r in rows], (total_row[0] if total_row else 0)
+
+    # -- stream rejections -------------------------------------------------------------------
+
+    async def add_rejection(
+        self,
+        *,
+        provider: str | None,
+        agent_uuid_short: str,
+        code: int,
+        reason: str,
+        workflow_id: int | None = None,
+        organization_id: int | None = None,
+    ) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                """INSERT INTO stream_rejections (created_at, provider, agent_uuid_short,
+                       workflow_id, organization_id, code, reason) VALUES (?, ?, ?, ?, ?, ?, ?)""",
+                (utcnow(), provider, agent_uuid_short, workflow_id, organization_id, code, reason),
+            )
+
+    async def list_rejections(
+        self, *, organization_id: int | None = None, limit: int = 50
+    ) -> list[Rejection]:
+        """Rejections of one organization's agents, or all of them (for tests and admins)."""
+        sql = "SELECT * FROM stream_rejections"
+        params: tuple[Any, ...] = ()
+        if organization_id is not None:
+            sql += " WHERE organization_id = ?"
+            params = (organization_id,)
+        rows = await self._all(sql + " ORDER BY id DESC LIMIT ?", (*params, limit))
+        return [
+            Rejection(r["id"], r["created_at"], r["provider"], r["agent_uuid_short"],
+                      r["workflow_id"], r["code"], r["reason"])
+            for r in rows
+        ]
+
+
+_MINUTES_USED_SQL: Final = """
+    SELECT SUM(COALESCE(r.duration_seconds,
+               CASE WHEN r.started_at IS NULL THEN 0
+                    ELSE (julianday('now') - julianday(r.started_at)) * 86400.0 END))
+    FROM workflow_runs r JOIN workflows w ON w.id = r.workflow_id
+    WHERE w.owner_user_id = ? AND r.created_at >= ?
+"""
+
+
+async def _connect(path: Path) -> aiosqlite.Connection:
+    """A connection in autocommit mode (we issue BEGIN ourselves) with our pragmas."""
+    db = await aiosqlite.connect(path, isolation_level=None)
+    db.row_factory = aiosqlite.Row
+    await db.execute("PRAGMA journal_mode = WAL")
+    await db.execute("PRAGMA foreign_keys = ON")
+    await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    await db.execute("PRAGMA synchronous = NORMAL")
+    return db

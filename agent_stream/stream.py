@@ -1,0 +1,371 @@
+"""The Agent Stream WebSocket endpoint and the lifecycle of one call (contract section 2).
+
+One `Call` object per socket. Only its handler task reads the socket; the pipeline's
+output transport is the only writer of media. Every failure is a typed `StreamError`
+carrying its close code and reason, and the run is finished in `finally`, whatever happens.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid as uuidlib
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
+
+from .config import Settings
+from .errors import (
+    GOING_AWAY,
+    NORMAL_CLOSURE,
+    SERVER_FAILURE,
+    MessageTooBig,
+    PeerClosed,
+    RoutingError,
+    StreamError,
+    UnsupportedProvider,
+    clip_reason,
+)
+from .keys import CALLS, HTTP, SETTINGS, STORE
+from .pipeline.call import CallPipeline
+from .providers import SUPPORTED_PROVIDERS, UNSUPPORTED_PROVIDERS
+from .providers import cloudonix
+from .security import short_uuid
+from .store import Run, Store, Workflow
+
+log = logging.getLogger(__name__)
+
+# A live call sends media every 20 ms; this much silence on the socket means a dead peer.
+MEDIA_IDLE_TIMEOUT: Final = 30.0
+# How long we wait for the provider to answer our close frame.
+CLOSE_TIMEOUT: Final = 2.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a call that got through the handshake ended."""
+
+    end_reason: str
+    close_code: int
+    close_reason: str
+    state: str = "completed"
+    error: str | None = None
+
+
+class StreamSocket(web.WebSocketResponse):
+    """aiohttp closes oversized frames with 1009 and no reason; ours always says why."""
+
+    async def close(self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True) -> bool:
+        if code == WSCloseCode.MESSAGE_TOO_BIG and not message:
+            message = b"message too big"
+        return await super().close(code=code, message=message, drain=drain)
+
+
+class CallLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Every line of a call carries its run id and the shortened agent uuid."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        return f"[{self.extra['call']}] {msg}", kwargs  # type: ignore[index]
+
+
+class CallRegistry:
+    """Live calls of the process, so shutdown can close them and wait for their runs."""
+
+    def __init__(self) -> None:
+        self.calls: set[Call] = set()
+        self.accepting = True
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop taking streams, close live ones with 1001, wait for their runs to finish."""
+        self.accepting = False
+        calls = list(self.calls)
+        if not calls:
+            return
+        log.info("closing %d live call(s) for shutdown", len(calls))
+        await asyncio.gather(*(call.shut_down() for call in calls), return_exceptions=True)
+        await asyncio.wait([asyncio.ensure_future(c.finished.wait()) for c in calls], timeout=grace)
+
+
+class Call:
+    """One provider media stream, from accept to the finished run."""
+
+    def __init__(self, request: web.Request, ws: StreamSocket, accepted_at: float) -> None:
+        self.request = request
+        self.ws = ws
+        self.settings: Settings = request.app[SETTINGS]
+        self.store: Store = request.app[STORE]
+        self.agent_uuid = request.match_info["agent_uuid"]
+        self.newer_form = "provider" in request.match_info
+        provider = request.match_info.get("provider") or request.query.get("provider") or ""
+        self.provider = provider.strip().lower()
+        self.accepted_at = accepted_at
+        self.finished = asyncio.Event()
+        self.shutting_down = False
+        self.handshake: cloudonix.Handshake | None = None
+        self._workflow: Workflow | None = None
+        self.log = CallLog(log, {"call": f"agent {short_uuid(self.agent_uuid)}"})
+
+    async def shut_down(self) -> None:
+        """Server shutdown: close the socket; the handler task notices and ends the run."""
+        self.shutting_down = True
+        await self.ws.close(code=GOING_AWAY, message=b"server shutting down")
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def handle(self) -> None:
+        try:
+            run = await self._route()
+        except RoutingError as exc:
+            await self._reject(exc)
+            return
+        try:
+            await self._run(run)
+        finally:
+            self.finished.set()
+
+    async def _route(self) -> Run:
+        """Steps 1-3: provider, workflow, quota and the new run (or a 1008, no run)."""
+        if not self.provider:
+            raise RoutingError("missing provider")
+        if self.provider not in SUPPORTED_PROVIDERS | UNSUPPORTED_PROVIDERS:
+            raise RoutingError(f"unknown provider {self.provider[:32]!r}")
+        workflow = await self._find_workflow()
+        owner = await self.store.get_user(workflow.owner_user_id)
+        self._workflow = workflow
+        return await self.store.start_run(  # raises QuotaExceeded, a RoutingError
+            workflow,
+            owner,
+            mode=self.provider,
+            initial_context=self._initial_context(),
+            gathered_context=self._gathered_context(),
+            logs={"inbound_webhook": self._webhook_log()},
+        )
+
+    async def _find_workflow(self) -> Workflow:
+        try:
+            uuidlib.UUID(self.agent_uuid)
+        except ValueError:
+            raise RoutingError("workflow not found") from None
+        workflow = await self.store.find_stream_workflow(self.agent_uuid)
+        if workflow is None:
+            raise RoutingError("workflow not found")
+        return workflow
+
+    def _initial_context(self) -> dict[str, Any]:
+        query = self.request.query
+        context: dict[str, Any] = {"provider": self.provider, "direction": "inbound"}
+        if not self.newer_form:
+            context["caller_number"] = query.get("from")
+            context["called_number"] = query.get("to")
+        return context
+
+    def _gathered_context(self) -> dict[str, Any]:
+        if self.newer_form:
+            return {}
+        call_id = self.request.query.get("callId") or self.request.query.get("CallSid")
+        return {"call_id": call_id} if call_id else {}
+
+    def _webhook_log(self) -> dict[str, Any]:
+        domain = None if self.newer_form else self.request.query.get("Domain")
+        return {"domain": domain, "url_form": "path" if self.newer_form else "query"}
+
+    async def _reject(self, exc: RoutingError) -> None:
+        """A 1008: no run, but a rejection operators can see."""
+        workflow = self._workflow
+        self.log.warning("rejected with %d: %s", exc.code, exc.reason)
+        await self.store.add_rejection(
+            provider=self.provider or None,
+            agent_uuid_short=short_uuid(self.agent_uuid),
+            code=exc.code,
+            reason=exc.reason,
+            workflow_id=workflow.id if workflow else None,
+            organization_id=workflow.organization_id if workflow else None,
+        )
+        await self.ws.close(code=exc.code, message=exc.reason.encode())
+
+    async def _run(self, run: Run) -> None:
+        """Steps 4-5: running, handshake, media; the run always ends, whatever happens."""
+        self.log.extra = {"call": f"run {run.id} agent {short_uuid(self.agent_uuid)}"}  # type: ignore[misc]
+        pipeline: CallPipeline | None = None
+        state, end_reason, error = "failed", "server_error", "internal server error"
+        close_code, close_reason = SERVER_FAILURE, "internal server error"
+        extra_context: dict[str, Any] = {}
+        extra_logs: dict[str, Any] = {}
+        recording: str | None = None
+        try:
+            if self.provider in UNSUPPORTED_PROVIDERS:
+                raise UnsupportedProvider(f"provider '{self.provider}' is not supported yet")
+            running_ms = round((time.monotonic() - self.accepted_at) * 1000, 1)
+            await self.store.mark_run_running(run.id, {"timing": {"accept_to_running_ms": running_ms}})
+            self.log.info("running (%.1f ms after accept)", running_ms)
+            handshake = await self._handshake(run)
+            serializer = cloudonix.CloudonixSerializer(handshake.start.stream_sid)
+            recording_path = self.settings.recordings_dir / f"{run.id}.wav"
+            pipeline = CallPipeline(self.ws, serializer, recording_path)
+            recording = str(recording_path)
+            await pipeline.start()
+            outcome = await self._stream_media(pipeline, serializer)
+            state, end_reason, error = outcome.state, outcome.end_reason, outcome.error
+            close_code, close_reason = outcome.close_code, outcome.close_reason
+            extra_logs["protocol_errors"] = dict(serializer.problems.counts)
+            extra_logs["media_frames_in"] = serializer.media_frames
+        except StreamError as exc:
+            if self.shutting_down:
+                end_reason, error = "server_shutdown", "server shutting down"
+                close_code, close_reason = GOING_AWAY, "server shutting down"
+            else:
+                end_reason, error = _end_reason_for(exc), exc.reason
+                close_code, close_reason = exc.code, exc.reason
+            self.log.warning("failed with %d: %s", close_code, error)
+        except asyncio.CancelledError:
+            end_reason, error = "server_shutdown", "call task cancelled"
+            close_code, close_reason = GOING_AWAY, "server shutting down"
+            raise
+        except Exception:
+            self.log.exception("server error")
+        finally:
+            if pipeline is not None:
+                await pipeline.stop(graceful=state == "completed")
+                extra_context.update(_keypress_context(pipeline))
+            # The run is final before the provider sees the close; a peer that never
+            # answers the close frame can only delay its own socket, not the record.
+            try:
+                await self.store.finish_run(
+                    run.id,
+                    state=state,
+                    end_reason=end_reason,
+                    close_code=close_code,
+                    error=error,
+                    recording_path=recording,
+                    gathered_context=extra_context,
+                    logs=extra_logs,
+                )
+                self.log.info("%s: %s (close %d)", state, end_reason, close_code)
+            finally:
+                await self._close(close_code, close_reason)
+
+    async def _handshake(self, run: Run) -> cloudonix.Handshake:
+        http = self.request.app[HTTP]
+        assert self._workflow is not None
+        organization_id = self._workflow.organization_id
+        handshake = await cloudonix.handshake(
+            next_message=self._next_message,
+            lookup=lambda domain: self.store.find_telephony_config(
+                organization_id, cloudonix.PROVIDER, domain
+            ),
+            url_domain=self.request.query.get("Domain"),
+            newer_form=self.newer_form,
+            http=http,
+            api_base_url=self.settings.cloudonix_api_base_url,
+            handshake_timeout=self.settings.handshake_timeout,
+            api_timeout=self.settings.provider_api_timeout,
+        )
+        self.handshake = handshake
+        start = handshake.start
+        gathered: dict[str, Any] = {
+            "cloudonix_call_sid": start.call_sid,
+            "cloudonix_stream_sid": start.stream_sid,
+            "cloudonix_session": start.session,
+        }
+        initial: dict[str, Any] = {}
+        if self.newer_form:
+            gathered["call_id"] = start.session
+            initial = {"caller_number": start.caller, "called_number": start.called}
+        webhook = {"domain": start.account_sid} if self.newer_form else {}
+        webhook.update(start=start.raw, normalized_domain=handshake.domain)
+        await self.store.merge_run_context(
+            run.id,
+            initial_context=initial,
+            gathered_context=gathered,
+            logs={"inbound_webhook": webhook, "timing": {"handshake_ms": round(handshake.elapsed_ms, 1)}},
+        )
+        self.log.info("handshake done in %.1f ms", handshake.elapsed_ms)
+        return handshake
+
+    async def _next_message(self, timeout: float) -> str | bytes:
+        """The next data frame, or why there is none (timeout, close, oversized)."""
+        msg = await self.ws.receive(timeout=max(timeout, 0.001))
+        if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+            return msg.data  # type: ignore[no-any-return]
+        too_big = isinstance(msg.data, WebSocketError) and msg.data.code == WSCloseCode.MESSAGE_TOO_BIG
+        if msg.type is WSMsgType.ERROR and too_big:
+            raise MessageTooBig(
+                f"message too big (limit {self.settings.max_stream_message_bytes} bytes)"
+            )
+        if self.shutting_down:
+            raise StreamError("server shutting down")
+        raise PeerClosed()
+
+    async def _stream_media(
+        self, pipeline: CallPipeline, serializer: cloudonix.CloudonixSerializer
+    ) -> Outcome:
+        """Feed provider frames to the pipeline until `stop`, a close, or a dead peer."""
+        while True:
+            try:
+                data = await self._next_message(MEDIA_IDLE_TIMEOUT)
+            except TimeoutError:
+                reason = f"no media from provider for {MEDIA_IDLE_TIMEOUT:.0f} s"
+                return Outcome("provider_timeout", SERVER_FAILURE, reason, "failed", reason)
+            except PeerClosed:
+                return Outcome("caller_hangup", NORMAL_CLOSURE, "stream closed by provider")
+            except StreamError:
+                if self.shutting_down:
+                    return Outcome("server_shutdown", GOING_AWAY, "server shutting down")
+                raise
+            frame = await serializer.deserialize(data)
+            if frame is None:
+                continue
+            if isinstance(frame, cloudonix.StreamStopFrame):
+                return Outcome("caller_hangup", NORMAL_CLOSURE, "call ended")
+            await pipeline.deliver(frame)
+
+    async def _close(self, code: int, reason: str) -> None:
+        if not self.ws.closed:
+            with contextlib.suppress(Exception):
+                await self.ws.close(code=code, message=clip_reason(reason).encode())
+
+
+def _end_reason_for(exc: StreamError) -> str:
+    """A short machine-readable end reason for a failed run."""
+    if isinstance(exc, UnsupportedProvider):
+        return "unsupported_provider"
+    if isinstance(exc, MessageTooBig):
+        return "message_too_big"
+    if isinstance(exc, cloudonix.HandshakeError):
+        return "handshake_failed"
+    return "server_error"
+
+
+def _keypress_context(pipeline: CallPipeline) -> dict[str, Any]:
+    keypresses = pipeline.recorder.keypresses
+    if not keypresses:
+        return {}
+    return {
+        "dtmf_digits": "".join(k.digit for k in keypresses),
+        "keypresses": [{"digit": k.digit, "at_ms": k.at_ms} for k in keypresses],
+    }
+
+
+async def agent_stream(request: web.Request) -> web.StreamResponse:
+    """GET /api/v1/agent-stream/[{provider}/]{agent_uuid}: accept, then run the call."""
+    accepted_at = time.monotonic()
+    settings = request.app[SETTINGS]
+    registry = request.app[CALLS]
+    ws = StreamSocket(
+        max_msg_size=settings.max_stream_message_bytes, autoping=True, timeout=CLOSE_TIMEOUT
+    )
+    await ws.prepare(request)
+    if not registry.accepting:
+        await ws.close(code=GOING_AWAY, message=b"server shutting down")
+        return ws
+    call = Call(request, ws, accepted_at)
+    # The call runs in its own task: if aiohttp cancels the handler (a lost connection,
+    # with handler_cancellation on) the call still finishes its run. Shutdown waits for it.
+    task = asyncio.create_task(call.handle(), name=f"call {short_uuid(call.agent_uuid)}")
+    registry.calls.add(call)
+    task.add_done_callback(lambda _: registry.calls.discard(call))
+    await asyncio.shield(task)
+    return ws

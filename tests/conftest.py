@@ -1,0 +1,169 @@
+"""Shared fixtures: the real app on a temp SQLite file, a Cloudonix emulator, seeded orgs."""
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from agent_stream.config import Settings
+from agent_stream.keys import STORE
+from agent_stream.server import create_app
+from agent_stream.simulator import SimulatedCall, connect, stream_url
+from agent_stream.store import Store, Workflow
+from agent_stream.workflow import starter_definition
+from tests.cloudonix_emulator import CloudonixEmulator, start_emulator
+
+TOKEN = "cx-bearer-SECRET-token-0123456789abcdef"
+DOMAIN = "acme.cloudonix.net"
+
+
+@dataclass
+class Tenant:
+    """One organization with a user, an API key, an agent and a Cloudonix configuration."""
+
+    org_id: int
+    user_id: int
+    api_key: str
+    workflow: Workflow
+    domain: str
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+
+@pytest.fixture
+async def cloudonix(aiohttp_server: Any) -> tuple[CloudonixEmulator, str]:
+    return await start_emulator(aiohttp_server)
+
+
+@pytest.fixture
+def emulator(cloudonix: tuple[CloudonixEmulator, str]) -> CloudonixEmulator:
+    return cloudonix[0]
+
+
+@pytest.fixture
+def settings(tmp_path: Path, cloudonix: tuple[CloudonixEmulator, str]) -> Settings:
+    return Settings(
+        db_path=tmp_path / "agent_stream.db",
+        cloudonix_api_base_url=cloudonix[1],
+        handshake_timeout=2.0,
+        provider_api_timeout=1.0,
+    )
+
+
+@pytest.fixture
+async def client(aiohttp_client: Any, settings: Settings) -> TestClient:
+    return await aiohttp_client(create_app(settings))
+
+
+@pytest.fixture
+def store(client: TestClient) -> Store:
+    return client.app[STORE]
+
+
+MakeTenant = Callable[..., Awaitable[Tenant]]
+
+
+@pytest.fixture
+def make_tenant(store: Store, emulator: CloudonixEmulator) -> MakeTenant:
+    """Create an organization with everything a call needs; the emulator knows its domain."""
+    counter = iter(range(1, 1000))
+
+    async def make(
+        *, name: str | None = None, domain: str = DOMAIN, token: str = TOKEN, **quota: Any
+    ) -> Tenant:
+        n = next(counter)
+        org = await store.get_or_create_organization(name or f"Org {n}")
+        user = await store.create_user(
+            organization_id=org.id, email=f"user{n}@example.com", password="pw", **quota
+        )
+        _, api_key = await store.create_api_key(user.id, "tests")
+        workflow = await store.create_workflow(
+            organization_id=org.id, owner_user_id=user.id, name=f"Agent {n}",
+            definition=starter_definition(),
+        )
+        await store.create_telephony_config(
+            organization_id=org.id, provider="cloudonix", name="main", domain_id=domain,
+            bearer_token=token,
+        )
+        emulator.add_domain(domain, token)
+        return Tenant(org.id, user.id, api_key, workflow, domain, token)
+
+    return make
+
+
+@pytest.fixture
+async def tenant(make_tenant: MakeTenant) -> Tenant:
+    return await make_tenant()
+
+
+Dial = Callable[..., Awaitable[SimulatedCall]]
+
+
+@pytest.fixture
+def dial(client: TestClient, emulator: CloudonixEmulator) -> Dial:
+    """Open an Agent Stream socket like Cloudonix would; the session is live by default."""
+
+    async def open_call(
+        agent_uuid: str,
+        *,
+        domain: str | None = "acme",
+        provider: str | None = "cloudonix",
+        newer_form: bool = False,
+        live_session: bool = True,
+        session_domain: str = DOMAIN,
+        **url: Any,
+    ) -> SimulatedCall:
+        base = str(client.make_url("/"))
+        target = stream_url(
+            base, agent_uuid, provider=provider, domain=domain, newer_form=newer_form,
+            **({"call_id": "C-1", "caller": "+15555550100", "called": "+15555550199"} | url),
+        )
+        call = await connect(client.session, target)
+        call.account_sid = session_domain  # Cloudonix puts the domain in accountSid
+        if live_session:
+            emulator.add_session(session_domain, call.session)
+        return call
+
+    return open_call
+
+
+async def wait_for_state(store: Store, run_id: int, *states: str, timeout: float = 5.0) -> Any:
+    """Poll the database until the run reaches one of `states` (runs finish after close)."""
+    import asyncio
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        run = await store.get_run_by_id(run_id)
+        if run.state in states or asyncio.get_running_loop().time() > deadline:
+            return run
+        await asyncio.sleep(0.02)
+
+
+async def latest_run_id(store: Store, org_id: int, *, wait: float = 0.0) -> int | None:
+    """The newest run's id, polling up to `wait` seconds for one to appear."""
+    import asyncio
+
+    deadline = asyncio.get_running_loop().time() + wait
+    while True:
+        runs, _ = await store.list_runs(org_id, limit=1)
+        if runs or asyncio.get_running_loop().time() >= deadline:
+            return runs[0].id if runs else None
+        await asyncio.sleep(0.02)
+
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """pipecat logs through loguru at DEBUG by default; keep test output to warnings."""
+    import sys
+
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
