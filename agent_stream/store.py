@@ -24,6 +24,9 @@ from .errors import Conflict, NotFound, QuotaExceeded
 from .security import hash_api_key, hash_password, new_api_key, verify_password
 
 log = logging.getLogger(__name__)
+# aiosqlite logs every statement with its parameters at DEBUG, bearer tokens included:
+# its debug output must never be switched on by a verbose root logger.
+logging.getLogger("aiosqlite").setLevel(logging.INFO)
 
 SCHEMA_PATH: Final = Path(__file__).resolve().parent.parent / "schema.sql"
 BUSY_TIMEOUT_MS: Final = 5000

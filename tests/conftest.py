@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 from agent_stream.config import Settings
 from agent_stream.keys import STORE
-from agent_stream.server import create_app
+from agent_stream.server import AccessLogger, create_app
 from agent_stream.simulator import SimulatedCall, connect, stream_url
 from agent_stream.store import Store, Workflow
 from agent_stream.workflow import starter_definition
@@ -59,7 +59,10 @@ def settings(tmp_path: Path, cloudonix: tuple[CloudonixEmulator, str]) -> Settin
 
 @pytest.fixture
 async def client(aiohttp_client: Any, settings: Settings) -> TestClient:
-    return await aiohttp_client(create_app(settings))
+    """The real app, served with the same access logger as production."""
+    server = TestServer(create_app(settings))
+    await server.start_server(access_log_class=AccessLogger)
+    return await aiohttp_client(server)
 
 
 @pytest.fixture

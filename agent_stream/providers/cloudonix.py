@@ -22,6 +22,8 @@ from pipecat.frames.frames import (
     InputAudioRawFrame,
     InputDTMFFrame,
     InterruptionFrame,
+    OutputTransportMessageFrame,
+    OutputTransportMessageUrgentFrame,
     SystemFrame,
 )
 from pipecat.serializers.base_serializer import FrameSerializer
@@ -276,14 +278,7 @@ async def handshake(
 class ProviderMarkFrame(SystemFrame):
     """The provider echoed a mark: the audio sent before it has been played to the caller."""
 
-    name: str = ""
-
-
-@dataclass
-class OutputMarkFrame(SystemFrame):
-    """Ask the provider to echo `name` once the audio queued before it has been played."""
-
-    name: str = ""
+    mark: str = ""
 
 
 @dataclass
@@ -318,11 +313,15 @@ class CloudonixSerializer(FrameSerializer):
             return self.media_message(frame.audio, frame.sample_rate)
         if isinstance(frame, InterruptionFrame):
             return json.dumps({"event": "clear", "streamSid": self._stream_sid})
-        if isinstance(frame, OutputMarkFrame):
-            return json.dumps(
-                {"event": "mark", "streamSid": self._stream_sid, "mark": {"name": frame.name}}
-            )
+        if isinstance(frame, (OutputTransportMessageFrame, OutputTransportMessageUrgentFrame)):
+            return None if self.should_ignore_frame(frame) else json.dumps(frame.message)
         return None
+
+    def mark_frame(self, name: str) -> OutputTransportMessageFrame:
+        """A mark queued behind the audio before it: the provider echoes it once played."""
+        return OutputTransportMessageFrame(
+            message={"event": "mark", "streamSid": self._stream_sid, "mark": {"name": name}}
+        )
 
     def media_message(self, pcm: bytes, sample_rate: int) -> str | None:
         """16-bit PCM at `sample_rate` to one outbound media event of 8 kHz mu-law."""
@@ -364,7 +363,7 @@ class CloudonixSerializer(FrameSerializer):
             if not isinstance(name, str):
                 self._problem("bad mark")
                 return None
-            return ProviderMarkFrame(name=name)
+            return ProviderMarkFrame(mark=name)
         if event == "stop":
             return StreamStopFrame()
         if event in ("connected", "start"):

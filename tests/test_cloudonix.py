@@ -1,0 +1,143 @@
+"""The Cloudonix provider on its own: wire format, REST client against the emulator."""
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import aiohttp
+import pytest
+from pipecat.frames.frames import (
+    InputAudioRawFrame,
+    InputDTMFFrame,
+    InterruptionFrame,
+    OutputAudioRawFrame,
+    OutputTransportMessageFrame,
+)
+
+from agent_stream.errors import HandshakeError
+from agent_stream.providers.cloudonix import (
+    CloudonixClient,
+    CloudonixSerializer,
+    ProviderApiError,
+    ProviderMarkFrame,
+    StreamStopFrame,
+    normalize_domain,
+    parse_start,
+    transfer_cxml,
+)
+from agent_stream.simulator import start_event, tone_ulaw, ulaw_to_pcm16
+from agent_stream.store import TelephonyConfig
+from tests.cloudonix_emulator import CloudonixEmulator
+
+DOMAIN = "acme.cloudonix.net"
+
+
+@pytest.mark.parametrize(
+    ("given", "normalized"),
+    [("acme", DOMAIN), (DOMAIN, DOMAIN), (" ACME.cloudonix.net. ", DOMAIN),
+     ("sub.acme", "sub.acme.cloudonix.net")],
+)
+def test_normalize_domain(given: str, normalized: str) -> None:
+    assert normalize_domain(given) == normalized
+
+
+def test_parse_start_takes_session_or_falls_back_to_call_sid() -> None:
+    event = start_event(stream_sid="MZ1", call_sid="CA1", session="S1", account_sid=DOMAIN,
+                        caller="+1555", called="+1666")
+    info = parse_start(event)
+    assert (info.stream_sid, info.call_sid, info.session) == ("MZ1", "CA1", "S1")
+    assert (info.account_sid, info.caller, info.called) == (DOMAIN, "+1555", "+1666")
+    event["start"].pop("session")
+    assert parse_start(event).session == "CA1"
+
+
+def test_parse_start_rejects_a_non_string_session() -> None:
+    event = start_event(stream_sid="MZ1", call_sid="CA1", session="S", account_sid=None,
+                        caller=None, called=None)
+    event["start"]["session"] = 42
+    with pytest.raises(HandshakeError, match="session must be a string"):
+        parse_start(event)
+
+
+def test_transfer_cxml_escapes_the_destination() -> None:
+    assert transfer_cxml("+15555550123") == "<Response><Dial>+15555550123</Dial></Response>"
+    assert transfer_cxml("a<b>&c") == "<Response><Dial>a&lt;b&gt;&amp;c</Dial></Response>"
+
+
+# -- serializer ------------------------------------------------------------------------------
+
+
+async def test_serializer_decodes_media_dtmf_mark_and_stop() -> None:
+    serializer = CloudonixSerializer("MZ1")
+    ulaw = tone_ulaw(0.02)
+    frame = await serializer.deserialize(json.dumps(
+        {"event": "media", "media": {"payload": base64.b64encode(ulaw).decode()}}))
+    assert isinstance(frame, InputAudioRawFrame)
+    assert (frame.sample_rate, frame.audio) == (8000, ulaw_to_pcm16(ulaw))
+    dtmf = await serializer.deserialize('{"event": "dtmf", "dtmf": {"digit": "5"}}')
+    assert isinstance(dtmf, InputDTMFFrame) and dtmf.button.value == "5"
+    mark = await serializer.deserialize('{"event": "mark", "mark": {"name": "utt-1"}}')
+    assert isinstance(mark, ProviderMarkFrame) and mark.mark == "utt-1"
+    assert isinstance(await serializer.deserialize('{"event": "stop"}'), StreamStopFrame)
+    assert serializer.media_frames == 1 and not serializer.problems.counts
+
+
+async def test_serializer_encodes_media_clear_and_marks() -> None:
+    serializer = CloudonixSerializer("MZ1")
+    pcm = ulaw_to_pcm16(tone_ulaw(0.02))
+    media = json.loads(await serializer.serialize(OutputAudioRawFrame(pcm, 8000, 1)) or "")
+    assert media["event"] == "media" and media["streamSid"] == "MZ1"
+    assert len(base64.b64decode(media["media"]["payload"])) == 160
+    # 16 kHz audio is resampled to 8 kHz mu-law: half the samples
+    media16 = json.loads(await serializer.serialize(OutputAudioRawFrame(pcm * 2, 16000, 1)) or "")
+    assert len(base64.b64decode(media16["media"]["payload"])) == 160
+    assert json.loads(await serializer.serialize(InterruptionFrame()) or "") == {
+        "event": "clear", "streamSid": "MZ1"}
+    mark = {"event": "mark", "streamSid": "MZ1", "mark": {"name": "utt-1"}}
+    assert json.loads(await serializer.serialize(OutputTransportMessageFrame(mark)) or "") == mark
+
+
+# -- REST client against the emulator ----------------------------------------------------------
+
+
+@pytest.fixture
+async def cx_client(cloudonix: tuple[CloudonixEmulator, str]) -> Any:
+    emulator, base_url = cloudonix
+    emulator.add_domain(DOMAIN, "good-token-1234")
+    emulator.add_session(DOMAIN, "S1")
+    config = TelephonyConfig(1, 1, "cloudonix", "main", DOMAIN, "good-token-1234", None, [], "", "")
+    async with aiohttp.ClientSession() as http:
+        yield emulator, CloudonixClient(http, base_url, config, timeout=1.0)
+
+
+async def test_hangup_deletes_the_session_and_404_counts_as_done(cx_client: Any) -> None:
+    emulator, client = cx_client
+    assert await client.hangup("S1") == 204
+    assert (DOMAIN, "S1") not in emulator.sessions
+    assert await client.hangup("S1") == 404  # already gone: done, not an error
+    request = emulator.requests[0]
+    assert (request.method, request.path, request.authorized) == (
+        "DELETE", f"/customers/self/domains/{DOMAIN}/sessions/S1", True)
+
+
+async def test_transfer_posts_dial_cxml(cx_client: Any) -> None:
+    emulator, client = cx_client
+    assert await client.transfer("S1", "+15555550123") == 200
+    request = emulator.requests[-1]
+    assert (request.method, request.path) == ("POST", f"/calls/{DOMAIN}/sessions/S1/application")
+    assert request.json == {"cxml": "<Response><Dial>+15555550123</Dial></Response>"}
+
+
+async def test_rest_errors_carry_the_status(cx_client: Any) -> None:
+    emulator, client = cx_client
+    emulator.status_override = 401
+    with pytest.raises(ProviderApiError, match="hangup failed: HTTP 401"):
+        await client.hangup("S1")
+    with pytest.raises(ProviderApiError, match="transfer failed: HTTP 401"):
+        await client.transfer("S1", "+1")
+
+
+def test_client_repr_never_shows_the_token(cx_client: Any) -> None:
+    _, client = cx_client
+    assert "good-token" not in repr(client)

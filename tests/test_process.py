@@ -1,0 +1,169 @@
+"""The product as an operator runs it: `python app.py` in a real process, real signals."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp.test_utils import unused_port
+
+from agent_stream.simulator import connect, stream_url, tone_ulaw
+from tests.cloudonix_emulator import CloudonixEmulator
+from tests.conftest import DOMAIN, TOKEN
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, db: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "app.py", *args, "--db", str(db)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )
+
+
+def test_create_user_and_api_key_commands(tmp_path: Path) -> None:
+    db = tmp_path / "cli.db"
+    made = run_cli("create-user", "--email", "ops@example.com", "--password", "pw",
+                   "--org", "Acme", "--admin", "--monthly-minutes", "100",
+                   "--max-concurrent-calls", "2", db=db)
+    assert made.returncode == 0, made.stderr
+    assert "ops@example.com" in made.stdout
+    again = run_cli("create-user", "--email", "ops@example.com", "--password", "x", db=db)
+    assert again.returncode == 1 and "already exists" in again.stderr
+
+    key = run_cli("create-api-key", "--email", "ops@example.com", "--name", "deploy", db=db)
+    assert key.returncode == 0, key.stderr
+    plaintext = key.stdout.strip().splitlines()[-1]
+    assert plaintext.startswith("ask_") and len(plaintext) > 40
+    missing = run_cli("create-api-key", "--email", "nobody@example.com", db=db)
+    assert missing.returncode == 1 and "no user" in missing.stderr
+
+    with sqlite3.connect(db) as conn:
+        row = conn.execute(
+            "SELECT u.is_admin, u.monthly_minutes_limit, u.max_concurrent_calls, o.name "
+            "FROM users u JOIN organizations o ON o.id = u.organization_id").fetchone()
+        assert row == (1, 100, 2, "Acme")
+        stored = conn.execute("SELECT key_hash, key_prefix FROM api_keys").fetchone()
+        assert plaintext not in stored and stored[1] == plaintext[:8]
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+
+
+async def wait_healthy(http: aiohttp.ClientSession, base: str, proc: subprocess.Popen[str]) -> None:
+    for _ in range(300):
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        try:
+            async with http.get(f"{base}/api/v1/health") as response:
+                if response.status == 200:
+                    return
+        except aiohttp.ClientConnectionError:
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError("server did not become healthy")
+
+
+async def test_serve_then_sigterm_closes_live_calls_and_finishes_runs(
+    tmp_path: Path, cloudonix: tuple[CloudonixEmulator, str]
+) -> None:
+    emulator, api_base = cloudonix
+    emulator.add_domain(DOMAIN, TOKEN)
+    db = tmp_path / "data" / "agent_stream.db"
+    assert run_cli("create-user", "--email", "o@example.com", "--password", "pw", db=db).returncode == 0
+    api_key = run_cli("create-api-key", "--email", "o@example.com", db=db).stdout.split()[-1]
+    port = unused_port()
+    env = os.environ | {
+        "AGENT_STREAM_PORT": str(port), "AGENT_STREAM_HOST": "127.0.0.1",
+        "AGENT_STREAM_DB": str(db), "CLOUDONIX_API_BASE_URL": api_base,
+    }
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {api_key}"}
+    try:
+        async with aiohttp.ClientSession() as http:
+            await wait_healthy(http, base, proc)
+            async with http.post(f"{base}/api/v1/telephony-configurations", headers=headers,
+                                 json={"provider": "cloudonix", "domain_id": "acme",
+                                       "bearer_token": TOKEN}) as response:
+                assert response.status == 201
+            async with http.post(f"{base}/api/v1/workflows", headers=headers,
+                                 json={"name": "Front desk"}) as response:
+                agent_uuid = (await response.json())["uuid"]
+
+            call = await connect(http, stream_url(base, agent_uuid, domain="acme", call_id="C-9"))
+            call.account_sid = DOMAIN
+            emulator.add_session(DOMAIN, call.session)
+            call.start_reading()
+            await call.handshake()
+            await call.send_audio(tone_ulaw(0.3))
+            proc.send_signal(signal.SIGTERM)
+            assert await call.wait_closed() == (1001, "server shutting down")
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+
+    with sqlite3.connect(db) as conn:
+        state, end_reason, close_code, ended = conn.execute(
+            "SELECT state, end_reason, close_code, ended_at FROM workflow_runs").fetchone()
+    assert (state, end_reason, close_code) == ("completed", "server_shutdown", 1001)
+    assert ended is not None
+    assert (db.parent / "recordings" / "1.wav").exists()
+
+    # the logs name the agent only by its first block, and never the token or key
+    assert f"/api/v1/agent-stream/{agent_uuid[:8]}…?provider=cloudonix" in stderr
+    assert agent_uuid not in stderr
+    assert TOKEN not in stderr and api_key not in stderr
+    assert "Pipecat" not in stderr  # the import banner is kept out of operators' logs
+
+
+async def test_restart_after_a_crash_fails_open_runs(
+    tmp_path: Path, cloudonix: tuple[CloudonixEmulator, str], aiohttp_client: Any
+) -> None:
+    """SIGKILL leaves a running run behind; the next start marks it failed."""
+    emulator, api_base = cloudonix
+    emulator.add_domain(DOMAIN, TOKEN)
+    db = tmp_path / "agent_stream.db"
+    run_cli("create-user", "--email", "o@example.com", "--password", "pw", db=db)
+    api_key = run_cli("create-api-key", "--email", "o@example.com", db=db).stdout.split()[-1]
+    port = unused_port()
+    env = os.environ | {"CLOUDONIX_API_BASE_URL": api_base}
+    command = [sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port), "--db", str(db)]
+    base = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {api_key}"}
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        async with aiohttp.ClientSession() as http:
+            await wait_healthy(http, base, proc)
+            await http.post(f"{base}/api/v1/telephony-configurations", headers=headers,
+                            json={"provider": "cloudonix", "domain_id": DOMAIN, "bearer_token": TOKEN})
+            async with http.post(f"{base}/api/v1/workflows", headers=headers,
+                                 json={"name": "A"}) as response:
+                agent_uuid = (await response.json())["uuid"]
+            call = await connect(http, stream_url(base, agent_uuid, domain=DOMAIN))
+            call.account_sid = DOMAIN
+            emulator.add_session(DOMAIN, call.session)
+            await call.handshake()
+            await call.send_audio(tone_ulaw(0.2))
+            proc.kill()
+            proc.wait(timeout=10)
+
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, text=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        async with aiohttp.ClientSession() as http:
+            await wait_healthy(http, base, proc)
+            async with http.get(f"{base}/api/v1/workflow-runs?workflow_uuid={agent_uuid}",
+                                headers=headers) as response:
+                (run,) = (await response.json())["runs"]
+        assert (run["state"], run["end_reason"], run["error"]) == (
+            "failed", "server_restarted", "server restarted")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
