@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -32,16 +32,11 @@ class Settings:
     handshake_timeout: float = HANDSHAKE_TIMEOUT_SECONDS
     provider_api_timeout: float = PROVIDER_API_TIMEOUT_SECONDS
     max_stream_message_bytes: int = MAX_STREAM_MESSAGE_BYTES
-    data_dir: Path = field(default=Path())
-
-    def __post_init__(self) -> None:
-        if self.data_dir == Path():
-            object.__setattr__(self, "data_dir", Path(self.db_path).parent)
 
     @property
     def recordings_dir(self) -> Path:
         """Where call recordings live: next to the database, so one folder holds all data."""
-        return self.data_dir / "recordings"
+        return Path(self.db_path).parent / "recordings"
 
     @classmethod
     def from_env(

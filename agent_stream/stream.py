@@ -117,11 +117,11 @@ class Call:
 
     async def handle(self) -> None:
         try:
-            run = await self._route()
-        except RoutingError as exc:
-            await self._reject(exc)
-            return
-        try:
+            try:
+                run = await self._route()
+            except RoutingError as exc:
+                await self._reject(exc)
+                return
             await self._run(run)
         finally:
             self.finished.set()
@@ -202,7 +202,7 @@ class Call:
             await self.store.mark_run_running(run.id, {"timing": {"accept_to_running_ms": running_ms}})
             self.log.info("running (%.1f ms after accept)", running_ms)
             handshake = await self._handshake(run)
-            serializer = cloudonix.CloudonixSerializer(handshake.start.stream_sid)
+            serializer = cloudonix.CloudonixSerializer(handshake.start.stream_sid, log=self.log)
             recording_path = self.settings.recordings_dir / f"{run.id}.wav"
             pipeline = CallPipeline(self.ws, serializer, recording_path)
             recording = str(recording_path)

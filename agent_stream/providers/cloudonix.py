@@ -301,9 +301,16 @@ class ProtocolTally:
 class CloudonixSerializer(FrameSerializer):
     """Twilio-compatible framing: media, dtmf, mark, stop in; media, mark, clear out."""
 
-    def __init__(self, stream_sid: str, *, sample_rate: int = SAMPLE_RATE) -> None:
+    def __init__(
+        self,
+        stream_sid: str,
+        *,
+        sample_rate: int = SAMPLE_RATE,
+        log: logging.Logger | logging.LoggerAdapter = log,  # type: ignore[type-arg]
+    ) -> None:
         super().__init__()
         self._stream_sid = stream_sid
+        self._log = log
         self._sample_rate = sample_rate
         self.problems = ProtocolTally()
         self.media_frames = 0
@@ -392,6 +399,6 @@ class CloudonixSerializer(FrameSerializer):
 
     def _problem(self, kind: str) -> None:
         if self.problems.add(kind):
-            log.warning("dropped provider message: %s (further ones are only counted)", kind)
+            self._log.warning("dropped provider message: %s (further ones are only counted)", kind)
 
 
