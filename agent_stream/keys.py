@@ -7,6 +7,7 @@ import aiohttp
 from aiohttp import web
 
 from .config import Settings
+from .speech import SpeechServices
 from .store import Store
 
 if TYPE_CHECKING:
@@ -16,3 +17,4 @@ SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 CALLS: web.AppKey[CallRegistry] = web.AppKey("calls")
+SPEECH = web.AppKey("speech", SpeechServices)

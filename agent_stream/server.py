@@ -10,8 +10,9 @@ from aiohttp.abc import AbstractAccessLogger
 
 from . import api
 from .config import SHUTDOWN_GRACE_SECONDS, Settings
-from .keys import CALLS, HTTP, SETTINGS, STORE
+from .keys import CALLS, HTTP, SETTINGS, SPEECH, STORE
 from .security import redact_uuids
+from .speech import SpeechServices
 from .store import Store
 from .stream import CallRegistry, agent_stream
 
@@ -50,6 +51,14 @@ async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def _speech_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The shared speech engines; their thread and process end with the app."""
+    speech = SpeechServices()
+    app[SPEECH] = speech
+    yield
+    speech.close()
+
+
 async def _close_live_calls(app: web.Application) -> None:
     """On shutdown: stop taking streams, close live calls with 1001, let their runs finish."""
     await app[CALLS].shutdown(SHUTDOWN_GRACE_SECONDS)
@@ -71,6 +80,7 @@ def create_app(settings: Settings) -> web.Application:
     app[CALLS] = CallRegistry()
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_http_ctx)
+    app.cleanup_ctx.append(_speech_ctx)
     app.on_shutdown.append(_close_live_calls)
     setup_routes(app)
     return app

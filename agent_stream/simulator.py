@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import base64
 import json
 import math
@@ -178,6 +179,7 @@ class SimulatedCall:
         self.caller = caller
         self.called = called
         self.received: list[dict[str, Any]] = []
+        self.echo_marks = True  # like a provider: echo each mark once its audio played
         self.close_reason = ""
         self._sequence = 0
         self._chunk = 0
@@ -269,6 +271,10 @@ class SimulatedCall:
                     continue
                 if isinstance(event, dict):
                     self.received.append(event)
+                    if self.echo_marks and event.get("event") == "mark":
+                        # the audio before it was paced in real time: it has just "played"
+                        with contextlib.suppress(ConnectionError, RuntimeError):
+                            await self.mark(str(event.get("mark", {}).get("name", "")))
             elif msg.type is aiohttp.WSMsgType.CLOSE:
                 self.close_reason = msg.extra or ""
                 await self.ws.close()

@@ -15,6 +15,7 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+import aiohttp
 from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
 from .config import Settings
@@ -29,12 +30,16 @@ from .errors import (
     UnsupportedProvider,
     clip_reason,
 )
-from .keys import CALLS, HTTP, SETTINGS, STORE
+from .engine import Workflow as EngineWorkflow
+from .engine.scripted import ScriptedAgent
+from .keys import CALLS, HTTP, SETTINGS, SPEECH, STORE
 from .pipeline.call import CallPipeline
+from .pipeline.frames import StreamStopFrame
 from .providers import SUPPORTED_PROVIDERS, UNSUPPORTED_PROVIDERS
 from .providers import cloudonix
 from .security import short_uuid
 from .store import Run, Store, Workflow
+from .workflow import validate_definition
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +111,9 @@ class Call:
         self.shutting_down = False
         self.handshake: cloudonix.Handshake | None = None
         self._workflow: Workflow | None = None
+        self.context: dict[str, Any] = {}
+        self.agent_outcome: Outcome | None = None
+        self.agent_gathered: dict[str, Any] = {}
         self.log = CallLog(log, {"call": f"agent {short_uuid(self.agent_uuid)}"})
 
     async def shut_down(self) -> None:
@@ -205,9 +213,12 @@ class Call:
             serializer = cloudonix.CloudonixSerializer(handshake.start.stream_sid, log=self.log)
             recording_path = self.settings.recordings_dir / f"{run.id}.wav"
             pipeline = CallPipeline(self.ws, serializer, recording_path)
-            recording = str(recording_path)
-            await pipeline.start()
+            actions = ProviderActions(self, handshake)
+            await pipeline.start(self._agent(pipeline, actions))
             outcome = await self._stream_media(pipeline, serializer)
+            if actions.failure:
+                outcome = Outcome(outcome.end_reason, outcome.close_code, outcome.close_reason,
+                                  "failed", actions.failure)
             state, end_reason, error = outcome.state, outcome.end_reason, outcome.error
             close_code, close_reason = outcome.close_code, outcome.close_reason
             extra_logs["protocol_errors"] = dict(serializer.problems.counts)
@@ -227,9 +238,14 @@ class Call:
         except Exception:
             self.log.exception("server error")
         finally:
+            transcript = None
             if pipeline is not None:
-                await pipeline.stop(graceful=state == "completed")
+                path = await pipeline.stop(graceful=state == "completed")
+                recording = str(path) if path else None
                 extra_context.update(_keypress_context(pipeline))
+                extra_context.update(self.agent_gathered)
+                transcript = pipeline.transcript.flush()
+                extra_logs["outbound_audio"] = _gap_summary(pipeline)
             # The run is final before the provider sees the close; a peer that never
             # answers the close frame can only delay its own socket, not the record.
             try:
@@ -242,10 +258,30 @@ class Call:
                     recording_path=recording,
                     gathered_context=extra_context,
                     logs=extra_logs,
+                    transcript=transcript,
                 )
                 self.log.info("%s: %s (close %d)", state, end_reason, close_code)
             finally:
                 await self._close(close_code, close_reason)
+
+    def _agent(self, pipeline: CallPipeline, actions: ProviderActions) -> ScriptedAgent:
+        """The engine for this workflow: scripted unless an LLM endpoint is configured."""
+        assert self._workflow is not None
+        definition = self._workflow.live_definition
+        problems = validate_definition(definition)
+        if problems:
+            raise StreamError(f"invalid workflow definition: {problems[0]}")
+        speech = self.request.app[SPEECH]
+        return ScriptedAgent(
+            workflow=EngineWorkflow.parse(definition),
+            context=self.context,
+            tts=speech.tts,
+            stt=speech.stt,
+            transcript=pipeline.transcript,
+            serializer=pipeline.serializer,
+            actions=actions,
+            call_log=self.log,
+        )
 
     async def _handshake(self, run: Run) -> cloudonix.Handshake:
         http = self.request.app[HTTP]
@@ -274,6 +310,7 @@ class Call:
         if self.newer_form:
             gathered["call_id"] = start.session
             initial = {"caller_number": start.caller, "called_number": start.called}
+        self.context = {**run.initial_context, **run.gathered_context, **initial, **gathered}
         webhook = {"domain": start.account_sid} if self.newer_form else {}
         webhook.update(start=start.raw, normalized_domain=handshake.domain)
         await self.store.merge_run_context(
@@ -310,6 +347,8 @@ class Call:
                 reason = f"no media from provider for {MEDIA_IDLE_TIMEOUT:.0f} s"
                 return Outcome("provider_timeout", SERVER_FAILURE, reason, "failed", reason)
             except PeerClosed:
+                if self.agent_outcome is not None:
+                    return self.agent_outcome
                 return Outcome("caller_hangup", NORMAL_CLOSURE, "stream closed by provider")
             except StreamError:
                 if self.shutting_down:
@@ -318,14 +357,72 @@ class Call:
             frame = await serializer.deserialize(data)
             if frame is None:
                 continue
-            if isinstance(frame, cloudonix.StreamStopFrame):
-                return Outcome("caller_hangup", NORMAL_CLOSURE, "call ended")
+            if isinstance(frame, StreamStopFrame):
+                return self.agent_outcome or Outcome("caller_hangup", NORMAL_CLOSURE, "call ended")
             await pipeline.deliver(frame)
 
     async def _close(self, code: int, reason: str) -> None:
         if not self.ws.closed:
             with contextlib.suppress(Exception):
                 await self.ws.close(code=code, message=clip_reason(reason).encode())
+
+
+CLOSE_REASONS: Final = {
+    "agent_hangup": "agent hung up",
+    "transfer": "call transferred",
+    "silence_timeout": "silence timeout",
+    "max_duration": "maximum call duration reached",
+}
+
+
+class ProviderActions:
+    """What the agent does to the call: provider hang-up and transfer, then closing the
+    stream with the outcome. A provider API error fails the run with its reason."""
+
+    def __init__(self, call: Call, handshake: cloudonix.Handshake) -> None:
+        self._call = call
+        self._client = handshake.client
+        self._session = handshake.start.session
+        self.failure: str | None = None
+        self._close_task: asyncio.Task[bool] | None = None
+
+    async def hangup(self) -> None:
+        try:
+            status = await self._client.hangup(self._session)
+            self._call.log.info("hung up through Cloudonix (HTTP %d)", status)
+        except (cloudonix.ProviderApiError, aiohttp.ClientError, TimeoutError) as exc:
+            self.failure = f"hangup failed: {exc or type(exc).__name__}"
+            self._call.log.warning(self.failure)
+
+    async def transfer(self, destination: str) -> None:
+        try:
+            status = await self._client.transfer(self._session, destination)
+            self._call.log.info("transferred through Cloudonix (HTTP %d)", status)
+        except (cloudonix.ProviderApiError, aiohttp.ClientError, TimeoutError) as exc:
+            self.failure = f"transfer failed: {exc or type(exc).__name__}"
+            self._call.log.warning(self.failure)
+
+    def finish(self, end_reason: str, gathered: dict[str, Any] | None = None) -> None:
+        reason = CLOSE_REASONS.get(end_reason, end_reason.replace("_", " "))
+        self._call.agent_outcome = Outcome(end_reason, NORMAL_CLOSURE, reason)
+        self._call.agent_gathered.update(gathered or {})
+        if not self._call.ws.closed:
+            self._close_task = asyncio.create_task(
+                self._call.ws.close(code=NORMAL_CLOSURE, message=reason.encode())
+            )
+
+
+def _gap_summary(pipeline: CallPipeline) -> dict[str, Any]:
+    """Outbound pacing as the provider saw it: gaps between media messages while speaking."""
+    gaps = sorted(pipeline.transport.output().gaps)
+    if not gaps:
+        return {"media_frames_out": 0}
+    return {
+        "media_frames_out": len(gaps) + 1,
+        "gap_p50_ms": round(gaps[len(gaps) // 2] * 1000, 1),
+        "gap_p99_ms": round(gaps[min(len(gaps) - 1, int(len(gaps) * 0.99))] * 1000, 1),
+        "gap_max_ms": round(gaps[-1] * 1000, 1),
+    }
 
 
 def _end_reason_for(exc: StreamError) -> str:

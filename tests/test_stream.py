@@ -16,6 +16,7 @@ from agent_stream.keys import STORE
 from agent_stream.server import create_app
 from agent_stream.simulator import connect, connected_event, silence_ulaw, stream_url, tone_ulaw
 from agent_stream.store import Store
+from agent_stream.workflow import starter_definition
 from tests.cloudonix_emulator import CloudonixEmulator
 from tests.conftest import DOMAIN, TOKEN, Dial, MakeTenant, Tenant, latest_run_id, wait_for_state
 
@@ -65,8 +66,9 @@ async def test_call_old_form_records_the_run_the_contract_describes(
     assert run.logs["timing"]["accept_to_running_ms"] >= 0
     assert run.logs["media_frames_in"] == 50
 
-    with wave.open(run.recording_path) as wav:
-        assert (wav.getframerate(), wav.getnchannels(), wav.getnframes()) == (8000, 1, 8000)
+    with wave.open(run.recording_path) as wav:  # stereo: caller left, agent right
+        assert (wav.getframerate(), wav.getnchannels()) == (8000, 2)
+        assert wav.getnframes() >= 8000
 
     validations = [r for r in emulator.requests if r.method == "GET"]
     assert len(validations) == 1
@@ -481,7 +483,7 @@ async def test_shutdown_closes_live_calls_with_1001_and_finishes_their_runs(
     org = await store.get_or_create_organization("S")
     user = await store.create_user(organization_id=org.id, email="s@example.com", password="pw")
     workflow = await store.create_workflow(
-        organization_id=org.id, owner_user_id=user.id, name="S", definition={"nodes": []})
+        organization_id=org.id, owner_user_id=user.id, name="S", definition=starter_definition())
     await store.create_telephony_config(organization_id=org.id, provider="cloudonix", name="s",
                                         domain_id=DOMAIN, bearer_token=TOKEN)
     emulator.add_domain(DOMAIN, TOKEN)
@@ -538,3 +540,15 @@ async def test_restart_fails_runs_left_open_by_a_crash(
         assert (run.state, run.error, run.end_reason) == (
             "failed", "server restarted", "server_restarted")
         assert run.ended_at is not None
+
+
+async def test_an_invalid_stored_definition_fails_the_run_with_1011(
+    dial: Dial, tenant: Tenant, store: Store
+) -> None:
+    await store.update_workflow(tenant.org_id, tenant.workflow.uuid, definition={"nodes": []})
+    call = await dial(tenant.workflow.uuid)
+    await call.handshake()
+    reason = "invalid workflow definition: definition.nodes must be a non-empty list"
+    assert await call.wait_closed() == (1011, reason)
+    run = await finished_run(store, tenant)
+    assert (run.state, run.error, run.close_code) == ("failed", reason, 1011)

@@ -1,12 +1,14 @@
-"""One call's pipecat pipeline: provider audio in, recorder, provider audio out.
+"""One call's pipecat pipeline: provider input, the agent, provider output.
 
-The next issue puts speech recognition, the workflow engine and speech synthesis between
-the recorder and the output; the transport, recorder and lifecycle stay as they are.
+The input transport records the caller and runs the VAD; the agent (an engine processor)
+listens and speaks; the output transport paces audio to the provider and reports what went
+out to the transcript and the recording.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from pathlib import Path
 from typing import Final
 
@@ -14,10 +16,13 @@ from aiohttp import web
 from pipecat.frames.frames import EndFrame, Frame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
 from ..providers.cloudonix import SAMPLE_RATE, CloudonixSerializer
+from ..speech.vad import EnergyVad
 from .recorder import CallRecorder
+from .transcript import CallTranscript
 from .transport import AiohttpWebsocketParams, AiohttpWebsocketTransport
 
 PIPELINE_START_TIMEOUT: Final = 5.0
@@ -25,13 +30,20 @@ PIPELINE_END_TIMEOUT: Final = 3.0
 
 
 class CallPipeline:
-    """Builds, starts and stops the pipeline of one call; owns its recording file."""
+    """Builds, starts and stops the pipeline of one call; owns its recording and transcript."""
 
     def __init__(
-        self, ws: web.WebSocketResponse, serializer: CloudonixSerializer, recording_path: Path
+        self,
+        ws: web.WebSocketResponse,
+        serializer: CloudonixSerializer,
+        recording_path: Path,
     ) -> None:
+        self.serializer = serializer
+        self.recorder = CallRecorder(recording_path, sample_rate=SAMPLE_RATE)
+        self.transcript = CallTranscript(bytes_per_second=SAMPLE_RATE * 2)
+        self.vad = EnergyVad()
         params = AiohttpWebsocketParams(
-            audio_in_enabled=True,
+            audio_in_enabled=False,  # the input transport feeds audio itself, see transport.py
             audio_in_sample_rate=SAMPLE_RATE,
             audio_out_enabled=True,
             audio_out_sample_rate=SAMPLE_RATE,
@@ -40,10 +52,19 @@ class CallPipeline:
             audio_out_end_silence_secs=0,
             serializer=serializer,
         )
-        self.transport = AiohttpWebsocketTransport(ws, params)
-        self.recorder = CallRecorder(recording_path, sample_rate=SAMPLE_RATE)
+        self.transport = AiohttpWebsocketTransport(
+            ws, params, recorder=self.recorder, transcript=self.transcript, vad=self.vad
+        )
+        self.worker: PipelineWorker | None = None
+        self._runner: WorkerRunner | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, agent: FrameProcessor) -> None:
+        """Open the recording, start the pipeline with `agent` in it, wait until it runs."""
+        self.recorder.open()
+        self.transcript.started = time.monotonic()  # same zero as the caller track
         self.worker = PipelineWorker(
-            Pipeline([self.transport.input(), self.recorder, self.transport.output()]),
+            Pipeline([self.transport.input(), agent, self.transport.output()]),
             params=PipelineParams(
                 audio_in_sample_rate=SAMPLE_RATE, audio_out_sample_rate=SAMPLE_RATE
             ),
@@ -52,12 +73,6 @@ class CallPipeline:
             idle_timeout_secs=None,
             check_dangling_tasks=False,
         )
-        self._runner: WorkerRunner | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        """Open the recording and wait until the pipeline takes frames."""
-        self.recorder.open()
         self._runner = WorkerRunner(handle_sigint=False, check_dangling_tasks=False)
         await self._runner.add_workers(self.worker)
         self._task = asyncio.create_task(self._runner.run(), name="call-pipeline")
@@ -72,19 +87,19 @@ class CallPipeline:
     async def deliver(self, frame: Frame) -> None:
         await self.transport.input().deliver(frame)
 
-    async def stop(self, *, graceful: bool) -> None:
-        """End the pipeline (letting queued output drain when graceful), then close the file."""
+    async def stop(self, *, graceful: bool) -> Path | None:
+        """End the pipeline (letting queued output drain when graceful), then write the
+        recording. Returns the recording's path."""
         try:
-            if self._task is None:
-                return
-            if graceful and not self._task.done():
-                await self.transport.input().drain(PIPELINE_END_TIMEOUT)
-                await self.worker.queue_frame(EndFrame())
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(self._task), PIPELINE_END_TIMEOUT)
-            if not self._task.done():
-                await self.worker.cancel()
-                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                    await asyncio.wait_for(self._task, PIPELINE_END_TIMEOUT)
+            if self._task is not None and self.worker is not None:
+                if graceful and not self._task.done():
+                    await self.worker.queue_frame(EndFrame())
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(self._task), PIPELINE_END_TIMEOUT)
+                if not self._task.done():
+                    await self.worker.cancel()
+                    with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                        await asyncio.wait_for(self._task, PIPELINE_END_TIMEOUT)
         finally:
-            self.recorder.close()
+            path = await self.recorder.finish()
+        return path

@@ -3,22 +3,23 @@
 
 Unlike pipecat's, the input side never reads the socket: the call's handler task is the
 only reader (it also watches for `stop`, oversized and malformed frames) and hands each
-decoded frame to `InputTransport.deliver`. The output side is the only writer of media.
+decoded frame to `InputTransport.deliver`. There the caller's audio is recorded and run
+through an inline VAD, and only speech (with a little pre-roll) enters the pipeline: a
+quiet caller costs no pipeline work. The output side is the only writer of media.
 """
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
+from collections import deque
 from typing import Final
 
 from aiohttp import web
 from pipecat.frames.frames import (
-    CancelFrame,
-    EndFrame,
     Frame,
     InputAudioRawFrame,
+    InputDTMFFrame,
     InterruptionFrame,
     OutputAudioRawFrame,
     OutputTransportMessageFrame,
@@ -31,12 +32,19 @@ from pipecat.transports.base_input import BaseInputTransport
 from pipecat.transports.base_output import BaseOutputTransport
 from pipecat.transports.base_transport import BaseTransport, TransportParams
 
+from ..speech.vad import EnergyVad
+from .frames import CallerStartedSpeaking, CallerStoppedSpeaking, ProviderMarkFrame
+from .recorder import CallRecorder
+from .transcript import CallTranscript
+
 log = logging.getLogger(__name__)
 
 # When the outbound clock is this far behind, the agent was silent: start a new schedule.
 # Smaller lateness is caught up against the absolute clock instead of restarting it
 # (pipecat's transport restarts on any lateness, so delay only ever grows: issue #3315).
 IDLE_RESET_SECONDS: Final = 0.2
+# Caller audio kept from just before the VAD fired, so the first syllable is not lost.
+PREROLL_FRAMES: Final = 15
 
 
 class AiohttpWebsocketParams(TransportParams):
@@ -48,9 +56,20 @@ class AiohttpWebsocketParams(TransportParams):
 class InputTransport(BaseInputTransport):
     """Turns frames the call handler decoded into pipeline input."""
 
-    def __init__(self, params: AiohttpWebsocketParams, **kwargs: object) -> None:
+    def __init__(
+        self,
+        params: AiohttpWebsocketParams,
+        recorder: CallRecorder,
+        transcript: CallTranscript,
+        vad: EnergyVad,
+        **kwargs: object,
+    ) -> None:
         super().__init__(params, **kwargs)
         self._params = params
+        self._recorder = recorder
+        self._transcript = transcript
+        self._vad = vad
+        self._preroll: deque[InputAudioRawFrame] = deque(maxlen=PREROLL_FRAMES)
         self.started = asyncio.Event()
 
     async def setup(self, setup: FrameProcessorSetup) -> None:
@@ -63,59 +82,90 @@ class InputTransport(BaseInputTransport):
         await self.set_transport_ready(frame)
         self.started.set()
 
-    async def drain(self, timeout: float) -> None:
-        """Wait until every delivered audio frame has entered the pipeline (before ending)."""
-        queue = getattr(self, "_audio_in_queue", None)
-        if queue is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(queue.join(), timeout)
-
     async def deliver(self, frame: Frame) -> None:
         """Hand one decoded provider frame to the pipeline (called by the handler task)."""
         if isinstance(frame, InputAudioRawFrame):
-            await self.push_audio_frame(frame)
-        else:
+            await self._audio(frame)
+            return
+        if isinstance(frame, InputDTMFFrame):
+            self._recorder.keypress(frame.button.value)
+        elif isinstance(frame, ProviderMarkFrame):
+            self._transcript.mark_played(frame.mark)
+        await self.push_frame(frame)
+
+    async def _audio(self, frame: InputAudioRawFrame) -> None:
+        self._recorder.write_caller(frame.audio)
+        event = self._vad.feed(frame.audio)
+        # Transcript times are wall-clock offsets, like the agent's lines; the VAD fires a
+        # little after speech starts and `stop_seconds` after it ends.
+        now_ms = self._transcript.now_ms()
+        if event == "start":
+            await self.push_frame(CallerStartedSpeaking(at_ms=max(0, now_ms - self._vad.start_ms)))
+            while self._preroll:
+                await self.push_frame(self._preroll.popleft())
+        if self._vad.speaking or event == "stop":
             await self.push_frame(frame)
+        else:
+            self._preroll.append(frame)
+        if event == "stop":
+            stopped_ms = now_ms - int(self._vad.stop_seconds * 1000)
+            await self.push_frame(CallerStoppedSpeaking(at_ms=max(0, stopped_ms)))
 
 
 class OutputTransport(BaseOutputTransport):
-    """Serializes pipeline output onto the socket, pacing audio in real time."""
+    """Serializes pipeline output onto the socket, pacing audio in real time, and tells
+    the transcript and the recorder what actually went out."""
 
     def __init__(
-        self, ws: web.WebSocketResponse, params: AiohttpWebsocketParams, **kwargs: object
+        self,
+        ws: web.WebSocketResponse,
+        params: AiohttpWebsocketParams,
+        recorder: CallRecorder,
+        transcript: CallTranscript,
+        **kwargs: object,
     ) -> None:
         super().__init__(params, **kwargs)
         self._ws = ws
         self._params = params
+        self._recorder = recorder
+        self._transcript = transcript
         self._send_interval = 0.0
         self._next_send_time = 0.0
         self.send_failures = 0
+        self.gaps: list[float] = []  # seconds between media sends while speaking
+        self._last_send = 0.0
 
     async def start(self, frame: StartFrame) -> None:
         await super().start(frame)
         self._send_interval = self.audio_chunk_size / (self.sample_rate * 2)
         await self.set_transport_ready(frame)
 
-    async def stop(self, frame: EndFrame) -> None:
-        await super().stop(frame)
-
-    async def cancel(self, frame: CancelFrame) -> None:
-        await super().cancel(frame)
-
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
         if isinstance(frame, InterruptionFrame):
             await self._write(frame)
+            self._transcript.cleared()
             self._next_send_time = 0.0
+            self._last_send = 0.0
 
     async def send_message(
         self, frame: OutputTransportMessageFrame | OutputTransportMessageUrgentFrame
     ) -> None:
-        await self._write(frame)
+        if await self._write(frame):
+            message = frame.message
+            if isinstance(message, dict) and message.get("event") == "mark":
+                self._transcript.mark_sent(message["mark"]["name"])
+        self._last_send = 0.0
 
     async def write_audio_frame(self, frame: OutputAudioRawFrame) -> bool:
         if not await self._write(frame):
             return False
+        now = time.monotonic()
+        if self._last_send and len(self.gaps) < 100_000:
+            self.gaps.append(now - self._last_send)
+        self._last_send = now
+        self._recorder.write_agent(frame.audio)
+        self._transcript.audio_sent(len(frame.audio))
         await self._pace()
         return True
 
@@ -152,13 +202,22 @@ class OutputTransport(BaseOutputTransport):
 class AiohttpWebsocketTransport(BaseTransport):
     """The pair of pipeline processors that move one call's frames over its socket."""
 
-    def __init__(self, ws: web.WebSocketResponse, params: AiohttpWebsocketParams) -> None:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        params: AiohttpWebsocketParams,
+        *,
+        recorder: CallRecorder,
+        transcript: CallTranscript,
+        vad: EnergyVad,
+    ) -> None:
         super().__init__()
-        self._input = InputTransport(params, name=f"{self.name}#input")
-        self._output = OutputTransport(ws, params, name=f"{self.name}#output")
+        self._input = InputTransport(params, recorder, transcript, vad, name=f"{self.name}#input")
+        self._output = OutputTransport(ws, params, recorder, transcript, name=f"{self.name}#output")
 
     def input(self) -> InputTransport:
         return self._input
 
     def output(self) -> OutputTransport:
         return self._output
+

@@ -24,11 +24,11 @@ from pipecat.frames.frames import (
     InterruptionFrame,
     OutputTransportMessageFrame,
     OutputTransportMessageUrgentFrame,
-    SystemFrame,
 )
 from pipecat.serializers.base_serializer import FrameSerializer
 
 from ..errors import HandshakeError, PeerClosed
+from ..pipeline.frames import ProviderMarkFrame, StreamStopFrame
 from ..store import TelephonyConfig
 
 with warnings.catch_warnings():
@@ -272,18 +272,6 @@ async def handshake(
 
 
 # -- media serializer ---------------------------------------------------------------------
-
-
-@dataclass
-class ProviderMarkFrame(SystemFrame):
-    """The provider echoed a mark: the audio sent before it has been played to the caller."""
-
-    mark: str = ""
-
-
-@dataclass
-class StreamStopFrame(SystemFrame):
-    """The provider ended the stream (`stop` event): the caller hung up."""
 
 
 @dataclass

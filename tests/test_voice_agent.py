@@ -1,0 +1,287 @@
+"""The scripted voice agent end to end, offline: espeak-synthesized caller speech goes in
+through the real socket, the agent greets, recognises, branches, and hangs up or
+transfers through the Cloudonix emulator. Transcript and recording are checked."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import wave
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import pytest
+
+from agent_stream.simulator import SimulatedCall, pcm16_to_ulaw, silence_ulaw
+from agent_stream.speech.tts import EspeakSynthesizer
+from agent_stream.store import Store
+from agent_stream.workflow import starter_definition
+from tests.cloudonix_emulator import CloudonixEmulator
+from tests.conftest import Dial, MakeTenant, Tenant, latest_run_id, wait_for_state
+
+
+@pytest.fixture(scope="module")
+def caller_voice() -> EspeakSynthesizer:
+    """The caller's side speaks with espeak too (a different voice from the agent's)."""
+    return EspeakSynthesizer(sample_rate=8000)
+
+
+async def say(call: SimulatedCall, voice: EspeakSynthesizer, text: str) -> None:
+    """Speak `text` into the call in real time, then enough silence to end the turn."""
+    pcm = await voice.synthesize(text, voice="en-us+m3", rate=160)
+    await call.send_audio(pcm16_to_ulaw(pcm))
+    with contextlib.suppress(aiohttp.ClientConnectionResetError):  # the agent may hang up
+        await call.send_audio(silence_ulaw(0.8))
+
+
+async def until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
+    """Wait for something the server sends, sending nothing meanwhile."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("timed out waiting for the agent")
+        await asyncio.sleep(0.02)
+
+
+async def keep_line_open(call: SimulatedCall, seconds: float) -> None:
+    """A phone line sends (silent) media all the time, until it is hung up."""
+    with contextlib.suppress(aiohttp.ClientConnectionResetError):
+        await call.send_audio(silence_ulaw(seconds))
+
+
+async def finished(store: Store, tenant: Tenant) -> Any:
+    run_id = await latest_run_id(store, tenant.org_id, wait=5)
+    assert run_id is not None
+    return await wait_for_state(store, run_id, "completed", "failed", timeout=20)
+
+
+def short_flow(**settings: Any) -> dict[str, Any]:
+    """A brisk version of the starter agent, so tests do not wait on long prompts."""
+    definition = starter_definition()
+    definition["nodes"][0]["say"] = "Hi, {{direction}} caller. Book a visit?"
+    definition["settings"].update(settings)
+    return definition
+
+
+@pytest.fixture
+async def agent(make_tenant: MakeTenant, store: Store) -> Tenant:
+    tenant = await make_tenant()
+    await store.update_workflow(tenant.org_id, tenant.workflow.uuid, definition=short_flow())
+    return tenant
+
+
+def agent_lines(run: Any) -> list[tuple[str, str, bool]]:
+    return [(line.role, line.text, line.interrupted) for line in run.transcript]
+
+
+# -- the conversation ---------------------------------------------------------------------------
+
+
+async def test_greets_recognises_speech_branches_and_hangs_up(
+    dial: Dial, agent: Tenant, store: Store, emulator: CloudonixEmulator,
+    caller_voice: EspeakSynthesizer,
+) -> None:
+    call = await dial(agent.workflow.uuid)
+    call.start_reading()
+    await call.handshake()
+    await until(lambda: "utt-1" in call.marks)  # the greeting went out, then its mark
+    greeting_audio = call.received_media_bytes
+    assert greeting_audio > 8000 * 0.5  # at least half a second of speech
+    await say(call, caller_voice, "yes")
+    await until(lambda: "utt-2" in call.marks)
+    await say(call, caller_voice, "goodbye")
+    code, reason = await call.wait_closed(timeout=20)
+    assert (code, reason) == (1000, "agent hung up")
+
+    run = await finished(store, agent)
+    assert (run.state, run.end_reason) == ("completed", "agent_hangup")
+    assert agent_lines(run) == [
+        ("agent", "Hi, inbound caller. Book a visit?", False),
+        ("caller", "yes", False),
+        ("agent", "Great. Which day suits you?", False),
+        ("caller", "goodbye", False),
+        ("agent", "Goodbye.", False),
+    ]
+    times = [(line.start_ms, line.end_ms) for line in run.transcript]
+    assert all(start <= end for start, end in times)
+    assert [start for start, _ in times] == sorted(start for start, _ in times)
+    hangups = [r for r in emulator.requests if r.method == "DELETE"]
+    assert len(hangups) == 1 and hangups[0].session == call.session and hangups[0].authorized
+
+    with wave.open(run.recording_path) as wav:
+        assert (wav.getnchannels(), wav.getframerate()) == (2, 8000)
+        frames = wav.readframes(wav.getnframes())
+    left = frames[0::4] + frames[1::4]
+    right = frames[2::4] + frames[3::4]
+    assert any(left) and any(right), "both the caller and the agent are in the recording"
+    assert run.logs["outbound_audio"]["media_frames_out"] > 50
+
+
+async def test_keypress_transfers_after_the_last_words(
+    dial: Dial, agent: Tenant, store: Store, emulator: CloudonixEmulator
+) -> None:
+    call = await dial(agent.workflow.uuid)
+    call.start_reading()
+    await call.handshake()
+    await until(lambda: "utt-1" in call.marks)
+    await call.press("0")
+    code, reason = await call.wait_closed(timeout=20)
+    assert (code, reason) == (1000, "call transferred")
+    assert "utt-2" in call.marks  # "Connecting you now." was played before the transfer
+
+    run = await finished(store, agent)
+    assert (run.state, run.end_reason) == ("completed", "transfer")
+    assert run.gathered_context["transfer_destination"] == "+15555550123"
+    assert run.gathered_context["dtmf_digits"] == "0"
+    assert [line.text for line in run.transcript] == [
+        "Hi, inbound caller. Book a visit?", "(pressed 0)", "Connecting you now."]
+    (transfer,) = [r for r in emulator.requests if r.method == "POST"]
+    assert transfer.json == {"cxml": "<Response><Dial>+15555550123</Dial></Response>"}
+    assert transfer.session == call.session
+
+
+async def test_unmatched_reply_reprompts_once_then_takes_the_fallback(
+    dial: Dial, agent: Tenant, store: Store, caller_voice: EspeakSynthesizer
+) -> None:
+    call = await dial(agent.workflow.uuid)
+    call.start_reading()
+    await call.handshake()
+    await until(lambda: "utt-1" in call.marks)
+    await call.press("7")  # no edge has 7
+    await until(lambda: "utt-2" in call.marks)
+    await call.press("9")  # still nothing: the fallback edge goes to "bye"
+    assert (await call.wait_closed(timeout=20))[0] == 1000
+    run = await finished(store, agent)
+    assert [line.text for line in run.transcript] == [
+        "Hi, inbound caller. Book a visit?",
+        "(pressed 7)",
+        "Sorry, I didn't catch that. Hi, inbound caller. Book a visit?",
+        "(pressed 9)",
+        "Goodbye.",
+    ]
+    assert run.end_reason == "agent_hangup"
+
+
+async def test_barge_in_clears_the_provider_and_cuts_the_transcript(
+    dial: Dial, make_tenant: MakeTenant, store: Store, caller_voice: EspeakSynthesizer
+) -> None:
+    tenant = await make_tenant()
+    definition = starter_definition()  # the long greeting: about four seconds
+    await store.update_workflow(tenant.org_id, tenant.workflow.uuid, definition=definition)
+    call = await dial(tenant.workflow.uuid)
+    call.start_reading()
+    await call.handshake()
+    await until(lambda: call.received_media_bytes > 8000)  # a second of greeting played
+    speaking = asyncio.create_task(say(call, caller_voice, "talk to a human"))
+    await until(lambda: call.clears == 1)
+    clear_at = next(i for i, e in enumerate(call.received) if e["event"] == "clear")
+    await speaking
+    # nothing of the cut greeting follows the clear: the next audio is the transfer prompt
+    after = call.received[clear_at + 1:]
+    assert not [e for e in after if e["event"] == "mark" and e["mark"]["name"] == "utt-1"]
+    assert (await call.wait_closed(timeout=20)) == (1000, "call transferred")
+
+    run = await finished(store, tenant)
+    first = run.transcript[0]
+    assert (first.role, first.interrupted) == ("agent", True)
+    full = definition["nodes"][0]["say"]
+    assert first.text and full.startswith(first.text) and first.text != full
+    assert [(line.role, line.text) for line in run.transcript[1:]] == [
+        ("caller", "talk to a human"), ("agent", "Connecting you now.")]
+
+
+async def test_a_non_interruptible_prompt_is_not_cut(
+    dial: Dial, make_tenant: MakeTenant, store: Store, caller_voice: EspeakSynthesizer
+) -> None:
+    tenant = await make_tenant()
+    definition = short_flow()
+    definition["nodes"][0]["interruptible"] = False
+    definition["nodes"][0]["say"] = "Please listen carefully, as our options have changed."
+    await store.update_workflow(tenant.org_id, tenant.workflow.uuid, definition=definition)
+    call = await dial(tenant.workflow.uuid)
+    call.start_reading()
+    await call.handshake()
+    await until(lambda: call.received_media_bytes > 4000)
+    await say(call, caller_voice, "representative")
+    assert (await call.wait_closed(timeout=20))[0] == 1000
+    assert call.clears == 0
+    run = await finished(store, tenant)
+    assert run.transcript[0].interrupted is False
+    assert run.transcript[0].text == "Please listen carefully, as our options have changed."
+
+
+# -- timeouts ---------------------------------------------------------------------------------
+
+
+async def test_silence_reprompts_then_ends_with_silence_timeout(
+    dial: Dial, make_tenant: MakeTenant, store: Store, emulator: CloudonixEmulator
+) -> None:
+    tenant = await make_tenant()
+    await store.update_workflow(tenant.org_id, tenant.workflow.uuid,
+                                definition=short_flow(silence_timeout_seconds=1))
+    call = await dial(tenant.workflow.uuid)
+    call.start_reading()
+    await call.handshake()
+    line = asyncio.create_task(keep_line_open(call, 30))
+    try:
+        assert await call.wait_closed(timeout=30) == (1000, "silence timeout")
+    finally:
+        line.cancel()
+    run = await finished(store, tenant)
+    assert run.end_reason == "silence_timeout"
+    assert [line.text for line in run.transcript] == [
+        "Hi, inbound caller. Book a visit?",
+        "Are you still there? Hi, inbound caller. Book a visit?",
+        "Goodbye.",
+    ]
+    assert [r.method for r in emulator.requests] == ["GET", "DELETE"]
+
+
+async def test_max_duration_hangs_up(
+    dial: Dial, make_tenant: MakeTenant, store: Store, emulator: CloudonixEmulator
+) -> None:
+    tenant = await make_tenant()
+    await store.update_workflow(tenant.org_id, tenant.workflow.uuid,
+                                definition=short_flow(max_duration_seconds=1.5))
+    call = await dial(tenant.workflow.uuid)
+    call.start_reading()
+    await call.handshake()
+    line = asyncio.create_task(keep_line_open(call, 10))
+    try:
+        assert await call.wait_closed(timeout=15) == (1000, "maximum call duration reached")
+    finally:
+        line.cancel()
+    run = await finished(store, tenant)
+    assert (run.state, run.end_reason) == ("completed", "max_duration")
+    assert 1.0 < (run.duration_seconds or 0) < 6
+    assert emulator.requests[-1].method == "DELETE"
+
+
+async def test_caller_hangup_keeps_what_was_heard(
+    dial: Dial, agent: Tenant, store: Store
+) -> None:
+    call = await dial(agent.workflow.uuid)
+    call.start_reading()
+    await call.handshake()
+    await until(lambda: "utt-1" in call.marks)
+    await call.hang_up()
+    assert await call.wait_closed() == (1000, "call ended")
+    run = await finished(store, agent)
+    assert run.end_reason == "caller_hangup"
+    assert agent_lines(run) == [("agent", "Hi, inbound caller. Book a visit?", False)]
+
+
+async def test_failed_hangup_fails_the_run_with_the_reason(
+    dial: Dial, agent: Tenant, store: Store, emulator: CloudonixEmulator
+) -> None:
+    call = await dial(agent.workflow.uuid)
+    call.start_reading()
+    await call.handshake()
+    await until(lambda: "utt-1" in call.marks)
+    emulator.status_override = 500
+    await call.press("9")
+    await call.press("9")  # second miss: fallback to "bye", then hang up (answered 500)
+    assert (await call.wait_closed(timeout=20))[0] == 1000
+    run = await finished(store, agent)
+    assert (run.state, run.end_reason) == ("failed", "agent_hangup")
+    assert run.error == "hangup failed: Cloudonix hangup failed: HTTP 500"
