@@ -1,7 +1,6 @@
 """The JSON management API (contract section 3), scoped to the API key's organization."""
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -20,6 +19,7 @@ from .workflow import starter_definition, validate_definition
 log = logging.getLogger(__name__)
 
 MAX_PAGE: Final = 200
+MAX_ROW_ID: Final = 2**63 - 1
 DEFAULT_PAGE: Final = 50
 RUN_STATES: Final = ("pending", "running", "completed", "failed")
 EDITABLE_STATUSES: Final = ("draft", "archived")
@@ -82,7 +82,7 @@ async def api_user(request: web.Request) -> User:
 async def json_body(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError, LookupError):  # bad JSON, too deep, unknown charset
         raise ApiError(400, "request body must be JSON") from None
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object")
@@ -134,10 +134,25 @@ def _numbers(body: dict[str, Any]) -> list[str] | None:
 
 
 def _id(request: web.Request, key: str) -> int:
+    """A row id from the path; anything SQLite could not store is simply not found."""
     try:
-        return int(request.match_info[key])
+        value = int(request.match_info[key])
     except ValueError:
-        raise NotFound(f"{key} not found") from None
+        raise NotFound("not found") from None
+    if not 0 < value <= MAX_ROW_ID:
+        raise NotFound("not found")
+    return value
+
+
+def _domain(body: dict[str, Any], *, required: bool) -> str | None:
+    """A Cloudonix domain id, normalized; one that normalizes to nothing is a 400."""
+    raw = _text(body, "domain_id", required=required)
+    if raw is None:
+        return None
+    domain = normalize_domain(raw)
+    if not domain.removesuffix(".cloudonix.net").strip("."):
+        raise ApiError(400, "'domain_id' must name a Cloudonix domain, e.g. acme.cloudonix.net")
+    return domain
 
 
 # -- JSON shapes ---------------------------------------------------------------------------
@@ -269,7 +284,7 @@ async def create_telephony(request: web.Request) -> web.Response:
     provider = _text(body, "provider", required=True)
     if provider not in SUPPORTED_PROVIDERS:
         raise ApiError(400, f"provider must be one of: {', '.join(sorted(SUPPORTED_PROVIDERS))}")
-    domain = normalize_domain(_text(body, "domain_id", required=True) or "")
+    domain = _domain(body, required=True) or ""
     token = _text(body, "bearer_token", required=True, limit=4096)
     config = await request.app[STORE].create_telephony_config(
         organization_id=user.organization_id,
@@ -300,12 +315,11 @@ async def patch_telephony(request: web.Request) -> web.Response:
     body = await json_body(request)
     if "provider" in body:
         raise ApiError(400, "'provider' cannot be changed; create a new configuration")
-    domain = _text(body, "domain_id")
     config = await request.app[STORE].update_telephony_config(
         user.organization_id,
         _id(request, "id"),
         name=_text(body, "name"),
-        domain_id=normalize_domain(domain) if domain else None,
+        domain_id=_domain(body, required=False),
         bearer_token=_text(body, "bearer_token", limit=4096),
         application_name=_text(body, "application_name"),
         from_numbers=_numbers(body),

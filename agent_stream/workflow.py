@@ -100,15 +100,16 @@ def validate_definition(definition: Any) -> list[str]:
             problems.append(f"{where} must be an object")
             continue
         for end in ("from", "to"):
-            if edge.get(end) not in ids:
-                problems.append(f"{where}.{end} names unknown node {edge.get(end)!r}")
+            target = edge.get(end)
+            if not isinstance(target, str) or target not in ids:
+                problems.append(f"{where}.{end} names unknown node {target!r}")
         digit = edge.get("dtmf")
         if digit is not None and (not isinstance(digit, str) or digit not in DTMF_DIGITS):
             problems.append(f"{where}.dtmf must be one digit 0-9, * or #, got {digit!r}")
         phrases = edge.get("phrases", [])
         if not isinstance(phrases, list) or not all(isinstance(p, str) for p in phrases):
             problems.append(f"{where}.phrases must be a list of text")
-        if edge.get("from") in outgoing and edge.get("to") in ids:
+        if isinstance(edge.get("from"), str) and edge["from"] in outgoing and edge.get("to") in ids:
             outgoing[edge["from"]].append(edge["to"])
 
     if len(starts) == 1:
