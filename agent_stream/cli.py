@@ -6,24 +6,39 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from aiohttp import web
 
 from .config import Settings
 from .errors import Conflict, NotFound
 from .store import Store
+from .workflow import DTMF_DIGITS
 
 
-def configure_logging() -> None:
+def configure_logging(level: int = logging.INFO) -> None:
     """Plain stdlib logging; pipecat's loguru output (and its import banner) is kept to
     warnings and above, so it must run before pipecat is imported."""
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     from loguru import logger
 
     logger.remove()
     logger.add(sys.stderr, level="WARNING")
+
+
+class _Step(argparse.Action):
+    """--say and --dtmf share one ordered list of caller steps."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        kind = "dtmf" if option_string == "--dtmf" else "say"
+        if kind == "dtmf" and (not isinstance(values, str) or values not in DTMF_DIGITS):
+            parser.error(f"--dtmf takes one of 0-9, * or #, not {values!r}")
+        steps = list(getattr(namespace, self.dest, None) or [])
+        steps.append((kind, values))
+        setattr(namespace, self.dest, steps)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,6 +68,15 @@ def _parser() -> argparse.ArgumentParser:
     user.add_argument("--admin", action="store_true")
     user.add_argument("--monthly-minutes", type=int, help="monthly call minutes (default unlimited)")
     user.add_argument("--max-concurrent-calls", type=int, help="concurrent calls (default unlimited)")
+
+    call = sub.add_parser("call", help="place a test call to an agent and print the conversation")
+    db_flag(call, argparse.SUPPRESS)
+    call.add_argument("agent_uuid")
+    call.add_argument("--say", dest="steps", action=_Step, metavar="TEXT",
+                      help="something the caller says (repeatable, in order)")
+    call.add_argument("--dtmf", dest="steps", action=_Step, metavar="DIGIT",
+                      help="a key the caller presses (repeatable, in order with --say)")
+    call.add_argument("--out", type=Path, help="copy the stereo recording here")
 
     key = sub.add_parser("create-api-key", help="create an API key; printed once, last line")
     db_flag(key, argparse.SUPPRESS)
@@ -110,6 +134,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_create_user(settings, args))
     if command == "create-api-key":
         return asyncio.run(_create_api_key(settings, args))
+    if command == "call":
+        configure_logging(level=logging.WARNING)
+        from .testcall import parse_steps, run_test_call
+
+        return asyncio.run(
+            run_test_call(settings, args.agent_uuid, parse_steps(args.steps), args.out)
+        )
     configure_logging()
     from .server import AccessLogger, create_app  # imports pipecat: only when serving
 

@@ -7,6 +7,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import wave
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ import aiohttp
 from aiohttp.test_utils import unused_port
 
 from agent_stream.simulator import connect, stream_url, tone_ulaw
+from agent_stream.store import Store
+from agent_stream.workflow import starter_definition
 from tests.cloudonix_emulator import CloudonixEmulator
 from tests.conftest import DOMAIN, TOKEN
 
@@ -167,3 +170,34 @@ async def test_restart_after_a_crash_fails_open_runs(
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
+
+
+async def test_call_command_places_a_test_call_and_prints_the_conversation(tmp_path: Path) -> None:
+    db = tmp_path / "agent_stream.db"
+    run_cli("create-user", "--email", "o@example.com", "--password", "pw", db=db)
+    store = await Store.open(db)
+    try:
+        user = await store.get_user_by_email("o@example.com")
+        definition = starter_definition()
+        definition["nodes"][0]["say"] = "Hi. Press zero for a human."
+        workflow = await store.create_workflow(organization_id=user.organization_id,
+                                               owner_user_id=user.id, name="A", definition=definition)
+        await store.create_telephony_config(organization_id=user.organization_id,
+                                            provider="cloudonix", name="main",
+                                            domain_id=DOMAIN, bearer_token=TOKEN)
+    finally:
+        await store.close()
+    out = tmp_path / "call.wav"
+    done = await asyncio.to_thread(
+        run_cli, "call", workflow.uuid, "--dtmf", "0", "--out", str(out), db=db)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = [line.split(maxsplit=1)[1] for line in done.stdout.splitlines()
+             if line.strip()[:1].isdigit()]
+    assert lines == ["agent   Hi. Press zero for a human.", "caller  (pressed 0)",
+                     "agent   Connecting you now."]
+    assert "provider: transfer <Response><Dial>+15555550123</Dial></Response>" in done.stdout
+    assert "completed, transfer" in done.stdout
+    with wave.open(str(out)) as wav:
+        assert wav.getnchannels() == 2
+    bad = run_cli("call", workflow.uuid, "--dtmf", "x", db=db)
+    assert bad.returncode == 2 and "--dtmf takes one of" in bad.stderr
