@@ -32,6 +32,9 @@ class Settings:
     handshake_timeout: float = HANDSHAKE_TIMEOUT_SECONDS
     provider_api_timeout: float = PROVIDER_API_TIMEOUT_SECONDS
     max_stream_message_bytes: int = MAX_STREAM_MESSAGE_BYTES
+    # Start the speech decoder process at startup, so the first caller does not wait ~1 s
+    # for it (tests leave it off: most of them never speak).
+    preload_speech: bool = False
 
     @property
     def recordings_dir(self) -> Path:
@@ -50,4 +53,5 @@ class Settings:
             cloudonix_api_base_url=(
                 os.environ.get("CLOUDONIX_API_BASE_URL") or DEFAULT_CLOUDONIX_API
             ).rstrip("/"),
+            preload_speech=True,
         )

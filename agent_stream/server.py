@@ -54,6 +54,8 @@ async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _speech_ctx(app: web.Application) -> AsyncIterator[None]:
     """The shared speech engines; their thread and process end with the app."""
     speech = SpeechServices()
+    if app[SETTINGS].preload_speech:
+        speech.stt.warm_up()
     app[SPEECH] = speech
     yield
     speech.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 import uuid as uuidlib
@@ -31,6 +32,8 @@ from .errors import (
     clip_reason,
 )
 from .engine import Workflow as EngineWorkflow
+from .engine.base import VoiceAgent
+from .engine.llm import LLMAgent
 from .engine.scripted import ScriptedAgent
 from .keys import CALLS, HTTP, SETTINGS, SPEECH, STORE
 from .pipeline.call import CallPipeline
@@ -39,12 +42,14 @@ from .providers import SUPPORTED_PROVIDERS, UNSUPPORTED_PROVIDERS
 from .providers import cloudonix
 from .security import short_uuid
 from .store import Run, Store, Workflow
-from .workflow import validate_definition
+from .workflow import llm_endpoint, validate_definition
 
 log = logging.getLogger(__name__)
 
 # A live call sends media every 20 ms; this much silence on the socket means a dead peer.
 MEDIA_IDLE_TIMEOUT: Final = 30.0
+# Garbage is collected after this many ended calls even while others are live.
+GC_EVERY_CALLS: Final = 50
 # How long we wait for the provider to answer our close frame.
 CLOSE_TIMEOUT: Final = 2.0
 
@@ -82,6 +87,20 @@ class CallRegistry:
     def __init__(self) -> None:
         self.calls: set[Call] = set()
         self.accepting = True
+        self._ended_since_gc = 0
+
+    def add(self, call: Call) -> None:
+        self.calls.add(call)
+
+    def discard(self, call: Call) -> None:
+        """A call ended. Pipelines leave reference cycles behind, so collect garbage when
+        the process goes idle or every GC_EVERY_CALLS calls (RSS grew 312 -> 905 MB over
+        six waves of calls without it)."""
+        self.calls.discard(call)
+        self._ended_since_gc += 1
+        if not self.calls or self._ended_since_gc >= GC_EVERY_CALLS:
+            self._ended_since_gc = 0
+            gc.collect()
 
     async def shutdown(self, grace: float) -> None:
         """Stop taking streams, close live ones with 1001, wait for their runs to finish."""
@@ -264,7 +283,7 @@ class Call:
             finally:
                 await self._close(close_code, close_reason)
 
-    def _agent(self, pipeline: CallPipeline, actions: ProviderActions) -> ScriptedAgent:
+    def _agent(self, pipeline: CallPipeline, actions: ProviderActions) -> VoiceAgent:
         """The engine for this workflow: scripted unless an LLM endpoint is configured."""
         assert self._workflow is not None
         definition = self._workflow.live_definition
@@ -272,7 +291,7 @@ class Call:
         if problems:
             raise StreamError(f"invalid workflow definition: {problems[0]}")
         speech = self.request.app[SPEECH]
-        return ScriptedAgent(
+        parts: dict[str, Any] = dict(
             workflow=EngineWorkflow.parse(definition),
             context=self.context,
             tts=speech.tts,
@@ -282,6 +301,11 @@ class Call:
             actions=actions,
             call_log=self.log,
         )
+        endpoint = llm_endpoint(definition)
+        if endpoint is not None:
+            self.log.info("LLM engine: model %r at %s", endpoint.model, endpoint.base_url)
+            return LLMAgent(endpoint=endpoint, **parts)
+        return ScriptedAgent(**parts)
 
     async def _handshake(self, run: Run) -> cloudonix.Handshake:
         http = self.request.app[HTTP]
@@ -452,7 +476,10 @@ async def agent_stream(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     registry = request.app[CALLS]
     ws = StreamSocket(
-        max_msg_size=settings.max_stream_message_bytes, autoping=True, timeout=CLOSE_TIMEOUT
+        max_msg_size=settings.max_stream_message_bytes,
+        autoping=True,
+        timeout=CLOSE_TIMEOUT,
+        compress=False,  # base64 mu-law barely compresses; deflate would only cost CPU
     )
     await ws.prepare(request)
     if not registry.accepting:
@@ -462,7 +489,7 @@ async def agent_stream(request: web.Request) -> web.StreamResponse:
     # The call runs in its own task: if aiohttp cancels the handler (a lost connection,
     # with handler_cancellation on) the call still finishes its run. Shutdown waits for it.
     task = asyncio.create_task(call.handle(), name=f"call {short_uuid(call.agent_uuid)}")
-    registry.calls.add(call)
-    task.add_done_callback(lambda _: registry.calls.discard(call))
+    registry.add(call)
+    task.add_done_callback(lambda _: registry.discard(call))
     await asyncio.shield(task)
     return ws

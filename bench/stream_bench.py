@@ -13,43 +13,14 @@ import asyncio
 import os
 import platform
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
-from aiohttp import web
-from aiohttp.test_utils import unused_port
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import DOMAIN, CloudonixEmulator, bench_server, cpu_seconds, percentile, rss_mb
 
-from agent_stream.simulator import connect, stream_url, tone_ulaw  # noqa: E402
-from tests.cloudonix_emulator import CloudonixEmulator  # noqa: E402
-
-DOMAIN = "bench.cloudonix.net"
-TOKEN = "bench-token-0000000000"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+from agent_stream.simulator import connect, silence_ulaw, stream_url
 
 
 async def one_call(http: aiohttp.ClientSession, base: str, agent: str,
@@ -77,45 +48,15 @@ async def main() -> None:
     args = parser.parse_args()
     waves = [int(n) for n in args.waves.split(",")]
 
-    emulator = CloudonixEmulator()
-    emulator.add_domain(DOMAIN, TOKEN)
-    emu_runner = web.AppRunner(emulator.make_app(), access_log=None)
-    await emu_runner.setup()
-    emu_port = unused_port()
-    await web.TCPSite(emu_runner, "127.0.0.1", emu_port).start()
-
-    workdir = Path(tempfile.mkdtemp(prefix="agent-stream-bench-"))
-    db = workdir / "agent_stream.db"
-    cli = [sys.executable, "app.py"]
-    subprocess.run([*cli, "create-user", "--email", "b@example.com", "--password", "pw",
-                    "--db", str(db)], cwd=ROOT, check=True, capture_output=True)
-    key = subprocess.run([*cli, "create-api-key", "--email", "b@example.com", "--db", str(db)],
-                         cwd=ROOT, check=True, capture_output=True, text=True).stdout.split()[-1]
-    port = unused_port()
-    env = os.environ | {"CLOUDONIX_API_BASE_URL": f"http://127.0.0.1:{emu_port}"}
-    server = subprocess.Popen(
-        [*cli, "--host", "127.0.0.1", "--port", str(port), "--db", str(db)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-        stderr=args.server_log.open("w") if args.server_log else subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    headers = {"Authorization": f"Bearer {key}"}
-    audio = tone_ulaw(args.seconds)
-    try:
+    audio = silence_ulaw(args.seconds)  # an idle line: the relay cost, without speech
+    definition = {"nodes": [{"id": "start", "kind": "start", "say": ""},
+                            {"id": "wait", "kind": "agent", "say": ""}],
+                  "edges": [{"from": "start", "to": "wait", "dtmf": "1"},
+                            {"from": "wait", "to": "start", "dtmf": "2"}]}
+    async with bench_server(definition, args.server_log) as bench:
+        server, base, headers, agent, emulator = (
+            bench.process, bench.base, bench.headers, bench.agent, bench.emulator)
         async with aiohttp.ClientSession() as http:
-            for _ in range(200):
-                try:
-                    async with http.get(f"{base}/api/v1/health") as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.05)
-            await http.post(f"{base}/api/v1/telephony-configurations", headers=headers,
-                            json={"provider": "cloudonix", "domain_id": DOMAIN, "bearer_token": TOKEN})
-            async with http.post(f"{base}/api/v1/workflows", headers=headers,
-                                 json={"name": "bench"}) as response:
-                agent = (await response.json())["uuid"]
-
             print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
                   f"Python {platform.python_version()}; {args.seconds:.0f} s of audio per call")
             print(f"server RSS at idle: {rss_mb(server.pid):.0f} MB")
@@ -144,10 +85,6 @@ async def main() -> None:
                       f"      {statistics.median(handshake):8.1f} / {percentile(handshake, 0.99):6.1f}")
                 for failure in sorted(failures | server_failures):
                     print(f"      not ok: {failure}")
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        await emu_runner.cleanup()
 
 
 if __name__ == "__main__":
