@@ -14,7 +14,7 @@ from .providers import SUPPORTED_PROVIDERS
 from .providers.cloudonix import normalize_domain
 from .security import mask_secret
 from .store import Run, Store, TelephonyConfig, User, Workflow
-from .workflow import starter_definition, validate_definition
+from .workflow import merge_secrets, redact_secrets, starter_definition, validate_definition
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ def workflow_json(workflow: Workflow) -> dict[str, Any]:
         "status": workflow.status,
         "version": workflow.version,
         "published_version": workflow.published_version,
-        "definition": workflow.definition,
+        "definition": redact_secrets(workflow.definition),  # no LLM API key in clear
         "created_at": workflow.created_at,
         "updated_at": workflow.updated_at,
     }
@@ -227,7 +227,8 @@ async def create_workflow(request: web.Request) -> web.Response:
     user = await api_user(request)
     body = await json_body(request)
     name = _text(body, "name", required=True)
-    definition = _definition(body) or starter_definition()
+    definition = _definition(body)
+    definition = merge_secrets(definition, None) if definition else starter_definition()
     workflow = await request.app[STORE].create_workflow(
         organization_id=user.organization_id, owner_user_id=user.id, name=name or "",
         definition=definition,
@@ -255,11 +256,16 @@ async def patch_workflow(request: web.Request) -> web.Response:
     status = body.get("status")
     if status is not None and status not in EDITABLE_STATUSES:
         raise ApiError(400, "'status' can be set to draft or archived; use /publish to publish")
-    workflow = await request.app[STORE].update_workflow(
+    store: Store = request.app[STORE]
+    definition = _definition(body)
+    if definition is not None:  # a missing or masked LLM API key keeps the stored one
+        current = await store.get_workflow(user.organization_id, request.match_info["uuid"])
+        definition = merge_secrets(definition, current.definition)
+    workflow = await store.update_workflow(
         user.organization_id,
         request.match_info["uuid"],
         name=_text(body, "name"),
-        definition=_definition(body),
+        definition=definition,
         status=status,
     )
     return web.json_response(workflow_json(workflow))

@@ -303,7 +303,6 @@ class Call:
         )
         endpoint = llm_endpoint(definition)
         if endpoint is not None:
-            self.log.info("LLM engine: model %r at %s", endpoint.model, endpoint.base_url)
             return LLMAgent(endpoint=endpoint, **parts)
         return ScriptedAgent(**parts)
 

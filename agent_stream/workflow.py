@@ -2,10 +2,17 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import urlsplit
+
+from .security import mask_secret
 
 NODE_KINDS: Final = ("start", "agent", "end", "transfer")
 DTMF_DIGITS: Final = set("0123456789*#")
+ENGINES: Final = ("scripted", "llm")
+# What mask_secret() shows instead of a secret; a key sent back starting with it is a mask.
+MASK_PREFIX: Final = "••••"
 
 STARTER_DEFINITION: Final[dict[str, Any]] = {
     "version": 1,
@@ -62,6 +69,7 @@ def validate_definition(definition: Any) -> list[str]:
             value = settings.get(key)
             if value is not None and (not isinstance(value, (int, float)) or value <= 0):
                 problems.append(f"settings.{key} must be a positive number")
+        problems.extend(_engine_problems(settings))
 
     ids: set[str] = set()
     starts: list[str] = []
@@ -122,3 +130,123 @@ def validate_definition(definition: Any) -> list[str]:
         for node_id in sorted(ids - reached):
             problems.append(f"node {node_id!r} is unreachable from the start node")
     return problems
+
+
+# -- the LLM engine's settings -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LLMEndpoint:
+    """An OpenAI-compatible chat endpoint (OpenAI, Groq, Ollama, vLLM, llama.cpp)."""
+
+    base_url: str
+    model: str
+    api_key: str = ""
+
+    @property
+    def host(self) -> str:
+        """Enough of the URL to log: no path or query that could carry a secret."""
+        return urlsplit(self.base_url).netloc
+
+    def __repr__(self) -> str:  # never print the key, even by accident
+        return f"LLMEndpoint(host={self.host!r}, model={self.model!r})"
+
+
+def _engine_problems(settings: dict[str, Any]) -> list[str]:
+    """Problems of `settings.engine` and `settings.llm`."""
+    problems: list[str] = []
+    engine = settings.get("engine")
+    if engine is not None and engine not in ENGINES:
+        problems.append(f"settings.engine must be one of {', '.join(ENGINES)}")
+    llm = settings.get("llm")
+    if llm is None:
+        if engine == "llm":
+            problems.append("settings.llm is required when settings.engine is llm")
+        return problems
+    if not isinstance(llm, dict):
+        return [*problems, "settings.llm must be an object"]
+    base_url = llm.get("base_url")
+    if base_url not in (None, "") and not _is_http_url(base_url):
+        problems.append("settings.llm.base_url must be an http(s) URL")
+    elif isinstance(base_url, str) and urlsplit(base_url).username is not None:
+        problems.append("settings.llm.base_url must not hold credentials; use settings.llm.api_key")
+    model = llm.get("model")
+    if model is not None and not isinstance(model, str):
+        problems.append("settings.llm.model must be text")
+    elif engine == "llm" and not (model or "").strip():
+        problems.append("settings.llm.model is required when settings.engine is llm")
+    if llm.get("api_key") is not None and not isinstance(llm.get("api_key"), str):
+        problems.append("settings.llm.api_key must be text")
+    return problems
+
+
+def _is_http_url(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        parts = urlsplit(value.strip())
+        return parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        return False
+
+
+def llm_endpoint(definition: dict[str, Any]) -> LLMEndpoint | None:
+    """The chat endpoint a (valid) definition names, or None for the scripted engine:
+    the LLM engine runs when `settings.engine` is "llm" and a base URL is set."""
+    settings = definition.get("settings") or {}
+    llm = settings.get("llm") or {}
+    if settings.get("engine") != "llm" or not llm.get("base_url"):
+        return None
+    return LLMEndpoint(
+        base_url=str(llm["base_url"]).strip(),
+        model=str(llm.get("model") or "").strip(),
+        api_key=str(llm.get("api_key") or ""),
+    )
+
+
+def redact_secrets(definition: dict[str, Any]) -> dict[str, Any]:
+    """A copy fit to show: `settings.llm.api_key` becomes `api_key_hint` (its last four
+    characters), like a telephony configuration's bearer token."""
+    llm = (definition.get("settings") or {}).get("llm") if isinstance(definition, dict) else None
+    if not isinstance(llm, dict):
+        return definition
+    shown = copy.deepcopy(definition)
+    shown_llm = shown["settings"]["llm"]
+    key = shown_llm.pop("api_key", None)
+    shown_llm["api_key_hint"] = mask_secret(key if isinstance(key, str) else None)
+    return shown
+
+
+def merge_secrets(
+    new_definition: dict[str, Any], stored_definition: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The definition to store when `new_definition` is saved over `stored_definition`.
+
+    An API key that is missing, empty or a mask (as shown by `redact_secrets`) keeps the
+    stored key, so editing a shown definition never loses or overwrites it. The stored key
+    is kept only for the same base URL: pointing the agent at another endpoint needs the
+    key again, so nobody who cannot read the key can send it to a server of their choice.
+    """
+    settings = new_definition.get("settings")
+    llm = settings.get("llm") if isinstance(settings, dict) else None
+    if not isinstance(llm, dict):
+        return new_definition
+    merged = copy.deepcopy(new_definition)
+    merged_llm = merged["settings"]["llm"]
+    merged_llm.pop("api_key_hint", None)
+    key = merged_llm.get("api_key")
+    if isinstance(key, str) and key.strip() and not key.startswith(MASK_PREFIX):
+        return merged
+    merged_llm.pop("api_key", None)
+    stored_llm = ((stored_definition or {}).get("settings") or {}).get("llm")
+    if isinstance(stored_llm, dict) and stored_llm.get("api_key"):
+        if _same_endpoint(stored_llm.get("base_url"), merged_llm.get("base_url")):
+            merged_llm["api_key"] = stored_llm["api_key"]
+    return merged
+
+
+def _same_endpoint(a: Any, b: Any) -> bool:
+    """Two base URLs name the same endpoint (ignoring spaces and a trailing slash)."""
+    if not isinstance(a, str) or not isinstance(b, str):
+        return False
+    return a.strip().rstrip("/") == b.strip().rstrip("/")

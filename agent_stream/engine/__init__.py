@@ -20,6 +20,8 @@ def render(text: str | None, context: dict[str, Any]) -> str:
 class CallActions(Protocol):
     """What an engine may do to the call itself, through the provider."""
 
+    failure: str | None  # set when the run must end failed, with this reason
+
     async def hangup(self) -> None: ...
 
     async def transfer(self, destination: str) -> None: ...
