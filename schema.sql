@@ -115,3 +115,22 @@ CREATE TABLE IF NOT EXISTS stream_rejections (
     reason            TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS stream_rejections_org ON stream_rejections(organization_id, id DESC);
+
+-- Admin (browser) sign-in: added by migration 2 on databases created at version 1.
+CREATE TABLE IF NOT EXISTS sessions (
+    id          INTEGER PRIMARY KEY,
+    token_hash  TEXT NOT NULL UNIQUE,         -- sha256 of the cookie value, never the value
+    user_id     INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    csrf_token  TEXT NOT NULL,                -- what every form of this session must carry
+    created_at  TEXT NOT NULL,
+    expires_at  TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_user ON sessions(user_id);
+
+CREATE TABLE IF NOT EXISTS login_failures (
+    id          INTEGER PRIMARY KEY,
+    email       TEXT NOT NULL COLLATE NOCASE,
+    ip          TEXT NOT NULL,
+    created_at  TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS login_failures_key ON login_failures(email, ip, created_at);

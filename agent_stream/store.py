@@ -14,7 +14,7 @@ import uuid as uuidlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
@@ -34,9 +34,32 @@ RUN_NAME_PREFIX: Final = "WR-AGS-"
 ACTIVE_STATES: Final = ("pending", "running")
 
 
+# Version 2: the admin's sign-in tables (schema.sql has them too, for new databases).
+_ADMIN_TABLES_SQL: Final = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id          INTEGER PRIMARY KEY,
+    token_hash  TEXT NOT NULL UNIQUE,
+    user_id     INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    csrf_token  TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    expires_at  TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_user ON sessions(user_id);
+CREATE TABLE IF NOT EXISTS login_failures (
+    id          INTEGER PRIMARY KEY,
+    email       TEXT NOT NULL COLLATE NOCASE,
+    ip          TEXT NOT NULL,
+    created_at  TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS login_failures_key ON login_failures(email, ip, created_at);
+"""
+
 # Numbered migrations: entry N-1 brings the database to user_version N. Migration 1 is
 # the whole schema.sql (idempotent CREATE ... IF NOT EXISTS); later ones are ALTERs.
-MIGRATIONS: Final[list[Callable[[], str]]] = [SCHEMA_PATH.read_text]
+MIGRATIONS: Final[list[Callable[[], str]]] = [
+    SCHEMA_PATH.read_text,
+    lambda: _ADMIN_TABLES_SQL,
+]
 
 
 def split_statements(script: str) -> list[str]:
@@ -743,10 +766,13 @@ class Store:
         *,
         workflow_uuid: str | None = None,
         state: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> tuple[list[Run], int]:
-        """Newest first; returns one page and the total count."""
+        """Newest first; returns one page and the total count. `since`/`until` bound
+        `created_at` (ISO text, until exclusive)."""
         where = ["w.organization_id = ?"]
         params: list[Any] = [organization_id]
         if workflow_uuid:
@@ -755,6 +781,12 @@ class Store:
         if state:
             where.append("r.state = ?")
             params.append(state)
+        if since:
+            where.append("r.created_at >= ?")
+            params.append(since)
+        if until:
+            where.append("r.created_at < ?")
+            params.append(until)
         clause = " WHERE " + " AND ".join(where)
         total_row = await self._one(
             "SELECT COUNT(*) FROM workflow_runs r JOIN workflows w ON w.id = r.workflow_id" + clause,
@@ -786,14 +818,21 @@ class Store:
             )
 
     async def list_rejections(
-        self, *, organization_id: int | None = None, limit: int = 50
+        self, *, organization_id: int | None = None, workflow_id: int | None = None,
+        limit: int = 50,
     ) -> list[Rejection]:
-        """Rejections of one organization's agents, or all of them (for tests and admins)."""
-        sql = "SELECT * FROM stream_rejections"
-        params: tuple[Any, ...] = ()
+        """Rejections of one organization's agents (or one agent's), or all of them."""
+        where: list[str] = []
+        params: list[Any] = []
         if organization_id is not None:
-            sql += " WHERE organization_id = ?"
-            params = (organization_id,)
+            where.append("organization_id = ?")
+            params.append(organization_id)
+        if workflow_id is not None:
+            where.append("workflow_id = ?")
+            params.append(workflow_id)
+        sql = "SELECT * FROM stream_rejections"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
         rows = await self._all(sql + " ORDER BY id DESC LIMIT ?", (*params, limit))
         return [
             Rejection(r["id"], r["created_at"], r["provider"], r["agent_uuid_short"],
@@ -801,6 +840,166 @@ class Store:
             for r in rows
         ]
 
+
+    # -- admin: sessions, users, keys, dashboards ------------------------------------------
+
+    async def create_session(
+        self, *, user_id: int, token_hash: str, csrf_token: str, expires_at: str
+    ) -> None:
+        """Store a browser session by the hash of its cookie; expired ones are swept here."""
+        now = utcnow()
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,))
+            await db.execute(
+                """INSERT INTO sessions (token_hash, user_id, csrf_token, created_at, expires_at)
+                   VALUES (?, ?, ?, ?, ?)""",
+                (token_hash, user_id, csrf_token, now, expires_at),
+            )
+
+    async def session_user(self, token_hash: str) -> tuple[User, str] | None:
+        """The signed-in user and the session's CSRF token, if the session is still valid."""
+        row = await self._one(
+            """SELECT u.*, s.csrf_token AS s_csrf FROM sessions s JOIN users u ON u.id = s.user_id
+               WHERE s.token_hash = ? AND s.expires_at > ?""",
+            (token_hash, utcnow()),
+        )
+        return (_user(row), row["s_csrf"]) if row else None
+
+    async def delete_session(self, token_hash: str) -> None:
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM sessions WHERE token_hash = ?", (token_hash,))
+
+    async def record_login_failure(self, email: str, ip: str) -> None:
+        """Remember a failed sign-in; failures older than a day are no longer needed."""
+        now = datetime.now(UTC)
+        async with self._transaction() as db:
+            await db.execute(
+                "DELETE FROM login_failures WHERE created_at < ?",
+                ((now - timedelta(days=1)).isoformat(timespec="milliseconds"),),
+            )
+            await db.execute(
+                "INSERT INTO login_failures (email, ip, created_at) VALUES (?, ?, ?)",
+                (email.strip(), ip, now.isoformat(timespec="milliseconds")),
+            )
+
+    async def login_failures_since(self, email: str, ip: str, since: str) -> tuple[int, str | None]:
+        """How many sign-ins failed for this email from this address since `since`, and the
+        oldest of them (the throttle lifts when it leaves the window)."""
+        row = await self._one(
+            """SELECT COUNT(*), MIN(created_at) FROM login_failures
+               WHERE email = ? AND ip = ? AND created_at >= ?""",
+            (email.strip(), ip, since),
+        )
+        return (row[0], row[1]) if row else (0, None)
+
+    async def clear_login_failures(self, email: str, ip: str) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "DELETE FROM login_failures WHERE email = ? AND ip = ?", (email.strip(), ip)
+            )
+
+    async def claim_first_run(self, *, organization_name: str, email: str, password: str) -> User:
+        """The first-run page: organization and admin in one transaction, only while the
+        database has no user at all (Conflict otherwise, so it can be claimed once)."""
+        password_hash = await asyncio.to_thread(hash_password, password)
+        now = utcnow()
+        async with self._transaction() as db:
+            if (await (await db.execute("SELECT COUNT(*) FROM users")).fetchone())[0]:
+                raise Conflict("this Agent Stream is already set up")
+            cur = await db.execute(
+                "INSERT INTO organizations (name, created_at) VALUES (?, ?)",
+                (organization_name.strip(), now),
+            )
+            cur = await db.execute(
+                """INSERT INTO users (organization_id, email, password_hash, is_admin, created_at)
+                   VALUES (?, ?, ?, 1, ?)""",
+                (cur.lastrowid, email.strip(), password_hash, now),
+            )
+            user_id = cur.lastrowid or 0
+        return await self.get_user(user_id)
+
+    async def get_organization(self, organization_id: int) -> Organization:
+        row = await self._one("SELECT * FROM organizations WHERE id = ?", (organization_id,))
+        if row is None:
+            raise NotFound("organization not found")
+        return Organization(row["id"], row["name"], row["created_at"])
+
+    async def list_users(self, organization_id: int) -> list[User]:
+        rows = await self._all(
+            "SELECT * FROM users WHERE organization_id = ? ORDER BY id", (organization_id,)
+        )
+        return [_user(r) for r in rows]
+
+    async def get_org_user(self, organization_id: int, user_id: int) -> User:
+        user = await self.get_user(user_id)
+        if user.organization_id != organization_id:
+            raise NotFound("user not found")
+        return user
+
+    async def set_user_quotas(
+        self,
+        organization_id: int,
+        user_id: int,
+        *,
+        monthly_minutes_limit: int | None,
+        max_concurrent_calls: int | None,
+    ) -> User:
+        """Set both limits; None means unlimited."""
+        await self.get_org_user(organization_id, user_id)
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE users SET monthly_minutes_limit = ?, max_concurrent_calls = ? WHERE id = ?",
+                (monthly_minutes_limit, max_concurrent_calls, user_id),
+            )
+        return await self.get_user(user_id)
+
+    async def list_api_keys(self, organization_id: int) -> list[OrgApiKey]:
+        """Every key of the organization's users, newest first, with its owner's email."""
+        rows = await self._all(
+            """SELECT k.*, u.email AS owner_email FROM api_keys k JOIN users u ON u.id = k.user_id
+               WHERE u.organization_id = ? ORDER BY k.id DESC""",
+            (organization_id,),
+        )
+        return [OrgApiKey(_api_key(r), r["owner_email"]) for r in rows]
+
+    async def revoke_api_key(self, organization_id: int, key_id: int) -> None:
+        """From now on `user_for_api_key` no longer accepts the key."""
+        async with self._transaction() as db:
+            cur = await db.execute(
+                """UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?)
+                   WHERE id = ? AND user_id IN (SELECT id FROM users WHERE organization_id = ?)""",
+                (utcnow(), key_id, organization_id),
+            )
+            if cur.rowcount == 0:
+                raise NotFound("API key not found")
+
+    async def agent_activity(self, organization_id: int, since: str) -> dict[int, AgentActivity]:
+        """Per workflow of the organization: when its last run started and runs since `since`."""
+        rows = await self._all(
+            """SELECT r.workflow_id, MAX(r.created_at) AS last_run_at,
+                      SUM(r.created_at >= ?) AS runs_since
+               FROM workflow_runs r JOIN workflows w ON w.id = r.workflow_id
+               WHERE w.organization_id = ? GROUP BY r.workflow_id""",
+            (since, organization_id),
+        )
+        return {
+            r["workflow_id"]: AgentActivity(r["last_run_at"], int(r["runs_since"] or 0))
+            for r in rows
+        }
+
+
+@dataclass(frozen=True)
+class OrgApiKey:
+    """An API key as the admin lists it: never the key, only its prefix and owner."""
+
+    key: ApiKey
+    owner_email: str
+
+
+@dataclass(frozen=True)
+class AgentActivity:
+    last_run_at: str | None
+    runs_since: int
 
 _MINUTES_USED_SQL: Final = """
     SELECT SUM(COALESCE(r.duration_seconds,

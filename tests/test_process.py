@@ -15,7 +15,7 @@ import aiohttp
 from aiohttp.test_utils import unused_port
 
 from agent_stream.simulator import connect, stream_url, tone_ulaw
-from agent_stream.store import Store
+from agent_stream.store import MIGRATIONS, Store
 from agent_stream.workflow import starter_definition
 from tests.cloudonix_emulator import CloudonixEmulator
 from tests.conftest import DOMAIN, TOKEN
@@ -54,7 +54,7 @@ def test_create_user_and_api_key_commands(tmp_path: Path) -> None:
         assert row == (1, 100, 2, "Acme")
         stored = conn.execute("SELECT key_hash, key_prefix FROM api_keys").fetchone()
         assert plaintext not in stored and stored[1] == plaintext[:8]
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
 
 
 async def wait_healthy(http: aiohttp.ClientSession, base: str, proc: subprocess.Popen[str]) -> None:
