@@ -280,8 +280,9 @@ class LLMAgent(VoiceAgent):
         if streaming.cancelled():  # barge-in: the caller's next turn takes over
             self._remember(reply, with_calls=False)
             return
-        if reply.error is not None:
-            await self._fail(reply.error)
+        failed = streaming.exception()
+        if reply.error is not None or failed is not None:
+            await self._fail(reply.error or llm_error(failed or Exception()))
             return
         self._remember(reply, with_calls=True)
         call = reply.calls[0] if reply.calls else None
