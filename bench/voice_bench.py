@@ -1,6 +1,6 @@
 """Benchmark of the scripted voice agent: concurrent real-time calls in one server process.
 
-Each simulated caller keeps its line busy like a phone does (a 20 ms media frame every
+Calls of a wave arrive spread over --spread seconds. Each simulated caller keeps its line busy like a phone does (a 20 ms media frame every
 20 ms, silence unless speaking), waits for the greeting, says "yes", waits for the
 answer, says "goodbye" and is hung up on. Measured per wave:
 
@@ -101,7 +101,8 @@ def first_media_after(call: SimulatedCall, moment: float) -> float | None:
 
 
 async def one_call(http: aiohttp.ClientSession, base: str, agent: str, emulator: Any,
-                   yes: bytes, goodbye: bytes) -> dict[str, Any]:
+                   yes: bytes, goodbye: bytes, delay: float) -> dict[str, Any]:
+    await asyncio.sleep(delay)  # calls arrive spread out, not all in the same 20 ms
     call = await connect(http, stream_url(base, agent, domain="bench"))
     call.account_sid = DOMAIN
     call.received = TimedEvents()
@@ -134,6 +135,8 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--waves", default="1,20,40,80", help="concurrent calls per wave")
     parser.add_argument("--server-log", type=Path, help="write the server's log to this file")
+    parser.add_argument("--spread", type=float, default=5.0,
+                        help="seconds over which a wave's calls arrive")
     args = parser.parse_args()
     client_cpu0 = sum(os.times()[:2])
     voice = EspeakSynthesizer()
@@ -161,8 +164,9 @@ async def main() -> None:
 
                 sampler = asyncio.create_task(sample())
                 results = await asyncio.gather(*(
-                    one_call(http, bench.base, bench.agent, bench.emulator, yes, goodbye)
-                    for _ in range(n)))
+                    one_call(http, bench.base, bench.agent, bench.emulator, yes, goodbye,
+                             args.spread * i / n)
+                    for i in range(n)))
                 sampler.cancel()
                 wall = time.monotonic() - began
                 cpu = cpu_seconds(pid) + children_cpu_seconds(pid) - cpu0
