@@ -8,7 +8,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from . import api
+from . import admin, api
 from .config import SHUTDOWN_GRACE_SECONDS, Settings
 from .keys import CALLS, HTTP, SETTINGS, SPEECH, STORE
 from .security import redact_uuids
@@ -73,16 +73,20 @@ def setup_routes(app: web.Application) -> None:
         "/api/v1/agent-stream/{provider}/{agent_uuid}", agent_stream, name="agent_stream_provider"
     )
     api.setup_routes(app)
+    admin.setup_routes(app)
 
 
 def create_app(settings: Settings) -> web.Application:
     """Build the application; resources open when it starts and close when it stops."""
-    app = web.Application(middlewares=[api.error_middleware], client_max_size=1024**2)
+    app = web.Application(
+        middlewares=[api.error_middleware, admin.html_error_middleware], client_max_size=1024**2
+    )
     app[SETTINGS] = settings
     app[CALLS] = CallRegistry()
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_http_ctx)
     app.cleanup_ctx.append(_speech_ctx)
     app.on_shutdown.append(_close_live_calls)
+    admin.setup_templates(app)
     setup_routes(app)
     return app

@@ -1,0 +1,473 @@
+"""Agents: the list, the workflow editor (⋮ menu, node and edge forms, raw JSON, Publish)
+and the Settings page with the Agent UUID, the stream URL and the voice/model settings."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from ..providers import SUPPORTED_PROVIDERS
+from ..store import Workflow
+from ..workflow import ENGINES, starter_definition
+from . import editor
+from .common import form_of, int_id, page, redirect, render, store_of, stream_base, url, user_of
+
+MAX_NAME = 120
+
+
+def today_start() -> str:
+    now = datetime.now(UTC)
+    return now.replace(hour=0, minute=0, second=0, microsecond=0).isoformat(timespec="milliseconds")
+
+
+async def _workflow(request: web.Request) -> Workflow:
+    """The agent named in the path, within the signed-in user's organization (else 404)."""
+    return await store_of(request).get_workflow(
+        user_of(request).organization_id, request.match_info["uuid"]
+    )
+
+
+def _name_problem(name: str) -> str | None:
+    if not name:
+        return "Give the agent a name."
+    if len(name) > MAX_NAME:
+        return f"Keep the name under {MAX_NAME} characters."
+    return None
+
+
+# -- the list ----------------------------------------------------------------------------------
+
+
+async def _agents_page(
+    request: web.Request,
+    *,
+    status: int = 200,
+    form: dict[str, str] | None = None,
+    problem: str | None = None,
+) -> web.Response:
+    user = user_of(request)
+    store = store_of(request)
+    workflows = await store.list_workflows(user.organization_id)
+    activity = await store.agent_activity(user.organization_id, today_start())
+    active = [w for w in workflows if w.status != "archived"]
+    archived = [w for w in workflows if w.status == "archived"]
+    return render(
+        request,
+        "agents.html",
+        {
+            "agents": active,
+            "archived": archived,
+            "activity": activity,
+            "form": form or {},
+            "problem": problem,
+            "nav": "agents",
+        },
+        status=status,
+    )
+
+
+@page()
+async def agents(request: web.Request) -> web.StreamResponse:
+    return await _agents_page(request)
+
+
+@page()
+async def create_agent(request: web.Request) -> web.StreamResponse:
+    form = await form_of(request)
+    name = form.get("name", "")
+    problem = _name_problem(name)
+    if problem:
+        return await _agents_page(request, status=400, form=form, problem=problem)
+    user = user_of(request)
+    workflow = await store_of(request).create_workflow(
+        organization_id=user.organization_id,
+        owner_user_id=user.id,
+        name=name,
+        definition=starter_definition(),
+    )
+    return redirect(
+        request, url(request, "admin_agent", uuid=workflow.uuid), notice="agent_created"
+    )
+
+
+# -- the workflow editor -----------------------------------------------------------------------
+
+
+async def _editor_page(
+    request: web.Request,
+    workflow: Workflow,
+    *,
+    status: int = 200,
+    problems: editor.Problems | None = None,
+    node_forms: dict[int, dict[str, Any]] | None = None,
+    edge_forms: dict[int, dict[str, Any]] | None = None,
+    raw_json: str | None = None,
+    prompt: str | None = None,
+) -> web.Response:
+    """The editor, showing what was sent (and why it was refused) where a form failed."""
+    definition = workflow.definition
+    nodes = definition.get("nodes", []) if isinstance(definition.get("nodes"), list) else []
+    edges = definition.get("edges", []) if isinstance(definition.get("edges"), list) else []
+    shown_nodes = [editor.node_form(n) for n in nodes if isinstance(n, dict)]
+    shown_edges = [editor.edge_form(e) for e in edges if isinstance(e, dict)]
+    for index, values in (node_forms or {}).items():
+        if index < len(shown_nodes):
+            shown_nodes[index] = values
+    for index, values in (edge_forms or {}).items():
+        if index < len(shown_edges):
+            shown_edges[index] = values
+    new_node = (node_forms or {}).get(len(nodes)) or {
+        "id": "",
+        "kind": "agent",
+        "say": "",
+        "prompt": "",
+        "destination": "",
+        "interruptible": True,
+        "reached_from": "",
+        "phrases": "",
+        "dtmf": "",
+    }
+    new_edge = (edge_forms or {}).get(len(edges)) or {
+        "from": "",
+        "to": "",
+        "phrases": "",
+        "dtmf": "",
+        "condition": "",
+        "fallback": False,
+    }
+    return render(
+        request,
+        "agent_editor.html",
+        {
+            "agent": workflow,
+            "tab": "workflow",
+            "nodes": shown_nodes,
+            "edges": shown_edges,
+            "node_ids": [n.get("id") for n in nodes if isinstance(n, dict) and n.get("id")],
+            "new_node": new_node,
+            "new_edge": new_edge,
+            "new_node_index": len(nodes),
+            "new_edge_index": len(edges),
+            "kinds": editor.NODE_KIND_CHOICES,
+            "problems": problems or editor.Problems(),
+            "raw_json": raw_json if raw_json is not None else editor.shown_json(definition),
+            "global_prompt": prompt
+            if prompt is not None
+            else (definition.get("global_prompt") or ""),
+            "nav": "agents",
+        },
+        status=status,
+    )
+
+
+@page()
+async def agent_editor(request: web.Request) -> web.StreamResponse:
+    return await _editor_page(request, await _workflow(request))
+
+
+async def _stale(
+    request: web.Request, workflow: Workflow, form: dict[str, str]
+) -> web.Response | None:
+    """Forms carry the version they were made from; a newer save wins, never silently."""
+    if form.get("version") and form["version"] != str(workflow.version):
+        problems = editor.Problems(
+            general=[
+                f"This agent was changed elsewhere (now version {workflow.version}) after you "
+                "opened the page. Your change was not saved; here is the current version."
+            ]
+        )
+        return await _editor_page(request, workflow, status=409, problems=problems)
+    return None
+
+
+async def _save(
+    request: web.Request, workflow: Workflow, candidate: dict[str, Any], **on_error: Any
+) -> web.StreamResponse:
+    problems = editor.validate(candidate)
+    if problems:
+        return await _editor_page(request, workflow, status=400, problems=problems, **on_error)
+    await store_of(request).update_workflow(
+        workflow.organization_id, workflow.uuid, definition=candidate
+    )
+    return redirect(request, url(request, "admin_agent", uuid=workflow.uuid), notice="saved")
+
+
+@page()
+async def save_node(request: web.Request) -> web.StreamResponse:
+    """One node's form (also the 'add a node' form, with the edge that reaches it)."""
+    workflow = await _workflow(request)
+    form = await form_of(request)
+    if stale := await _stale(request, workflow, form):
+        return stale
+    nodes = workflow.definition.get("nodes", [])
+    index = int_id(request, "index")
+    if index > len(nodes):
+        raise web.HTTPNotFound()
+    adding = index == len(nodes)
+    node = editor.node_from_form(form, None if adding else nodes[index])
+    candidate = editor.with_node(workflow.definition, index, node)
+    shown = editor.node_form(node)
+    if adding and form.get("reached_from"):
+        edge = editor.edge_from_form(
+            {
+                "from": form["reached_from"],
+                "to": node["id"],
+                "phrases": form.get("phrases", ""),
+                "dtmf": form.get("dtmf", ""),
+            }
+        )
+        candidate = editor.with_edge(candidate, len(candidate.get("edges", [])), edge)
+    if adding:
+        shown |= {k: form.get(k, "") for k in ("reached_from", "phrases", "dtmf")}
+    problems = editor.validate(candidate)
+    if adding and problems:
+        # the new edge's problems belong to the add form, next to its fields
+        new_edge = len(candidate.get("edges", [])) - 1
+        for key, messages in problems.edges.pop(new_edge, {}).items():
+            field = {"from": "reached_from", "to": "reached_from"}.get(key, key)
+            problems.nodes.setdefault(index, {}).setdefault(field, []).extend(messages)
+        # a new node nothing leads to: the fix is the "Reached from" field
+        unreachable = problems.nodes.get(index, {}).pop(editor.NODE, [])
+        if unreachable:
+            problems.nodes[index].setdefault("reached_from", []).extend(unreachable)
+    if problems:
+        return await _editor_page(
+            request, workflow, status=400, problems=problems, node_forms={index: shown}
+        )
+    return await _save(request, workflow, candidate)
+
+
+@page()
+async def delete_node(request: web.Request) -> web.StreamResponse:
+    workflow = await _workflow(request)
+    form = await form_of(request)
+    if stale := await _stale(request, workflow, form):
+        return stale
+    index = int_id(request, "index")
+    nodes = workflow.definition.get("nodes", [])
+    if index >= len(nodes):
+        raise web.HTTPNotFound()
+    candidate = editor.without_node(workflow.definition, index)
+    problems = editor.validate(candidate)
+    if problems:
+        problems = editor.Problems(
+            general=[
+                f"Node {nodes[index].get('id')!r} was not deleted: "
+                + "; ".join(problems.all_messages())
+            ]
+        )
+        return await _editor_page(request, workflow, status=400, problems=problems)
+    return await _save(request, workflow, candidate)
+
+
+@page()
+async def save_edge(request: web.Request) -> web.StreamResponse:
+    workflow = await _workflow(request)
+    form = await form_of(request)
+    if stale := await _stale(request, workflow, form):
+        return stale
+    edges = workflow.definition.get("edges", [])
+    index = int_id(request, "index")
+    if index > len(edges):
+        raise web.HTTPNotFound()
+    edge = editor.edge_from_form(form, edges[index] if index < len(edges) else None)
+    candidate = editor.with_edge(workflow.definition, index, edge)
+    return await _save(request, workflow, candidate, edge_forms={index: editor.edge_form(edge)})
+
+
+@page()
+async def delete_edge(request: web.Request) -> web.StreamResponse:
+    workflow = await _workflow(request)
+    form = await form_of(request)
+    if stale := await _stale(request, workflow, form):
+        return stale
+    index = int_id(request, "index")
+    if index >= len(workflow.definition.get("edges", [])):
+        raise web.HTTPNotFound()
+    candidate = editor.without_edge(workflow.definition, index)
+    problems = editor.validate(candidate)
+    if problems:
+        problems = editor.Problems(
+            general=["The edge was not deleted: " + "; ".join(problems.all_messages())]
+        )
+        return await _editor_page(request, workflow, status=400, problems=problems)
+    return await _save(request, workflow, candidate)
+
+
+@page()
+async def save_prompt(request: web.Request) -> web.StreamResponse:
+    workflow = await _workflow(request)
+    form = await form_of(request)
+    if stale := await _stale(request, workflow, form):
+        return stale
+    candidate = dict(workflow.definition)
+    if form.get("global_prompt"):
+        candidate["global_prompt"] = form["global_prompt"][: editor.MAX_TEXT]
+    else:
+        candidate.pop("global_prompt", None)
+    return await _save(request, workflow, candidate, prompt=form.get("global_prompt", ""))
+
+
+@page()
+async def save_json(request: web.Request) -> web.StreamResponse:
+    """The raw JSON view, for power users: the whole definition at once."""
+    workflow = await _workflow(request)
+    form = await form_of(request)
+    if stale := await _stale(request, workflow, form):
+        return stale
+    raw = form.get("definition", "")
+    try:
+        candidate = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        problems = editor.Problems(
+            general=[f"Not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})."]
+        )
+        return await _editor_page(request, workflow, status=400, problems=problems, raw_json=raw)
+    except RecursionError:
+        problems = editor.Problems(general=["Not valid JSON: nested too deeply."])
+        return await _editor_page(request, workflow, status=400, problems=problems, raw_json=raw)
+    candidate = editor.from_page(candidate, workflow.definition)
+    messages = editor.validate(candidate).all_messages()
+    if messages:
+        problems = editor.Problems(general=messages)
+        return await _editor_page(request, workflow, status=400, problems=problems, raw_json=raw)
+    return await _save(request, workflow, candidate)
+
+
+@page()
+async def publish(request: web.Request) -> web.StreamResponse:
+    """Make the latest version the one calls run; the Agent UUID stays the same."""
+    workflow = await _workflow(request)
+    if workflow.status == "archived":
+        problems = editor.Problems(
+            general=["An archived agent cannot be published; restore it first."]
+        )
+        return await _editor_page(request, workflow, status=409, problems=problems)
+    problems = editor.validate(workflow.definition)
+    if problems:
+        return await _editor_page(request, workflow, status=400, problems=problems)
+    await store_of(request).publish_workflow(workflow.organization_id, workflow.uuid)
+    return redirect(request, url(request, "admin_agent", uuid=workflow.uuid), notice="published")
+
+
+@page()
+async def rename(request: web.Request) -> web.StreamResponse:
+    workflow = await _workflow(request)
+    form = await form_of(request)
+    name = form.get("name", "")
+    problem = _name_problem(name)
+    if problem:
+        return await _settings_page(request, workflow, status=400, name_problem=problem, name=name)
+    await store_of(request).update_workflow(workflow.organization_id, workflow.uuid, name=name)
+    target = safe_back(request, form, url(request, "admin_agent_settings", uuid=workflow.uuid))
+    return redirect(request, target, notice="agent_renamed")
+
+
+@page()
+async def archive(request: web.Request) -> web.StreamResponse:
+    workflow = await _workflow(request)
+    await store_of(request).update_workflow(
+        workflow.organization_id, workflow.uuid, status="archived"
+    )
+    return redirect(request, url(request, "admin_agents"), notice="agent_archived")
+
+
+@page()
+async def restore(request: web.Request) -> web.StreamResponse:
+    workflow = await _workflow(request)
+    status = "published" if workflow.published_version else "draft"
+    await store_of(request).update_workflow(workflow.organization_id, workflow.uuid, status=status)
+    return redirect(
+        request, url(request, "admin_agent", uuid=workflow.uuid), notice="agent_restored"
+    )
+
+
+def safe_back(request: web.Request, form: dict[str, str], default: str) -> str:
+    """Forms that exist on two pages go back to the page they were sent from."""
+    back = form.get("back", "")
+    return back if back.startswith("/") and not back.startswith("//") else default
+
+
+# -- the Settings page -------------------------------------------------------------------------
+
+
+def stream_urls(
+    request: web.Request, workflow: Workflow, domains: list[str]
+) -> list[dict[str, str]]:
+    """The ready-to-paste stream URL (and its CXML) per Cloudonix domain of the organization."""
+    base = stream_base(request) + f"/api/v1/agent-stream/{workflow.uuid}"
+    out = []
+    for domain in domains or ["YOUR_DOMAIN.cloudonix.net"]:
+        stream_url = f"{base}?provider=cloudonix&Domain={domain}"
+        xml_url = stream_url.replace("&", "&amp;")
+        out.append(
+            {
+                "domain": domain,
+                "url": stream_url,
+                "cxml": f'<Response><Connect><Stream url="{xml_url}"/></Connect></Response>',
+                "placeholder": "" if domains else "yes",
+            }
+        )
+    return out
+
+
+async def _settings_page(
+    request: web.Request,
+    workflow: Workflow,
+    *,
+    status: int = 200,
+    problems: dict[str, list[str]] | None = None,
+    values: dict[str, Any] | None = None,
+    name_problem: str | None = None,
+    name: str | None = None,
+) -> web.Response:
+    configs = await store_of(request).list_telephony_configs(workflow.organization_id)
+    domains = [c.domain_id for c in configs if c.provider in SUPPORTED_PROVIDERS]
+    return render(
+        request,
+        "agent_settings.html",
+        {
+            "agent": workflow,
+            "tab": "settings",
+            "streams": stream_urls(request, workflow, domains),
+            "newer_form_url": stream_base(request)
+            + f"/api/v1/agent-stream/cloudonix/{workflow.uuid}",
+            "voice": values or editor.settings_form(workflow.definition),
+            "problems": problems or {},
+            "engines": ENGINES,
+            "stt_suggestions": editor.STT_SUGGESTIONS,
+            "tts_suggestions": editor.TTS_SUGGESTIONS,
+            "name_problem": name_problem,
+            "name_value": name if name is not None else workflow.name,
+            "nav": "agents",
+        },
+        status=status,
+    )
+
+
+@page()
+async def agent_settings(request: web.Request) -> web.StreamResponse:
+    return await _settings_page(request, await _workflow(request))
+
+
+@page()
+async def save_settings(request: web.Request) -> web.StreamResponse:
+    """Voice and model settings live in the definition's `settings` (a new draft version)."""
+    workflow = await _workflow(request)
+    form = await form_of(request)
+    candidate, problems = editor.apply_settings_form(workflow.definition, form)
+    if problems:
+        values = editor.settings_form(candidate)
+        values["llm_api_key_hint"] = editor.settings_form(workflow.definition)["llm_api_key_hint"]
+        return await _settings_page(request, workflow, status=400, problems=problems, values=values)
+    await store_of(request).update_workflow(
+        workflow.organization_id, workflow.uuid, definition=candidate
+    )
+    return redirect(
+        request,
+        url(request, "admin_agent_settings", uuid=workflow.uuid) + "#voice",
+        notice="settings_saved",
+    )

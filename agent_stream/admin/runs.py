@@ -1,0 +1,151 @@
+"""An agent's Runs tab: the list with filters, one run in detail, its live state and its
+recording (only for signed-in users of the agent's organization)."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from pathlib import Path
+
+from aiohttp import web
+
+from ..api import RUN_STATES
+from ..errors import NotFound
+from ..store import Run, Workflow
+from .common import RUNS_PAGE_SIZE, int_id, page, render, store_of, stream_base, url, user_of
+
+REJECTIONS_SHOWN = 20
+
+
+def _day(raw: str | None) -> date | None:
+    try:
+        return date.fromisoformat(raw) if raw else None
+    except ValueError:
+        return None
+
+
+async def _run(request: web.Request) -> tuple[Workflow, Run]:
+    """The run in the path, of the agent in the path, of the user's organization."""
+    user = user_of(request)
+    store = store_of(request)
+    workflow = await store.get_workflow(user.organization_id, request.match_info["uuid"])
+    run = await store.get_run(user.organization_id, int_id(request, "run_id"))
+    if run.workflow_id != workflow.id:
+        raise NotFound("run not found")
+    return workflow, run
+
+
+def has_recording(run: Run) -> bool:
+    return bool(run.recording_path and Path(run.recording_path).is_file())
+
+
+@page()
+async def runs(request: web.Request) -> web.StreamResponse:
+    """Newest first, filtered by state and by day (UTC, both ends included)."""
+    user = user_of(request)
+    store = store_of(request)
+    workflow = await store.get_workflow(user.organization_id, request.match_info["uuid"])
+    state = request.query.get("state") or None
+    notes = []
+    if state is not None and state not in RUN_STATES:
+        notes.append(f"Unknown state {state!r}: showing every state.")
+        state = None
+    first, last = _day(request.query.get("from")), _day(request.query.get("to"))
+    for key, parsed in (("from", first), ("to", last)):
+        if request.query.get(key) and parsed is None:
+            notes.append(f"{request.query[key]!r} is not a date (YYYY-MM-DD): ignored.")
+    try:
+        page_number = max(1, min(int(request.query.get("page", "1")), 10**6))
+    except ValueError:
+        page_number = 1
+    found, total = await store.list_runs(
+        user.organization_id,
+        workflow_uuid=workflow.uuid,
+        state=state,
+        since=first.isoformat() if first else None,
+        until=(last + timedelta(days=1)).isoformat() if last else None,
+        limit=RUNS_PAGE_SIZE,
+        offset=(page_number - 1) * RUNS_PAGE_SIZE,
+    )
+    pages = max(1, -(-total // RUNS_PAGE_SIZE))
+    filters = {
+        "state": state or "",
+        "from": first.isoformat() if first else "",
+        "to": last.isoformat() if last else "",
+    }
+    rejections = await store.list_rejections(
+        organization_id=user.organization_id, workflow_id=workflow.id, limit=REJECTIONS_SHOWN
+    )
+    return render(
+        request,
+        "runs.html",
+        {
+            "agent": workflow,
+            "tab": "runs",
+            "runs": found,
+            "total": total,
+            "page": page_number,
+            "pages": pages,
+            "prev_url": url(
+                request, "admin_runs", filters | {"page": page_number - 1}, uuid=workflow.uuid
+            )
+            if page_number > 1
+            else None,
+            "next_url": url(
+                request, "admin_runs", filters | {"page": page_number + 1}, uuid=workflow.uuid
+            )
+            if page_number < pages
+            else None,
+            "filters": filters,
+            "filtered": any(filters.values()),
+            "states": RUN_STATES,
+            "notes": notes,
+            "rejections": rejections,
+            "stream_url": f"{stream_base(request)}/api/v1/agent-stream/{workflow.uuid}",
+            "nav": "agents",
+        },
+    )
+
+
+@page()
+async def run_detail(request: web.Request) -> web.StreamResponse:
+    workflow, run = await _run(request)
+    return render(
+        request,
+        "run_detail.html",
+        {
+            "agent": workflow,
+            "tab": "runs",
+            "run": run,
+            "has_recording": has_recording(run),
+            "live": run.state in ("pending", "running"),
+            "nav": "agents",
+        },
+    )
+
+
+@page()
+async def run_status(request: web.Request) -> web.StreamResponse:
+    """What the run page polls while a run is live (small, no contexts)."""
+    _, run = await _run(request)
+    return web.json_response(
+        {
+            "id": run.id,
+            "state": run.state,
+            "ended_at": run.ended_at,
+            "duration_seconds": run.duration_seconds,
+            "end_reason": run.end_reason,
+        },
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+@page()
+async def run_recording(request: web.Request) -> web.StreamResponse:
+    """The WAV; FileResponse answers Range requests, so players can seek."""
+    _, run = await _run(request)
+    if not has_recording(run):
+        raise NotFound("this run has no recording")
+    return web.FileResponse(
+        run.recording_path or "",
+        headers={"Content-Type": "audio/wav", "Cache-Control": "private, no-store"},
+    )
