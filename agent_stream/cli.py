@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import sys
 from collections.abc import Sequence
@@ -147,8 +148,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger(__name__).info(
         "Agent Stream on http://%s:%d (database %s)", settings.host, settings.port, settings.db_path
     )
+    app = create_app(settings)
+    # Everything imported so far lives for the whole process: keep it out of the cyclic
+    # collector, whose full passes over pipecat's many objects stall live calls' audio.
+    gc.freeze()
     web.run_app(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         access_log_class=AccessLogger,
