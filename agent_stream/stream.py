@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 # A live call sends media every 20 ms; this much silence on the socket means a dead peer.
 MEDIA_IDLE_TIMEOUT: Final = 30.0
+WATCHDOG_PERIOD: Final = 5.0
 # Garbage is collected after this many ended calls even while others are live.
 GC_EVERY_CALLS: Final = 50
 # How long we wait for the provider to answer our close frame.
@@ -131,7 +132,8 @@ class Call:
         self.handshake: cloudonix.Handshake | None = None
         self._workflow: Workflow | None = None
         self.context: dict[str, Any] = {}
-        self.agent_outcome: Outcome | None = None
+        self.ended_by_us: Outcome | None = None  # set when the agent or a watchdog ends it
+        self._last_message_at = 0.0
         self.agent_gathered: dict[str, Any] = {}
         self.log = CallLog(log, {"call": f"agent {short_uuid(self.agent_uuid)}"})
 
@@ -345,9 +347,9 @@ class Call:
         self.log.info("handshake done in %.1f ms", handshake.elapsed_ms)
         return handshake
 
-    async def _next_message(self, timeout: float) -> str | bytes:
+    async def _next_message(self, timeout: float | None) -> str | bytes:
         """The next data frame, or why there is none (timeout, close, oversized)."""
-        msg = await self.ws.receive(timeout=max(timeout, 0.001))
+        msg = await self.ws.receive(timeout=None if timeout is None else max(timeout, 0.001))
         if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
             return msg.data  # type: ignore[no-any-return]
         too_big = isinstance(msg.data, WebSocketError) and msg.data.code == WSCloseCode.MESSAGE_TOO_BIG
@@ -362,16 +364,43 @@ class Call:
     async def _stream_media(
         self, pipeline: CallPipeline, serializer: cloudonix.CloudonixSerializer
     ) -> Outcome:
-        """Feed provider frames to the pipeline until `stop`, a close, or a dead peer."""
+        """Feed provider frames to the pipeline until `stop`, a close, or a dead peer.
+
+        No per-message timeout here (setting one up costs more than handling a media
+        frame): a watchdog closes the socket when the provider goes quiet.
+        """
+        loop = asyncio.get_running_loop()
+        self._last_message_at = loop.time()
+        watchdog = asyncio.create_task(self._watch_for_silence())
+        try:
+            return await self._media_loop(pipeline, serializer, loop)
+        finally:
+            watchdog.cancel()
+
+    async def _watch_for_silence(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(WATCHDOG_PERIOD)
+            if loop.time() - self._last_message_at >= MEDIA_IDLE_TIMEOUT:
+                reason = f"no media from provider for {MEDIA_IDLE_TIMEOUT:g} s"
+                self.ended_by_us = Outcome("provider_timeout", SERVER_FAILURE, reason, "failed", reason)
+                self.log.warning(reason)
+                await self.ws.close(code=SERVER_FAILURE, message=reason.encode())
+                return
+
+    async def _media_loop(
+        self,
+        pipeline: CallPipeline,
+        serializer: cloudonix.CloudonixSerializer,
+        loop: asyncio.AbstractEventLoop,
+    ) -> Outcome:
         while True:
             try:
-                data = await self._next_message(MEDIA_IDLE_TIMEOUT)
-            except TimeoutError:
-                reason = f"no media from provider for {MEDIA_IDLE_TIMEOUT:.0f} s"
-                return Outcome("provider_timeout", SERVER_FAILURE, reason, "failed", reason)
+                data = await self._next_message(None)
+                self._last_message_at = loop.time()
             except PeerClosed:
-                if self.agent_outcome is not None:
-                    return self.agent_outcome
+                if self.ended_by_us is not None:
+                    return self.ended_by_us
                 return Outcome("caller_hangup", NORMAL_CLOSURE, "stream closed by provider")
             except StreamError:
                 if self.shutting_down:
@@ -381,7 +410,7 @@ class Call:
             if frame is None:
                 continue
             if isinstance(frame, StreamStopFrame):
-                return self.agent_outcome or Outcome("caller_hangup", NORMAL_CLOSURE, "call ended")
+                return self.ended_by_us or Outcome("caller_hangup", NORMAL_CLOSURE, "call ended")
             await pipeline.deliver(frame)
 
     async def _close(self, code: int, reason: str) -> None:
@@ -427,7 +456,7 @@ class ProviderActions:
 
     def finish(self, end_reason: str, gathered: dict[str, Any] | None = None) -> None:
         reason = CLOSE_REASONS.get(end_reason, end_reason.replace("_", " "))
-        self._call.agent_outcome = Outcome(end_reason, NORMAL_CLOSURE, reason)
+        self._call.ended_by_us = Outcome(end_reason, NORMAL_CLOSURE, reason)
         self._call.agent_gathered.update(gathered or {})
         if not self._call.ws.closed:
             self._close_task = asyncio.create_task(

@@ -552,3 +552,19 @@ async def test_an_invalid_stored_definition_fails_the_run_with_1011(
     assert await call.wait_closed() == (1011, reason)
     run = await finished_run(store, tenant)
     assert (run.state, run.error, run.close_code) == ("failed", reason, 1011)
+
+
+async def test_a_provider_that_goes_quiet_is_closed_1011_and_the_run_fails(
+    dial: Dial, tenant: Tenant, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import agent_stream.stream as stream
+
+    monkeypatch.setattr(stream, "MEDIA_IDLE_TIMEOUT", 0.5)
+    monkeypatch.setattr(stream, "WATCHDOG_PERIOD", 0.1)
+    call = await dial(tenant.workflow.uuid)
+    call.echo_marks = False
+    call.start_reading()
+    await call.handshake()  # ...and then nothing more
+    assert await call.wait_closed() == (1011, "no media from provider for 0.5 s")
+    run = await finished_run(store, tenant)
+    assert (run.state, run.end_reason, run.close_code) == ("failed", "provider_timeout", 1011)
