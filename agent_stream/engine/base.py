@@ -18,12 +18,16 @@ from pipecat.frames.frames import (
     InputAudioRawFrame,
     InputDTMFFrame,
     InterruptionFrame,
-    OutputAudioRawFrame,
     StartFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
-from ..pipeline.frames import CallerStartedSpeaking, CallerStoppedSpeaking, ProviderMarkFrame
+from ..pipeline.frames import (
+    CallerStartedSpeaking,
+    CallerStoppedSpeaking,
+    ProviderMarkFrame,
+    SpeechFrame,
+)
 from ..pipeline.transcript import CallTranscript, Utterance
 from ..providers.cloudonix import CloudonixSerializer
 from ..speech.stt import GrammarRecognizer
@@ -39,7 +43,6 @@ GOODBYE: Final = "Goodbye."
 MAX_UTTERANCE_BYTES: Final = 8000 * 2 * 15
 # Extra time allowed for a mark echo beyond the utterance's own length.
 MARK_GRACE_SECONDS: Final = 3.0
-AUDIO_CHUNK_BYTES: Final = 320  # 20 ms at 8 kHz, the transport's chunk
 
 
 class VoiceAgent(FrameProcessor):
@@ -211,13 +214,9 @@ class VoiceAgent(FrameProcessor):
         if not text.strip():
             return None
         pcm = await self._tts.synthesize(text, voice=self._voice)
-        # whole 20 ms chunks: the transport holds back a partial chunk until more audio
-        # comes, which would send this utterance's tail after its mark
-        pcm += bytes(-len(pcm) % AUDIO_CHUNK_BYTES)
         utterance = self._transcript.queue(text, len(pcm), interruptible=interruptible)
         self._marks[utterance.id] = asyncio.Event()
-        await self.push_frame(OutputAudioRawFrame(audio=pcm, sample_rate=8000, num_channels=1))
-        await self.push_frame(self._serializer.mark_frame(utterance.id))
+        await self.push_frame(SpeechFrame(audio=pcm, mark=utterance.id))
         if wait:
             await self._wait_played(utterance)
         return utterance

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipecat.frames.frames import SystemFrame
+from pipecat.frames.frames import DataFrame, SystemFrame
 
 
 @dataclass
@@ -30,3 +30,15 @@ class CallerStoppedSpeaking(SystemFrame):
     """The caller has been quiet long enough to end the turn, `at_ms` into the call."""
 
     at_ms: int = 0
+
+
+@dataclass
+class SpeechFrame(DataFrame):
+    """One agent utterance: 8 kHz 16-bit PCM for the provider, then a mark named `mark`.
+
+    The output transport sends it in 20 ms media messages from its own paced queue, so a
+    second of speech is one pipeline frame, not fifty.
+    """
+
+    audio: bytes = b""
+    mark: str = ""

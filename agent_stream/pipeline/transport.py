@@ -17,6 +17,8 @@ from typing import Final
 
 from aiohttp import web
 from pipecat.frames.frames import (
+    CancelFrame,
+    EndFrame,
     Frame,
     InputAudioRawFrame,
     InputDTMFFrame,
@@ -33,7 +35,12 @@ from pipecat.transports.base_output import BaseOutputTransport
 from pipecat.transports.base_transport import BaseTransport, TransportParams
 
 from ..speech.vad import EnergyVad
-from .frames import CallerStartedSpeaking, CallerStoppedSpeaking, ProviderMarkFrame
+from .frames import (
+    CallerStartedSpeaking,
+    CallerStoppedSpeaking,
+    ProviderMarkFrame,
+    SpeechFrame,
+)
 from .recorder import CallRecorder
 from .transcript import CallTranscript
 
@@ -134,15 +141,64 @@ class OutputTransport(BaseOutputTransport):
         self.send_failures = 0
         self.gaps: list[float] = []  # seconds between media sends while speaking
         self._last_send = 0.0
+        # (20 ms of PCM, None) or (None, mark name), in the order they go out
+        self._speech: deque[tuple[bytes | None, str | None]] = deque()
+        self._speech_ready = asyncio.Event()
+        self._speaker: asyncio.Task[None] | None = None
 
     async def start(self, frame: StartFrame) -> None:
         await super().start(frame)
         self._send_interval = self.audio_chunk_size / (self.sample_rate * 2)
+        self._speaker = self.create_task(self._speak(), name="speech-sender")
         await self.set_transport_ready(frame)
+
+    async def stop(self, frame: EndFrame) -> None:
+        await self._stop_speaking()
+        await super().stop(frame)
+
+    async def cancel(self, frame: CancelFrame) -> None:
+        await self._stop_speaking()
+        await super().cancel(frame)
+
+    async def _stop_speaking(self) -> None:
+        if self._speaker is not None:
+            await self.cancel_task(self._speaker)
+            self._speaker = None
+
+    async def write_transport_frame(self, frame: Frame) -> None:
+        """An utterance reached the head of the output queue: hand it to the speaker."""
+        if not isinstance(frame, SpeechFrame):
+            await super().write_transport_frame(frame)
+            return
+        chunk = self.audio_chunk_size
+        self._speech.extend(
+            (frame.audio[i:i + chunk], None) for i in range(0, len(frame.audio), chunk)
+        )
+        self._speech.append((None, frame.mark))
+        self._speech_ready.set()
+
+    async def _speak(self) -> None:
+        """Send queued speech one 20 ms message at a time on an absolute clock."""
+        while True:
+            if not self._speech:
+                self._speech_ready.clear()
+                self._last_send = 0.0
+                await self._speech_ready.wait()
+                continue
+            pcm, mark = self._speech.popleft()
+            if pcm is None:
+                message = self._params.serializer.mark_frame(mark or "")  # type: ignore[union-attr]
+                if await self._write(message):
+                    self._transcript.mark_sent(mark or "")
+                continue
+            await self.write_audio_frame(
+                OutputAudioRawFrame(audio=pcm, sample_rate=self.sample_rate, num_channels=1)
+            )
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
         if isinstance(frame, InterruptionFrame):
+            self._speech.clear()
             await self._write(frame)
             self._transcript.cleared()
             self._next_send_time = 0.0
