@@ -100,7 +100,6 @@ async def sign_in(
         organization_id=tenant.org_id, email=email, password=PASSWORD, is_admin=True
     )
     await page.goto("/login")
-    await shot(page, "login", full_page=False)
     await page.get_by_label("Email").fill(email)
     await page.get_by_label("Password").fill(PASSWORD)
     await page.get_by_role("button", name="Sign in").click()
