@@ -11,6 +11,19 @@ from .security import mask_secret
 NODE_KINDS: Final = ("start", "agent", "end", "transfer")
 DTMF_DIGITS: Final = set("0123456789*#")
 ENGINES: Final = ("scripted", "llm")
+# Speech providers a workflow may name; the embedded ones need no settings at all.
+STT_PROVIDERS: Final = ("embedded", "openai")
+TTS_PROVIDERS: Final = ("embedded", "openai")
+NOT_YET_PROVIDERS: Final = {"stt": ("deepgram",), "tts": ("elevenlabs",)}
+# `settings.stt`/`settings.tts` may also be just a provider name; these mean "embedded".
+EMBEDDED_ALIASES: Final = {"": "embedded", "pocketsphinx": "embedded", "espeak": "embedded",
+                           "espeak-ng": "embedded"}
+OPENAI_BASE_URL: Final = "https://api.openai.com/v1"
+DEFAULT_STT_MODEL: Final = "whisper-1"
+DEFAULT_TTS_MODEL: Final = "tts-1"
+DEFAULT_TTS_VOICE: Final = "alloy"
+# The settings sections that may hold an `api_key`, never shown once saved.
+SECRET_SECTIONS: Final = ("llm", "stt", "tts")
 # What mask_secret() shows instead of a secret; a key sent back starting with it is a mask.
 MASK_PREFIX: Final = "••••"
 
@@ -70,6 +83,8 @@ def validate_definition(definition: Any) -> list[str]:
             if value is not None and (not isinstance(value, (int, float)) or value <= 0):
                 problems.append(f"settings.{key} must be a positive number")
         problems.extend(_engine_problems(settings))
+        problems.extend(_speech_problems(settings, "stt", STT_PROVIDERS))
+        problems.extend(_speech_problems(settings, "tts", TTS_PROVIDERS))
 
     ids: set[str] = set()
     starts: list[str] = []
@@ -180,6 +195,38 @@ def _engine_problems(settings: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _speech_problems(settings: dict[str, Any], section: str, providers: tuple[str, ...]) -> list[str]:
+    """Problems of `settings.stt` or `settings.tts`."""
+    where = f"settings.{section}"
+    speech = _speech_section(settings.get(section))
+    if speech is None:
+        return [] if settings.get(section) is None else [
+            f"{where} must be an object or a provider name"]
+    problems: list[str] = []
+    provider = speech.get("provider", "embedded")
+    if provider in NOT_YET_PROVIDERS[section]:
+        problems.append(f"{where}.provider {provider!r} is not supported yet")
+    elif provider not in providers:
+        problems.append(f"{where}.provider must be one of {', '.join(providers)}")
+    base_url = speech.get("base_url")
+    if base_url not in (None, "") and not _is_http_url(base_url):
+        problems.append(f"{where}.base_url must be an http(s) URL")
+    elif isinstance(base_url, str) and urlsplit(base_url).username is not None:
+        problems.append(f"{where}.base_url must not hold credentials; use {where}.api_key")
+    for key in ("model", "voice", "api_key"):
+        if speech.get(key) is not None and not isinstance(speech.get(key), str):
+            problems.append(f"{where}.{key} must be text")
+    return problems
+
+
+def _speech_section(value: Any) -> dict[str, Any] | None:
+    """`settings.stt`/`settings.tts` as an object; a bare name is the provider's."""
+    if isinstance(value, str):
+        name = value.strip().lower()
+        return {"provider": EMBEDDED_ALIASES.get(name, name)}
+    return value if isinstance(value, dict) else None
+
+
 def _is_http_url(value: Any) -> bool:
     if not isinstance(value, str):
         return False
@@ -204,16 +251,69 @@ def llm_endpoint(definition: dict[str, Any]) -> LLMEndpoint | None:
     )
 
 
+@dataclass(frozen=True)
+class SpeechProvider:
+    """A speech-to-text or text-to-speech provider a workflow names (not the embedded one)."""
+
+    kind: str  # "stt" or "tts"
+    provider: str
+    base_url: str
+    model: str
+    voice: str = ""
+    api_key: str = ""
+    language: str = ""
+
+    @property
+    def host(self) -> str:
+        """Enough of the URL to log: no path or query that could carry a secret."""
+        return urlsplit(self.base_url).netloc
+
+    def __repr__(self) -> str:  # never print the key, even by accident
+        return f"SpeechProvider({self.kind} {self.provider} host={self.host!r}, model={self.model!r})"
+
+
+def speech_provider(definition: dict[str, Any], kind: str) -> SpeechProvider | None:
+    """The STT (`kind` "stt") or TTS ("tts") provider a (valid) definition names, or None
+    for the embedded engines."""
+    settings = definition.get("settings") or {}
+    speech = _speech_section(settings.get(kind)) or {}
+    provider = speech.get("provider") or "embedded"
+    if provider != "openai":
+        return None
+    language = settings.get("language")
+    return SpeechProvider(
+        kind=kind,
+        provider=provider,
+        base_url=_base_url(speech),
+        model=str(speech.get("model") or "").strip()
+        or (DEFAULT_STT_MODEL if kind == "stt" else DEFAULT_TTS_MODEL),
+        voice=str(speech.get("voice") or "").strip() or DEFAULT_TTS_VOICE,
+        api_key=str(speech.get("api_key") or ""),
+        language=language.strip() if isinstance(language, str) else "",
+    )
+
+
+def _base_url(section: dict[str, Any]) -> str:
+    """The section's endpoint; speech providers default to OpenAI's own."""
+    url = section.get("base_url")
+    return url.strip() if isinstance(url, str) and url.strip() else OPENAI_BASE_URL
+
+
 def redact_secrets(definition: dict[str, Any]) -> dict[str, Any]:
-    """A copy fit to show: `settings.llm.api_key` becomes `api_key_hint` (its last four
-    characters), like a telephony configuration's bearer token."""
-    llm = (definition.get("settings") or {}).get("llm") if isinstance(definition, dict) else None
-    if not isinstance(llm, dict):
+    """A copy fit to show: every `api_key` of `settings.llm`, `settings.stt` and
+    `settings.tts` becomes `api_key_hint` (its last four characters), like a telephony
+    configuration's bearer token."""
+    settings = definition.get("settings") if isinstance(definition, dict) else None
+    if not isinstance(settings, dict):
+        return definition
+    sections = [name for name in SECRET_SECTIONS if isinstance(settings.get(name), dict)]
+    if not sections:
         return definition
     shown = copy.deepcopy(definition)
-    shown_llm = shown["settings"]["llm"]
-    key = shown_llm.pop("api_key", None)
-    shown_llm["api_key_hint"] = mask_secret(key if isinstance(key, str) else None)
+    for name in sections:
+        section = shown["settings"][name]
+        key = section.pop("api_key", None)
+        section["api_key_hint"] = mask_secret(key if isinstance(key, str) else None)
     return shown
 
 
@@ -222,27 +322,41 @@ def merge_secrets(
 ) -> dict[str, Any]:
     """The definition to store when `new_definition` is saved over `stored_definition`.
 
-    An API key that is missing, empty or a mask (as shown by `redact_secrets`) keeps the
-    stored key, so editing a shown definition never loses or overwrites it. The stored key
-    is kept only for the same base URL: pointing the agent at another endpoint needs the
-    key again, so nobody who cannot read the key can send it to a server of their choice.
+    In each of `settings.llm`, `settings.stt` and `settings.tts`: an API key that is
+    missing, empty or a mask (as shown by `redact_secrets`) keeps the stored key, so
+    editing a shown definition never loses or overwrites it. The stored key is kept only
+    for the same base URL: pointing the agent at another endpoint needs the key again, so
+    nobody who cannot read the key can send it to a server of their choice.
     """
     settings = new_definition.get("settings")
-    llm = settings.get("llm") if isinstance(settings, dict) else None
-    if not isinstance(llm, dict):
+    if not isinstance(settings, dict):
+        return new_definition
+    sections = [name for name in SECRET_SECTIONS if isinstance(settings.get(name), dict)]
+    if not sections:
         return new_definition
     merged = copy.deepcopy(new_definition)
-    merged_llm = merged["settings"]["llm"]
-    merged_llm.pop("api_key_hint", None)
-    key = merged_llm.get("api_key")
-    if isinstance(key, str) and key.strip() and not key.startswith(MASK_PREFIX):
-        return merged
-    merged_llm.pop("api_key", None)
-    stored_llm = ((stored_definition or {}).get("settings") or {}).get("llm")
-    if isinstance(stored_llm, dict) and stored_llm.get("api_key"):
-        if _same_endpoint(stored_llm.get("base_url"), merged_llm.get("base_url")):
-            merged_llm["api_key"] = stored_llm["api_key"]
+    stored_settings = (stored_definition or {}).get("settings") or {}
+    for name in sections:
+        stored = stored_settings.get(name) if isinstance(stored_settings, dict) else None
+        _merge_key(merged["settings"][name], stored, speech=name != "llm")
     return merged
+
+
+def _merge_key(section: dict[str, Any], stored: Any, *, speech: bool) -> None:
+    """Keep the stored key of one settings section in `section`, unless it was replaced."""
+    section.pop("api_key_hint", None)
+    key = section.get("api_key")
+    if isinstance(key, str) and key.strip() and not key.startswith(MASK_PREFIX):
+        return
+    section.pop("api_key", None)
+    if not isinstance(stored, dict) or not stored.get("api_key"):
+        return
+    if speech:  # a speech provider without a base URL is OpenAI's own
+        same = _same_endpoint(_base_url(stored), _base_url(section))
+    else:
+        same = _same_endpoint(stored.get("base_url"), section.get("base_url"))
+    if same:
+        section["api_key"] = stored["api_key"]
 
 
 def _same_endpoint(a: Any, b: Any) -> bool:
