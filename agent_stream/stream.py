@@ -41,8 +41,9 @@ from .pipeline.frames import StreamStopFrame
 from .providers import SUPPORTED_PROVIDERS, UNSUPPORTED_PROVIDERS
 from .providers import cloudonix
 from .security import short_uuid
+from .speech.providers import OpenAIRecognizer, OpenAISynthesizer
 from .store import Run, Store, Workflow
-from .workflow import llm_endpoint, validate_definition
+from .workflow import llm_endpoint, speech_provider, validate_definition
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,7 @@ class Call:
         self.ended_by_us: Outcome | None = None  # set when the agent or a watchdog ends it
         self._last_message_at = 0.0
         self.agent_gathered: dict[str, Any] = {}
+        self._speech_providers: list[OpenAIRecognizer | OpenAISynthesizer] = []
         self.log = CallLog(log, {"call": f"agent {short_uuid(self.agent_uuid)}"})
 
     async def shut_down(self) -> None:
@@ -267,6 +269,9 @@ class Call:
                 extra_context.update(self.agent_gathered)
                 transcript = pipeline.transcript.flush()
                 extra_logs["outbound_audio"] = _gap_summary(pipeline)
+            for provider in self._speech_providers:
+                with contextlib.suppress(Exception):
+                    await provider.close()
             # The run is final before the provider sees the close; a peer that never
             # answers the close frame can only delay its own socket, not the record.
             try:
@@ -293,11 +298,21 @@ class Call:
         if problems:
             raise StreamError(f"invalid workflow definition: {problems[0]}")
         speech = self.request.app[SPEECH]
+        stt: Any = speech.stt
+        tts: Any = speech.tts
+        if (stt_provider := speech_provider(definition, "stt")) is not None:
+            stt = OpenAIRecognizer(stt_provider, self.log)
+            self.log.info("speech to text: %r", stt_provider)
+            self._speech_providers.append(stt)
+        if (tts_provider := speech_provider(definition, "tts")) is not None:
+            tts = OpenAISynthesizer(tts_provider, speech.tts, self.log)
+            self.log.info("text to speech: %r", tts_provider)
+            self._speech_providers.append(tts)
         parts: dict[str, Any] = dict(
             workflow=EngineWorkflow.parse(definition),
             context=self.context,
-            tts=speech.tts,
-            stt=speech.stt,
+            tts=tts,
+            stt=stt,
             transcript=pipeline.transcript,
             serializer=pipeline.serializer,
             actions=actions,

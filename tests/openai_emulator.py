@@ -1,14 +1,22 @@
-"""A local OpenAI-compatible chat completions server, so LLM-mode tests exercise real HTTP
-and real server-sent events instead of mocks.
+"""A local OpenAI-compatible server, so LLM-mode and speech-provider tests exercise real
+HTTP and real server-sent events instead of mocks.
 
-Each test queues the answers the "model" gives, in order: streamed text, a tool call (with
-optional text before it), or an error status. Every request is recorded with its messages
-and tools, and the bearer API key is checked like a real endpoint checks it.
+Chat: each test queues the answers the "model" gives, in order: streamed text, a tool call
+(with optional text before it), or an error status. Every request is recorded with its
+messages and tools, and the bearer API key is checked like a real endpoint checks it.
+
+Speech: /v1/audio/transcriptions records each upload (a WAV file and its form fields) and
+answers the next scripted transcript; /v1/audio/speech answers raw 24 kHz 16-bit PCM of a
+tone, `SPEECH_SECONDS` long whatever the text, so a test can tell its audio from espeak's.
 """
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import math
+import struct
+import wave
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +24,9 @@ from typing import Any
 from aiohttp import web
 
 MODEL = "emulated-model"
+SPEECH_RATE = 24000
+SPEECH_SECONDS = 1.5
+TONE_HZ = 440.0
 
 
 @dataclass(frozen=True)
@@ -69,12 +80,40 @@ class ChatRequest:
 
 
 @dataclass
+class Upload:
+    """One transcription request: the form fields, the WAV's rate and frames, the key."""
+
+    fields: dict[str, str]
+    sample_rate: int
+    frames: int
+    authorized: bool
+
+
+@dataclass
+class SpeechRequest:
+    """One speech request: the JSON body and whether the key was right."""
+
+    body: dict[str, Any]
+    authorized: bool
+
+
+def tone_pcm(seconds: float = SPEECH_SECONDS, rate: int = SPEECH_RATE) -> bytes:
+    """A steady tone, 16-bit mono PCM: audio nobody would mistake for speech."""
+    count = int(seconds * rate)
+    return struct.pack(f"<{count}h", *(
+        int(8000 * math.sin(2 * math.pi * TONE_HZ * i / rate)) for i in range(count)))
+
+
+@dataclass
 class OpenAIEmulator:
     """POST /v1/chat/completions with `stream: true`, answering from `answers`."""
 
     api_key: str
     answers: deque[Answer] = field(default_factory=deque)
     requests: list[ChatRequest] = field(default_factory=list)
+    transcripts: deque[str] = field(default_factory=deque)
+    uploads: list[Upload] = field(default_factory=list)
+    speech_requests: list[SpeechRequest] = field(default_factory=list)
     _arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     def answer(self, *answers: Answer) -> None:
@@ -92,7 +131,41 @@ class OpenAIEmulator:
     def make_app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._completions)
+        app.router.add_post("/v1/audio/transcriptions", self._transcriptions)
+        app.router.add_post("/v1/audio/speech", self._speech)
         return app
+
+    def transcribe(self, *texts: str) -> None:
+        """Queue what the next uploads "said", in order."""
+        self.transcripts.extend(texts)
+
+    def _authorized(self, request: web.Request) -> bool:
+        return request.headers.get("Authorization") == f"Bearer {self.api_key}"
+
+    async def _transcriptions(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        upload = form.get("file")
+        fields = {k: str(v) for k, v in form.items() if k != "file"}
+        if not isinstance(upload, web.FileField):
+            return _error(400, "no file uploaded", "invalid_file")
+        with wave.open(io.BytesIO(upload.file.read())) as wav:
+            rate, frames = wav.getframerate(), wav.getnframes()
+        authorized = self._authorized(request)
+        self.uploads.append(Upload(fields, rate, frames, authorized))
+        if not authorized:
+            return _error(401, "Incorrect API key provided.", "invalid_api_key")
+        text = self.transcripts.popleft() if self.transcripts else ""
+        return web.json_response({"text": text})
+
+    async def _speech(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        authorized = self._authorized(request)
+        self.speech_requests.append(SpeechRequest(body, authorized))
+        if not authorized:
+            return _error(401, "Incorrect API key provided.", "invalid_api_key")
+        if body.get("response_format") != "pcm":
+            return _error(400, "this emulator only answers pcm", "unsupported")
+        return web.Response(body=tone_pcm(), content_type="application/octet-stream")
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
