@@ -41,7 +41,7 @@ from .pipeline.frames import StreamStopFrame
 from .providers import SUPPORTED_PROVIDERS, UNSUPPORTED_PROVIDERS
 from .providers import cloudonix
 from .security import short_uuid
-from .speech.providers import OpenAIRecognizer, OpenAISynthesizer
+from .speech.providers import ProviderRecognizer, ProviderSynthesizer, recognizer, synthesizer
 from .store import Run, Store, Workflow
 from .workflow import llm_endpoint, speech_provider, validate_definition
 
@@ -136,7 +136,7 @@ class Call:
         self.ended_by_us: Outcome | None = None  # set when the agent or a watchdog ends it
         self._last_message_at = 0.0
         self.agent_gathered: dict[str, Any] = {}
-        self._speech_providers: list[OpenAIRecognizer | OpenAISynthesizer] = []
+        self._speech_providers: list[ProviderRecognizer | ProviderSynthesizer] = []
         self.log = CallLog(log, {"call": f"agent {short_uuid(self.agent_uuid)}"})
 
     async def shut_down(self) -> None:
@@ -301,11 +301,11 @@ class Call:
         stt: Any = speech.stt
         tts: Any = speech.tts
         if (stt_provider := speech_provider(definition, "stt")) is not None:
-            stt = OpenAIRecognizer(stt_provider, self.log)
+            stt = recognizer(stt_provider, self.request.app[HTTP], self.log)
             self.log.info("speech to text: %r", stt_provider)
             self._speech_providers.append(stt)
         if (tts_provider := speech_provider(definition, "tts")) is not None:
-            tts = OpenAISynthesizer(tts_provider, speech.tts, self.log)
+            tts = synthesizer(tts_provider, speech.tts, self.request.app[HTTP], self.log)
             self.log.info("text to speech: %r", tts_provider)
             self._speech_providers.append(tts)
         parts: dict[str, Any] = dict(

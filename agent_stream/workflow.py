@@ -12,16 +12,18 @@ NODE_KINDS: Final = ("start", "agent", "end", "transfer")
 DTMF_DIGITS: Final = set("0123456789*#")
 ENGINES: Final = ("scripted", "llm")
 # Speech providers a workflow may name; the embedded ones need no settings at all.
-STT_PROVIDERS: Final = ("embedded", "openai")
-TTS_PROVIDERS: Final = ("embedded", "openai")
-NOT_YET_PROVIDERS: Final = {"stt": ("deepgram",), "tts": ("elevenlabs",)}
+STT_PROVIDERS: Final = ("embedded", "openai", "deepgram")
+TTS_PROVIDERS: Final = ("embedded", "openai", "elevenlabs")
+OPENAI_BASE_URL: Final = "https://api.openai.com/v1"
+# Each provider's own endpoint, model and voice, for what a workflow leaves out.
+DEFAULT_BASE_URLS: Final = {"openai": OPENAI_BASE_URL, "deepgram": "https://api.deepgram.com",
+                            "elevenlabs": "https://api.elevenlabs.io"}
+DEFAULT_MODELS: Final = {("stt", "openai"): "whisper-1", ("stt", "deepgram"): "nova-2",
+                         ("tts", "openai"): "tts-1", ("tts", "elevenlabs"): "eleven_flash_v2_5"}
+DEFAULT_VOICES: Final = {"openai": "alloy", "elevenlabs": "21m00Tcm4TlvDq8ikWAM"}
 # `settings.stt`/`settings.tts` may also be just a provider name; these mean "embedded".
 EMBEDDED_ALIASES: Final = {"": "embedded", "pocketsphinx": "embedded", "espeak": "embedded",
                            "espeak-ng": "embedded"}
-OPENAI_BASE_URL: Final = "https://api.openai.com/v1"
-DEFAULT_STT_MODEL: Final = "whisper-1"
-DEFAULT_TTS_MODEL: Final = "tts-1"
-DEFAULT_TTS_VOICE: Final = "alloy"
 # The settings sections that may hold an `api_key`, never shown once saved.
 SECRET_SECTIONS: Final = ("llm", "stt", "tts")
 # What mask_secret() shows instead of a secret; a key sent back starting with it is a mask.
@@ -204,9 +206,7 @@ def _speech_problems(settings: dict[str, Any], section: str, providers: tuple[st
             f"{where} must be an object or a provider name"]
     problems: list[str] = []
     provider = speech.get("provider", "embedded")
-    if provider in NOT_YET_PROVIDERS[section]:
-        problems.append(f"{where}.provider {provider!r} is not supported yet")
-    elif provider not in providers:
+    if provider not in providers:
         problems.append(f"{where}.provider must be one of {', '.join(providers)}")
     base_url = speech.get("base_url")
     if base_url not in (None, "") and not _is_http_url(base_url):
@@ -278,25 +278,26 @@ def speech_provider(definition: dict[str, Any], kind: str) -> SpeechProvider | N
     settings = definition.get("settings") or {}
     speech = _speech_section(settings.get(kind)) or {}
     provider = speech.get("provider") or "embedded"
-    if provider != "openai":
+    if (kind, provider) not in DEFAULT_MODELS:
         return None
     language = settings.get("language")
     return SpeechProvider(
         kind=kind,
         provider=provider,
         base_url=_base_url(speech),
-        model=str(speech.get("model") or "").strip()
-        or (DEFAULT_STT_MODEL if kind == "stt" else DEFAULT_TTS_MODEL),
-        voice=str(speech.get("voice") or "").strip() or DEFAULT_TTS_VOICE,
+        model=str(speech.get("model") or "").strip() or DEFAULT_MODELS[(kind, provider)],
+        voice=str(speech.get("voice") or "").strip() or DEFAULT_VOICES.get(provider, ""),
         api_key=str(speech.get("api_key") or ""),
         language=language.strip() if isinstance(language, str) else "",
     )
 
 
 def _base_url(section: dict[str, Any]) -> str:
-    """The section's endpoint; speech providers default to OpenAI's own."""
+    """The section's endpoint; a speech provider's own by default."""
     url = section.get("base_url")
-    return url.strip() if isinstance(url, str) and url.strip() else OPENAI_BASE_URL
+    if isinstance(url, str) and url.strip():
+        return url.strip()
+    return DEFAULT_BASE_URLS.get(str(section.get("provider") or "openai"), OPENAI_BASE_URL)
 
 
 def redact_secrets(definition: dict[str, Any]) -> dict[str, Any]:
@@ -351,7 +352,7 @@ def _merge_key(section: dict[str, Any], stored: Any, *, speech: bool) -> None:
     section.pop("api_key", None)
     if not isinstance(stored, dict) or not stored.get("api_key"):
         return
-    if speech:  # a speech provider without a base URL is OpenAI's own
+    if speech:  # a speech provider without a base URL is the provider's own
         same = _same_endpoint(_base_url(stored), _base_url(section))
     else:
         same = _same_endpoint(stored.get("base_url"), section.get("base_url"))

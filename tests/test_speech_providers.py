@@ -28,6 +28,7 @@ from tests.openai_emulator import (
     OpenAIEmulator,
     start_openai_emulator,
 )
+from tests.speech_emulator import VOICE_SECONDS, start_speech_vendors
 from tests.test_voice_agent import finished, say, until
 
 STT_KEY = "sk-stt-TEST-secret-0123456789abcdef"
@@ -201,6 +202,73 @@ async def test_refused_providers_fall_back_and_the_call_completes(
         assert keys_absent(await answer.text(), wrong, TTS_KEY)
 
 
+async def test_deepgram_hears_and_elevenlabs_speaks(
+    aiohttp_server: Any, dial: Dial, make_tenant: MakeTenant, store: Store,
+    caller_voice: EspeakSynthesizer, caplog: pytest.LogCaptureFixture,
+    loguru_lines: list[str],
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    vendors, base_url = await start_speech_vendors(aiohttp_server, STT_KEY, TTS_KEY)
+    stt = {"provider": "deepgram", "base_url": base_url, "api_key": STT_KEY}
+    tts = {"provider": "elevenlabs", "base_url": base_url, "voice": "voice-42", "api_key": TTS_KEY}
+    tenant = await speech_tenant(make_tenant, store, speech_flow(stt=stt, tts=tts))
+    vendors.transcribe("yes", "goodbye")
+    call = await dial(tenant.workflow.uuid)
+    call.start_reading()
+    await call.handshake()
+    await until(lambda: "utt-1" in call.marks)
+    assert call.received_media_bytes == int(VOICE_SECONDS * 8000)  # ElevenLabs' mu-law tone
+    await say(call, caller_voice, "hello there")
+    await until(lambda: "utt-2" in call.marks)
+    await say(call, caller_voice, "see you")
+    assert await call.wait_closed(timeout=20) == (1000, "agent hung up")
+
+    run = await finished(store, tenant)
+    assert conversation(run) == [
+        ("agent", "Hi, this is Acme."),
+        ("caller", "yes"),
+        ("agent", "Great. Which day suits you?"),
+        ("caller", "goodbye"),
+        ("agent", "Goodbye."),
+    ]
+    assert [(r.authorized, r.sample_rate, r.query) for r in vendors.listens] == [
+        (True, 16000, {"model": "nova-2", "smart_format": "true", "language": "en"})] * 2
+    assert [(r.path, r.query, r.body, r.authorized) for r in vendors.voices] == [
+        ("/v1/text-to-speech/voice-42", {"output_format": "ulaw_8000"},
+         {"text": text, "model_id": "eleven_flash_v2_5"}, True)
+        for text in ("Hi, this is Acme.", "Great. Which day suits you?", "Goodbye.")
+    ]
+    assert keys_absent(caplog.text, STT_KEY, TTS_KEY)
+    assert keys_absent("".join(loguru_lines), STT_KEY, TTS_KEY)
+
+
+async def test_refused_vendor_keys_fall_back_too(
+    aiohttp_server: Any, dial: Dial, make_tenant: MakeTenant, store: Store,
+    caller_voice: EspeakSynthesizer, caplog: pytest.LogCaptureFixture,
+) -> None:
+    vendors, base_url = await start_speech_vendors(aiohttp_server, "dg-other", "xi-other")
+    stt = {"provider": "deepgram", "base_url": base_url, "api_key": STT_KEY}
+    tts = {"provider": "elevenlabs", "base_url": base_url, "api_key": TTS_KEY}
+    tenant = await speech_tenant(make_tenant, store, speech_flow(stt=stt, tts=tts))
+    call = await dial(tenant.workflow.uuid)
+    call.start_reading()
+    await call.handshake()
+    await until(lambda: "utt-1" in call.marks)
+    assert call.received_media_bytes != int(VOICE_SECONDS * 8000)  # espeak spoke instead
+    await say(call, caller_voice, "yes")
+    await until(lambda: "utt-2" in call.marks)
+    await call.press("0")
+    assert await call.wait_closed(timeout=20) == (1000, "call transferred")
+
+    run = await finished(store, tenant)
+    assert (run.state, run.end_reason) == ("completed", "transfer")
+    assert conversation(run)[1] == ("caller", "(not understood)")
+    assert len(vendors.voices) == 1 and len(vendors.listens) == 1
+    warnings = [r.getMessage() for r in caplog.records if "provider at" in r.getMessage()]
+    assert len(warnings) == 2 and all("failed: HTTP 401 (check the API key)" in w for w in warnings)
+    assert keys_absent(caplog.text, STT_KEY, TTS_KEY)
+
+
 # -- settings ------------------------------------------------------------------------------------
 
 
@@ -210,18 +278,19 @@ def test_speech_settings_are_validated_with_clear_messages() -> None:
 
     assert problems(stt={"provider": "embedded"}, tts={"provider": "embedded"}) == []
     assert problems(stt={"provider": "openai"}, tts={"provider": "openai", "voice": "nova"}) == []
-    assert problems(stt={"provider": "deepgram"}) == [
-        "settings.stt.provider 'deepgram' is not supported yet"]
-    assert problems(tts={"provider": "elevenlabs"}) == [
-        "settings.tts.provider 'elevenlabs' is not supported yet"]
+    assert problems(stt={"provider": "deepgram"}, tts={"provider": "elevenlabs"}) == []
     assert problems(stt={"provider": "whisper"}) == [
-        "settings.stt.provider must be one of embedded, openai"]
+        "settings.stt.provider must be one of embedded, openai, deepgram"]
     assert problems(tts={"provider": "espeak"}) == [
-        "settings.tts.provider must be one of embedded, openai"]
+        "settings.tts.provider must be one of embedded, openai, elevenlabs"]
+    assert problems(stt={"provider": "elevenlabs"}) == [
+        "settings.stt.provider must be one of embedded, openai, deepgram"]
     assert problems(stt=["openai"]) == ["settings.stt must be an object or a provider name"]
     # a bare name is the provider (the admin's Settings form writes one)
     assert problems(stt="pocketsphinx", tts="espeak") == []
-    assert problems(stt="Deepgram") == ["settings.stt.provider 'deepgram' is not supported yet"]
+    assert problems(stt="Deepgram", tts="OpenAI") == []
+    assert problems(tts="azure") == [
+        "settings.tts.provider must be one of embedded, openai, elevenlabs"]
     assert problems(tts={"provider": "openai", "base_url": "ftp://speech.example"}) == [
         "settings.tts.base_url must be an http(s) URL"]
     assert problems(stt={"provider": "openai", "base_url": "https://u:p@speech.example/v1"}) == [
@@ -238,6 +307,12 @@ def test_speech_settings_are_validated_with_clear_messages() -> None:
     assert (default.base_url, default.model, default.voice) == (
         "https://api.openai.com/v1", "tts-1", "alloy")
     assert TTS_KEY not in repr(default)
+    eleven = speech_provider(speech_flow(tts={"provider": "elevenlabs"}), "tts")
+    assert eleven is not None and (eleven.base_url, eleven.model) == (
+        "https://api.elevenlabs.io", "eleven_flash_v2_5")
+    deepgram = speech_provider(speech_flow(stt="deepgram"), "stt")
+    assert deepgram is not None and (deepgram.base_url, deepgram.model) == (
+        "https://api.deepgram.com", "nova-2")
 
 
 def test_speech_keys_are_redacted_for_display_and_kept_unless_replaced() -> None:
@@ -286,7 +361,8 @@ async def test_the_api_never_answers_speech_keys_and_keeps_them(
     assert (stored["stt"]["api_key"], stored["tts"]["api_key"]) == (STT_KEY, TTS_KEY)
     assert stored["tts"]["voice"] == "onyx"
 
-    bad = speech_flow(tts={"provider": "elevenlabs"})
+    bad = speech_flow(tts={"provider": "azure"})
     response = await client.patch(f"{url}/{uuid}", json={"definition": bad}, headers=tenant.headers)
     assert response.status == 400
-    assert "settings.tts.provider 'elevenlabs' is not supported yet" in (await response.json())["problems"]
+    assert "settings.tts.provider must be one of embedded, openai, elevenlabs" in (
+        await response.json())["problems"]
