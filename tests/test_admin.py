@@ -533,8 +533,8 @@ async def test_voice_and_model_settings_keep_the_llm_key_masked_and_kept(
         f"/agents/{uuid}/settings",
         {
             "engine": "llm",
-            "stt": "pocketsphinx",
-            "tts": "espeak",
+            "stt_provider": "embedded",
+            "tts_provider": "embedded",
             "language": "en",
             "voice": "en-us",
             "max_duration_seconds": "300",
@@ -548,7 +548,7 @@ async def test_voice_and_model_settings_keep_the_llm_key_masked_and_kept(
     assert key not in page.html and "Saved: ••••1234. Leave empty to keep it." in page.html
     agent = await store.get_workflow(operator.tenant.org_id, uuid)
     settings = agent.definition["settings"]
-    assert settings["engine"] == "llm" and settings["stt"] == "pocketsphinx"
+    assert settings["engine"] == "llm" and "stt" not in settings and "tts" not in settings
     assert settings["llm"] == {
         "base_url": "https://llm.example/v1",
         "model": "tiny",
@@ -599,6 +599,55 @@ async def test_voice_and_model_settings_keep_the_llm_key_masked_and_kept(
     )
     agent = await store.get_workflow(operator.tenant.org_id, uuid)
     assert "api_key" not in agent.definition["settings"].get("llm", {})
+
+
+async def test_speech_providers_are_set_with_their_keys_masked(
+    operator: Operator, store: Store
+) -> None:
+    uuid = operator.tenant.workflow.uuid
+    stt_key, tts_key = "sk-stt-SECRET-aaaa1111", "sk-tts-SECRET-bbbb2222"
+    page = await operator.get(f"/agents/{uuid}/settings")
+    assert '<select id="stt_provider" name="stt_provider"' in page.html
+    assert '<option value="openai">openai</option>' in page.html
+    form = {
+        "engine": "scripted",
+        "stt_provider": "openai",
+        "stt_model": "whisper-1",
+        "stt_api_key": stt_key,
+        "tts_provider": "openai",
+        "tts_base_url": "https://speech.example/v1",
+        "tts_voice": "alloy",
+        "tts_api_key": tts_key,
+    }
+    page = await operator.post(f"/agents/{uuid}/settings", form)
+    assert page.status == 200 and "Settings saved." in page.html
+    assert stt_key not in page.html and tts_key not in page.html
+    assert "Saved: ••••1111." in page.html and "Saved: ••••2222." in page.html
+    settings = (await store.get_workflow(operator.tenant.org_id, uuid)).definition["settings"]
+    assert settings["stt"] == {"provider": "openai", "model": "whisper-1", "api_key": stt_key}
+    assert settings["tts"] == {
+        "provider": "openai",
+        "base_url": "https://speech.example/v1",
+        "voice": "alloy",
+        "api_key": tts_key,
+    }
+    editor = await operator.get(f"/agents/{uuid}")
+    assert stt_key not in editor.html and tts_key not in editor.html
+
+    # saved again without keys: both kept; one removed; an unknown provider is refused
+    unchanged = {k: v for k, v in form.items() if not k.endswith("_api_key")}
+    await operator.post(f"/agents/{uuid}/settings", unchanged | {"tts_api_key_clear": "on"})
+    settings = (await store.get_workflow(operator.tenant.org_id, uuid)).definition["settings"]
+    assert settings["stt"]["api_key"] == stt_key and "api_key" not in settings["tts"]
+    page = await operator.post(f"/agents/{uuid}/settings", unchanged | {"stt_provider": "acme"})
+    assert page.status == 400
+    provider_errors = page.html.split('id="stt_provider-error"')[1].split("</ul>")[0]
+    assert "settings.stt.provider must be one of" in provider_errors
+    assert '<option value="acme" selected>acme</option>' in page.html
+    # back to the built-in engines: the sections go
+    await operator.post(f"/agents/{uuid}/settings", {"engine": "scripted"})
+    settings = (await store.get_workflow(operator.tenant.org_id, uuid)).definition["settings"]
+    assert "stt" not in settings and "tts" not in settings
 
 
 # -- runs ----------------------------------------------------------------------------------------

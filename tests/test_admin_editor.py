@@ -122,3 +122,34 @@ def test_settings_problems_land_on_the_settings_fields() -> None:
     assert problems["llm_model"] == ["settings.llm.model is required when settings.engine is llm"]
     _, problems = editor.apply_settings_form(definition, {"engine": "quantum"})
     assert problems["engine"] == ["settings.engine must be one of scripted, llm"]
+
+
+def test_speech_sections_in_the_settings_form() -> None:
+    definition = starter_definition()
+    definition["settings"]["stt"] = "pocketsphinx"  # a bare name: the embedded engine
+    definition["settings"]["tts"] = {"provider": "openai", "voice": "nova", "api_key": "sk-t-0042"}
+    form = editor.settings_form(definition)
+    assert form["stt_provider"] == "embedded" and form["stt_api_key_hint"] == ""
+    assert (form["tts_provider"], form["tts_voice"], form["tts_api_key_hint"]) == (
+        "openai",
+        "nova",
+        "••••0042",
+    )
+    same = {
+        "engine": "scripted",
+        "stt_provider": "embedded",
+        "tts_provider": "openai",
+        "tts_voice": "nova",
+    }
+    kept, problems = editor.apply_settings_form(definition, same)
+    assert problems == {}
+    assert kept["settings"]["stt"] == "pocketsphinx"  # untouched: still the embedded engine
+    assert kept["settings"]["tts"] == {
+        "provider": "openai",
+        "voice": "nova",
+        "api_key": "sk-t-0042",
+    }
+    moved, _ = editor.apply_settings_form(
+        definition, same | {"tts_base_url": "https://elsewhere.example/v1"}
+    )
+    assert "api_key" not in moved["settings"]["tts"]

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from ..providers import SUPPORTED_PROVIDERS
 from ..store import Workflow
-from ..workflow import ENGINES, starter_definition
+from ..workflow import ENGINES, STT_PROVIDERS, TTS_PROVIDERS, starter_definition
 from . import editor
 from .common import form_of, int_id, page, redirect, render, store_of, stream_base, url, user_of
 
@@ -394,6 +394,11 @@ def safe_back(request: web.Request, form: dict[str, str], default: str) -> str:
 # -- the Settings page -------------------------------------------------------------------------
 
 
+def _choices(known: tuple[str, ...], current: str) -> list[str]:
+    """A select's options: the known values, and the current one even if it is not."""
+    return list(known) if current in known else [*known, current]
+
+
 def stream_urls(
     request: web.Request, workflow: Workflow, domains: list[str]
 ) -> list[dict[str, str]]:
@@ -426,6 +431,7 @@ async def _settings_page(
 ) -> web.Response:
     configs = await store_of(request).list_telephony_configs(workflow.organization_id)
     domains = [c.domain_id for c in configs if c.provider in SUPPORTED_PROVIDERS]
+    shown_values = values or editor.settings_form(workflow.definition)
     return render(
         request,
         "agent_settings.html",
@@ -435,11 +441,13 @@ async def _settings_page(
             "streams": stream_urls(request, workflow, domains),
             "newer_form_url": stream_base(request)
             + f"/api/v1/agent-stream/cloudonix/{workflow.uuid}",
-            "voice": values or editor.settings_form(workflow.definition),
+            "voice": shown_values,
             "problems": problems or {},
             "engines": ENGINES,
-            "stt_suggestions": editor.STT_SUGGESTIONS,
-            "tts_suggestions": editor.TTS_SUGGESTIONS,
+            "speech_providers": {
+                "stt": _choices(STT_PROVIDERS, shown_values["stt_provider"]),
+                "tts": _choices(TTS_PROVIDERS, shown_values["tts_provider"]),
+            },
             "name_problem": name_problem,
             "name_value": name if name is not None else workflow.name,
             "nav": "agents",
@@ -461,7 +469,8 @@ async def save_settings(request: web.Request) -> web.StreamResponse:
     candidate, problems = editor.apply_settings_form(workflow.definition, form)
     if problems:
         values = editor.settings_form(candidate)
-        values["llm_api_key_hint"] = editor.settings_form(workflow.definition)["llm_api_key_hint"]
+        saved = editor.settings_form(workflow.definition)  # hints of the keys saved, not sent
+        values |= {k: v for k, v in saved.items() if k.endswith("_api_key_hint")}
         return await _settings_page(request, workflow, status=400, problems=problems, values=values)
     await store_of(request).update_workflow(
         workflow.organization_id, workflow.uuid, definition=candidate

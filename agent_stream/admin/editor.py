@@ -1,5 +1,5 @@
 """The workflow editor's forms: definition <-> form fields, problems mapped to fields,
-and the LLM key kept out of every page. Pure functions, no request and no database."""
+and API keys kept out of every page. Pure functions, no request and no database."""
 
 from __future__ import annotations
 
@@ -9,10 +9,19 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from ..workflow import MASK_PREFIX, NODE_KINDS, merge_secrets, redact_secrets, validate_definition
+from ..workflow import (
+    EMBEDDED_ALIASES,
+    MASK_PREFIX,
+    NODE_KINDS,
+    merge_secrets,
+    redact_secrets,
+    validate_definition,
+)
 
-STT_SUGGESTIONS: Final = ("pocketsphinx",)
-TTS_SUGGESTIONS: Final = ("espeak",)
+# The Settings form's fields of `settings.stt`/`settings.tts` (besides provider and key),
+# and the sections whose API key is only ever shown as a hint.
+SPEECH_FIELDS: Final = {"stt": ("base_url", "model"), "tts": ("base_url", "model", "voice")}
+KEY_SECTIONS: Final = ("llm", "stt", "tts")
 MAX_TEXT: Final = 4000
 
 _NODE_INDEX_RE: Final = re.compile(r"^nodes\[(\d+)\](?:\.(\w+))?")
@@ -22,7 +31,7 @@ _UNREACHABLE_RE: Final = re.compile(r"^node (['\"])(.*?)\1 is unreachable")
 _NODE_ID_RE: Final = re.compile(r"^node (['\"])(.*?)\1(?::\s*|\.)(.*)$")
 _SETTINGS_RE: Final = re.compile(r"^settings\.([\w.]+)")
 # settings paths in messages -> the Settings form's field names
-_SETTINGS_FIELDS: Final = {"llm": "llm_base_url"}
+_SETTINGS_FIELDS: Final = {"llm": "llm_base_url", "stt": "stt_provider", "tts": "tts_provider"}
 NODE = "node"  # the key of a problem about a node as a whole
 
 
@@ -226,22 +235,36 @@ def _mapping(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def speech_section(value: Any) -> dict[str, Any]:
+    """`settings.stt`/`settings.tts` as an object: a bare name is its provider's."""
+    if isinstance(value, str):
+        name = value.strip().lower()
+        return {"provider": EMBEDDED_ALIASES.get(name, name)}
+    return _mapping(value)
+
+
 def settings_form(definition: dict[str, Any]) -> dict[str, Any]:
+    """What the Settings page's voice and model form shows: API keys only as their hints."""
     settings = _mapping(definition.get("settings"))
+    shown = _mapping(redact_secrets(definition).get("settings"))
     llm = _mapping(settings.get("llm"))
-    hint = _mapping(_mapping(redact_secrets(definition).get("settings")).get("llm"))
-    return {
+    values: dict[str, Any] = {
         "engine": settings.get("engine") or "scripted",
-        "stt": settings.get("stt") or "",
-        "tts": settings.get("tts") or "",
         "language": settings.get("language") or "",
         "voice": settings.get("voice") or "",
         "max_duration_seconds": settings.get("max_duration_seconds") or "",
         "silence_timeout_seconds": settings.get("silence_timeout_seconds") or "",
         "llm_base_url": llm.get("base_url") or "",
         "llm_model": llm.get("model") or "",
-        "llm_api_key_hint": hint.get("api_key_hint") or "",
     }
+    for section, fields in SPEECH_FIELDS.items():
+        speech = speech_section(settings.get(section))
+        values[f"{section}_provider"] = speech.get("provider") or "embedded"
+        for name in fields:
+            values[f"{section}_{name}"] = speech.get(name) or ""
+    for section in KEY_SECTIONS:
+        values[f"{section}_api_key_hint"] = _mapping(shown.get(section)).get("api_key_hint") or ""
+    return values
 
 
 def _positive_number(raw: str) -> int | float | None:
@@ -257,14 +280,15 @@ def _positive_number(raw: str) -> int | float | None:
 def apply_settings_form(
     definition: dict[str, Any], form: dict[str, str]
 ) -> tuple[dict[str, Any], dict[str, list[str]]]:
-    """The definition with the Settings form applied, and problems by field name."""
+    """The definition with the Settings form applied, and problems by field name. An API
+    key left empty stays as saved (`merge_secrets`: for the same endpoint only)."""
     problems: dict[str, list[str]] = {}
     candidate = copy.deepcopy(definition)
     settings = candidate.get("settings")
     if not isinstance(settings, dict):
         settings = candidate["settings"] = {}
     settings["engine"] = form.get("engine", "scripted")
-    for key in ("stt", "tts", "language", "voice"):
+    for key in ("language", "voice"):
         if form.get(key):
             settings[key] = form[key][:200]
         else:
@@ -279,27 +303,45 @@ def apply_settings_form(
             problems[key] = ["Enter a positive number of seconds."]
         else:
             settings[key] = number
-    llm = {k: v for k, v in _mapping(settings.get("llm")).items() if k != "api_key"}
-    for key, limit in (("base_url", 500), ("model", 200)):
-        if form.get(f"llm_{key}"):
-            llm[key] = form[f"llm_{key}"][:limit]
+
+    llm = _without_keys(_mapping(settings.get("llm")))
+    for name, limit in (("base_url", 500), ("model", 200)):
+        if form.get(f"llm_{name}"):
+            llm[name] = form[f"llm_{name}"][:limit]
         else:
-            llm.pop(key, None)
-    typed_key = form.get("llm_api_key", "")[:4096]
-    if typed_key.startswith(MASK_PREFIX):  # the hint pasted back is not a new key
-        typed_key = ""
-    if typed_key:
-        llm["api_key"] = typed_key
-    if llm:
-        settings["llm"] = llm
-    else:
-        settings.pop("llm", None)
-    if not typed_key and form.get("llm_api_key_clear") != "on":
-        # the saved key stays, as long as the endpoint does (merge_secrets' rule)
-        candidate = merge_secrets(candidate, definition)
+            llm.pop(name, None)
+    settings["llm"] = llm
+    for section, fields in SPEECH_FIELDS.items():
+        provider = form.get(f"{section}_provider") or "embedded"
+        stored = speech_section(settings.get(section))
+        if provider == "embedded":  # the built-in engine needs no settings
+            if (stored.get("provider") or "embedded") != "embedded":
+                settings.pop(section, None)
+            continue
+        speech = {k: v for k, v in _without_keys(stored).items() if k not in fields}
+        speech["provider"] = provider[:40]
+        for name in fields:
+            if form.get(f"{section}_{name}"):
+                speech[name] = form[f"{section}_{name}"][:500]
+        settings[section] = speech
+    for section in KEY_SECTIONS:
+        typed = form.get(f"{section}_api_key", "")[:4096]
+        if typed and not typed.startswith(MASK_PREFIX) and isinstance(settings.get(section), dict):
+            settings[section]["api_key"] = typed
+    candidate = merge_secrets(candidate, definition)
+    for section in KEY_SECTIONS:
+        if form.get(f"{section}_api_key_clear") == "on":
+            _mapping(candidate["settings"].get(section)).pop("api_key", None)
+    if not candidate["settings"]["llm"]:
+        del candidate["settings"]["llm"]
+
     for key, messages in validate(candidate).settings.items():
         problems.setdefault(key, []).extend(messages)
     return candidate, problems
+
+
+def _without_keys(section: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in section.items() if k not in ("api_key", "api_key_hint")}
 
 
 NODE_KIND_CHOICES: Final = NODE_KINDS
