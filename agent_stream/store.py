@@ -31,6 +31,8 @@ logging.getLogger("aiosqlite").setLevel(logging.INFO)
 SCHEMA_PATH: Final = Path(__file__).resolve().parent.parent / "schema.sql"
 BUSY_TIMEOUT_MS: Final = 5000
 RUN_NAME_PREFIX: Final = "WR-AGS-"
+# Verified against for unknown emails; its password is random and never stored anywhere.
+_DUMMY_PASSWORD_HASH: Final = hash_password(secrets.token_urlsafe(16))
 ACTIVE_STATES: Final = ("pending", "running")
 
 
@@ -412,8 +414,11 @@ class Store:
         return _user(row)
 
     async def check_password(self, email: str, password: str) -> User | None:
+        """The user, if the password is right. An unknown email costs the same scrypt as a
+        known one, so answer times do not tell which emails exist."""
         row = await self._one("SELECT * FROM users WHERE email = ?", (email.strip(),))
-        if row is None or not await asyncio.to_thread(verify_password, password, row["password_hash"]):
+        stored = row["password_hash"] if row is not None else _DUMMY_PASSWORD_HASH
+        if not await asyncio.to_thread(verify_password, password, stored) or row is None:
             return None
         return _user(row)
 
@@ -475,11 +480,13 @@ class Store:
             raise NotFound("workflow not found")
         return _workflow(row)
 
-    async def find_stream_workflow(self, workflow_uuid: str) -> Workflow | None:
-        """The workflow an Agent Stream URL names; archived ones do not take calls."""
-        row = await self._one(
-            _WORKFLOW_SELECT + " WHERE w.uuid = ? AND w.status != 'archived'", (workflow_uuid,)
-        )
+    async def find_stream_workflow(
+        self, workflow_uuid: str, *, include_archived: bool = False
+    ) -> Workflow | None:
+        """The workflow an Agent Stream URL names; archived ones do not take calls (but
+        their refusals are still shown to their operators)."""
+        archived = "" if include_archived else " AND w.status != 'archived'"
+        row = await self._one(_WORKFLOW_SELECT + " WHERE w.uuid = ?" + archived, (workflow_uuid,))
         return _workflow(row) if row else None
 
     async def update_workflow(

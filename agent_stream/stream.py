@@ -180,8 +180,11 @@ class Call:
             uuidlib.UUID(self.agent_uuid)
         except ValueError:
             raise RoutingError("workflow not found") from None
-        workflow = await self.store.find_stream_workflow(self.agent_uuid)
+        workflow = await self.store.find_stream_workflow(self.agent_uuid, include_archived=True)
         if workflow is None:
+            raise RoutingError("workflow not found")
+        if workflow.status == "archived":
+            self._workflow = workflow  # the refusal is shown in that agent's Runs tab
             raise RoutingError("workflow not found")
         return workflow
 

@@ -158,6 +158,10 @@ async def test_archived_workflow_is_not_found(
     await store.update_workflow(tenant.org_id, tenant.workflow.uuid, status="archived")
     call = await dial(tenant.workflow.uuid)
     assert await call.wait_closed() == (1008, "workflow not found")
+    # its operators still see the refusal; no run is created
+    (rejection,) = await store.list_rejections(organization_id=tenant.org_id)
+    assert (rejection.workflow_id, rejection.code) == (tenant.workflow.id, 1008)
+    assert await latest_run_id(store, tenant.org_id) is None
 
 
 async def test_unknown_provider_in_the_newer_path(dial: Dial, tenant: Tenant) -> None:
