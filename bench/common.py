@@ -66,9 +66,15 @@ class BenchServer:
     emulator: CloudonixEmulator
 
     async def runs(self, http: aiohttp.ClientSession, limit: int) -> list[dict[str, Any]]:
-        async with http.get(f"{self.base}/api/v1/workflow-runs?workflow_uuid={self.agent}"
-                            f"&limit={limit}", headers=self.headers) as response:
-            return (await response.json())["runs"]  # type: ignore[no-any-return]
+        """The newest runs, once they have all ended (a run is final just after its close)."""
+        for _ in range(100):
+            async with http.get(f"{self.base}/api/v1/workflow-runs?workflow_uuid={self.agent}"
+                                f"&limit={limit}", headers=self.headers) as response:
+                runs: list[dict[str, Any]] = (await response.json())["runs"]
+            if all(run["ended_at"] for run in runs):
+                break
+            await asyncio.sleep(0.1)
+        return runs
 
 
 @asynccontextmanager

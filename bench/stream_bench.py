@@ -72,9 +72,7 @@ async def main() -> None:
                 rss = rss_mb(server.pid)
                 ok = sum(1 for code, _ in results if code == 1000)
                 failures = {f"{code} {reason}" for code, reason in results if code != 1000}
-                async with http.get(f"{base}/api/v1/workflow-runs?workflow_uuid={agent}&limit={n}",
-                                    headers=headers) as response:
-                    runs = (await response.json())["runs"]
+                runs = await bench.runs(http, n)
                 timings = [r["logs"].get("timing", {}) for r in runs]
                 running = [t["accept_to_running_ms"] for t in timings if "accept_to_running_ms" in t]
                 handshake = [t["handshake_ms"] for t in timings if "handshake_ms" in t]
