@@ -36,31 +36,13 @@ _DUMMY_PASSWORD_HASH: Final = hash_password(secrets.token_urlsafe(16))
 ACTIVE_STATES: Final = ("pending", "running")
 
 
-# Version 2: the admin's sign-in tables (schema.sql has them too, for new databases).
-_ADMIN_TABLES_SQL: Final = """
-CREATE TABLE IF NOT EXISTS sessions (
-    id          INTEGER PRIMARY KEY,
-    token_hash  TEXT NOT NULL UNIQUE,
-    user_id     INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-    csrf_token  TEXT NOT NULL,
-    created_at  TEXT NOT NULL,
-    expires_at  TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS sessions_user ON sessions(user_id);
-CREATE TABLE IF NOT EXISTS login_failures (
-    id          INTEGER PRIMARY KEY,
-    email       TEXT NOT NULL COLLATE NOCASE,
-    ip          TEXT NOT NULL,
-    created_at  TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS login_failures_key ON login_failures(email, ip, created_at);
-"""
-
-# Numbered migrations: entry N-1 brings the database to user_version N. Migration 1 is
-# the whole schema.sql (idempotent CREATE ... IF NOT EXISTS); later ones are ALTERs.
+# Numbered migrations: entry N-1 brings the database to user_version N. schema.sql is
+# always the whole current schema, every statement CREATE ... IF NOT EXISTS, so a migration
+# that only adds tables or indexes re-applies it; a change to existing columns would be an
+# ALTER here.
 MIGRATIONS: Final[list[Callable[[], str]]] = [
-    SCHEMA_PATH.read_text,
-    lambda: _ADMIN_TABLES_SQL,
+    SCHEMA_PATH.read_text,  # 1: the service's tables
+    SCHEMA_PATH.read_text,  # 2: the admin's sessions and login_failures tables
 ]
 
 
