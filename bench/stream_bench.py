@@ -54,8 +54,7 @@ async def main() -> None:
                   "edges": [{"from": "start", "to": "wait", "dtmf": "1"},
                             {"from": "wait", "to": "start", "dtmf": "2"}]}
     async with bench_server(definition, args.server_log) as bench:
-        server, base, headers, agent, emulator = (
-            bench.process, bench.base, bench.headers, bench.agent, bench.emulator)
+        server, base, agent, emulator = bench.process, bench.base, bench.agent, bench.emulator
         async with aiohttp.ClientSession() as http:
             print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
                   f"Python {platform.python_version()}; {args.seconds:.0f} s of audio per call")

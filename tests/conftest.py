@@ -1,18 +1,22 @@
 """Shared fixtures: the real app on a temp SQLite file, a Cloudonix emulator, seeded orgs."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from agent_stream.config import Settings
 from agent_stream.keys import STORE
 from agent_stream.server import AccessLogger, create_app
-from agent_stream.simulator import SimulatedCall, connect, stream_url
+from agent_stream.simulator import SimulatedCall, connect, pcm16_to_ulaw, silence_ulaw, stream_url
+from agent_stream.speech.tts import EspeakSynthesizer
 from agent_stream.store import Store, Workflow
 from agent_stream.workflow import starter_definition
 from tests.cloudonix_emulator import CloudonixEmulator, start_emulator
@@ -160,6 +164,45 @@ async def latest_run_id(store: Store, org_id: int, *, wait: float = 0.0) -> int 
             return runs[0].id if runs else None
         await asyncio.sleep(0.02)
 
+
+
+# -- helpers for tests that place calls ------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def caller_voice() -> EspeakSynthesizer:
+    """The caller's side speaks with espeak too (a different voice from the agent's)."""
+    return EspeakSynthesizer(sample_rate=8000)
+
+
+async def say(call: SimulatedCall, voice: EspeakSynthesizer, text: str) -> None:
+    """Speak `text` into the call in real time, then enough silence to end the turn."""
+    pcm = await voice.synthesize(text, voice="en-us+m3", rate=160)
+    await call.send_audio(pcm16_to_ulaw(pcm))
+    with contextlib.suppress(aiohttp.ClientConnectionResetError):  # the agent may hang up
+        await call.send_audio(silence_ulaw(0.8))
+
+
+async def until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
+    """Wait for something the server sends, sending nothing meanwhile."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("timed out waiting for the agent")
+        await asyncio.sleep(0.02)
+
+
+async def keep_line_open(call: SimulatedCall, seconds: float) -> None:
+    """A phone line sends (silent) media all the time, until it is hung up."""
+    with contextlib.suppress(aiohttp.ClientConnectionResetError):
+        await call.send_audio(silence_ulaw(seconds))
+
+
+async def finished_run(store: Store, tenant: Tenant) -> Any:
+    """The tenant's newest run once it has ended (runs finish just after the close)."""
+    run_id = await latest_run_id(store, tenant.org_id, wait=5)
+    assert run_id is not None, "no run was created"
+    return await wait_for_state(store, run_id, "completed", "failed", timeout=20)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -25,15 +25,10 @@ from agent_stream.workflow import (
 from tests.cloudonix_emulator import CloudonixEmulator
 from tests.conftest import Dial, MakeTenant, Tenant
 from tests.openai_emulator import MODEL, OpenAIEmulator, failure, start_openai_emulator, text, tool_call
-from tests.test_voice_agent import finished, say, until
+from tests.conftest import finished_run, say, until
 
 API_KEY = "sk-llm-TEST-secret-0123456789abcdef"
 GLOBAL_PROMPT = "You are the front desk of Acme Dental. Be brief."
-
-
-@pytest.fixture(scope="module")
-def caller_voice() -> EspeakSynthesizer:
-    return EspeakSynthesizer(sample_rate=8000)
 
 
 @pytest.fixture
@@ -143,7 +138,7 @@ async def test_replies_are_spoken_sentence_by_sentence_and_functions_move_the_ca
     ]
     assert await call.wait_closed(timeout=20) == (1000, "agent hung up")
 
-    run = await finished(store, agent)
+    run = await finished_run(store, agent)
     assert (run.state, run.end_reason) == ("completed", "agent_hangup")
     assert conversation(run) == [
         ("agent", "Hi, this is Acme."),
@@ -186,7 +181,7 @@ async def test_a_digit_with_an_edge_is_followed_directly_and_transfer_call_trans
     assert transfer["parameters"]["properties"]["destination"]["enum"] == ["+15555550123"]
     assert await call.wait_closed(timeout=20) == (1000, "call transferred")
 
-    run = await finished(store, agent)
+    run = await finished_run(store, agent)
     assert (run.state, run.end_reason) == ("completed", "transfer")
     assert run.gathered_context["transfer_destination"] == "+15555550123"
     assert conversation(run) == [
@@ -218,7 +213,7 @@ async def test_a_node_with_only_a_prompt_lets_the_model_speak_first(
     await until(lambda: "utt-1" in call.marks)
     await call.hang_up()
     assert await call.wait_closed() == (1000, "call ended")
-    run = await finished(store, tenant)
+    run = await finished_run(store, tenant)
     assert run.end_reason == "caller_hangup"
     assert conversation(run) == [("agent", "Good morning, Acme Dental here.")]
 
@@ -250,7 +245,7 @@ async def test_barge_in_stops_the_streamed_reply(
         {"role": "user", "content": "talk to a human"},
     ]
     assert await call.wait_closed(timeout=20) == (1000, "call transferred")
-    run = await finished(store, agent)
+    run = await finished_run(store, agent)
     reply = run.transcript[2]
     assert (reply.role, reply.interrupted) == ("agent", True)
     assert reply.text and long_sentence.startswith(reply.text) and reply.text != long_sentence
@@ -278,7 +273,7 @@ async def test_a_refused_api_key_apologises_hangs_up_and_fails_the_run(
     assert not request.authorized  # the endpoint answered 401
     assert await call.wait_closed(timeout=20) == (1000, "llm error")
 
-    run = await finished(store, tenant)
+    run = await finished_run(store, tenant)
     assert (run.state, run.end_reason) == ("failed", "llm_error")
     assert run.error == "LLM failed: the LLM endpoint answered HTTP 401 (check the API key)"
     assert conversation(run)[-1] == ("agent", APOLOGY)
@@ -306,7 +301,7 @@ async def test_a_failing_endpoint_fails_the_run_the_same_way(
     await until(lambda: "utt-1" in call.marks)
     await call.press("5")
     assert await call.wait_closed(timeout=20) == (1000, "llm error")
-    run = await finished(store, agent)
+    run = await finished_run(store, agent)
     assert (run.state, run.error) == ("failed", "LLM failed: the LLM endpoint answered HTTP 404")
 
 
@@ -430,6 +425,6 @@ async def test_calls_stay_scripted_without_an_llm_endpoint(
     await until(lambda: "utt-2" in call.marks)
     await call.hang_up()
     await call.wait_closed()
-    run = await finished(store, tenant)
+    run = await finished_run(store, tenant)
     assert conversation(run)[2] == ("agent", "Sorry, I didn't catch that. Hi, this is Acme.")
     assert not model.requests

@@ -29,17 +29,12 @@ from tests.openai_emulator import (
     start_openai_emulator,
 )
 from tests.speech_emulator import VOICE_SECONDS, start_speech_vendors
-from tests.test_voice_agent import finished, say, until
+from tests.conftest import finished_run, say, until
 
 STT_KEY = "sk-stt-TEST-secret-0123456789abcdef"
 TTS_KEY = "sk-tts-TEST-secret-fedcba9876543210"
 # What the caller hears of one emulated utterance: mu-law, one byte per 8 kHz sample.
 TONE_BYTES = int(SPEECH_SECONDS * SPEECH_RATE) // 3
-
-
-@pytest.fixture(scope="module")
-def caller_voice() -> EspeakSynthesizer:
-    return EspeakSynthesizer(sample_rate=8000)
 
 
 @pytest.fixture
@@ -99,7 +94,7 @@ async def test_caller_turns_are_transcribed_by_the_provider(
     await say(call, caller_voice, "see you")
     assert await call.wait_closed(timeout=20) == (1000, "agent hung up")
 
-    run = await finished(store, tenant)
+    run = await finished_run(store, tenant)
     assert (run.state, run.end_reason) == ("completed", "agent_hangup")
     assert conversation(run) == [
         ("agent", "Hi, this is Acme."),
@@ -137,7 +132,7 @@ async def test_agent_speech_comes_from_the_provider(
     await call.hang_up()
     assert await call.wait_closed() == (1000, "call ended")
 
-    run = await finished(store, tenant)
+    run = await finished_run(store, tenant)
     assert run.state == "completed"
     assert conversation(run) == [
         ("agent", "Hi, this is Acme."),
@@ -174,7 +169,7 @@ async def test_refused_providers_fall_back_and_the_call_completes(
     await say(call, caller_voice, "yes")  # not understood again: the fallback edge
     assert await call.wait_closed(timeout=20) == (1000, "agent hung up")
 
-    run = await finished(store, tenant)
+    run = await finished_run(store, tenant)
     assert (run.state, run.end_reason) == ("completed", "agent_hangup")
     assert conversation(run) == [
         ("agent", "Hi, this is Acme."),
@@ -223,7 +218,7 @@ async def test_deepgram_hears_and_elevenlabs_speaks(
     await say(call, caller_voice, "see you")
     assert await call.wait_closed(timeout=20) == (1000, "agent hung up")
 
-    run = await finished(store, tenant)
+    run = await finished_run(store, tenant)
     assert conversation(run) == [
         ("agent", "Hi, this is Acme."),
         ("caller", "yes"),
@@ -260,7 +255,7 @@ async def test_refused_vendor_keys_fall_back_too(
     await call.press("0")
     assert await call.wait_closed(timeout=20) == (1000, "call transferred")
 
-    run = await finished(store, tenant)
+    run = await finished_run(store, tenant)
     assert (run.state, run.end_reason) == ("completed", "transfer")
     assert conversation(run)[1] == ("caller", "(not understood)")
     assert len(vendors.voices) == 1 and len(vendors.listens) == 1

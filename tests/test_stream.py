@@ -18,13 +18,16 @@ from agent_stream.simulator import connect, connected_event, silence_ulaw, strea
 from agent_stream.store import Store
 from agent_stream.workflow import starter_definition
 from tests.cloudonix_emulator import CloudonixEmulator
-from tests.conftest import DOMAIN, TOKEN, Dial, MakeTenant, Tenant, latest_run_id, wait_for_state
-
-
-async def finished_run(store: Store, tenant: Tenant) -> Any:
-    run_id = await latest_run_id(store, tenant.org_id, wait=5)
-    assert run_id is not None, "no run was created"
-    return await wait_for_state(store, run_id, "completed", "failed")
+from tests.conftest import (
+    DOMAIN,
+    TOKEN,
+    Dial,
+    MakeTenant,
+    Tenant,
+    finished_run,
+    latest_run_id,
+    wait_for_state,
+)
 
 
 # -- the happy path --------------------------------------------------------------------------

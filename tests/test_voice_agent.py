@@ -4,55 +4,24 @@ transfers through the Cloudonix emulator. Transcript and recording are checked."
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import wave
-from collections.abc import Callable
 from typing import Any
 
-import aiohttp
 import pytest
 
-from agent_stream.simulator import SimulatedCall, pcm16_to_ulaw, silence_ulaw
 from agent_stream.speech.tts import EspeakSynthesizer
 from agent_stream.store import Store
 from agent_stream.workflow import starter_definition
 from tests.cloudonix_emulator import CloudonixEmulator
-from tests.conftest import Dial, MakeTenant, Tenant, latest_run_id, wait_for_state
-
-
-@pytest.fixture(scope="module")
-def caller_voice() -> EspeakSynthesizer:
-    """The caller's side speaks with espeak too (a different voice from the agent's)."""
-    return EspeakSynthesizer(sample_rate=8000)
-
-
-async def say(call: SimulatedCall, voice: EspeakSynthesizer, text: str) -> None:
-    """Speak `text` into the call in real time, then enough silence to end the turn."""
-    pcm = await voice.synthesize(text, voice="en-us+m3", rate=160)
-    await call.send_audio(pcm16_to_ulaw(pcm))
-    with contextlib.suppress(aiohttp.ClientConnectionResetError):  # the agent may hang up
-        await call.send_audio(silence_ulaw(0.8))
-
-
-async def until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
-    """Wait for something the server sends, sending nothing meanwhile."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("timed out waiting for the agent")
-        await asyncio.sleep(0.02)
-
-
-async def keep_line_open(call: SimulatedCall, seconds: float) -> None:
-    """A phone line sends (silent) media all the time, until it is hung up."""
-    with contextlib.suppress(aiohttp.ClientConnectionResetError):
-        await call.send_audio(silence_ulaw(seconds))
-
-
-async def finished(store: Store, tenant: Tenant) -> Any:
-    run_id = await latest_run_id(store, tenant.org_id, wait=5)
-    assert run_id is not None
-    return await wait_for_state(store, run_id, "completed", "failed", timeout=20)
+from tests.conftest import (
+    Dial,
+    MakeTenant,
+    Tenant,
+    finished_run,
+    keep_line_open,
+    say,
+    until,
+)
 
 
 def short_flow(**settings: Any) -> dict[str, Any]:
@@ -93,7 +62,7 @@ async def test_greets_recognises_speech_branches_and_hangs_up(
     code, reason = await call.wait_closed(timeout=20)
     assert (code, reason) == (1000, "agent hung up")
 
-    run = await finished(store, agent)
+    run = await finished_run(store, agent)
     assert (run.state, run.end_reason) == ("completed", "agent_hangup")
     assert agent_lines(run) == [
         ("agent", "Hi, inbound caller. Book a visit?", False),
@@ -129,7 +98,7 @@ async def test_keypress_transfers_after_the_last_words(
     assert (code, reason) == (1000, "call transferred")
     assert "utt-2" in call.marks  # "Connecting you now." was played before the transfer
 
-    run = await finished(store, agent)
+    run = await finished_run(store, agent)
     assert (run.state, run.end_reason) == ("completed", "transfer")
     assert run.gathered_context["transfer_destination"] == "+15555550123"
     assert run.gathered_context["dtmf_digits"] == "0"
@@ -151,7 +120,7 @@ async def test_unmatched_reply_reprompts_once_then_takes_the_fallback(
     await until(lambda: "utt-2" in call.marks)
     await call.press("9")  # still nothing: the fallback edge goes to "bye"
     assert (await call.wait_closed(timeout=20))[0] == 1000
-    run = await finished(store, agent)
+    run = await finished_run(store, agent)
     assert [line.text for line in run.transcript] == [
         "Hi, inbound caller. Book a visit?",
         "(pressed 7)",
@@ -181,7 +150,7 @@ async def test_barge_in_clears_the_provider_and_cuts_the_transcript(
     assert not [e for e in after if e["event"] == "mark" and e["mark"]["name"] == "utt-1"]
     assert (await call.wait_closed(timeout=20)) == (1000, "call transferred")
 
-    run = await finished(store, tenant)
+    run = await finished_run(store, tenant)
     first = run.transcript[0]
     assert (first.role, first.interrupted) == ("agent", True)
     full = definition["nodes"][0]["say"]
@@ -205,7 +174,7 @@ async def test_a_non_interruptible_prompt_is_not_cut(
     await say(call, caller_voice, "representative")
     assert (await call.wait_closed(timeout=20))[0] == 1000
     assert call.clears == 0
-    run = await finished(store, tenant)
+    run = await finished_run(store, tenant)
     assert run.transcript[0].interrupted is False
     assert run.transcript[0].text == "Please listen carefully, as our options have changed."
 
@@ -227,7 +196,7 @@ async def test_silence_reprompts_then_ends_with_silence_timeout(
         assert await call.wait_closed(timeout=30) == (1000, "silence timeout")
     finally:
         line.cancel()
-    run = await finished(store, tenant)
+    run = await finished_run(store, tenant)
     assert run.end_reason == "silence_timeout"
     assert [line.text for line in run.transcript] == [
         "Hi, inbound caller. Book a visit?",
@@ -251,7 +220,7 @@ async def test_max_duration_hangs_up(
         assert await call.wait_closed(timeout=15) == (1000, "maximum call duration reached")
     finally:
         line.cancel()
-    run = await finished(store, tenant)
+    run = await finished_run(store, tenant)
     assert (run.state, run.end_reason) == ("completed", "max_duration")
     assert 1.0 < (run.duration_seconds or 0) < 6
     assert emulator.requests[-1].method == "DELETE"
@@ -266,7 +235,7 @@ async def test_caller_hangup_keeps_what_was_heard(
     await until(lambda: "utt-1" in call.marks)
     await call.hang_up()
     assert await call.wait_closed() == (1000, "call ended")
-    run = await finished(store, agent)
+    run = await finished_run(store, agent)
     assert run.end_reason == "caller_hangup"
     assert agent_lines(run) == [("agent", "Hi, inbound caller. Book a visit?", False)]
 
@@ -282,6 +251,6 @@ async def test_failed_hangup_fails_the_run_with_the_reason(
     await call.press("9")
     await call.press("9")  # second miss: fallback to "bye", then hang up (answered 500)
     assert (await call.wait_closed(timeout=20))[0] == 1000
-    run = await finished(store, agent)
+    run = await finished_run(store, agent)
     assert (run.state, run.end_reason) == ("failed", "agent_hangup")
     assert run.error == "hangup failed: Cloudonix hangup failed: HTTP 500"
