@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import multiprocessing
 import re
+import signal
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Final
@@ -42,8 +43,10 @@ def grammar_for(phrases: tuple[str, ...]) -> tuple[str, str]:
 
 
 def _init_worker() -> None:
-    """Load the acoustic model once per worker process (~0.4 s)."""
+    """Load the acoustic model once per worker process (~0.4 s). Ctrl-C is the server's to
+    handle: the worker ends when the server shuts its pool down, without a traceback."""
     global _decoder
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from pocketsphinx import Decoder
 
     config = Decoder.default_config()
