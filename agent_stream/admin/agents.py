@@ -4,6 +4,7 @@ and the Settings page with the Agent UUID, the stream URL and the voice/model se
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -195,17 +196,50 @@ async def _save(
     return redirect(request, url(request, "admin_agent", uuid=workflow.uuid), notice="saved")
 
 
-@page()
-async def save_node(request: web.Request) -> web.StreamResponse:
-    """One node's form (also the 'add a node' form, with the edge that reaches it)."""
+async def _posted(
+    request: web.Request, collection: str, *, may_append: bool
+) -> tuple[Workflow, dict[str, str], list[dict[str, Any]], int] | web.Response:
+    """The agent, the submitted form, its nodes or edges and the index the path names (one
+    past the end is an 'add' form where `may_append`); a stale form answers 409 instead."""
     workflow = await _workflow(request)
     form = await form_of(request)
     if stale := await _stale(request, workflow, form):
         return stale
-    nodes = workflow.definition.get("nodes", [])
+    items: list[dict[str, Any]] = workflow.definition.get(collection, [])
     index = int_id(request, "index")
-    if index > len(nodes):
+    if index > len(items) or (index == len(items) and not may_append):
         raise web.HTTPNotFound()
+    return workflow, form, items, index
+
+
+async def _delete(
+    request: web.Request,
+    collection: str,
+    remove: Callable[[dict[str, Any], int], dict[str, Any]],
+    label: Callable[[dict[str, Any]], str],
+) -> web.StreamResponse:
+    """Delete one node or edge, unless what remains would be invalid (then say why)."""
+    posted = await _posted(request, collection, may_append=False)
+    if isinstance(posted, web.Response):
+        return posted
+    workflow, _, items, index = posted
+    candidate = remove(workflow.definition, index)
+    problems = editor.validate(candidate)
+    if problems:
+        problems = editor.Problems(
+            general=[f"{label(items[index])} was not deleted: " + "; ".join(problems.all_messages())]
+        )
+        return await _editor_page(request, workflow, status=400, problems=problems)
+    return await _save(request, workflow, candidate)
+
+
+@page()
+async def save_node(request: web.Request) -> web.StreamResponse:
+    """One node's form (also the 'add a node' form, with the edge that reaches it)."""
+    posted = await _posted(request, "nodes", may_append=True)
+    if isinstance(posted, web.Response):
+        return posted
+    workflow, form, nodes, index = posted
     adding = index == len(nodes)
     node = editor.node_from_form(form, None if adding else nodes[index])
     candidate = editor.with_node(workflow.definition, index, node)
@@ -242,37 +276,17 @@ async def save_node(request: web.Request) -> web.StreamResponse:
 
 @page()
 async def delete_node(request: web.Request) -> web.StreamResponse:
-    workflow = await _workflow(request)
-    form = await form_of(request)
-    if stale := await _stale(request, workflow, form):
-        return stale
-    index = int_id(request, "index")
-    nodes = workflow.definition.get("nodes", [])
-    if index >= len(nodes):
-        raise web.HTTPNotFound()
-    candidate = editor.without_node(workflow.definition, index)
-    problems = editor.validate(candidate)
-    if problems:
-        problems = editor.Problems(
-            general=[
-                f"Node {nodes[index].get('id')!r} was not deleted: "
-                + "; ".join(problems.all_messages())
-            ]
-        )
-        return await _editor_page(request, workflow, status=400, problems=problems)
-    return await _save(request, workflow, candidate)
+    return await _delete(
+        request, "nodes", editor.without_node, lambda node: f"Node {node.get('id')!r}"
+    )
 
 
 @page()
 async def save_edge(request: web.Request) -> web.StreamResponse:
-    workflow = await _workflow(request)
-    form = await form_of(request)
-    if stale := await _stale(request, workflow, form):
-        return stale
-    edges = workflow.definition.get("edges", [])
-    index = int_id(request, "index")
-    if index > len(edges):
-        raise web.HTTPNotFound()
+    posted = await _posted(request, "edges", may_append=True)
+    if isinstance(posted, web.Response):
+        return posted
+    workflow, form, edges, index = posted
     edge = editor.edge_from_form(form, edges[index] if index < len(edges) else None)
     candidate = editor.with_edge(workflow.definition, index, edge)
     return await _save(request, workflow, candidate, edge_forms={index: editor.edge_form(edge)})
@@ -280,21 +294,7 @@ async def save_edge(request: web.Request) -> web.StreamResponse:
 
 @page()
 async def delete_edge(request: web.Request) -> web.StreamResponse:
-    workflow = await _workflow(request)
-    form = await form_of(request)
-    if stale := await _stale(request, workflow, form):
-        return stale
-    index = int_id(request, "index")
-    if index >= len(workflow.definition.get("edges", [])):
-        raise web.HTTPNotFound()
-    candidate = editor.without_edge(workflow.definition, index)
-    problems = editor.validate(candidate)
-    if problems:
-        problems = editor.Problems(
-            general=["The edge was not deleted: " + "; ".join(problems.all_messages())]
-        )
-        return await _editor_page(request, workflow, status=400, problems=problems)
-    return await _save(request, workflow, candidate)
+    return await _delete(request, "edges", editor.without_edge, lambda _edge: "The edge")
 
 
 @page()
