@@ -207,11 +207,7 @@ class OutputTransport(BaseOutputTransport):
     async def send_message(
         self, frame: OutputTransportMessageFrame | OutputTransportMessageUrgentFrame
     ) -> None:
-        if await self._write(frame):
-            message = frame.message
-            if isinstance(message, dict) and message.get("event") == "mark":
-                self._transcript.mark_sent(message["mark"]["name"])
-        self._last_send = 0.0
+        await self._write(frame)  # marks travel in SpeechFrames, see _speak
 
     async def write_audio_frame(self, frame: OutputAudioRawFrame) -> bool:
         if not await self._write(frame):
