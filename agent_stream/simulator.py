@@ -180,6 +180,7 @@ class SimulatedCall:
         self.called = called
         self.received: list[dict[str, Any]] = []
         self.echo_marks = True  # like a provider: echo each mark once its audio played
+        self.close_code: int | None = None  # as the server's close frame said
         self.close_reason = ""
         self._sequence = 0
         self._chunk = 0
@@ -276,17 +277,21 @@ class SimulatedCall:
                         with contextlib.suppress(ConnectionError, RuntimeError):
                             await self.mark(str(event.get("mark", {}).get("name", "")))
             elif msg.type is aiohttp.WSMsgType.CLOSE:
-                self.close_reason = msg.extra or ""
+                self.close_code, self.close_reason = msg.data, msg.extra or ""
                 await self.ws.close()
                 return
             elif msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.ERROR):
                 return
 
     async def wait_closed(self, timeout: float = 10.0) -> tuple[int | None, str]:
-        """Wait for the server to end the call; return its close code and reason."""
+        """Wait for the server to end the call; return the close code and reason its close
+        frame carried (the socket's own code can turn 1006 if the server drops the
+        connection before our answering close frame reaches it)."""
         reader = self.start_reading()
         async with asyncio.timeout(timeout):
             await asyncio.shield(reader)
+        if self.close_code is not None:
+            return self.close_code, self.close_reason
         return self.ws.close_code, self.close_reason
 
     @property

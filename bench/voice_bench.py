@@ -23,6 +23,7 @@ import platform
 import statistics
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -37,15 +38,40 @@ VAD_STOP_SECONDS = 0.5
 
 
 class TimedEvents(list):  # type: ignore[type-arg]
-    """The simulator's received-events list, stamping each arrival."""
+    """The simulator's received-events list, stamping each arrival and waking whoever
+    waits for an event like it (no polling: 80 callers polling would load the machine)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.times: list[float] = []
+        self._waiters: list[tuple[Callable[[dict[str, Any], float], bool], asyncio.Future[float]]] = []
 
     def append(self, item: Any) -> None:
-        self.times.append(time.monotonic())
+        now = time.monotonic()
+        self.times.append(now)
         super().append(item)
+        for waiter in [w for w in self._waiters if w[0](item, now)]:
+            self._waiters.remove(waiter)
+            if not waiter[1].done():
+                waiter[1].set_result(now)
+
+    async def first(self, matches: Callable[[dict[str, Any], float], bool],
+                    timeout: float = 30.0) -> float:
+        """When the first event that `matches` arrived, waiting for it if need be."""
+        for event, at in zip(self, self.times):
+            if matches(event, at):
+                return at
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._waiters.append((matches, future))
+        return await asyncio.wait_for(future, timeout)
+
+
+def mark(name: str) -> Callable[[dict[str, Any], float], bool]:
+    return lambda event, _: event.get("event") == "mark" and event.get("mark", {}).get("name") == name
+
+
+def media_after(moment: float) -> Callable[[dict[str, Any], float], bool]:
+    return lambda event, at: at > moment and event.get("event") == "media"
 
 
 class Line:
@@ -84,22 +110,6 @@ class Line:
             await asyncio.sleep(max(0.0, start + n * 0.02 - time.monotonic()))
 
 
-async def until(condition: Any, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError
-        await asyncio.sleep(0.01)
-
-
-def first_media_after(call: SimulatedCall, moment: float) -> float | None:
-    events: TimedEvents = call.received  # type: ignore[assignment]
-    for event, at in zip(events, events.times):
-        if at > moment and event.get("event") == "media":
-            return at
-    return None
-
-
 async def one_call(http: aiohttp.ClientSession, base: str, agent: str, emulator: Any,
                    yes: bytes, goodbye: bytes, delay: float) -> dict[str, Any]:
     await asyncio.sleep(delay)  # calls arrive spread out, not all in the same 20 ms
@@ -111,13 +121,13 @@ async def one_call(http: aiohttp.ClientSession, base: str, agent: str, emulator:
     await call.handshake()
     line = Line(call)
     sender = asyncio.create_task(line.run())
+    events: TimedEvents = call.received  # type: ignore[assignment]
     result: dict[str, Any] = {}
     try:
-        await until(lambda: "utt-1" in call.marks)
+        await events.first(mark("utt-1"))
         ended = await line.speak(yes)
-        await until(lambda: first_media_after(call, ended) is not None)
-        result["v2v"] = first_media_after(call, ended) - ended - VAD_STOP_SECONDS  # type: ignore[operator]
-        await until(lambda: "utt-2" in call.marks)
+        result["v2v"] = await events.first(media_after(ended)) - ended - VAD_STOP_SECONDS
+        await events.first(mark("utt-2"))
         await line.speak(goodbye)
         result["close"] = await call.wait_closed(timeout=30)
     except TimeoutError:
@@ -125,7 +135,6 @@ async def one_call(http: aiohttp.ClientSession, base: str, agent: str, emulator:
                            f"({call.close_reason!r}, {call.ws.exception()!r})")
     finally:
         sender.cancel()
-    events: TimedEvents = call.received  # type: ignore[assignment]
     media_times = [at for event, at in zip(events, events.times) if event.get("event") == "media"]
     result["gaps"] = [b - a for a, b in zip(media_times, media_times[1:]) if b - a < 0.2]
     return result
