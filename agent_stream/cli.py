@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import sys
 from collections.abc import Sequence
@@ -143,15 +142,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_test_call(settings, args.agent_uuid, parse_steps(args.steps), args.out)
         )
     configure_logging()
+    from .memory import freeze_long_lived
     from .server import AccessLogger, create_app  # imports pipecat: only when serving
 
     logging.getLogger(__name__).info(
         "Agent Stream on http://%s:%d (database %s)", settings.host, settings.port, settings.db_path
     )
     app = create_app(settings)
-    # Everything imported so far lives for the whole process: keep it out of the cyclic
-    # collector, whose full passes over pipecat's many objects stall live calls' audio.
-    gc.freeze()
+    freeze_long_lived()  # everything so far lives as long as the process: see memory.py
     web.run_app(
         app,
         host=settings.host,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import time
 import uuid as uuidlib
@@ -36,6 +35,7 @@ from .engine.base import VoiceAgent
 from .engine.llm import LLMAgent
 from .engine.scripted import ScriptedAgent
 from .keys import CALLS, HTTP, SETTINGS, SPEECH, STORE
+from .memory import CallGarbage
 from .pipeline.call import CallPipeline
 from .pipeline.frames import StreamStopFrame
 from .providers import SUPPORTED_PROVIDERS, UNSUPPORTED_PROVIDERS
@@ -50,8 +50,6 @@ log = logging.getLogger(__name__)
 # A live call sends media every 20 ms; this much silence on the socket means a dead peer.
 MEDIA_IDLE_TIMEOUT: Final = 30.0
 WATCHDOG_PERIOD: Final = 5.0
-# Garbage is collected after this many ended calls even while others are live.
-GC_EVERY_CALLS: Final = 50
 # How long we wait for the provider to answer our close frame.
 CLOSE_TIMEOUT: Final = 2.0
 
@@ -89,20 +87,15 @@ class CallRegistry:
     def __init__(self) -> None:
         self.calls: set[Call] = set()
         self.accepting = True
-        self._ended_since_gc = 0
+        self.garbage = CallGarbage()
 
     def add(self, call: Call) -> None:
         self.calls.add(call)
 
     def discard(self, call: Call) -> None:
-        """A call ended. Pipelines leave reference cycles behind, so collect garbage when
-        the process goes idle or every GC_EVERY_CALLS calls (RSS grew 312 -> 905 MB over
-        six waves of calls without it)."""
+        """A call ended; its garbage is collected now or later, see memory.py."""
         self.calls.discard(call)
-        self._ended_since_gc += 1
-        if not self.calls or self._ended_since_gc >= GC_EVERY_CALLS:
-            self._ended_since_gc = 0
-            gc.collect()
+        self.garbage.call_ended(live_calls=len(self.calls))
 
     async def shutdown(self, grace: float) -> None:
         """Stop taking streams, close live ones with 1001, wait for their runs to finish."""
@@ -241,6 +234,7 @@ class Call:
             pipeline = CallPipeline(self.ws, serializer, recording_path)
             actions = ProviderActions(self, handshake)
             await pipeline.start(self._agent(pipeline, actions))
+            self.request.app[CALLS].garbage.call_running()
             outcome = await self._stream_media(pipeline, serializer)
             if actions.failure:
                 outcome = Outcome(outcome.end_reason, outcome.close_code, outcome.close_reason,
