@@ -262,6 +262,8 @@ class Call:
             if pipeline is not None:
                 path = await pipeline.stop(graceful=state == "completed")
                 recording = str(path) if path else None
+                if pipeline.recorder.failure:
+                    extra_logs["recording_error"] = pipeline.recorder.failure
                 extra_context.update(_keypress_context(pipeline))
                 extra_context.update(self.agent_gathered)
                 transcript = pipeline.transcript.flush()

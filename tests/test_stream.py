@@ -79,6 +79,24 @@ async def test_call_old_form_records_the_run_the_contract_describes(
     assert validations[0].session == call.session and validations[0].domain == DOMAIN
 
 
+async def test_a_disk_that_refuses_the_recording_still_finishes_the_run(
+    dial: Dial, tenant: Tenant, store: Store, settings: Settings
+) -> None:
+    settings.recordings_dir.parent.mkdir(parents=True, exist_ok=True)
+    settings.recordings_dir.write_text("a file where the recordings folder should be")
+    call = await dial(tenant.workflow.uuid)
+    call.start_reading()
+    await call.handshake()
+    await call.send_audio(tone_ulaw(0.5), realtime=False)
+    await call.hang_up()
+    assert await call.wait_closed() == (1000, "call ended")
+
+    run = await finished_run(store, tenant)
+    assert (run.state, run.end_reason, run.recording_path) == ("completed", "caller_hangup", None)
+    assert run.logs["recording_error"].startswith(("FileExistsError", "NotADirectoryError"))
+    assert run.logs["media_frames_in"] == 25
+
+
 async def test_newer_form_full_call(
     dial: Dial, tenant: Tenant, store: Store, emulator: CloudonixEmulator
 ) -> None:

@@ -1,16 +1,23 @@
 """The stereo recording of a call (caller left, agent right) and the keys pressed.
 
-Both sides stream to raw files as the call goes (a few MB per ten minutes on disk, nothing
-held in memory); `finish` interleaves them block by block into `<run id>.wav`. The caller
-track is the clock: agent audio lands where the caller's audio was when it went out.
+Both sides stream to raw files as the call goes (a few MB per ten minutes on disk, at most
+a few seconds of audio held in memory); `finish` interleaves them block by block into
+`<run id>.wav`. The caller track is the clock: agent audio lands where the caller's audio
+was when it went out.
+
+The event loop never touches the files. A write() to ext4 can block for tens of
+milliseconds (journal commits, dirty-page throttling), and a blocked loop is a gap in every
+live call's audio; so audio collects in memory and one writer thread shared by all calls
+appends it, and opens, merges and removes the files, in the order calls asked.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
+import logging
 import warnings
 import wave
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
@@ -19,8 +26,14 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import audioop
 
+log = logging.getLogger(__name__)
+
 SAMPLE_WIDTH: Final = 2
 MERGE_BLOCK_BYTES: Final = 32000
+# Audio of one track held before it goes to the writer thread: one second at 8 kHz.
+FLUSH_BYTES: Final = 16000
+
+_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recording-writer")
 
 
 @dataclass(frozen=True)
@@ -30,25 +43,25 @@ class Keypress:
 
 
 class CallRecorder:
-    """Owns the recording files of one call."""
+    """Owns the recording files of one call. Files are only touched on the writer thread."""
 
     def __init__(self, path: Path, *, sample_rate: int) -> None:
         self.path = path
         self.sample_rate = sample_rate
         self._caller_path = path.with_suffix(".caller.pcm")
         self._agent_path = path.with_suffix(".agent.pcm")
-        self._caller: BinaryIO | None = None
-        self._agent: BinaryIO | None = None
+        self._files: dict[Path, BinaryIO] = {}
+        self._caller = bytearray()
+        self._agent = bytearray()
+        self._recording = False
         self.caller_bytes = 0
         self.agent_bytes = 0
         self.keypresses: list[Keypress] = []
-        self._started = time.monotonic()
+        self.failure: str | None = None  # why the recording could not be written
 
     def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._caller = self._caller_path.open("wb")
-        self._agent = self._agent_path.open("wb")
-        self._started = time.monotonic()
+        self._recording = True
+        _writer.submit(self._open_files)
 
     @property
     def caller_ms(self) -> int:
@@ -56,32 +69,81 @@ class CallRecorder:
         return self.caller_bytes * 1000 // (SAMPLE_WIDTH * self.sample_rate)
 
     def write_caller(self, pcm: bytes) -> None:
-        if self._caller is not None:
-            self._caller.write(pcm)
-            self.caller_bytes += len(pcm)
+        if not self._recording:
+            return
+        self._caller += pcm
+        self.caller_bytes += len(pcm)
+        if len(self._caller) >= FLUSH_BYTES:
+            self._flush()
 
     def write_agent(self, pcm: bytes) -> None:
-        if self._agent is None:
+        if not self._recording:
             return
         if self.agent_bytes < self.caller_bytes:  # silence since the agent last spoke
             gap = self.caller_bytes - self.agent_bytes
-            self._agent.write(bytes(gap))
+            self._agent += bytes(gap)
             self.agent_bytes += gap
-        self._agent.write(pcm)
+        self._agent += pcm
         self.agent_bytes += len(pcm)
+        if len(self._agent) >= FLUSH_BYTES:
+            self._flush()
 
     def keypress(self, digit: str) -> None:
         self.keypresses.append(Keypress(digit, self.caller_ms))
 
+    def _flush(self) -> None:
+        """Hand both tracks' pending audio to the writer thread."""
+        caller, agent = bytes(self._caller), bytes(self._agent)
+        self._caller.clear()
+        self._agent.clear()
+        _writer.submit(self._append, caller, agent)
+
     async def finish(self) -> Path | None:
-        """Close both tracks and write the stereo WAV; safe to call more than once."""
-        if self._caller is None or self._agent is None:
-            return self.path if self.path.exists() else None
-        self._caller.close()
-        self._agent.close()
-        self._caller = self._agent = None
-        await asyncio.to_thread(self._merge)
-        return self.path
+        """Write what is pending, then the stereo WAV; safe to call more than once.
+        None when there is no recording (the disk refused it: see `failure`)."""
+        if self._recording:
+            self._flush()
+            self._recording = False
+            await asyncio.wrap_future(_writer.submit(self._close_and_merge))
+        return self.path if self.failure is None and self.path.exists() else None
+
+    # -- on the writer thread ------------------------------------------------------------
+
+    def _open_files(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            for raw in (self._caller_path, self._agent_path):
+                self._files[raw] = raw.open("wb")
+        except OSError as exc:
+            self._fail(exc)
+
+    def _append(self, caller: bytes, agent: bytes) -> None:
+        if self.failure is not None:
+            return
+        try:
+            self._files[self._caller_path].write(caller)
+            self._files[self._agent_path].write(agent)
+        except OSError as exc:
+            self._fail(exc)
+
+    def _close_and_merge(self) -> None:
+        for file in self._files.values():
+            with contextlib.suppress(OSError):
+                file.close()
+        self._files.clear()
+        if self.failure is None:
+            try:
+                self._merge()
+            except OSError as exc:
+                self._fail(exc)
+        for raw in (self._caller_path, self._agent_path):
+            with contextlib.suppress(OSError):
+                raw.unlink()
+
+    def _fail(self, exc: OSError) -> None:
+        if self.failure is None:
+            self.failure = f"{type(exc).__name__}: {exc.strerror or exc}"
+            log.warning("recording %s not written: %s", self.path.name, self.failure)
 
     def _merge(self) -> None:
         with (
@@ -103,6 +165,3 @@ class CallRecorder:
                     audioop.tostereo(b, SAMPLE_WIDTH, 0, 1),
                     SAMPLE_WIDTH,
                 ))
-        for raw in (self._caller_path, self._agent_path):
-            with contextlib.suppress(FileNotFoundError):
-                raw.unlink()
