@@ -81,7 +81,8 @@ class CallRecorder:
             return
         if self.agent_bytes < self.caller_bytes:  # silence since the agent last spoke
             gap = self.caller_bytes - self.agent_bytes
-            self._agent += bytes(gap)
+            self._flush()  # what was said before it
+            _writer.submit(self._write_silence, gap)
             self.agent_bytes += gap
         self._agent += pcm
         self.agent_bytes += len(pcm)
@@ -125,6 +126,11 @@ class CallRecorder:
             self._files[self._agent_path].write(agent)
         except OSError as exc:
             self._fail(exc)
+
+    def _write_silence(self, size: int) -> None:
+        block = bytes(min(size, MERGE_BLOCK_BYTES))
+        for start in range(0, size, len(block)):
+            self._append(b"", block[: size - start])
 
     def _close_and_merge(self) -> None:
         for file in self._files.values():
