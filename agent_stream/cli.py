@@ -126,6 +126,16 @@ async def _create_api_key(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def server_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where it installs (not on Windows): it spends less per socket message than
+    asyncio's own loop, which at 80 live calls shows in the outbound audio gaps."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = args.command or "serve"
@@ -157,5 +167,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         access_log_class=AccessLogger,
         print=None,
         shutdown_timeout=15.0,
+        loop=server_event_loop(),
     )
     return 0

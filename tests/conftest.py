@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from agent_stream.cli import server_event_loop
 from agent_stream.config import Settings
 from agent_stream.keys import STORE
 from agent_stream.server import AccessLogger, create_app
@@ -203,6 +204,13 @@ async def finished_run(store: Store, tenant: Tenant) -> Any:
     run_id = await latest_run_id(store, tenant.org_id, wait=5)
     assert run_id is not None, "no run was created"
     return await wait_for_state(store, run_id, "completed", "failed", timeout=20)
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Tests run on the event loop the server runs on (uvloop where it installs)."""
+    return {"server_loop": server_event_loop}
 
 
 def pytest_configure(config: pytest.Config) -> None:
