@@ -4,11 +4,14 @@ transfers through the Cloudonix emulator. Transcript and recording are checked."
 from __future__ import annotations
 
 import asyncio
+import os
 import wave
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent_stream.speech.stt import GrammarRecognizer
 from agent_stream.speech.tts import EspeakSynthesizer
 from agent_stream.store import Store
 from agent_stream.workflow import starter_definition
@@ -254,3 +257,31 @@ async def test_failed_hangup_fails_the_run_with_the_reason(
     run = await finished_run(store, agent)
     assert (run.state, run.end_reason) == ("failed", "agent_hangup")
     assert run.error == "hangup failed: Cloudonix hangup failed: HTTP 500"
+
+
+# -- the speech decoder process -----------------------------------------------------------------
+
+
+def decoder_pids() -> set[int]:
+    """Our child processes started by multiprocessing's spawn (not its resource tracker)."""
+    return {
+        int(pid)
+        for children in Path("/proc/self/task").glob("*/children")
+        for pid in children.read_text().split()
+        if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    }
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policy")
+async def test_the_decoder_process_only_takes_cpu_time_the_server_leaves(
+    caller_voice: EspeakSynthesizer,
+) -> None:
+    before = decoder_pids()
+    recognizer = GrammarRecognizer()
+    try:
+        pcm = await caller_voice.synthesize("yes", voice="en-us+m3", rate=160)
+        assert await recognizer.recognize(pcm, ("yes", "no")) == "yes"
+        (decoder,) = decoder_pids() - before
+        assert os.sched_getscheduler(decoder) == os.SCHED_IDLE
+    finally:
+        recognizer.close()

@@ -9,8 +9,10 @@ another call's audio. Decoding wants 16 kHz and fails on exact digital silence, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import multiprocessing
+import os
 import re
 import signal
 import warnings
@@ -47,12 +49,25 @@ def _init_worker() -> None:
     handle: the worker ends when the server shuts its pool down, without a traceback."""
     global _decoder
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _yield_cpu_to_the_server()
     from pocketsphinx import Decoder
 
     config = Decoder.default_config()
     config["samprate"] = DECODE_RATE
     config["loglevel"] = "FATAL"
     _decoder = Decoder(config)
+
+
+def _yield_cpu_to_the_server() -> None:
+    """Decoding is batch work and pacing live audio is not: on a busy machine the server's
+    event loop must win every CPU it asks for, or all calls hear a gap. So the decoder runs
+    only on CPU time nobody else wants (SCHED_IDLE; lowest niceness where that is missing).
+    At 80 calls on 2 cores this took the outbound gap p99 from ~31-45 ms to ~27 ms."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        with contextlib.suppress(OSError):
+            os.nice(19)
 
 
 def decode(pcm8k: bytes, phrases: tuple[str, ...]) -> str | None:
