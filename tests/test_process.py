@@ -126,6 +126,25 @@ async def test_serve_then_sigterm_closes_live_calls_and_finishes_runs(
     assert "Pipecat" not in stderr  # the import banner is kept out of operators' logs
 
 
+def spawned_children(pid: int) -> set[int]:
+    """Child processes that multiprocessing spawned (the speech decoder)."""
+    return {
+        int(child)
+        for children in Path(f"/proc/{pid}/task").glob("*/children")
+        for child in children.read_text().split()
+        if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()
+    }
+
+
+def alive(pid: int) -> bool:
+    """Running, not gone and not a zombie waiting to be reaped."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
 async def test_restart_after_a_crash_fails_open_runs(
     tmp_path: Path, cloudonix: tuple[CloudonixEmulator, str], aiohttp_client: Any
 ) -> None:
@@ -155,8 +174,15 @@ async def test_restart_after_a_crash_fails_open_runs(
             emulator.add_session(DOMAIN, call.session)
             await call.handshake()
             await call.send_audio(tone_ulaw(0.2))
+            decoders = spawned_children(proc.pid)
+            assert decoders, "serving starts the speech decoder process"
             proc.kill()
             proc.wait(timeout=10)
+            for _ in range(50):  # the decoder notices within a second that its server died
+                if not any(alive(pid) for pid in decoders):
+                    break
+                await asyncio.sleep(0.1)
+            assert not any(alive(pid) for pid in decoders), "an orphaned decoder lives on"
 
         proc = subprocess.Popen(command, cwd=ROOT, env=env, text=True,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -15,6 +15,8 @@ import multiprocessing
 import os
 import re
 import signal
+import threading
+import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Final
@@ -50,6 +52,7 @@ def _init_worker() -> None:
     global _decoder
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _yield_cpu_to_the_server()
+    _exit_with_the_server()
     from pocketsphinx import Decoder
 
     config = Decoder.default_config()
@@ -68,6 +71,21 @@ def _yield_cpu_to_the_server() -> None:
     except (AttributeError, OSError):
         with contextlib.suppress(OSError):
             os.nice(19)
+
+
+def _exit_with_the_server() -> None:
+    """A server killed without shutting its pool down (SIGKILL, the OOM killer) must not
+    leave its decoder behind, holding the model's ~130 MB for good."""
+    server = multiprocessing.parent_process()
+    if server is None:
+        return
+
+    def watch() -> None:
+        while os.getppid() == server.pid:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="server-watch", daemon=True).start()
 
 
 def decode(pcm8k: bytes, phrases: tuple[str, ...]) -> str | None:
