@@ -36,7 +36,7 @@ from .engine.llm import LLMAgent
 from .engine.scripted import ScriptedAgent
 from .keys import CALLS, HTTP, SETTINGS, SPEECH, STORE
 from .memory import CallGarbage
-from .pipeline.call import CallPipeline
+from .pipeline.call import CallPipeline, let_live_calls_run
 from .pipeline.frames import StreamStopFrame
 from .providers import SUPPORTED_PROVIDERS, UNSUPPORTED_PROVIDERS
 from .providers import cloudonix
@@ -232,8 +232,11 @@ class Call:
             serializer = cloudonix.CloudonixSerializer(handshake.start.stream_sid, log=self.log)
             recording_path = self.settings.recordings_dir / f"{run.id}.wav"
             pipeline = CallPipeline(self.ws, serializer, recording_path)
+            await let_live_calls_run()
             actions = ProviderActions(self, handshake)
-            await pipeline.start(self._agent(pipeline, actions))
+            agent = self._agent(pipeline, actions)
+            await let_live_calls_run()
+            await pipeline.start(agent)
             self.request.app[CALLS].garbage.call_running()
             outcome = await self._stream_media(pipeline, serializer)
             if actions.failure:

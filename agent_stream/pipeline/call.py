@@ -29,6 +29,12 @@ PIPELINE_START_TIMEOUT: Final = 5.0
 PIPELINE_END_TIMEOUT: Final = 3.0
 
 
+async def let_live_calls_run() -> None:
+    """Setting up a call is a few milliseconds of pure Python, and every live call has an
+    audio message due each 20 ms: between the steps of a setup, they go first."""
+    await asyncio.sleep(0)
+
+
 class CallPipeline:
     """Builds, starts and stops the pipeline of one call; owns its recording and transcript."""
 
@@ -73,8 +79,10 @@ class CallPipeline:
             idle_timeout_secs=None,
             check_dangling_tasks=False,
         )
+        await let_live_calls_run()
         self._runner = WorkerRunner(handle_sigint=False, check_dangling_tasks=False)
         await self._runner.add_workers(self.worker)
+        await let_live_calls_run()
         self._task = asyncio.create_task(self._runner.run(), name="call-pipeline")
         waiter = asyncio.create_task(self.transport.input().started.wait())
         done, _ = await asyncio.wait(
