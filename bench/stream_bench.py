@@ -20,6 +20,7 @@ import aiohttp
 
 from common import DOMAIN, CloudonixEmulator, bench_server, cpu_seconds, percentile, rss_mb
 
+from agent_stream.cli import server_event_loop
 from agent_stream.simulator import connect, silence_ulaw, stream_url
 
 
@@ -85,4 +86,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=server_event_loop) as runner:  # callers cost less too
+        runner.run(main())

@@ -22,14 +22,15 @@ import os
 import platform
 import statistics
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from common import DOMAIN, bench_server, children_cpu_seconds, cpu_seconds, percentile, rss_mb
 
+from agent_stream.cli import server_event_loop
 from agent_stream.simulator import SimulatedCall, connect, pcm16_to_ulaw, stream_url
 from agent_stream.speech.tts import EspeakSynthesizer
 
@@ -197,4 +198,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=server_event_loop) as runner:  # callers cost less too
+        runner.run(main())
