@@ -66,11 +66,20 @@ class BenchServer:
     emulator: CloudonixEmulator
 
     async def runs(self, http: aiohttp.ClientSession, limit: int) -> list[dict[str, Any]]:
-        """The newest runs, once they have all ended (a run is final just after its close)."""
+        """The newest runs, once they have all ended (a run is final just after its close);
+        read page by page (the API gives at most 200 at a time)."""
         for _ in range(100):
-            async with http.get(f"{self.base}/api/v1/workflow-runs?workflow_uuid={self.agent}"
-                                f"&limit={limit}", headers=self.headers) as response:
-                runs: list[dict[str, Any]] = (await response.json())["runs"]
+            runs: list[dict[str, Any]] = []
+            while len(runs) < limit:
+                async with http.get(
+                    f"{self.base}/api/v1/workflow-runs?workflow_uuid={self.agent}"
+                    f"&limit={min(200, limit - len(runs))}&offset={len(runs)}",
+                    headers=self.headers,
+                ) as response:
+                    page = (await response.json())["runs"]
+                runs += page
+                if not page:
+                    break
             if all(run["ended_at"] for run in runs):
                 break
             await asyncio.sleep(0.1)
