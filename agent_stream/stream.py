@@ -93,9 +93,11 @@ class CallRegistry:
         self.calls.add(call)
 
     def discard(self, call: Call) -> None:
-        """A call ended; its garbage is collected now or later, see memory.py."""
+        """A call ended; if it ran a pipeline, its garbage is collected now or later (see
+        memory.py). Refused and failed connections leave little and do not count."""
         self.calls.discard(call)
-        self.garbage.call_ended(live_calls=len(self.calls))
+        if call.ran_pipeline:
+            self.garbage.call_ended(live_calls=len(self.calls))
 
     async def shutdown(self, grace: float) -> None:
         """Stop taking streams, close live ones with 1001, wait for their runs to finish."""
@@ -127,6 +129,7 @@ class Call:
         self._workflow: Workflow | None = None
         self.context: dict[str, Any] = {}
         self.ended_by_us: Outcome | None = None  # set when the agent or a watchdog ends it
+        self.ran_pipeline = False
         self._last_message_at = 0.0
         self.agent_gathered: dict[str, Any] = {}
         self._speech_providers: list[ProviderRecognizer | ProviderSynthesizer] = []
@@ -237,7 +240,7 @@ class Call:
             agent = self._agent(pipeline, actions)
             await let_live_calls_run()
             await pipeline.start(agent)
-            self.request.app[CALLS].garbage.call_running()
+            self.ran_pipeline = True
             outcome = await self._stream_media(pipeline, serializer)
             if actions.failure:
                 outcome = Outcome(outcome.end_reason, outcome.close_code, outcome.close_reason,
