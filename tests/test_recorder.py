@@ -3,6 +3,7 @@ whatever the writer thread's batching."""
 from __future__ import annotations
 
 import array
+import asyncio
 import wave
 from pathlib import Path
 
@@ -20,7 +21,7 @@ async def test_agent_audio_lands_where_the_caller_was_when_it_went_out(tmp_path:
     recorder.write_agent(pcm(2, 800))  # the agent answers at 0.5 s
     recorder.write_caller(pcm(1, 1600))
     recorder.write_agent(pcm(3, 800))  # and again at 0.7 s, still in the same batch
-    recorder.write_caller(pcm(1, 20000))  # 2.5 s more, several writer batches
+    recorder.write_caller(pcm(1, 20000))  # 2.5 s more: goes to the writer thread
     recorder.write_agent(pcm(4, 800))  # and at 3.2 s
     recorder.keypress("5")
     path = await recorder.finish()
@@ -45,3 +46,15 @@ async def test_a_refused_disk_is_reported_not_raised(tmp_path: Path) -> None:
     recorder.write_agent(pcm(2, 800))
     assert await recorder.finish() is None
     assert recorder.failure and recorder.failure.startswith(("FileExistsError", "NotADirectoryError"))
+
+
+async def test_a_cancelled_finish_still_writes_the_recording(tmp_path: Path) -> None:
+    recorder = CallRecorder(tmp_path / "9.wav", sample_rate=8000)
+    recorder.open()
+    recorder.write_caller(pcm(1, 8000))
+    finishing = asyncio.ensure_future(recorder.finish())
+    await asyncio.sleep(0)
+    finishing.cancel()
+    assert await recorder.finish() == tmp_path / "9.wav"
+    with wave.open(str(tmp_path / "9.wav")) as wav:
+        assert wav.getnframes() == 8000

@@ -1,14 +1,17 @@
 """The stereo recording of a call (caller left, agent right) and the keys pressed.
 
-Both sides stream to raw files as the call goes (a few MB per ten minutes on disk, at most
-a few seconds of audio held in memory); `finish` interleaves them block by block into
-`<run id>.wav`. The caller track is the clock: agent audio lands where the caller's audio
-was when it went out.
+Both sides stream to raw files as the call goes (a few MB per ten minutes on disk; about a
+second of audio per track held in memory, more only while the disk lags); `finish`
+interleaves them block by block into `<run id>.wav`. The caller track is the clock: agent
+audio lands where the caller's audio was when it went out.
 
 The event loop never touches the files. A write() to ext4 can block for tens of
 milliseconds (journal commits, dirty-page throttling), and a blocked loop is a gap in every
 live call's audio; so audio collects in memory and one writer thread shared by all calls
-appends it, and opens, merges and removes the files, in the order calls asked.
+opens, appends to and closes the raw files, in the order calls asked. Merging a finished
+call's tracks (seconds of work for a long call) runs on another thread, so live calls'
+writes never wait behind it. The writer's thread is joined at interpreter exit, so what
+was handed to it reaches the disk.
 """
 from __future__ import annotations
 
@@ -58,6 +61,7 @@ class CallRecorder:
         self.agent_bytes = 0
         self.keypresses: list[Keypress] = []
         self.failure: str | None = None  # why the recording could not be written
+        self._finished: asyncio.Future[None] | None = None
 
     def open(self) -> None:
         self._recording = True
@@ -101,11 +105,14 @@ class CallRecorder:
 
     async def finish(self) -> Path | None:
         """Write what is pending, then the stereo WAV; safe to call more than once.
-        None when there is no recording (the disk refused it: see `failure`)."""
+        None when there is no recording (the disk refused it: see `failure`). Once begun,
+        the work completes even if the caller is cancelled."""
         if self._recording:
             self._flush()
             self._recording = False
-            await asyncio.wrap_future(_writer.submit(self._close_and_merge))
+            self._finished = asyncio.ensure_future(self._close_and_merge())
+        if self._finished is not None:
+            await asyncio.shield(self._finished)
         return self.path if self.failure is None and self.path.exists() else None
 
     # -- on the writer thread ------------------------------------------------------------
@@ -115,7 +122,7 @@ class CallRecorder:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             for raw in (self._caller_path, self._agent_path):
                 self._files[raw] = raw.open("wb")
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - on the writer thread: recorded, not lost
             self._fail(exc)
 
     def _append(self, caller: bytes, agent: bytes) -> None:
@@ -124,7 +131,7 @@ class CallRecorder:
         try:
             self._files[self._caller_path].write(caller)
             self._files[self._agent_path].write(agent)
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - on the writer thread: recorded, not lost
             self._fail(exc)
 
     def _write_silence(self, size: int) -> None:
@@ -132,23 +139,30 @@ class CallRecorder:
         for start in range(0, size, len(block)):
             self._append(b"", block[: size - start])
 
-    def _close_and_merge(self) -> None:
+    def _close(self) -> None:
         for file in self._files.values():
             with contextlib.suppress(OSError):
                 file.close()
         self._files.clear()
+
+    async def _close_and_merge(self) -> None:
+        await asyncio.wrap_future(_writer.submit(self._close))
+        await asyncio.to_thread(self._merge_and_clean_up)
+
+    def _merge_and_clean_up(self) -> None:
         if self.failure is None:
             try:
                 self._merge()
-            except OSError as exc:
+            except Exception as exc:  # noqa: BLE001 - a bad track loses the recording only
                 self._fail(exc)
         for raw in (self._caller_path, self._agent_path):
             with contextlib.suppress(OSError):
                 raw.unlink()
 
-    def _fail(self, exc: OSError) -> None:
+    def _fail(self, exc: Exception) -> None:
         if self.failure is None:
-            self.failure = f"{type(exc).__name__}: {exc.strerror or exc}"
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self.failure = f"{type(exc).__name__}: {reason}"
             log.warning("recording %s not written: %s", self.path.name, self.failure)
 
     def _merge(self) -> None:
