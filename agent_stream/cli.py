@@ -126,16 +126,6 @@ async def _create_api_key(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def server_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop where it installs (not on Windows): it spends less per socket message than
-    asyncio's own loop, which at 80 live calls shows in the outbound audio gaps."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = args.command or "serve"
@@ -152,14 +142,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_test_call(settings, args.agent_uuid, parse_steps(args.steps), args.out)
         )
     configure_logging()
-    from .memory import freeze_long_lived
-    from .server import AccessLogger, create_app  # imports pipecat: only when serving
+    from .memory import keep_collections_short
+    from .server import AccessLogger, create_app, server_event_loop  # imports pipecat
 
     logging.getLogger(__name__).info(
         "Agent Stream on http://%s:%d (database %s)", settings.host, settings.port, settings.db_path
     )
     app = create_app(settings)
-    freeze_long_lived()  # everything so far lives as long as the process: see memory.py
+    keep_collections_short()  # everything so far lives as long as the process: memory.py
     web.run_app(
         app,
         host=settings.host,

@@ -1,7 +1,9 @@
 """`create_app(settings)`: the one factory that builds the whole service."""
 from __future__ import annotations
 
+import asyncio
 import logging
+import sys
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -17,6 +19,18 @@ from .store import Store
 from .stream import CallRegistry, agent_stream
 
 log = logging.getLogger(__name__)
+
+
+def server_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where it installs (not on Windows): it spends less per socket message than
+    asyncio's own loop, which at 80 live calls shows in the outbound audio gaps."""
+    try:
+        import uvloop
+    except ImportError:
+        if sys.platform != "win32":
+            log.warning("uvloop is not installed: serving on asyncio's slower event loop")
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 class AccessLogger(AbstractAccessLogger):

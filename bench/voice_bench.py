@@ -30,7 +30,7 @@ import aiohttp
 
 from common import DOMAIN, bench_server, children_cpu_seconds, cpu_seconds, percentile, rss_mb
 
-from agent_stream.cli import server_event_loop
+from agent_stream.server import server_event_loop
 from agent_stream.simulator import SimulatedCall, connect, pcm16_to_ulaw, stream_url
 from agent_stream.speech.tts import EspeakSynthesizer
 
@@ -63,15 +63,22 @@ class TimedEvents(list):  # type: ignore[type-arg]
             if matches(event, at):
                 return at
         future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        self._waiters.append((matches, future))
-        return await asyncio.wait_for(future, timeout)
+        waiter = (matches, future)
+        self._waiters.append(waiter)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
 
 
 def mark(name: str) -> Callable[[dict[str, Any], float], bool]:
+    """The server's mark named `name`."""
     return lambda event, _: event.get("event") == "mark" and event.get("mark", {}).get("name") == name
 
 
 def media_after(moment: float) -> Callable[[dict[str, Any], float], bool]:
+    """Agent audio that arrived after `moment`."""
     return lambda event, at: at > moment and event.get("event") == "media"
 
 
@@ -198,5 +205,6 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    with asyncio.Runner(loop_factory=server_event_loop) as runner:  # callers cost less too
+    # callers on the same kind of loop as the server: they take less CPU from it
+    with asyncio.Runner(loop_factory=server_event_loop) as runner:
         runner.run(main())

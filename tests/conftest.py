@@ -12,10 +12,9 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from agent_stream.cli import server_event_loop
 from agent_stream.config import Settings
 from agent_stream.keys import STORE
-from agent_stream.server import AccessLogger, create_app
+from agent_stream.server import AccessLogger, create_app, server_event_loop
 from agent_stream.simulator import SimulatedCall, connect, pcm16_to_ulaw, silence_ulaw, stream_url
 from agent_stream.speech.tts import EspeakSynthesizer
 from agent_stream.store import Store, Workflow
