@@ -205,6 +205,17 @@ async def finished_run(store: Store, tenant: Tenant) -> Any:
     return await wait_for_state(store, run_id, "completed", "failed", timeout=20)
 
 
+def spawned_children(pid: int) -> set[int]:
+    """Child processes that multiprocessing spawned: the speech decoder, not its resource
+    tracker."""
+    return {
+        int(child)
+        for children in Path(f"/proc/{pid}/task").glob("*/children")
+        for child in children.read_text().split()
+        if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()
+    }
+
+
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
 ) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:

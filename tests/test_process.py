@@ -18,7 +18,7 @@ from agent_stream.simulator import connect, stream_url, tone_ulaw
 from agent_stream.store import MIGRATIONS, Store
 from agent_stream.workflow import starter_definition
 from tests.cloudonix_emulator import CloudonixEmulator
-from tests.conftest import DOMAIN, TOKEN
+from tests.conftest import DOMAIN, TOKEN, spawned_children
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -124,16 +124,6 @@ async def test_serve_then_sigterm_closes_live_calls_and_finishes_runs(
     assert agent_uuid not in stderr
     assert TOKEN not in stderr and api_key not in stderr
     assert "Pipecat" not in stderr  # the import banner is kept out of operators' logs
-
-
-def spawned_children(pid: int) -> set[int]:
-    """Child processes that multiprocessing spawned (the speech decoder)."""
-    return {
-        int(child)
-        for children in Path(f"/proc/{pid}/task").glob("*/children")
-        for child in children.read_text().split()
-        if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()
-    }
 
 
 def alive(pid: int) -> bool:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import wave
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +22,7 @@ from tests.conftest import (
     finished_run,
     keep_line_open,
     say,
+    spawned_children,
     until,
 )
 
@@ -262,26 +262,16 @@ async def test_failed_hangup_fails_the_run_with_the_reason(
 # -- the speech decoder process -----------------------------------------------------------------
 
 
-def decoder_pids() -> set[int]:
-    """Our child processes started by multiprocessing's spawn (not its resource tracker)."""
-    return {
-        int(pid)
-        for children in Path("/proc/self/task").glob("*/children")
-        for pid in children.read_text().split()
-        if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    }
-
-
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policy")
 async def test_the_decoder_process_only_takes_cpu_time_the_server_leaves(
     caller_voice: EspeakSynthesizer,
 ) -> None:
-    before = decoder_pids()
+    before = spawned_children(os.getpid())
     recognizer = GrammarRecognizer()
     try:
         pcm = await caller_voice.synthesize("yes", voice="en-us+m3", rate=160)
         assert await recognizer.recognize(pcm, ("yes", "no")) == "yes"
-        (decoder,) = decoder_pids() - before
+        (decoder,) = spawned_children(os.getpid()) - before
         assert os.sched_getscheduler(decoder) == os.SCHED_IDLE
     finally:
         recognizer.close()
