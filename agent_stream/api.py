@@ -1,6 +1,7 @@
 """The JSON management API (contract section 3), scoped to the API key's organization."""
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -371,7 +372,7 @@ async def get_run_recording(request: web.Request) -> web.StreamResponse:
     """The WAV of a run; FileResponse answers range requests for players."""
     user = await api_user(request)
     run = await request.app[STORE].get_run(user.organization_id, _id(request, "id"))
-    if not run.recording_path or not Path(run.recording_path).exists():
+    if not run.recording_path or not await asyncio.to_thread(Path(run.recording_path).exists):
         raise NotFound("this run has no recording")
     return web.FileResponse(run.recording_path, headers={"Content-Type": "audio/wav"})
 

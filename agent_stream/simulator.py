@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import base64
+import contextlib
 import json
 import math
 import secrets
@@ -233,7 +233,8 @@ class SimulatedCall:
             timestamp_ms = (self._chunk - 1) * int(FRAME_SECONDS * 1000)
             await self.send_json(
                 media_event(
-                    self.stream_sid, frame, chunk=self._chunk, timestamp_ms=timestamp_ms, sequence=self._next_sequence()
+                    self.stream_sid, frame, chunk=self._chunk, timestamp_ms=timestamp_ms,
+                    sequence=self._next_sequence(),
                 )
             )
         if realtime:

@@ -308,7 +308,7 @@ class Store:
 
     async def _migrate(self) -> None:
         async with self._write_lock:
-            version = (await (await self._writer.execute("PRAGMA user_version")).fetchone())[0]
+            version = await _scalar(self._writer, "PRAGMA user_version")
             for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
                 await self._writer.execute("BEGIN IMMEDIATE")
                 try:
@@ -620,18 +620,19 @@ class Store:
         so two simultaneous calls cannot both take the last slot."""
         async with self._transaction() as db:
             if owner.max_concurrent_calls is not None:
-                row = await (await db.execute(
+                active = await _scalar(
+                    db,
                     f"""SELECT COUNT(*) FROM workflow_runs r JOIN workflows w ON w.id = r.workflow_id
                         WHERE w.owner_user_id = ? AND r.state IN {ACTIVE_STATES}""",
                     (owner.id,),
-                )).fetchone()
-                if row[0] >= owner.max_concurrent_calls:
+                )
+                if active >= owner.max_concurrent_calls:
                     raise QuotaExceeded(
                         f"quota exceeded: {owner.max_concurrent_calls} concurrent calls already running"
                     )
             if owner.monthly_minutes_limit is not None:
-                row = await (await db.execute(_MINUTES_USED_SQL, (owner.id, month_start()))).fetchone()
-                if (row[0] or 0.0) / 60.0 >= owner.monthly_minutes_limit:
+                seconds = await _scalar(db, _MINUTES_USED_SQL, (owner.id, month_start()))
+                if (seconds or 0.0) / 60.0 >= owner.monthly_minutes_limit:
                     raise QuotaExceeded(
                         f"quota exceeded: {owner.monthly_minutes_limit} monthly call minutes used"
                     )
@@ -893,7 +894,7 @@ class Store:
         password_hash = await asyncio.to_thread(hash_password, password)
         now = utcnow()
         async with self._transaction() as db:
-            if (await (await db.execute("SELECT COUNT(*) FROM users")).fetchone())[0]:
+            if await _scalar(db, "SELECT COUNT(*) FROM users"):
                 raise Conflict("this Agent Stream is already set up")
             cur = await db.execute(
                 "INSERT INTO organizations (name, created_at) VALUES (?, ?)",
@@ -997,6 +998,14 @@ _MINUTES_USED_SQL: Final = """
     FROM workflow_runs r JOIN workflows w ON w.id = r.workflow_id
     WHERE w.owner_user_id = ? AND r.created_at >= ?
 """
+
+
+async def _scalar(db: aiosqlite.Connection, sql: str, params: tuple[Any, ...] = ()) -> Any:
+    """The first column of the first row (aggregates and pragmas always return one)."""
+    async with db.execute(sql, params) as cursor:
+        row = await cursor.fetchone()
+    assert row is not None
+    return row[0]
 
 
 async def _connect(path: Path) -> aiosqlite.Connection:

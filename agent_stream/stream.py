@@ -19,10 +19,15 @@ import aiohttp
 from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
 from .config import Settings
+from .engine import Workflow as EngineWorkflow
+from .engine.base import VoiceAgent
+from .engine.llm import LLMAgent
+from .engine.scripted import ScriptedAgent
 from .errors import (
     GOING_AWAY,
     NORMAL_CLOSURE,
     SERVER_FAILURE,
+    HandshakeError,
     MessageTooBig,
     PeerClosed,
     RoutingError,
@@ -30,16 +35,11 @@ from .errors import (
     UnsupportedProvider,
     clip_reason,
 )
-from .engine import Workflow as EngineWorkflow
-from .engine.base import VoiceAgent
-from .engine.llm import LLMAgent
-from .engine.scripted import ScriptedAgent
 from .keys import CALLS, HTTP, SETTINGS, SPEECH, STORE
 from .memory import CallGarbage
 from .pipeline.call import CallPipeline, let_live_calls_run
 from .pipeline.frames import StreamStopFrame
-from .providers import SUPPORTED_PROVIDERS, UNSUPPORTED_PROVIDERS
-from .providers import cloudonix
+from .providers import SUPPORTED_PROVIDERS, UNSUPPORTED_PROVIDERS, cloudonix
 from .security import short_uuid
 from .speech.providers import ProviderRecognizer, ProviderSynthesizer, recognizer, synthesizer
 from .store import Run, Store, Workflow
@@ -218,9 +218,10 @@ class Call:
 
     async def _run(self, run: Run) -> None:
         """Steps 4-5: running, handshake, media; the run always ends, whatever happens."""
-        self.log.extra = {"call": f"run {run.id} agent {short_uuid(self.agent_uuid)}"}  # type: ignore[misc]
+        self.log.extra = {"call": f"run {run.id} agent {short_uuid(self.agent_uuid)}"}
         pipeline: CallPipeline | None = None
-        state, end_reason, error = "failed", "server_error", "internal server error"
+        state, end_reason = "failed", "server_error"
+        error: str | None = "internal server error"
         close_code, close_reason = SERVER_FAILURE, "internal server error"
         extra_context: dict[str, Any] = {}
         extra_logs: dict[str, Any] = {}
@@ -356,7 +357,7 @@ class Call:
             gathered["call_id"] = start.session
             initial = {"caller_number": start.caller, "called_number": start.called}
         self.context = {**run.initial_context, **run.gathered_context, **initial, **gathered}
-        webhook = {"domain": start.account_sid} if self.newer_form else {}
+        webhook: dict[str, Any] = {"domain": start.account_sid} if self.newer_form else {}
         webhook.update(start=start.raw, normalized_domain=handshake.domain)
         await self.store.merge_run_context(
             run.id,
@@ -503,7 +504,7 @@ def _end_reason_for(exc: StreamError) -> str:
         return "unsupported_provider"
     if isinstance(exc, MessageTooBig):
         return "message_too_big"
-    if isinstance(exc, cloudonix.HandshakeError):
+    if isinstance(exc, HandshakeError):
         return "handshake_failed"
     return "server_error"
 

@@ -141,8 +141,8 @@ async def run_test_call(settings: Settings, agent_uuid: str, steps: list[Step],
 
 def _site_url(site: web.TCPSite) -> str:
     server = site._server  # the bound port of an ephemeral site
-    assert server is not None and server.sockets  # type: ignore[union-attr]
-    host, port = server.sockets[0].getsockname()[:2]  # type: ignore[union-attr]
+    assert isinstance(server, asyncio.Server) and server.sockets
+    host, port = server.sockets[0].getsockname()[:2]
     return f"http://{host}:{port}"
 
 

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import aiohttp
-
 from common import DOMAIN, CloudonixEmulator, bench_server, cpu_seconds, percentile, rss_mb
 
 from agent_stream.server import server_event_loop

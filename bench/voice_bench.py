@@ -1,8 +1,8 @@
 """Benchmark of the scripted voice agent: concurrent real-time calls in one server process.
 
-Calls of a wave arrive spread over --spread seconds. Each simulated caller keeps its line busy like a phone does (a 20 ms media frame every
-20 ms, silence unless speaking), waits for the greeting, says "yes", waits for the
-answer, says "goodbye" and is hung up on. Measured per wave:
+Calls of a wave arrive spread over --spread seconds. Each simulated caller keeps its line
+busy like a phone does (a 20 ms media frame every 20 ms, silence unless speaking), waits
+for the greeting, says "yes", waits for the answer, says "goodbye" and is hung up on. Measured per wave:
 
 - voice-to-voice latency: end of the caller's speech to the first agent audio frame that
   follows, minus the VAD's 0.5 s end-of-turn silence (what the engine itself adds);
@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-
 from common import DOMAIN, bench_server, children_cpu_seconds, cpu_seconds, percentile, rss_mb
 
 from agent_stream.server import server_event_loop
@@ -59,7 +58,7 @@ class TimedEvents(list):  # type: ignore[type-arg]
     async def first(self, matches: Callable[[dict[str, Any], float], bool],
                     timeout: float = 30.0) -> float:
         """When the first event that `matches` arrived, waiting for it if need be."""
-        for event, at in zip(self, self.times):
+        for event, at in zip(self, self.times, strict=True):
             if matches(event, at):
                 return at
         future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
@@ -143,8 +142,9 @@ async def one_call(http: aiohttp.ClientSession, base: str, agent: str, emulator:
                            f"({call.close_reason!r}, {call.ws.exception()!r})")
     finally:
         sender.cancel()
-    media_times = [at for event, at in zip(events, events.times) if event.get("event") == "media"]
-    result["gaps"] = [b - a for a, b in zip(media_times, media_times[1:]) if b - a < 0.2]
+    media_times = [at for event, at in zip(events, events.times, strict=True)
+                   if event.get("event") == "media"]
+    result["gaps"] = [b - a for a, b in zip(media_times, media_times[1:], strict=False) if b - a < 0.2]
     return result
 
 
@@ -174,12 +174,12 @@ async def main() -> None:
                 began = time.monotonic()
                 peak = [idle_rss]
 
-                async def sample() -> None:
+                async def sample(peak: list[float]) -> None:
                     while True:
                         peak[0] = max(peak[0], rss_mb(pid))
                         await asyncio.sleep(0.5)
 
-                sampler = asyncio.create_task(sample())
+                sampler = asyncio.create_task(sample(peak))
                 results = await asyncio.gather(*(
                     one_call(http, bench.base, bench.agent, bench.emulator, yes, goodbye,
                              args.spread * i / n)

@@ -73,7 +73,9 @@ class CloudonixEmulator:
             else:
                 response = await handler(request, body)
             self.requests.append(
-                RecordedRequest(request.method, request.path, domain, session, authorized, body, response.status)
+                RecordedRequest(
+                    request.method, request.path, domain, session, authorized, body, response.status
+                )
             )
             return response
 
@@ -84,7 +86,10 @@ class CloudonixEmulator:
         domain, session = request.match_info["domain"], request.match_info["session"]
         if (domain, session) not in self.sessions:
             return _error(404, "session not found")
-        details = {"id": zlib.crc32(session.encode()), "token": session, "domain": domain, "status": "processing"}
+        details = {
+            "id": zlib.crc32(session.encode()), "token": session, "domain": domain,
+            "status": "processing",
+        }
         return web.json_response(details)
 
     async def _delete_session(self, request: web.Request, body: dict[str, Any] | None) -> web.StreamResponse:

@@ -23,9 +23,8 @@ from agent_stream.workflow import (
     validate_definition,
 )
 from tests.cloudonix_emulator import CloudonixEmulator
-from tests.conftest import Dial, MakeTenant, Tenant
+from tests.conftest import Dial, MakeTenant, Tenant, finished_run, say, until
 from tests.openai_emulator import MODEL, OpenAIEmulator, failure, start_openai_emulator, text, tool_call
-from tests.conftest import finished_run, say, until
 
 API_KEY = "sk-llm-TEST-secret-0123456789abcdef"
 GLOBAL_PROMPT = "You are the front desk of Acme Dental. Be brief."

@@ -71,7 +71,8 @@ def test_other_events_match_twilio_framing() -> None:
 
 def test_stream_url_old_form_encodes_query() -> None:
     url = stream_url(
-        "http://127.0.0.1:8000", "abc-123", domain="acme", call_id="c 1", caller="+15551230000", called="+1666"
+        "http://127.0.0.1:8000", "abc-123", domain="acme", call_id="c 1", caller="+15551230000",
+        called="+1666",
     )
     parts = urlsplit(url)
     assert parts.scheme == "ws" and parts.netloc == "127.0.0.1:8000"
@@ -203,7 +204,9 @@ async def _echo_handler(request: web.Request) -> web.WebSocketResponse:
         seen.append(event)
         if event["event"] == "media":
             payload = event["media"]["payload"]
-            await ws.send_json({"event": "media", "streamSid": event["streamSid"], "media": {"payload": payload}})
+            await ws.send_json(
+                {"event": "media", "streamSid": event["streamSid"], "media": {"payload": payload}}
+            )
         elif event["event"] == "stop":
             await ws.send_json({"event": "mark", "streamSid": event["streamSid"], "mark": {"name": "m1"}})
             await ws.send_json({"event": "clear", "streamSid": event["streamSid"]})
@@ -220,7 +223,9 @@ async def echo_url(aiohttp_server: Any) -> tuple[str, list[dict[str, Any]]]:
     return str(server.make_url("/ws")), app[SEEN]
 
 
-async def test_simulated_call_records_media_marks_and_close(echo_url: tuple[str, list[dict[str, Any]]]) -> None:
+async def test_simulated_call_records_media_marks_and_close(
+    echo_url: tuple[str, list[dict[str, Any]]],
+) -> None:
     url, seen = echo_url
     async with aiohttp.ClientSession() as http:
         call = await connect(http, url, account_sid=DOMAIN, caller="+15550001111", called="+15550002222")
@@ -244,7 +249,9 @@ async def test_simulated_call_records_media_marks_and_close(echo_url: tuple[str,
     assert [int(e["sequenceNumber"]) for e in seen[1:]] == list(range(1, 9))
 
 
-async def test_wait_closed_reads_by_itself_and_realtime_paces(echo_url: tuple[str, list[dict[str, Any]]]) -> None:
+async def test_wait_closed_reads_by_itself_and_realtime_paces(
+    echo_url: tuple[str, list[dict[str, Any]]],
+) -> None:
     url, _ = echo_url
     async with aiohttp.ClientSession() as http:
         ws = await http.ws_connect(url, autoclose=False)

@@ -21,7 +21,7 @@ from agent_stream.workflow import (
     starter_definition,
     validate_definition,
 )
-from tests.conftest import Dial, MakeTenant, Tenant
+from tests.conftest import Dial, MakeTenant, Tenant, finished_run, say, until
 from tests.openai_emulator import (
     SPEECH_RATE,
     SPEECH_SECONDS,
@@ -29,7 +29,6 @@ from tests.openai_emulator import (
     start_openai_emulator,
 )
 from tests.speech_emulator import VOICE_SECONDS, start_speech_vendors
-from tests.conftest import finished_run, say, until
 
 STT_KEY = "sk-stt-TEST-secret-0123456789abcdef"
 TTS_KEY = "sk-tts-TEST-secret-fedcba9876543210"

@@ -29,7 +29,6 @@ from tests.conftest import (
     wait_for_state,
 )
 
-
 # -- the happy path --------------------------------------------------------------------------
 
 

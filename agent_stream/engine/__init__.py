@@ -14,7 +14,9 @@ def render(text: str | None, context: dict[str, Any]) -> str:
     """Substitute `{{caller_number}}` and other context keys; unknown keys become ''."""
     if not text:
         return ""
-    return _VARIABLE_RE.sub(lambda m: "" if context.get(m.group(1)) is None else str(context[m.group(1)]), text)
+    return _VARIABLE_RE.sub(
+        lambda m: "" if context.get(m.group(1)) is None else str(context[m.group(1)]), text
+    )
 
 
 class CallActions(Protocol):

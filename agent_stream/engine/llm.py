@@ -84,7 +84,13 @@ class ChatEndpoint(OpenAILLMService):
         )
 
     def create_client(
-        self, api_key: Any = None, base_url: Any = None, **_: Any
+        self,
+        api_key: Any = None,
+        base_url: Any = None,
+        organization: Any = None,
+        project: Any = None,
+        default_headers: Any = None,
+        **_: Any,
     ) -> openai.AsyncOpenAI:
         """A voice call cannot wait OpenAI's default ten minutes, nor through three tries;
         and the TLS context (its CA bundle takes ~30 ms to load) is shared, not per call."""
@@ -272,7 +278,8 @@ class LLMAgent(VoiceAgent):
         """Ask the model, speak its reply sentence by sentence, then do what it called."""
         self._chained += 1
         tools, targets = self._tools()
-        context = LLMContext(messages=list(self._history), tools=ToolsSchema(standard_tools=tools))
+        messages: list[Any] = list(self._history)
+        context = LLMContext(messages=messages, tools=ToolsSchema(standard_tools=tools))
         reply = Reply()
         streaming = self._streaming = self._spawn(self._stream(context, self._system(), reply))
         await asyncio.wait({streaming})
@@ -311,7 +318,7 @@ class LLMAgent(VoiceAgent):
     async def _stream(self, context: LLMContext, system: str, reply: Reply) -> None:
         """Read one streamed completion; every complete sentence is spoken as it arrives."""
         self._calls += 1
-        sentences = SimpleTextAggregator()
+        sentences = SimpleTextAggregator()  # type: ignore[no-untyped-call]
         calls: dict[int, ToolCall] = {}
         try:
             stream = await self._llm.completion(context, system)

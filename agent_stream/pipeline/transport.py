@@ -72,17 +72,18 @@ class InputTransport(BaseInputTransport):
         **kwargs: object,
     ) -> None:
         super().__init__(params, **kwargs)
-        self._params = params
+        self._serializer = params.serializer
         self._recorder = recorder
         self._transcript = transcript
         self._vad = vad
         self._preroll: deque[InputAudioRawFrame] = deque(maxlen=PREROLL_FRAMES)
         self.started = asyncio.Event()
 
-    async def setup(self, setup: FrameProcessorSetup) -> None:
+    # pipecat's processors override BaseObject.setup(task_manager) with another argument
+    async def setup(self, setup: FrameProcessorSetup) -> None:  # type: ignore[override]
         await super().setup(setup)
-        if self._params.serializer:
-            await self._params.serializer.setup(setup)
+        if self._serializer:
+            await self._serializer.setup(setup)
 
     async def start(self, frame: StartFrame) -> None:
         await super().start(frame)
@@ -133,7 +134,7 @@ class OutputTransport(BaseOutputTransport):
     ) -> None:
         super().__init__(params, **kwargs)
         self._ws = ws
-        self._params = params
+        self._serializer = params.serializer
         self._recorder = recorder
         self._transcript = transcript
         self._send_interval = 0.0
@@ -187,7 +188,7 @@ class OutputTransport(BaseOutputTransport):
                 continue
             pcm, mark = self._speech.popleft()
             if pcm is None:
-                message = self._params.serializer.mark_frame(mark or "")  # type: ignore[union-attr]
+                message = self._serializer.mark_frame(mark or "")  # type: ignore[union-attr]
                 if await self._write(message):
                     self._transcript.mark_sent(mark or "")
                 continue
@@ -222,7 +223,7 @@ class OutputTransport(BaseOutputTransport):
         return True
 
     async def _write(self, frame: Frame) -> bool:
-        serializer = self._params.serializer
+        serializer = self._serializer
         if serializer is None or self._ws.closed:
             return False
         payload = await serializer.serialize(frame)

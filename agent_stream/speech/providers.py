@@ -218,7 +218,7 @@ class OpenAISynthesizer(ProviderSynthesizer):
         response = await self._client.audio.speech.create(
             input=text,
             model=self._provider.model,
-            voice=self._provider.voice,  # type: ignore[arg-type]
+            voice=self._provider.voice,
             response_format="pcm",
         )
         pcm24k = response.content
