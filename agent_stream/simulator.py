@@ -9,16 +9,13 @@ import json
 import math
 import secrets
 import sys
-import warnings
 from array import array
 from typing import Any, Final
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
+from . import audio
 
 SAMPLE_RATE: Final = 8000
 FRAME_SECONDS: Final = 0.02
@@ -128,12 +125,12 @@ def stop_event(stream_sid: str, call_sid: str, *, sequence: int | None = None) -
 
 def pcm16_to_ulaw(pcm: bytes) -> bytes:
     """Encode 16-bit little-endian PCM the way the phone network carries it."""
-    return audioop.lin2ulaw(pcm, 2)
+    return audio.pcm16_to_ulaw(pcm)
 
 
 def ulaw_to_pcm16(ulaw: bytes) -> bytes:
     """Decode provider audio into 16-bit little-endian PCM."""
-    return audioop.ulaw2lin(ulaw, 2)
+    return audio.ulaw_to_pcm16(ulaw)
 
 
 def tone_ulaw(seconds: float, freq: float = 440.0, amplitude: float = 0.3) -> bytes:

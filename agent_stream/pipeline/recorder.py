@@ -18,16 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import warnings
 import wave
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
+from .. import audio
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +177,4 @@ class CallRecorder:
                     break
                 size = max(len(a), len(b))
                 a, b = a.ljust(size, b"\0"), b.ljust(size, b"\0")
-                out.writeframesraw(audioop.add(
-                    audioop.tostereo(a, SAMPLE_WIDTH, 1, 0),
-                    audioop.tostereo(b, SAMPLE_WIDTH, 0, 1),
-                    SAMPLE_WIDTH,
-                ))
+                out.writeframesraw(audio.interleave_stereo(a, b))

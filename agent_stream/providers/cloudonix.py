@@ -7,7 +7,6 @@ import binascii
 import json
 import logging
 import time
-import warnings
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,13 +26,10 @@ from pipecat.frames.frames import (
 )
 from pipecat.serializers.base_serializer import FrameSerializer
 
+from .. import audio
 from ..errors import HandshakeError, PeerClosed
 from ..pipeline.frames import ProviderMarkFrame, StreamStopFrame
 from ..store import TelephonyConfig
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
 
 log = logging.getLogger(__name__)
 
@@ -323,8 +319,8 @@ class CloudonixSerializer(FrameSerializer):
         if not pcm:
             return None
         if sample_rate != SAMPLE_RATE:
-            pcm, _ = audioop.ratecv(pcm, 2, 1, sample_rate, SAMPLE_RATE, None)
-        payload = base64.b64encode(audioop.lin2ulaw(pcm, 2)).decode()
+            pcm = audio.resample(pcm, sample_rate, SAMPLE_RATE)
+        payload = base64.b64encode(audio.pcm16_to_ulaw(pcm)).decode()
         return json.dumps(
             {"event": "media", "streamSid": self._stream_sid, "media": {"payload": payload}}
         )
@@ -379,9 +375,7 @@ class CloudonixSerializer(FrameSerializer):
             return None
         if not ulaw:
             return None
-        pcm = audioop.ulaw2lin(ulaw, 2)
-        if self._sample_rate != SAMPLE_RATE:
-            pcm, _ = audioop.ratecv(pcm, 2, 1, SAMPLE_RATE, self._sample_rate, None)
+        pcm = audio.resample(audio.ulaw_to_pcm16(ulaw), SAMPLE_RATE, self._sample_rate)
         self.media_frames += 1
         return InputAudioRawFrame(audio=pcm, sample_rate=self._sample_rate, num_channels=1)
 

@@ -20,7 +20,6 @@ import functools
 import io
 import logging
 import ssl
-import warnings
 import wave
 from collections import OrderedDict
 from typing import Any, Final
@@ -29,12 +28,9 @@ import aiohttp
 import httpx2
 import openai
 
+from .. import audio
 from ..workflow import SpeechProvider
 from .tts import DEFAULT_VOICE, EspeakSynthesizer
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
 
 # A caller is waiting: a short connect, a bounded wait for the whole answer, one retry.
 CONNECT_TIMEOUT: Final = 5.0
@@ -98,7 +94,7 @@ def _client(provider: SpeechProvider) -> openai.AsyncOpenAI:
 
 def wav_16k(pcm8k: bytes) -> bytes:
     """A caller turn (16-bit PCM at 8 kHz) as the WAV file a transcription API takes."""
-    pcm16k, _ = audioop.ratecv(pcm8k, 2, 1, PHONE_RATE, UPLOAD_RATE, None)
+    pcm16k = audio.resample(pcm8k, PHONE_RATE, UPLOAD_RATE)
     out = io.BytesIO()
     with wave.open(out, "wb") as wav:
         wav.setnchannels(1)
@@ -223,8 +219,7 @@ class OpenAISynthesizer(ProviderSynthesizer):
         )
         pcm24k = response.content
         pcm24k = pcm24k[: len(pcm24k) - len(pcm24k) % 2]
-        pcm, _ = audioop.ratecv(pcm24k, 2, 1, OPENAI_PCM_RATE, PHONE_RATE, None)
-        return pcm
+        return audio.resample(pcm24k, OPENAI_PCM_RATE, PHONE_RATE)
 
     async def close(self) -> None:
         await self._client.close()
@@ -287,7 +282,7 @@ class ElevenLabsSynthesizer(ProviderSynthesizer):
         ) as response:
             _checked(response)
             ulaw = await response.read()
-        return audioop.ulaw2lin(ulaw, 2)
+        return audio.ulaw_to_pcm16(ulaw)
 
 
 def recognizer(

@@ -18,13 +18,10 @@ import re
 import signal
 import threading
 import time
-import warnings
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Final
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
+from .. import audio
 
 DECODE_RATE: Final = 16000
 NOISE_FLOOR_RMS: Final = 30.0
@@ -111,14 +108,14 @@ def decode(pcm8k: bytes, phrases: tuple[str, ...]) -> str | None:
         _decoder.add_jsgf_string(name, grammar)
         _grammars.add(name)
     _decoder.activate_search(name)
-    pcm16, _ = audioop.ratecv(pcm8k, 2, 1, 8000, DECODE_RATE, None)
+    pcm16 = audio.resample(pcm8k, 8000, DECODE_RATE)
     samples = np.frombuffer(pcm16, dtype=np.int16).astype(np.float32)
     pad = np.zeros(DECODE_RATE // 5, dtype=np.float32)
     samples = np.concatenate([pad, samples, pad])
     samples += np.random.default_rng(len(pcm8k)).normal(0.0, NOISE_FLOOR_RMS, samples.size)
-    audio = np.clip(samples, -32768, 32767).astype(np.int16).tobytes()
+    pcm = np.clip(samples, -32768, 32767).astype(np.int16).tobytes()
     _decoder.start_utt()
-    _decoder.process_raw(audio, full_utt=True)
+    _decoder.process_raw(pcm, full_utt=True)
     _decoder.end_utt()
     hypothesis = _decoder.hyp()
     text = hypothesis.hypstr.strip() if hypothesis is not None else ""

@@ -9,16 +9,13 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import threading
-import warnings
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final
 
 import espeakng_loader
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
+from .. import audio
 
 _AUDIO_OUTPUT_SYNCHRONOUS: Final = 2
 _POS_CHARACTER: Final = 1
@@ -76,9 +73,7 @@ class _Espeak:
         lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
         lib.espeak_Synchronize()
         pcm = b"".join(self._chunks)
-        if sample_rate != self._rate and pcm:
-            pcm, _ = audioop.ratecv(pcm, 2, 1, self._rate, sample_rate, None)
-        return pcm
+        return audio.resample(pcm, self._rate, sample_rate) if pcm else pcm
 
 
 _engine: _Espeak | None = None

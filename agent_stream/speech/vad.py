@@ -1,16 +1,13 @@
 """A cheap inline voice-activity detector: frame energy against an adaptive noise floor.
 
-One C call (audioop.rms) per 20 ms frame, no model and no thread hop: pipecat's Silero
+One C call (audio.rms) per 20 ms frame, no model and no thread hop: pipecat's Silero
 VAD costs an ONNX session (~10 MB) and a thread hop every 20 ms per call.
 """
 from __future__ import annotations
 
-import warnings
 from typing import Final, Literal
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
+from .. import audio
 
 MIN_SPEECH_RMS: Final = 300.0
 FLOOR_FACTOR: Final = 4.0
@@ -35,7 +32,7 @@ class EnergyVad:
 
     def feed(self, pcm: bytes) -> VadEvent | None:
         """One frame of 16-bit PCM; returns "start"/"stop" on a transition."""
-        rms = audioop.rms(pcm, 2)
+        rms = audio.rms(pcm)
         loud = rms > max(MIN_SPEECH_RMS, self._floor * FLOOR_FACTOR)
         if not loud:
             self._floor = 0.95 * self._floor + 0.05 * rms
