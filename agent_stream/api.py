@@ -9,11 +9,11 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from .errors import Conflict, NotFound
+from .errors import RETRY_AFTER_SECONDS, Conflict, DatabaseUnavailable, NotFound
 from .keys import STORE
 from .providers import SUPPORTED_PROVIDERS
 from .providers.cloudonix import normalize_domain
-from .security import mask_secret
+from .security import mask_secret, redact_uuids
 from .store import Run, Store, TelephonyConfig, User, Workflow
 from .workflow import merge_secrets, redact_secrets, starter_definition, validate_definition
 
@@ -38,11 +38,16 @@ class ApiError(Exception):
         self.problems = problems
 
 
-def _error(status: int, message: str, problems: list[str] | None = None) -> web.Response:
+def _error(
+    status: int,
+    message: str,
+    problems: list[str] | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
     body: dict[str, Any] = {"error": message}
     if problems:
         body["problems"] = problems
-    return web.json_response(body, status=status)
+    return web.json_response(body, status=status, headers=headers)
 
 
 @web.middleware
@@ -56,12 +61,17 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _error(404, str(exc))
     except Conflict as exc:
         return _error(409, str(exc))
+    except DatabaseUnavailable as exc:
+        if not request.path.startswith("/api/"):
+            raise
+        log.warning("%s %s: %s", request.method, redact_uuids(request.path), exc)
+        return _error(503, str(exc), headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
     except web.HTTPException as exc:
         if not request.path.startswith("/api/") or exc.status < 400:
             raise
         return _error(exc.status, exc.reason)
     except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.exception("unhandled error on %s %s", request.method, redact_uuids(request.path))
         return _error(500, "internal server error")
 
 

@@ -19,6 +19,11 @@ PROVIDER_API_TIMEOUT_SECONDS: Final = 5.0
 MAX_STREAM_MESSAGE_BYTES: Final = 64 * 1024
 # How long shutdown waits for live calls to finish their runs after closing them.
 SHUTDOWN_GRACE_SECONDS: Final = 10.0
+# How long one database statement waits for another process's write lock.
+DB_BUSY_TIMEOUT_SECONDS: Final = 5.0
+# How long a call retries a run write the database refuses (locked, disk full) before the
+# call is refused (creating its run) or the write is left to the background (later ones).
+RUN_WRITE_RETRY_SECONDS: Final = 10.0
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,8 @@ class Settings:
     handshake_timeout: float = HANDSHAKE_TIMEOUT_SECONDS
     provider_api_timeout: float = PROVIDER_API_TIMEOUT_SECONDS
     max_stream_message_bytes: int = MAX_STREAM_MESSAGE_BYTES
+    db_busy_timeout: float = DB_BUSY_TIMEOUT_SECONDS
+    run_write_retry_seconds: float = RUN_WRITE_RETRY_SECONDS
     # Start the speech decoder process at startup, so the first caller does not wait ~1 s
     # for it (tests leave it off: most of them never speak).
     preload_speech: bool = False

@@ -10,6 +10,9 @@ GOING_AWAY: Final = 1001
 NORMAL_CLOSURE: Final = 1000
 MESSAGE_TOO_BIG: Final = 1009
 
+# What a 503 asks clients to wait before trying again (the database is briefly unavailable).
+RETRY_AFTER_SECONDS: Final = 5
+
 # RFC 6455 allows 123 bytes of reason in a close frame.
 MAX_REASON_BYTES: Final = 123
 
@@ -28,6 +31,12 @@ class NotFound(Exception):
 
 class Conflict(Exception):
     """A write would break a uniqueness rule (409 at the edge)."""
+
+
+class DatabaseUnavailable(Exception):
+    """The database refused or could not take a read or write right now: locked by another
+    process past the busy timeout, disk full, I/O error. Worth retrying; 503 at the API edge,
+    1011 for a call that cannot start."""
 
 
 class PeerClosed(Exception):

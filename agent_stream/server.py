@@ -49,7 +49,8 @@ class AccessLogger(AbstractAccessLogger):
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     """Open and migrate the database; fail runs a crash left open; close at the end."""
-    store = await Store.open(app[SETTINGS].db_path)
+    settings = app[SETTINGS]
+    store = await Store.open(settings.db_path, busy_timeout=settings.db_busy_timeout)
     recovered = await store.fail_interrupted_runs()
     if recovered:
         log.warning("marked %d run(s) left open by a previous process as failed", recovered)

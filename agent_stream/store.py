@@ -11,8 +11,8 @@ import logging
 import secrets
 import sqlite3
 import uuid as uuidlib
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +20,8 @@ from typing import Any, Final
 
 import aiosqlite
 
-from .errors import Conflict, NotFound, QuotaExceeded
+from .config import DB_BUSY_TIMEOUT_SECONDS
+from .errors import Conflict, DatabaseUnavailable, NotFound, QuotaExceeded
 from .security import hash_api_key, hash_password, new_api_key, verify_password
 
 log = logging.getLogger(__name__)
@@ -29,11 +30,9 @@ log = logging.getLogger(__name__)
 logging.getLogger("aiosqlite").setLevel(logging.INFO)
 
 SCHEMA_PATH: Final = Path(__file__).resolve().parent.parent / "schema.sql"
-BUSY_TIMEOUT_MS: Final = 5000
 RUN_NAME_PREFIX: Final = "WR-AGS-"
 # Verified against for unknown emails; its password is random and never stored anywhere.
 _DUMMY_PASSWORD_HASH: Final = hash_password(secrets.token_urlsafe(16))
-ACTIVE_STATES: Final = ("pending", "running")
 
 
 # Numbered migrations: entry N-1 brings the database to user_version N. schema.sql is
@@ -285,20 +284,25 @@ def _run(row: aiosqlite.Row, transcript: list[TranscriptLine] | None = None) -> 
 class Store:
     """The database of one Agent Stream process."""
 
-    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+    def __init__(
+        self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, *, busy_timeout: float
+    ) -> None:
         self._writer = writer
         self._reader = reader
         self._write_lock = asyncio.Lock()
+        self._busy_timeout = busy_timeout
 
     # -- lifecycle ---------------------------------------------------------------------
 
     @classmethod
-    async def open(cls, path: Path) -> Store:
-        """Open (creating if needed) and migrate the database at `path`."""
+    async def open(cls, path: Path, *, busy_timeout: float = DB_BUSY_TIMEOUT_SECONDS) -> Store:
+        """Open (creating if needed) and migrate the database at `path`. `busy_timeout` is
+        how long a statement waits for another process's write lock before giving up (and
+        how long our own writes may queue behind each other)."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        writer = await _connect(path)
-        reader = await _connect(path)
-        store = cls(writer, reader)
+        writer = await _connect(path, busy_timeout)
+        reader = await _connect(path, busy_timeout)
+        store = cls(writer, reader, busy_timeout=busy_timeout)
         await store._migrate()
         return store
 
@@ -317,29 +321,53 @@ class Store:
                     await self._writer.execute(f"PRAGMA user_version = {number}")
                     await self._writer.execute("COMMIT")
                 except BaseException:
-                    await self._writer.execute("ROLLBACK")
+                    await self._rollback()
                     raise
                 log.info("database migrated to version %d", number)
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One explicit write transaction at a time on the writer connection."""
-        async with self._write_lock:
-            await self._writer.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._writer
-            except BaseException:
-                await self._writer.execute("ROLLBACK")
-                raise
-            await self._writer.execute("COMMIT")
+        """One explicit write transaction at a time on the writer connection. Reads inside
+        it see its own writes. A database that cannot take the write raises
+        `DatabaseUnavailable`, also when earlier writes of ours hold the writer too long."""
+        try:
+            async with asyncio.timeout(self._busy_timeout):
+                await self._write_lock.acquire()
+        except TimeoutError:
+            raise DatabaseUnavailable("database unavailable: writes are queued too long") from None
+        try:
+            with _unavailable_on_error():
+                await self._writer.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._writer
+                    await self._writer.execute("COMMIT")
+                except BaseException:
+                    await self._rollback()
+                    raise
+        finally:
+            self._write_lock.release()
 
-    async def _one(self, sql: str, params: tuple[Any, ...] = ()) -> aiosqlite.Row | None:
-        async with self._reader.execute(sql, params) as cursor:
-            return await cursor.fetchone()
+    async def _rollback(self) -> None:
+        """Undo the open transaction; SQLite may already have undone it (a full disk)."""
+        try:
+            await self._writer.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            log.debug("rollback: %s", exc)
 
-    async def _all(self, sql: str, params: tuple[Any, ...] = ()) -> list[aiosqlite.Row]:
-        async with self._reader.execute(sql, params) as cursor:
-            return list(await cursor.fetchall())
+    async def _one(
+        self, sql: str, params: tuple[Any, ...] = (), *, db: aiosqlite.Connection | None = None
+    ) -> aiosqlite.Row | None:
+        """The first row, read on `db` (the open transaction) or the reader connection."""
+        rows = await self._all(sql, params, db=db)
+        return rows[0] if rows else None
+
+    async def _all(
+        self, sql: str, params: tuple[Any, ...] = (), *, db: aiosqlite.Connection | None = None
+    ) -> list[aiosqlite.Row]:
+        """Every row, fetched in one step: a statement left open across an await would hold
+        the reader's snapshot, and reads sharing it would miss what was committed since."""
+        with _unavailable_on_error():
+            return list(await (db or self._reader).execute_fetchall(sql, params))
 
     # -- organizations, users, API keys -------------------------------------------------
 
@@ -349,7 +377,7 @@ class Store:
 
     async def get_or_create_organization(self, name: str) -> Organization:
         async with self._transaction() as db:
-            row = await (await db.execute("SELECT * FROM organizations WHERE name = ?", (name,))).fetchone()
+            row = await self._one("SELECT * FROM organizations WHERE name = ?", (name,), db=db)
             if row is None:
                 now = utcnow()
                 cur = await db.execute(
@@ -378,13 +406,15 @@ class Store:
                     (organization_id, email.strip(), password_hash, int(is_admin),
                      monthly_minutes_limit, max_concurrent_calls, utcnow()),
                 )
-                user_id = cur.lastrowid or 0
+                return await self._user_by_id(db, cur.lastrowid or 0)
         except sqlite3.IntegrityError as exc:
             raise Conflict(f"a user with email {email!r} already exists") from exc
-        return await self.get_user(user_id)
 
     async def get_user(self, user_id: int) -> User:
-        row = await self._one("SELECT * FROM users WHERE id = ?", (user_id,))
+        return await self._user_by_id(None, user_id)
+
+    async def _user_by_id(self, db: aiosqlite.Connection | None, user_id: int) -> User:
+        row = await self._one("SELECT * FROM users WHERE id = ?", (user_id,), db=db)
         if row is None:
             raise NotFound("user not found")
         return _user(row)
@@ -413,8 +443,7 @@ class Store:
                    VALUES (?, ?, ?, ?, ?)""",
                 (user_id, name, plaintext[:8], hash_api_key(plaintext), utcnow()),
             )
-            key_id = cur.lastrowid
-        row = await self._one("SELECT * FROM api_keys WHERE id = ?", (key_id,))
+            row = await self._one("SELECT * FROM api_keys WHERE id = ?", (cur.lastrowid,), db=db)
         assert row is not None
         return _api_key(row), plaintext
 
@@ -444,7 +473,7 @@ class Store:
                    VALUES (?, 1, ?, ?)""",
                 (cur.lastrowid, json.dumps(definition), now),
             )
-        return await self.get_workflow(organization_id, workflow_uuid)
+            return await self._workflow_by_uuid(db, organization_id, workflow_uuid)
 
     async def list_workflows(self, organization_id: int) -> list[Workflow]:
         rows = await self._all(
@@ -454,9 +483,15 @@ class Store:
         return [_workflow(r) for r in rows]
 
     async def get_workflow(self, organization_id: int, workflow_uuid: str) -> Workflow:
+        return await self._workflow_by_uuid(None, organization_id, workflow_uuid)
+
+    async def _workflow_by_uuid(
+        self, db: aiosqlite.Connection | None, organization_id: int, workflow_uuid: str
+    ) -> Workflow:
         row = await self._one(
             _WORKFLOW_SELECT + " WHERE w.uuid = ? AND w.organization_id = ?",
             (workflow_uuid, organization_id),
+            db=db,
         )
         if row is None:
             raise NotFound("workflow not found")
@@ -481,9 +516,9 @@ class Store:
         status: str | None = None,
     ) -> Workflow:
         """Rename, archive/restore, or save a new draft version (the uuid never changes)."""
-        current = await self.get_workflow(organization_id, workflow_uuid)
         now = utcnow()
         async with self._transaction() as db:
+            current = await self._workflow_by_uuid(db, organization_id, workflow_uuid)
             if definition is not None and definition != current.definition:
                 await db.execute(
                     """INSERT INTO workflow_definitions (workflow_id, version, definition, created_at)
@@ -496,13 +531,13 @@ class Store:
                 (name if name is not None else current.name,
                  status if status is not None else current.status, now, current.id),
             )
-        return await self.get_workflow(organization_id, workflow_uuid)
+            return await self._workflow_by_uuid(db, organization_id, workflow_uuid)
 
     async def publish_workflow(self, organization_id: int, workflow_uuid: str) -> Workflow:
         """Make the latest definition the one calls run."""
-        current = await self.get_workflow(organization_id, workflow_uuid)
         now = utcnow()
         async with self._transaction() as db:
+            current = await self._workflow_by_uuid(db, organization_id, workflow_uuid)
             await db.execute(
                 "UPDATE workflow_definitions SET published_at = COALESCE(published_at, ?) WHERE id = ?",
                 (now, current.definition_id),
@@ -512,7 +547,7 @@ class Store:
                        updated_at = ? WHERE id = ?""",
                 (current.definition_id, now, current.id),
             )
-        return await self.get_workflow(organization_id, workflow_uuid)
+            return await self._workflow_by_uuid(db, organization_id, workflow_uuid)
 
     # -- telephony configurations ----------------------------------------------------------
 
@@ -537,10 +572,9 @@ class Store:
                     (organization_id, provider, name, domain_id, bearer_token, application_name,
                      json.dumps(from_numbers or []), now, now),
                 )
-                config_id = cur.lastrowid or 0
+                return await self._telephony_by_id(db, organization_id, cur.lastrowid or 0)
         except sqlite3.IntegrityError as exc:
             raise Conflict(f"a {provider} configuration for {domain_id} already exists") from exc
-        return await self.get_telephony_config(organization_id, config_id)
 
     async def list_telephony_configs(self, organization_id: int) -> list[TelephonyConfig]:
         rows = await self._all(
@@ -550,9 +584,15 @@ class Store:
         return [_telephony(r) for r in rows]
 
     async def get_telephony_config(self, organization_id: int, config_id: int) -> TelephonyConfig:
+        return await self._telephony_by_id(None, organization_id, config_id)
+
+    async def _telephony_by_id(
+        self, db: aiosqlite.Connection | None, organization_id: int, config_id: int
+    ) -> TelephonyConfig:
         row = await self._one(
             "SELECT * FROM telephony_configurations WHERE id = ? AND organization_id = ?",
             (config_id, organization_id),
+            db=db,
         )
         if row is None:
             raise NotFound("telephony configuration not found")
@@ -573,23 +613,22 @@ class Store:
         self, organization_id: int, config_id: int, **changes: Any
     ) -> TelephonyConfig:
         """Change the given fields; a token is only replaced when a new one is given."""
-        current = await self.get_telephony_config(organization_id, config_id)
         allowed = {"name", "domain_id", "bearer_token", "application_name", "from_numbers"}
         values = {k: v for k, v in changes.items() if k in allowed and v is not None}
         if "from_numbers" in values:
             values["from_numbers"] = json.dumps(values["from_numbers"])
-        if not values:
-            return current
         assignments = ", ".join(f"{column} = ?" for column in values)
         try:
             async with self._transaction() as db:
-                await db.execute(
-                    f"UPDATE telephony_configurations SET {assignments}, updated_at = ? WHERE id = ?",
-                    (*values.values(), utcnow(), config_id),
-                )
+                await self._telephony_by_id(db, organization_id, config_id)  # NotFound
+                if values:
+                    await db.execute(
+                        f"UPDATE telephony_configurations SET {assignments}, updated_at = ? WHERE id = ?",
+                        (*values.values(), utcnow(), config_id),
+                    )
+                return await self._telephony_by_id(db, organization_id, config_id)
         except sqlite3.IntegrityError as exc:
             raise Conflict("a configuration for that domain already exists") from exc
-        return await self.get_telephony_config(organization_id, config_id)
 
     async def delete_telephony_config(self, organization_id: int, config_id: int) -> None:
         async with self._transaction() as db:
@@ -622,8 +661,8 @@ class Store:
             if owner.max_concurrent_calls is not None:
                 active = await _scalar(
                     db,
-                    f"""SELECT COUNT(*) FROM workflow_runs r JOIN workflows w ON w.id = r.workflow_id
-                        WHERE w.owner_user_id = ? AND r.state IN {ACTIVE_STATES}""",
+                    """SELECT COUNT(*) FROM workflow_runs r JOIN workflows w ON w.id = r.workflow_id
+                        WHERE w.owner_user_id = ? AND r.state IN ('pending', 'running')""",
                     (owner.id,),
                 )
                 if active >= owner.max_concurrent_calls:
@@ -639,9 +678,7 @@ class Store:
             now = utcnow()
             for _ in range(10):
                 name = RUN_NAME_PREFIX + f"{secrets.randbelow(10**8):08d}"
-                taken = await (await db.execute(
-                    "SELECT 1 FROM workflow_runs WHERE name = ?", (name,))).fetchone()
-                if not taken:
+                if not await self._one("SELECT 1 FROM workflow_runs WHERE name = ?", (name,), db=db):
                     break
             cur = await db.execute(
                 """INSERT INTO workflow_runs (workflow_id, definition_id, name, call_type, mode,
@@ -650,15 +687,17 @@ class Store:
                 (workflow.id, workflow.live_definition_id, name, mode, json.dumps(initial_context),
                  json.dumps(gathered_context), json.dumps(logs), now),
             )
-            run_id = cur.lastrowid or 0
-        return await self.get_run_by_id(run_id)
+            return await self._run_by_id(db, cur.lastrowid or 0)
 
-    async def mark_run_running(self, run_id: int, logs: dict[str, Any] | None = None) -> None:
+    async def mark_run_running(
+        self, run_id: int, logs: dict[str, Any] | None = None, *, started_at: str | None = None
+    ) -> None:
+        """`started_at` is when the call started running (a write retried later keeps it)."""
         async with self._transaction() as db:
             await db.execute(
                 """UPDATE workflow_runs SET state = 'running', started_at = ?,
                        logs = json_patch(logs, ?) WHERE id = ? AND state = 'pending'""",
-                (utcnow(), json.dumps(logs or {}), run_id),
+                (started_at or utcnow(), json.dumps(logs or {}), run_id),
             )
 
     async def merge_run_context(
@@ -691,11 +730,13 @@ class Store:
         gathered_context: dict[str, Any] | None = None,
         logs: dict[str, Any] | None = None,
         transcript: list[TranscriptLine] | None = None,
+        ended_at: str | None = None,
     ) -> None:
-        """End a run once: state, times, reason and everything the call gathered."""
-        now = utcnow()
+        """End a run once: state, times, reason and everything the call gathered.
+        `ended_at` is when the call ended (a write retried later keeps it)."""
+        now = ended_at or utcnow()
         async with self._transaction() as db:
-            await db.execute(
+            cur = await db.execute(
                 """UPDATE workflow_runs SET state = ?, ended_at = ?,
                        duration_seconds = CASE WHEN started_at IS NULL THEN 0 ELSE
                            ROUND((julianday(?) - julianday(started_at)) * 86400.0, 3) END,
@@ -707,6 +748,8 @@ class Store:
                 (state, now, now, end_reason, close_code, error, recording_path,
                  json.dumps(gathered_context or {}), json.dumps(logs or {}), run_id),
             )
+            if cur.rowcount == 0:
+                return  # ended already (by the start after a crash): the first end stands
             for seq, line in enumerate(transcript or []):
                 await db.execute(
                     """INSERT INTO run_transcript_lines (run_id, seq, role, text, start_ms, end_ms,
@@ -730,10 +773,13 @@ class Store:
             return cur.rowcount
 
     async def get_run_by_id(self, run_id: int) -> Run:
-        row = await self._one(_RUN_SELECT + " WHERE r.id = ?", (run_id,))
+        return await self._run_by_id(None, run_id)
+
+    async def _run_by_id(self, db: aiosqlite.Connection | None, run_id: int) -> Run:
+        row = await self._one(_RUN_SELECT + " WHERE r.id = ?", (run_id,), db=db)
         if row is None:
             raise NotFound("run not found")
-        return _run(row, await self._transcript(run_id))
+        return _run(row, await self._transcript(run_id, db))
 
     async def get_run(self, organization_id: int, run_id: int) -> Run:
         run = await self.get_run_by_id(run_id)
@@ -741,9 +787,11 @@ class Store:
             raise NotFound("run not found")
         return run
 
-    async def _transcript(self, run_id: int) -> list[TranscriptLine]:
+    async def _transcript(
+        self, run_id: int, db: aiosqlite.Connection | None = None
+    ) -> list[TranscriptLine]:
         rows = await self._all(
-            "SELECT * FROM run_transcript_lines WHERE run_id = ? ORDER BY seq", (run_id,)
+            "SELECT * FROM run_transcript_lines WHERE run_id = ? ORDER BY seq", (run_id,), db=db
         )
         return [
             TranscriptLine(r["role"], r["text"], r["start_ms"], r["end_ms"], bool(r["interrupted"]))
@@ -905,8 +953,7 @@ class Store:
                    VALUES (?, ?, ?, 1, ?)""",
                 (cur.lastrowid, email.strip(), password_hash, now),
             )
-            user_id = cur.lastrowid or 0
-        return await self.get_user(user_id)
+            return await self._user_by_id(db, cur.lastrowid or 0)
 
     async def get_organization(self, organization_id: int) -> Organization:
         row = await self._one("SELECT * FROM organizations WHERE id = ?", (organization_id,))
@@ -941,7 +988,7 @@ class Store:
                 "UPDATE users SET monthly_minutes_limit = ?, max_concurrent_calls = ? WHERE id = ?",
                 (monthly_minutes_limit, max_concurrent_calls, user_id),
             )
-        return await self.get_user(user_id)
+            return await self._user_by_id(db, user_id)
 
     async def list_api_keys(self, organization_id: int) -> list[OrgApiKey]:
         """Every key of the organization's users, newest first, with its owner's email."""
@@ -1008,12 +1055,26 @@ async def _scalar(db: aiosqlite.Connection, sql: str, params: tuple[Any, ...] = 
     return row[0]
 
 
-async def _connect(path: Path) -> aiosqlite.Connection:
+@contextmanager
+def _unavailable_on_error() -> Iterator[None]:
+    """SQLite's "locked", "disk full", "I/O error" and "malformed" as `DatabaseUnavailable`;
+    constraint violations and our own mistakes (bad SQL, bad parameters) pass unchanged."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
+    except sqlite3.DatabaseError as exc:
+        if type(exc) is not sqlite3.DatabaseError:
+            raise
+        raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
+
+
+async def _connect(path: Path, busy_timeout: float) -> aiosqlite.Connection:
     """A connection in autocommit mode (we issue BEGIN ourselves) with our pragmas."""
     db = await aiosqlite.connect(path, isolation_level=None)
     db.row_factory = aiosqlite.Row
     await db.execute("PRAGMA journal_mode = WAL")
     await db.execute("PRAGMA foreign_keys = ON")
-    await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    await db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
     await db.execute("PRAGMA synchronous = NORMAL")
     return db

@@ -16,7 +16,7 @@ import aiohttp_jinja2
 from aiohttp import web
 from multidict import MultiDictProxy
 
-from ..errors import Conflict, NotFound
+from ..errors import RETRY_AFTER_SECONDS, Conflict, DatabaseUnavailable, NotFound
 from ..keys import STORE
 from ..security import redact_uuids
 from ..store import Organization, Store, User
@@ -278,7 +278,9 @@ ERROR_TEXT: Final = {
     409: ("Conflict", "That would clash with something that already exists."),
     413: ("Too large", "The form you sent is larger than this server accepts."),
     429: ("Too many attempts", "Please wait before trying again."),
+    408: ("Too slow", "The request did not arrive in time. Please try again."),
     500: ("Something went wrong", "The server failed to answer. The error has been logged."),
+    503: ("Try again shortly", "The database is not answering right now; nothing was changed."),
 }
 
 
@@ -324,6 +326,9 @@ async def html_error_middleware(request: web.Request, handler: Handler) -> web.S
         return error_page(request, 404)
     except Conflict as exc:
         return error_page(request, 409, str(exc))
+    except DatabaseUnavailable as exc:
+        log.warning("%s %s: %s", request.method, redact_uuids(request.path), exc)
+        return error_page(request, 503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -1,0 +1,95 @@
+"""One call lifecycle that always ends its run: load, a busy or failing database, bad luck.
+
+Each test here reproduces something operators saw while testing the running server from
+outside (issue 8): calls that broke off with garbage after their `101`, runs left
+`pending` or `running` after the call was over, quota slots that never came back.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from agent_stream.simulator import tone_ulaw
+from agent_stream.store import Store
+from tests.conftest import Dial, Tenant, wait_for_state
+
+ENDED = ("completed", "failed")
+
+
+@contextlib.asynccontextmanager
+async def polling(request: Callable[[], Awaitable[Any]], workers: int = 3) -> AsyncIterator[list[int]]:
+    """Keep `workers` loops re-reading something (the runs list, as an operator's open Runs
+    tab does) for as long as the block runs; yields the count of reads made."""
+    reads = [0]
+    stop = asyncio.Event()
+
+    async def loop() -> None:
+        while not stop.is_set():
+            await request()
+            reads[0] += 1
+            await asyncio.sleep(0)
+
+    tasks = [asyncio.create_task(loop()) for _ in range(workers)]
+    try:
+        yield reads
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+
+
+async def short_call(dial: Dial, tenant: Tenant) -> tuple[int | None, str]:
+    """Connect, handshake, a little audio, hang up: the close code and reason we got."""
+    call = await dial(tenant.workflow.uuid)
+    call.start_reading()
+    await call.handshake()
+    await call.send_audio(tone_ulaw(0.2), realtime=False)
+    await call.hang_up()
+    return await call.wait_closed(timeout=30)
+
+
+async def test_forty_calls_at_once_while_the_runs_list_is_polled_all_complete(
+    client: TestClient, dial: Dial, tenant: Tenant, store: Store
+) -> None:
+    async def list_runs() -> None:
+        response = await client.get(
+            f"/api/v1/workflow-runs?workflow_uuid={tenant.workflow.uuid}", headers=tenant.headers
+        )
+        assert response.status == 200, await response.text()
+
+    async with polling(list_runs) as reads:
+        closes = await asyncio.gather(*(short_call(dial, tenant) for _ in range(40)))
+    assert reads[0] > 0
+    assert closes == [(1000, "call ended")] * 40
+
+    runs, total = await store.list_runs(tenant.org_id, limit=100)
+    assert total == 40
+    for run in runs:
+        run = await wait_for_state(store, run.id, *ENDED)
+        assert (run.state, run.end_reason, run.close_code) == ("completed", "caller_hangup", 1000)
+
+
+async def test_objects_created_through_the_api_are_answered_while_others_read(
+    client: TestClient, tenant: Tenant
+) -> None:
+    async def list_runs() -> None:
+        response = await client.get("/api/v1/workflow-runs", headers=tenant.headers)
+        assert response.status == 200
+
+    async def create(n: int) -> tuple[int, int]:
+        workflow = await client.post(
+            "/api/v1/workflows", json={"name": f"Agent {n}"}, headers=tenant.headers
+        )
+        config = await client.post(
+            "/api/v1/telephony-configurations",
+            json={"provider": "cloudonix", "domain_id": f"tenant{n}", "bearer_token": f"token-{n}-abcdef"},
+            headers=tenant.headers,
+        )
+        return workflow.status, config.status
+
+    async with polling(list_runs, workers=4):
+        answers = await asyncio.gather(*(create(n) for n in range(30)))
+    assert answers == [(201, 201)] * 30
