@@ -12,7 +12,8 @@ from aiohttp.abc import AbstractAccessLogger
 
 from . import admin, api
 from .config import SHUTDOWN_GRACE_SECONDS, Settings
-from .keys import CALLS, HTTP, SETTINGS, SPEECH, STORE
+from .keys import CALLS, HTTP, PENDING_RUN_WRITES, SETTINGS, SPEECH, STORE
+from .run_writes import PendingRunWrites
 from .security import redact_uuids
 from .speech import SpeechServices
 from .store import Store
@@ -55,7 +56,9 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     if recovered:
         log.warning("marked %d run(s) left open by a previous process as failed", recovered)
     app[STORE] = store
+    app[PENDING_RUN_WRITES] = pending = PendingRunWrites(store)
     yield
+    await pending.close()
     await store.close()
 
 

@@ -7,12 +7,11 @@ carrying its close code and reason, and the run is finished in `finally`, whatev
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid as uuidlib
 from collections.abc import MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 import aiohttp
@@ -27,6 +26,7 @@ from .errors import (
     GOING_AWAY,
     NORMAL_CLOSURE,
     SERVER_FAILURE,
+    DatabaseUnavailable,
     HandshakeError,
     MessageTooBig,
     PeerClosed,
@@ -35,14 +35,15 @@ from .errors import (
     UnsupportedProvider,
     clip_reason,
 )
-from .keys import CALLS, HTTP, SETTINGS, SPEECH, STORE
+from .keys import CALLS, HTTP, PENDING_RUN_WRITES, SETTINGS, SPEECH, STORE
 from .memory import CallGarbage
 from .pipeline.call import CallPipeline, let_live_calls_run
 from .pipeline.frames import StreamStopFrame
 from .providers import SUPPORTED_PROVIDERS, UNSUPPORTED_PROVIDERS, cloudonix
+from .run_writes import RunRecord
 from .security import short_uuid
 from .speech.providers import ProviderRecognizer, ProviderSynthesizer, recognizer, synthesizer
-from .store import Run, Store, Workflow
+from .store import Store, Workflow
 from .workflow import llm_endpoint, speech_provider, validate_definition
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,12 @@ class Outcome:
     close_reason: str
     state: str = "completed"
     error: str | None = None
+
+
+# Until something better is known: our own failure.
+SERVER_ERROR: Final = Outcome(
+    "server_error", SERVER_FAILURE, "internal server error", "failed", "internal server error"
+)
 
 
 class StreamSocket(web.WebSocketResponse):
@@ -138,22 +145,39 @@ class Call:
     async def shut_down(self) -> None:
         """Server shutdown: close the socket; the handler task notices and ends the run."""
         self.shutting_down = True
-        await self.ws.close(code=GOING_AWAY, message=b"server shutting down")
+        await self.close_socket(GOING_AWAY, "server shutting down")
 
     # -- lifecycle ---------------------------------------------------------------------
 
     async def handle(self) -> None:
+        """The whole life of the call. Nothing escapes it: whatever happens after the `101`,
+        the socket gets a close frame with a code and a reason, and a run that was created
+        ends with its reason (see run_writes.py for a database that refuses the write)."""
         try:
-            try:
-                run = await self._route()
-            except RoutingError as exc:
-                await self._reject(exc)
-                return
-            await self._run(run)
+            record = await self._open_run()
+            if record is not None:
+                await self._run(record)
+        except asyncio.CancelledError:
+            await self.close_socket(GOING_AWAY, "server shutting down")
+            raise
+        except Exception:
+            self.log.exception("call failed")
+            await self.close_socket(SERVER_FAILURE, "internal server error")
         finally:
             self.finished.set()
 
-    async def _route(self) -> Run:
+    async def _open_run(self) -> RunRecord | None:
+        """Steps 1-3, or the close that refuses the call (no run is created)."""
+        try:
+            return await self._route()
+        except RoutingError as exc:
+            await self._reject(exc)
+        except DatabaseUnavailable as exc:
+            self.log.warning("refused with %d: %s", SERVER_FAILURE, exc)
+            await self.close_socket(SERVER_FAILURE, str(exc))
+        return None
+
+    async def _route(self) -> RunRecord:
         """Steps 1-3: provider, workflow, quota and the new run (or a 1008, no run)."""
         if not self.provider:
             raise RoutingError("missing provider")
@@ -162,9 +186,13 @@ class Call:
         workflow = await self._find_workflow()
         owner = await self.store.get_user(workflow.owner_user_id)
         self._workflow = workflow
-        return await self.store.start_run(  # raises QuotaExceeded, a RoutingError
+        return await RunRecord.create(  # raises QuotaExceeded, a RoutingError
+            self.store,
+            self.request.app[PENDING_RUN_WRITES],
             workflow,
             owner,
+            retry_seconds=self.settings.run_write_retry_seconds,
+            call_log=self.log,
             mode=self.provider,
             initial_context=self._initial_context(),
             gathered_context=self._gathered_context(),
@@ -203,36 +231,37 @@ class Call:
         return {"domain": domain, "url_form": "path" if self.newer_form else "query"}
 
     async def _reject(self, exc: RoutingError) -> None:
-        """A 1008: no run, but a rejection operators can see."""
+        """A 1008: no run, but a rejection operators can see (if the database takes it)."""
         workflow = self._workflow
         self.log.warning("rejected with %d: %s", exc.code, exc.reason)
-        await self.store.add_rejection(
-            provider=self.provider or None,
-            agent_uuid_short=short_uuid(self.agent_uuid),
-            code=exc.code,
-            reason=exc.reason,
-            workflow_id=workflow.id if workflow else None,
-            organization_id=workflow.organization_id if workflow else None,
-        )
-        await self.ws.close(code=exc.code, message=exc.reason.encode())
+        try:
+            await self.store.add_rejection(
+                provider=self.provider or None,
+                agent_uuid_short=short_uuid(self.agent_uuid),
+                code=exc.code,
+                reason=exc.reason,
+                workflow_id=workflow.id if workflow else None,
+                organization_id=workflow.organization_id if workflow else None,
+            )
+        except DatabaseUnavailable as unavailable:
+            self.log.warning("the rejection is not recorded: %s", unavailable)
+        await self.close_socket(exc.code, exc.reason)
 
-    async def _run(self, run: Run) -> None:
+    async def _run(self, record: RunRecord) -> None:
         """Steps 4-5: running, handshake, media; the run always ends, whatever happens."""
-        self.log.extra = {"call": f"run {run.id} agent {short_uuid(self.agent_uuid)}"}
+        run = record.run
+        self.log.extra = {"call": f"run {run.name} agent {short_uuid(self.agent_uuid)}"}
         pipeline: CallPipeline | None = None
-        state, end_reason = "failed", "server_error"
-        error: str | None = "internal server error"
-        close_code, close_reason = SERVER_FAILURE, "internal server error"
-        extra_context: dict[str, Any] = {}
-        extra_logs: dict[str, Any] = {}
-        recording: str | None = None
+        serializer: cloudonix.CloudonixSerializer | None = None
+        actions: ProviderActions | None = None
+        outcome = SERVER_ERROR
         try:
             if self.provider in UNSUPPORTED_PROVIDERS:
                 raise UnsupportedProvider(f"provider '{self.provider}' is not supported yet")
             running_ms = round((time.monotonic() - self.accepted_at) * 1000, 1)
-            await self.store.mark_run_running(run.id, {"timing": {"accept_to_running_ms": running_ms}})
+            await record.running({"timing": {"accept_to_running_ms": running_ms}})
             self.log.info("running (%.1f ms after accept)", running_ms)
-            handshake = await self._handshake(run)
+            handshake = await self._handshake(record)
             serializer = cloudonix.CloudonixSerializer(handshake.start.stream_sid, log=self.log)
             recording_path = self.settings.recordings_dir / f"{run.id}.wav"
             pipeline = CallPipeline(self.ws, serializer, recording_path)
@@ -243,58 +272,78 @@ class Call:
             await pipeline.start(agent)
             self.ran_pipeline = True
             outcome = await self._stream_media(pipeline, serializer)
-            if actions.failure:
-                outcome = Outcome(outcome.end_reason, outcome.close_code, outcome.close_reason,
-                                  "failed", actions.failure)
-            state, end_reason, error = outcome.state, outcome.end_reason, outcome.error
-            close_code, close_reason = outcome.close_code, outcome.close_reason
-            extra_logs["protocol_errors"] = dict(serializer.problems.counts)
-            extra_logs["media_frames_in"] = serializer.media_frames
         except StreamError as exc:
-            if self.shutting_down:
-                end_reason, error = "server_shutdown", "server shutting down"
-                close_code, close_reason = GOING_AWAY, "server shutting down"
-            else:
-                end_reason, error = _end_reason_for(exc), exc.reason
-                close_code, close_reason = exc.code, exc.reason
-            self.log.warning("failed with %d: %s", close_code, error)
+            outcome = self._failed(exc)
         except asyncio.CancelledError:
-            end_reason, error = "server_shutdown", "call task cancelled"
-            close_code, close_reason = GOING_AWAY, "server shutting down"
+            outcome = Outcome("server_shutdown", GOING_AWAY, "server shutting down", "failed",
+                              "call task cancelled")
             raise
         except Exception:
             self.log.exception("server error")
         finally:
-            transcript = None
-            if pipeline is not None:
-                path = await pipeline.stop(graceful=state == "completed")
+            if actions is not None and actions.failure:
+                outcome = replace(outcome, state="failed", error=actions.failure)
+            await self._end(record, outcome, pipeline, serializer)
+
+    def _failed(self, exc: StreamError) -> Outcome:
+        """How a call that raised `exc` ends (a shutdown closing the socket is no failure)."""
+        if self.shutting_down:
+            outcome = Outcome("server_shutdown", GOING_AWAY, "server shutting down", "completed",
+                              "server shutting down")
+        else:
+            outcome = Outcome(_end_reason_for(exc), exc.code, exc.reason, "failed", exc.reason)
+        self.log.warning("failed with %d: %s", outcome.close_code, outcome.error)
+        return outcome
+
+    async def _end(
+        self,
+        record: RunRecord,
+        outcome: Outcome,
+        pipeline: CallPipeline | None,
+        serializer: cloudonix.CloudonixSerializer | None,
+    ) -> None:
+        """Stop the pipeline, gather what the call produced, end the run, close the socket.
+        A failure in one step is logged and the next steps still run: the run always ends
+        and the socket always gets its close frame."""
+        gathered: dict[str, Any] = {}
+        logs: dict[str, Any] = {}
+        transcript = None
+        recording: str | None = None
+        if serializer is not None:
+            logs["protocol_errors"] = dict(serializer.problems.counts)
+            logs["media_frames_in"] = serializer.media_frames
+        if pipeline is not None:
+            try:
+                path = await pipeline.stop(graceful=outcome.state == "completed")
                 recording = str(path) if path else None
                 if pipeline.recorder.failure:
-                    extra_logs["recording_error"] = pipeline.recorder.failure
-                extra_context.update(_keypress_context(pipeline))
-                extra_context.update(self.agent_gathered)
+                    logs["recording_error"] = pipeline.recorder.failure
+                gathered.update(_keypress_context(pipeline))
                 transcript = pipeline.transcript.flush()
-                extra_logs["outbound_audio"] = _gap_summary(pipeline)
-            for provider in self._speech_providers:
-                with contextlib.suppress(Exception):
-                    await provider.close()
-            # The run is final before the provider sees the close; a peer that never
-            # answers the close frame can only delay its own socket, not the record.
+                logs["outbound_audio"] = _gap_summary(pipeline)
+            except Exception:
+                self.log.exception("stopping the call pipeline failed")
+        gathered.update(self.agent_gathered)
+        for provider in self._speech_providers:
             try:
-                await self.store.finish_run(
-                    run.id,
-                    state=state,
-                    end_reason=end_reason,
-                    close_code=close_code,
-                    error=error,
-                    recording_path=recording,
-                    gathered_context=extra_context,
-                    logs=extra_logs,
-                    transcript=transcript,
-                )
-                self.log.info("%s: %s (close %d)", state, end_reason, close_code)
-            finally:
-                await self._close(close_code, close_reason)
+                await provider.close()
+            except Exception as exc:
+                self.log.warning("closing the speech provider failed: %r", exc)
+        # The run is final before the provider sees the close; a peer that never answers
+        # the close frame can only delay its own socket, not the record.
+        written = await record.finish(
+            state=outcome.state,
+            end_reason=outcome.end_reason,
+            close_code=outcome.close_code,
+            error=outcome.error,
+            recording_path=recording,
+            gathered_context=gathered,
+            logs=logs,
+            transcript=transcript,
+        )
+        self.log.info("%s: %s (close %d)%s", outcome.state, outcome.end_reason, outcome.close_code,
+                      "" if written else ", the run is written once the database answers")
+        await self.close_socket(outcome.close_code, outcome.close_reason)
 
     def _agent(self, pipeline: CallPipeline, actions: ProviderActions) -> VoiceAgent:
         """The engine for this workflow: scripted unless an LLM endpoint is configured."""
@@ -329,7 +378,7 @@ class Call:
             return LLMAgent(endpoint=endpoint, **parts)
         return ScriptedAgent(**parts)
 
-    async def _handshake(self, run: Run) -> cloudonix.Handshake:
+    async def _handshake(self, record: RunRecord) -> cloudonix.Handshake:
         http = self.request.app[HTTP]
         assert self._workflow is not None
         organization_id = self._workflow.organization_id
@@ -356,11 +405,11 @@ class Call:
         if self.newer_form:
             gathered["call_id"] = start.session
             initial = {"caller_number": start.caller, "called_number": start.called}
+        run = record.run
         self.context = {**run.initial_context, **run.gathered_context, **initial, **gathered}
         webhook: dict[str, Any] = {"domain": start.account_sid} if self.newer_form else {}
         webhook.update(start=start.raw, normalized_domain=handshake.domain)
-        await self.store.merge_run_context(
-            run.id,
+        await record.merge(
             initial_context=initial,
             gathered_context=gathered,
             logs={"inbound_webhook": webhook, "timing": {"handshake_ms": round(handshake.elapsed_ms, 1)}},
@@ -406,7 +455,7 @@ class Call:
                 reason = f"no media from provider for {MEDIA_IDLE_TIMEOUT:g} s"
                 self.ended_by_us = Outcome("provider_timeout", SERVER_FAILURE, reason, "failed", reason)
                 self.log.warning(reason)
-                await self.ws.close(code=SERVER_FAILURE, message=reason.encode())
+                await self.close_socket(SERVER_FAILURE, reason)
                 return
 
     async def _media_loop(
@@ -434,10 +483,14 @@ class Call:
                 return self.ended_by_us or Outcome("caller_hangup", NORMAL_CLOSURE, "call ended")
             await pipeline.deliver(frame)
 
-    async def _close(self, code: int, reason: str) -> None:
-        if not self.ws.closed:
-            with contextlib.suppress(Exception):
-                await self.ws.close(code=code, message=clip_reason(reason).encode())
+    async def close_socket(self, code: int, reason: str) -> None:
+        """Send our close frame (once); a peer that is already gone is only logged."""
+        if self.ws.closed:
+            return
+        try:
+            await self.ws.close(code=code, message=clip_reason(reason).encode())
+        except Exception as exc:
+            self.log.info("closing the socket with %d failed: %r", code, exc)
 
 
 CLOSE_REASONS: Final = {
@@ -457,7 +510,7 @@ class ProviderActions:
         self._client = handshake.client
         self._session = handshake.start.session
         self.failure: str | None = None
-        self._close_task: asyncio.Task[bool] | None = None
+        self._close_task: asyncio.Task[None] | None = None
 
     async def hangup(self) -> None:
         try:
@@ -476,12 +529,20 @@ class ProviderActions:
             self._call.log.warning(self.failure)
 
     def finish(self, end_reason: str, gathered: dict[str, Any] | None = None) -> None:
+        """The agent ended the call: close the stream with 1000 and why."""
         reason = CLOSE_REASONS.get(end_reason, end_reason.replace("_", " "))
-        self._call.ended_by_us = Outcome(end_reason, NORMAL_CLOSURE, reason)
         self._call.agent_gathered.update(gathered or {})
-        if not self._call.ws.closed:
+        self._end(Outcome(end_reason, NORMAL_CLOSURE, reason))
+
+    def fail(self, error: str) -> None:
+        """The agent broke (our bug): close the stream with 1011; the run fails with `error`."""
+        self._end(Outcome("agent_error", SERVER_FAILURE, "internal server error", "failed", error))
+
+    def _end(self, outcome: Outcome) -> None:
+        self._call.ended_by_us = outcome
+        if self._close_task is None:  # the socket reader sees the close and ends the call
             self._close_task = asyncio.create_task(
-                self._call.ws.close(code=NORMAL_CLOSURE, message=reason.encode())
+                self._call.close_socket(outcome.close_code, outcome.close_reason), name="agent close"
             )
 
 

@@ -1,0 +1,202 @@
+"""A database that is busy or failing: calls are closed with a code and a reason, runs end,
+quota slots come back, and the API answers 503 rather than 500 (issue 8)."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from agent_stream.config import Settings
+from agent_stream.keys import STORE
+from agent_stream.server import AccessLogger, create_app
+from agent_stream.simulator import SimulatedCall, connect, stream_url
+from agent_stream.store import Store
+from agent_stream.workflow import starter_definition
+from tests.cloudonix_emulator import CloudonixEmulator
+from tests.conftest import (
+    DOMAIN,
+    TOKEN,
+    Dial,
+    MakeTenant,
+    Tenant,
+    finished_run,
+    latest_run_id,
+    wait_for_state,
+)
+from tests.test_call_lifecycle import ENDED, short_call
+
+# -- a database that another process holds locked ----------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def database_locked(settings: Settings) -> AsyncIterator[None]:
+    """Another process's write transaction on our SQLite file, for as long as the block runs."""
+    other = await asyncio.to_thread(sqlite3.connect, settings.db_path, isolation_level=None)
+    try:
+        await asyncio.to_thread(other.execute, "BEGIN IMMEDIATE")
+        yield
+        await asyncio.to_thread(other.execute, "ROLLBACK")
+    finally:
+        await asyncio.to_thread(other.close)
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The database gives up on a lock after 0.2 s; a run write is retried for 0.6 s."""
+    return replace(settings, db_busy_timeout=0.2, run_write_retry_seconds=0.6)
+
+
+async def test_a_caller_who_hangs_up_while_the_database_is_locked_ends_its_run_and_frees_the_slot(
+    dial: Dial, make_tenant: MakeTenant, store: Store, settings: Settings
+) -> None:
+    tenant = await make_tenant(max_concurrent_calls=1)
+    call = await dial(tenant.workflow.uuid)
+    call.start_reading()
+    await call.handshake()
+    run_id = await latest_run_id(store, tenant.org_id, wait=5)
+    assert run_id is not None
+    assert (await wait_for_state(store, run_id, "running")).state == "running"
+
+    async with database_locked(settings):
+        await call.hang_up()
+        assert await call.wait_closed() == (1000, "call ended")
+        # the lock outlasts every in-line retry of the run's end
+        await asyncio.sleep(2 * settings.run_write_retry_seconds)
+    run = await wait_for_state(store, run_id, *ENDED)
+    assert (run.state, run.end_reason, run.close_code) == ("completed", "caller_hangup", 1000)
+
+    assert await short_call(dial, tenant) == (1000, "call ended")  # the slot is free
+
+
+async def test_a_call_arriving_while_the_database_is_locked_is_refused_with_1011_and_a_reason(
+    dial: Dial, tenant: Tenant, store: Store, settings: Settings
+) -> None:
+    async with database_locked(settings):
+        call = await dial(tenant.workflow.uuid)
+        call.start_reading()
+        await call.handshake()
+        code, reason = await call.wait_closed()
+    assert code == 1011
+    assert reason.startswith("database unavailable")
+    assert await latest_run_id(store, tenant.org_id) is None
+    # once the lock is gone, calls go through again
+    assert await short_call(dial, tenant) == (1000, "call ended")
+    run = await finished_run(store, tenant)
+    assert run.state == "completed"
+
+
+async def test_the_api_answers_503_not_500_while_the_database_is_locked(
+    client: TestClient, tenant: Tenant, settings: Settings
+) -> None:
+    async with database_locked(settings):
+        response = await client.post(
+            "/api/v1/workflows", json={"name": "during the lock"}, headers=tenant.headers
+        )
+        assert response.status == 503
+        assert (await response.json())["error"].startswith("database unavailable")
+        assert response.headers["Retry-After"]
+        # reading still works: SQLite lets readers in while another process writes
+        listed = await client.get("/api/v1/workflows", headers=tenant.headers)
+        assert listed.status == 200
+    response = await client.post("/api/v1/workflows", json={"name": "after"}, headers=tenant.headers)
+    assert response.status == 201
+
+
+# -- a full disk under the database ----------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MB file system of its own (tmpfs; CI runs as root) for the database."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system needs root (CI runs as root)")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+@pytest.fixture
+def full_disk_settings(settings: Settings, small_disk: Path) -> Settings:
+    return replace(settings, db_path=small_disk / "agent_stream.db")
+
+
+def fill(disk: Path) -> Path:
+    """Write a file until the disk refuses more; delete it to make room again."""
+    filler = disk / "filler"
+    with filler.open("wb") as out:
+        with contextlib.suppress(OSError):
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+    with contextlib.suppress(OSError), filler.open("ab") as out:  # the last few bytes too
+        while True:
+            out.write(b"\0")
+            out.flush()
+    return filler
+
+
+async def test_a_full_disk_refuses_new_calls_with_1011_and_ends_live_runs_once_there_is_room(
+    aiohttp_client: Any, full_disk_settings: Settings, small_disk: Path,
+    emulator: CloudonixEmulator,
+) -> None:
+    server = TestServer(create_app(full_disk_settings))
+    await server.start_server(access_log_class=AccessLogger)
+    client = await aiohttp_client(server)
+    store: Store = client.app[STORE]
+    org = await store.get_or_create_organization("Full disk")
+    user = await store.create_user(organization_id=org.id, email="d@example.com", password="pw")
+    _, api_key = await store.create_api_key(user.id, "tests")
+    workflow = await store.create_workflow(
+        organization_id=org.id, owner_user_id=user.id, name="Agent", definition=starter_definition()
+    )
+    await store.create_telephony_config(
+        organization_id=org.id, provider="cloudonix", name="main", domain_id=DOMAIN,
+        bearer_token=TOKEN,
+    )
+    emulator.add_domain(DOMAIN, TOKEN)
+    base = str(client.make_url("/"))
+
+    async def dial() -> SimulatedCall:
+        call = await connect(client.session, stream_url(base, workflow.uuid, domain="acme"))
+        call.account_sid = DOMAIN
+        emulator.add_session(DOMAIN, call.session)
+        call.start_reading()
+        await call.handshake()
+        return call
+
+    live = await dial()
+    run_id = await latest_run_id(store, org.id, wait=5)
+    assert run_id is not None
+    assert (await wait_for_state(store, run_id, "running")).state == "running"
+
+    filler = await asyncio.to_thread(fill, small_disk)
+    refused = await dial()
+    code, reason = await refused.wait_closed()
+    assert (code, reason) == (1011, "database unavailable: database or disk is full")
+    response = await client.post(
+        "/api/v1/workflows", json={"name": "x"}, headers={"Authorization": f"Bearer {api_key}"}
+    )
+    assert response.status == 503
+    assert await response.json() == {"error": "database unavailable: database or disk is full"}
+
+    await live.hang_up()
+    assert await live.wait_closed() == (1000, "call ended")
+    assert (await store.get_run_by_id(run_id)).state == "running"  # its end waits for room
+    await asyncio.to_thread(filler.unlink)
+    run = await wait_for_state(store, run_id, *ENDED, timeout=10)
+    assert (run.state, run.end_reason, run.close_code) == ("completed", "caller_hangup", 1000)
+    runs, total = await store.list_runs(org.id)
+    assert total == 1  # the refused call made no run
