@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -97,6 +98,10 @@ async def json_body(request: web.Request) -> dict[str, Any]:
         raise ApiError(400, "request body must be JSON") from None
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object")
+    try:  # "\ud800" is valid JSON but no text: speech engines and databases refuse it
+        json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise ApiError(400, "request body has an unpaired surrogate (\\uD800-\\uDFFF)") from None
     return body
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import uuid
 from typing import Any
 
@@ -338,6 +339,17 @@ async def test_workflow_writes_need_a_json_object(
     path = f"/api/v1/workflows/{tenant.workflow.uuid}"
     response = await client.patch(path, data=data, headers=headers)
     await body_of(response, 400)
+    assert len(await store.list_workflows(tenant.org_id)) == 1
+
+
+async def test_text_with_an_unpaired_surrogate_is_refused(
+    client: TestClient, tenant: Tenant, store: Store
+) -> None:
+    definition = starter_definition()
+    definition["nodes"][0]["say"] = "Hello \ud800"
+    data = json.dumps({"name": "x", "definition": definition})  # escaped: valid JSON
+    response = await client.post("/api/v1/workflows", data=data, headers=tenant.headers)
+    assert "unpaired surrogate" in (await body_of(response, 400))["error"]
     assert len(await store.list_workflows(tenant.org_id)) == 1
 
 

@@ -10,6 +10,10 @@ from typing import Any
 
 import pytest
 
+from agent_stream.engine import Workflow as EngineWorkflow
+from agent_stream.engine.scripted import ScriptedAgent
+from agent_stream.pipeline import transport
+from agent_stream.pipeline.transcript import CallTranscript
 from agent_stream.speech.stt import GrammarRecognizer
 from agent_stream.speech.tts import EspeakSynthesizer
 from agent_stream.store import Store
@@ -134,9 +138,13 @@ async def test_unmatched_reply_reprompts_once_then_takes_the_fallback(
     assert run.end_reason == "agent_hangup"
 
 
+@pytest.mark.parametrize("speech_queue_seconds", [None, 0.1], ids=["default-queue", "tiny-queue"])
 async def test_barge_in_clears_the_provider_and_cuts_the_transcript(
-    dial: Dial, make_tenant: MakeTenant, store: Store, caller_voice: EspeakSynthesizer
+    dial: Dial, make_tenant: MakeTenant, store: Store, caller_voice: EspeakSynthesizer,
+    monkeypatch: pytest.MonkeyPatch, speech_queue_seconds: float | None,
 ) -> None:
+    if speech_queue_seconds is not None:  # the greeting waits for room in the speech queue
+        monkeypatch.setattr(transport, "MAX_QUEUED_SPEECH_SECONDS", speech_queue_seconds)
     tenant = await make_tenant()
     definition = starter_definition()  # the long greeting: about four seconds
     await store.update_workflow(tenant.org_id, tenant.workflow.uuid, definition=definition)
@@ -160,6 +168,26 @@ async def test_barge_in_clears_the_provider_and_cuts_the_transcript(
     assert first.text and full.startswith(first.text) and first.text != full
     assert [(line.role, line.text) for line in run.transcript[1:]] == [
         ("caller", "talk to a human"), ("agent", "Connecting you now.")]
+
+
+async def test_an_utterance_longer_than_the_speech_queue_plays_whole(
+    dial: Dial, make_tenant: MakeTenant, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tenant = await make_tenant()  # the starter's greeting: about four seconds
+
+    async def greeting_bytes() -> int:
+        call = await dial(tenant.workflow.uuid)
+        call.start_reading()
+        await call.handshake()
+        await until(lambda: "utt-1" in call.marks)
+        heard = call.received_media_bytes
+        await call.hang_up()
+        await call.wait_closed()
+        return heard
+
+    whole = await greeting_bytes()
+    monkeypatch.setattr(transport, "MAX_QUEUED_SPEECH_SECONDS", 0.1)  # five 20 ms chunks
+    assert await greeting_bytes() == whole > 8000 * 3
 
 
 async def test_a_non_interruptible_prompt_is_not_cut(
@@ -257,6 +285,70 @@ async def test_failed_hangup_fails_the_run_with_the_reason(
     run = await finished_run(store, agent)
     assert (run.state, run.end_reason) == ("failed", "agent_hangup")
     assert run.error == "hangup failed: Cloudonix hangup failed: HTTP 500"
+
+
+async def test_an_agent_step_that_breaks_ends_the_call_with_1011_and_its_traceback_logged(
+    dial: Dial, make_tenant: MakeTenant, store: Store, caller_voice: EspeakSynthesizer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tenant = await make_tenant()
+    definition = short_flow()
+    # text the speech engine cannot encode (the API refuses it; the database may hold it)
+    definition["nodes"][1]["say"] = "Great \ud800"
+    await store.update_workflow(tenant.org_id, tenant.workflow.uuid, definition=definition)
+    call = await dial(tenant.workflow.uuid)
+    call.start_reading()
+    await call.handshake()
+    await until(lambda: "utt-1" in call.marks)
+    await call.press("1")  # to the "book" node, whose prompt breaks the agent
+    assert await call.wait_closed(timeout=20) == (1011, "internal server error")
+
+    run = await finished_run(store, tenant)
+    assert (run.state, run.end_reason, run.close_code) == ("failed", "agent_error", 1011)
+    assert run.error == "agent error in agent step: UnicodeEncodeError"
+    failures = [r for r in caplog.records if r.getMessage().endswith("agent step failed")]
+    assert len(failures) == 1 and failures[0].exc_info is not None  # with its traceback
+
+
+class RecordedActions:
+    """The engine's side of a call, as `CallActions` describes it, recording what it asked."""
+
+    failure: str | None = None
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    async def hangup(self) -> None:
+        self.asked.append("hangup")
+
+    async def transfer(self, destination: str) -> None:
+        self.asked.append(f"transfer {destination}")
+
+    def finish(self, end_reason: str, gathered: dict[str, Any] | None = None) -> None:
+        self.asked.append(f"finish {end_reason}")
+
+    def fail(self, error: str) -> None:
+        self.asked.append(f"fail {error}")
+
+
+async def test_a_timer_that_breaks_is_logged_with_its_traceback_and_ends_the_call(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    actions = RecordedActions()
+    agent = ScriptedAgent(
+        workflow=EngineWorkflow.parse(starter_definition()), context={},
+        tts=EspeakSynthesizer(), stt=GrammarRecognizer(), transcript=CallTranscript(16000),
+        serializer=None, actions=actions,
+    )
+
+    async def broken() -> None:
+        raise RuntimeError("timer bug")
+
+    agent._start_timer("max_duration", 0.01, broken)
+    await until(lambda: bool(actions.asked), timeout=5)
+    assert actions.asked == ["fail agent error in max_duration timer: RuntimeError"]
+    (record,) = [r for r in caplog.records if r.getMessage() == "max_duration timer failed"]
+    assert record.exc_info is not None and str(record.exc_info[1]) == "timer bug"
 
 
 # -- the speech decoder process -----------------------------------------------------------------

@@ -30,6 +30,8 @@ class CallActions(Protocol):
 
     def finish(self, end_reason: str, gathered: dict[str, Any] | None = None) -> None: ...
 
+    def fail(self, error: str) -> None: ...
+
 
 @dataclass(frozen=True)
 class Edge:

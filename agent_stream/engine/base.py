@@ -139,16 +139,23 @@ class VoiceAgent(FrameProcessor):
         else:
             await self.push_frame(frame, direction)
 
-    def _spawn(self, coroutine: Any) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(coroutine)
+    def _spawn(self, coroutine: Any, name: str = "agent step") -> asyncio.Task[None]:
+        """Every step and timer of the agent runs supervised: see `_task_done`."""
+        task = asyncio.get_running_loop().create_task(coroutine, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
+        """A step or timer that raised is our bug: it is logged with its traceback and the
+        call ends (1011, the run failed) instead of going on in a state nobody planned."""
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self._log.error("agent step failed: %r", task.exception())
+        if task.cancelled() or (error := task.exception()) is None:
+            return
+        self._log.error("%s failed", task.get_name(), exc_info=error)
+        if not self._finished:
+            self._finished = True
+            self._actions.fail(f"agent error in {task.get_name()}: {type(error).__name__}")
 
     async def _stop_everything(self) -> None:
         self._finished = True
@@ -275,7 +282,7 @@ class VoiceAgent(FrameProcessor):
             else:
                 await callback()
 
-        self._timers[name] = asyncio.get_running_loop().create_task(run())
+        self._timers[name] = self._spawn(run(), name=f"{name} timer")
 
     def _cancel_timer(self, name: str) -> None:
         timer = self._timers.pop(name, None)

@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 IDLE_RESET_SECONDS: Final = 0.2
 # Caller audio kept from just before the VAD fired, so the first syllable is not lost.
 PREROLL_FRAMES: Final = 15
+# Agent speech queued for the speaker at most; a longer utterance waits for room as it plays.
+MAX_QUEUED_SPEECH_SECONDS: Final = 20.0
 
 
 class AiohttpWebsocketParams(TransportParams):
@@ -145,11 +147,15 @@ class OutputTransport(BaseOutputTransport):
         # (20 ms of PCM, None) or (None, mark name), in the order they go out
         self._speech: deque[tuple[bytes | None, str | None]] = deque()
         self._speech_ready = asyncio.Event()
+        self._speech_room = asyncio.Event()
+        self._max_queued_chunks = 0
+        self._interruptions = 0  # a queued utterance that waited across one is dropped
         self._speaker: asyncio.Task[None] | None = None
 
     async def start(self, frame: StartFrame) -> None:
         await super().start(frame)
         self._send_interval = self.audio_chunk_size / (self.sample_rate * 2)
+        self._max_queued_chunks = max(1, int(MAX_QUEUED_SPEECH_SECONDS / self._send_interval))
         self._speaker = self.create_task(self._speak(), name="speech-sender")
         await self.set_transport_ready(frame)
 
@@ -167,14 +173,21 @@ class OutputTransport(BaseOutputTransport):
             self._speaker = None
 
     async def write_transport_frame(self, frame: Frame) -> None:
-        """An utterance reached the head of the output queue: hand it to the speaker."""
+        """An utterance reached the head of the output queue: hand it to the speaker, as
+        much at a time as the queue's bound allows. Barge-in while it waits drops the rest."""
         if not isinstance(frame, SpeechFrame):
             await super().write_transport_frame(frame)
             return
         chunk = self.audio_chunk_size
-        self._speech.extend(
-            (frame.audio[i:i + chunk], None) for i in range(0, len(frame.audio), chunk)
-        )
+        interruptions = self._interruptions
+        for i in range(0, len(frame.audio), chunk):
+            while len(self._speech) >= self._max_queued_chunks:
+                self._speech_room.clear()
+                await self._speech_room.wait()
+            if self._interruptions != interruptions:
+                return
+            self._speech.append((frame.audio[i:i + chunk], None))
+            self._speech_ready.set()
         self._speech.append((None, frame.mark))
         self._speech_ready.set()
 
@@ -187,6 +200,7 @@ class OutputTransport(BaseOutputTransport):
                 await self._speech_ready.wait()
                 continue
             pcm, mark = self._speech.popleft()
+            self._speech_room.set()
             if pcm is None:
                 message = self._serializer.mark_frame(mark or "")  # type: ignore[union-attr]
                 if await self._write(message):
@@ -200,6 +214,8 @@ class OutputTransport(BaseOutputTransport):
         await super().process_frame(frame, direction)
         if isinstance(frame, InterruptionFrame):
             self._speech.clear()
+            self._interruptions += 1
+            self._speech_room.set()
             await self._write(frame)
             self._transcript.cleared()
             self._next_send_time = 0.0
