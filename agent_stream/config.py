@@ -42,6 +42,9 @@ class Settings:
     # Start the speech decoder process at startup, so the first caller does not wait ~1 s
     # for it (tests leave it off: most of them never speak).
     preload_speech: bool = False
+    # At start, end what a crash of the previous server left open (runs, recordings). Only
+    # the server does; the CLI test call shares the database with a live one and must not.
+    recover_at_start: bool = True
 
     @property
     def recordings_dir(self) -> Path:

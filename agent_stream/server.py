@@ -49,12 +49,14 @@ class AccessLogger(AbstractAccessLogger):
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Open and migrate the database; fail runs a crash left open; close at the end."""
+    """Open and migrate the database; fail runs a crash left open (a server only); keep the
+    run writes the database refused until it answers; close at the end."""
     settings = app[SETTINGS]
     store = await Store.open(settings.db_path, busy_timeout=settings.db_busy_timeout)
-    recovered = await store.fail_interrupted_runs()
-    if recovered:
-        log.warning("marked %d run(s) left open by a previous process as failed", recovered)
+    if settings.recover_at_start:
+        recovered = await store.fail_interrupted_runs()
+        if recovered:
+            log.warning("marked %d run(s) left open by a previous process as failed", recovered)
     app[STORE] = store
     app[PENDING_RUN_WRITES] = pending = PendingRunWrites(store)
     yield

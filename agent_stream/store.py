@@ -781,6 +781,15 @@ class Store:
             raise NotFound("run not found")
         return _run(row, await self._transcript(run_id, db))
 
+    async def find_run_by_call_id(self, workflow_id: int, call_id: str) -> Run | None:
+        """The run of one call of a workflow, by the call id its stream URL carried."""
+        row = await self._one(
+            _RUN_SELECT + " WHERE r.workflow_id = ? AND json_extract(r.gathered_context, '$.call_id') = ?"
+            " ORDER BY r.id DESC LIMIT 1",
+            (workflow_id, call_id),
+        )
+        return await self._run_by_id(None, row["id"]) if row else None
+
     async def get_run(self, organization_id: int, run_id: int) -> Run:
         run = await self.get_run_by_id(run_id)
         if run.organization_id != organization_id:

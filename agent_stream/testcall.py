@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import shutil
 import time
 from dataclasses import dataclass, field, replace
@@ -92,7 +93,8 @@ async def run_test_call(settings: Settings, agent_uuid: str, steps: list[Step],
     provider_url = _site_url(provider_site)
     from .server import create_app  # imports pipecat: only when a call is placed
 
-    app = create_app(replace(settings, cloudonix_api_base_url=provider_url))
+    # Not the server of this database: a live one may be serving calls from it right now.
+    app = create_app(replace(settings, cloudonix_api_base_url=provider_url, recover_at_start=False))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -109,9 +111,11 @@ async def run_test_call(settings: Settings, agent_uuid: str, steps: list[Step],
             print("error: add a Cloudonix telephony configuration first; the test call uses its domain")
             return 1
         domain = cloudonix[0].domain_id
+        call_id = f"testcall-{secrets.token_hex(8)}"  # finds this call's run, no other
         async with aiohttp.ClientSession() as http:
             call = await connect(http, stream_url(_site_url(site), agent_uuid, domain=domain,
-                                                  caller="+15555550100", called="+15555550199"))
+                                                  call_id=call_id, caller="+15555550100",
+                                                  called="+15555550199"))
             call.account_sid = domain
             call.start_reading()
             await call.handshake()
@@ -128,7 +132,11 @@ async def run_test_call(settings: Settings, agent_uuid: str, steps: list[Step],
             if not call.ws.closed:
                 await call.hang_up()
             code, reason = await call.wait_closed(timeout=15)
-        run = await _finished_run(store, workflow.organization_id)
+        run = await _finished_run(store, workflow.id, call_id)
+        if run is None:
+            print("error: the call made no run (see the close code above)")
+            print(f"close {code} {reason!r}")
+            return 1
         _print_run(run, code, reason, loopback.actions)
         if out is not None and run.recording_path:
             shutil.copyfile(run.recording_path, out)
@@ -146,14 +154,15 @@ def _site_url(site: web.TCPSite) -> str:
     return f"http://{host}:{port}"
 
 
-async def _finished_run(store: Store, organization_id: int) -> Run:
+async def _finished_run(store: Store, workflow_id: int, call_id: str) -> Run | None:
+    """This call's run once it has ended (runs end just after the socket closes)."""
+    run = None
     for _ in range(200):
-        runs, _ = await store.list_runs(organization_id, limit=1)
-        if runs and runs[0].state in ("completed", "failed"):
-            return await store.get_run(organization_id, runs[0].id)
+        run = await store.find_run_by_call_id(workflow_id, call_id)
+        if run is not None and run.state in ("completed", "failed"):
+            return run
         await asyncio.sleep(0.05)
-    runs, _ = await store.list_runs(organization_id, limit=1)
-    return await store.get_run(organization_id, runs[0].id)
+    return run
 
 
 def _print_run(run: Run, code: int | None, reason: str, actions: list[str]) -> None:

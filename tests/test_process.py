@@ -14,11 +14,20 @@ from typing import Any
 import aiohttp
 from aiohttp.test_utils import unused_port
 
+from agent_stream.config import Settings
 from agent_stream.simulator import connect, stream_url, tone_ulaw
 from agent_stream.store import MIGRATIONS, Store
 from agent_stream.workflow import starter_definition
 from tests.cloudonix_emulator import CloudonixEmulator
-from tests.conftest import DOMAIN, TOKEN, spawned_children
+from tests.conftest import (
+    DOMAIN,
+    TOKEN,
+    Dial,
+    MakeTenant,
+    latest_run_id,
+    spawned_children,
+    wait_for_state,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -217,3 +226,35 @@ async def test_call_command_places_a_test_call_and_prints_the_conversation(tmp_p
         assert wav.getnchannels() == 2
     bad = run_cli("call", workflow.uuid, "--dtmf", "x", db=db)
     assert bad.returncode == 2 and "--dtmf takes one of" in bad.stderr
+
+
+async def test_the_cli_test_call_leaves_live_calls_of_the_same_database_alone(
+    dial: Dial, make_tenant: MakeTenant, store: Store, settings: Settings
+) -> None:
+    tenant = await make_tenant()
+    definition = starter_definition()
+    definition["nodes"][0]["say"] = "Hi."
+    await store.update_workflow(tenant.org_id, tenant.workflow.uuid, definition=definition)
+    live = await dial(tenant.workflow.uuid)
+    live.start_reading()
+    await live.handshake()
+    live_id = await latest_run_id(store, tenant.org_id, wait=5)
+    assert live_id is not None
+    live_run = await wait_for_state(store, live_id, "running")
+    assert live_run.state == "running"
+
+    cli = await asyncio.create_subprocess_exec(
+        sys.executable, "app.py", "call", tenant.workflow.uuid, "--db", str(settings.db_path),
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(cli.communicate(), 60)
+    assert cli.returncode == 0, err.decode()
+    summary = out.decode().splitlines()[0]
+    assert summary.startswith("WR-AGS-") and live_run.name not in summary
+    assert ": completed, caller_hangup (close 1000 'call ended')" in summary
+    assert (await store.get_run_by_id(live_id)).state == "running"  # untouched
+
+    await live.hang_up()
+    assert await live.wait_closed() == (1000, "call ended")
+    ended = await wait_for_state(store, live_id, "completed", "failed")
+    assert (ended.state, ended.end_reason) == ("completed", "caller_hangup")
