@@ -13,7 +13,7 @@ from aiohttp import web
 from .errors import RETRY_AFTER_SECONDS, Conflict, DatabaseUnavailable, NotFound
 from .keys import STORE
 from .providers import SUPPORTED_PROVIDERS
-from .providers.cloudonix import normalize_domain
+from .providers.cloudonix import parse_domain
 from .security import mask_secret, redact_uuids
 from .store import Run, Store, TelephonyConfig, User, Workflow
 from .workflow import merge_secrets, redact_secrets, starter_definition, validate_definition
@@ -161,14 +161,14 @@ def _id(request: web.Request, key: str) -> int:
 
 
 def _domain(body: dict[str, Any], *, required: bool) -> str | None:
-    """A Cloudonix domain id, normalized; one that normalizes to nothing is a 400."""
+    """A Cloudonix domain id, normalized and checked as the admin form checks it."""
     raw = _text(body, "domain_id", required=required)
     if raw is None:
         return None
-    domain = normalize_domain(raw)
-    if not domain.removesuffix(".cloudonix.net").strip("."):
-        raise ApiError(400, "'domain_id' must name a Cloudonix domain, e.g. acme.cloudonix.net")
-    return domain
+    try:
+        return parse_domain(raw)
+    except ValueError as exc:
+        raise ApiError(400, f"'domain_id': {exc}") from None
 
 
 # -- JSON shapes ---------------------------------------------------------------------------

@@ -53,6 +53,11 @@ class CloudonixEmulator:
         app.router.add_get(path, self._guarded(self._get_session))
         app.router.add_delete(path, self._guarded(self._delete_session))
         app.router.add_post("/calls/{domain}/sessions/{session}/application", self._guarded(self._transfer))
+        # The domain resource itself, as the real API has it: reading it answers 200 and
+        # deleting it deletes the customer's domain. Calls must never reach these.
+        for domain_path in ("/customers/self/domains/{domain}", "/customers/self/domains/{domain}/"):
+            app.router.add_get(domain_path, self._guarded(self._get_domain))
+            app.router.add_delete(domain_path, self._guarded(self._delete_domain))
         return app
 
     def _guarded(self, handler: Handler) -> Guarded:
@@ -60,7 +65,7 @@ class CloudonixEmulator:
 
         async def wrapped(request: web.Request) -> web.StreamResponse:
             domain = request.match_info["domain"]
-            session = request.match_info["session"]
+            session = request.match_info.get("session", "")
             body = await _read_json(request)
             expected = self.tokens.get(domain)
             authorized = expected is not None and request.headers.get("Authorization") == f"Bearer {expected}"
@@ -91,6 +96,15 @@ class CloudonixEmulator:
             "status": "processing",
         }
         return web.json_response(details)
+
+    async def _get_domain(self, request: web.Request, body: dict[str, Any] | None) -> web.StreamResponse:
+        """The domain's own record."""
+        return web.json_response({"domain": request.match_info["domain"], "active": True})
+
+    async def _delete_domain(self, request: web.Request, body: dict[str, Any] | None) -> web.StreamResponse:
+        """Delete the customer's whole domain (what a hang-up must never turn into)."""
+        self.tokens.pop(request.match_info["domain"], None)
+        return web.Response(status=204)
 
     async def _delete_session(self, request: web.Request, body: dict[str, Any] | None) -> web.StreamResponse:
         """Hang up a live session."""

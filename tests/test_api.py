@@ -486,6 +486,25 @@ async def test_patch_to_a_domain_that_normalizes_to_nothing_is_400(
         "seed.cloudonix.net")
 
 
+@pytest.mark.parametrize(
+    "domain_id", ["a b/../c?", "acme/../other", "acme?x=1", "-acme", "ac_me", "a" * 64, "%2e%2e"]
+)
+async def test_a_domain_the_admin_form_refuses_is_refused_by_the_api_too(
+    client: TestClient, fresh: Tenant, store: Store, domain_id: str
+) -> None:
+    message = "'domain_id': A domain has letters, digits, dots and dashes only."
+    response = await create_config(client, fresh, domain_id=domain_id)
+    assert (await body_of(response, 400))["error"] == message
+    config_id = await telephony_id(client, fresh)
+    response = await client.patch(
+        f"/api/v1/telephony-configurations/{config_id}", json={"domain_id": domain_id},
+        headers=fresh.headers,
+    )
+    assert (await body_of(response, 400))["error"] == message
+    assert [c.domain_id for c in await store.list_telephony_configs(fresh.org_id)] == [
+        "seed.cloudonix.net"]
+
+
 async def test_token_rotation_through_the_api_with_real_calls(
     client: TestClient, fresh: Tenant, store: Store, dial: Dial, emulator: CloudonixEmulator
 ) -> None:

@@ -23,9 +23,11 @@ from agent_stream.providers.cloudonix import (
     ProviderMarkFrame,
     StreamStopFrame,
     normalize_domain,
+    parse_domain,
     parse_start,
     transfer_cxml,
 )
+from agent_stream.providers.identifiers import api_url, is_identifier
 from agent_stream.simulator import start_event, tone_ulaw, ulaw_to_pcm16
 from agent_stream.store import TelephonyConfig
 from tests.cloudonix_emulator import CloudonixEmulator
@@ -40,6 +42,39 @@ DOMAIN = "acme.cloudonix.net"
 )
 def test_normalize_domain(given: str, normalized: str) -> None:
     assert normalize_domain(given) == normalized
+
+
+def test_api_url_encodes_each_segment_whole_and_refuses_dot_segments() -> None:
+    url = api_url("http://127.0.0.1:9/base/", "domains", "acme.cloudonix.net", "a b/c?d", "v3:x")
+    assert url.raw_path == "/base/domains/acme.cloudonix.net/a%20b%2Fc%3Fd/v3%3Ax"
+    assert str(url) == "http://127.0.0.1:9/base/domains/acme.cloudonix.net/a%20b%2Fc%3Fd/v3%3Ax"
+    for bad in ("..", ".", ""):
+        with pytest.raises(ValueError):
+            api_url("http://127.0.0.1:9", "sessions", bad)
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [("CA0123456789abcdef", True), ("v3:Ab-9_x.7", True), ("1700000000.42", True),
+     ("..", False), (".hidden", False), ("a/b", False), ("a b", False), ("", False),
+     ("x" * 128, True), ("x" * 129, False), (42, False), ("caf\u00e9", False)],
+)
+def test_identifiers_are_a_narrow_character_set(value: object, ok: bool) -> None:
+    assert is_identifier(value) is ok
+
+
+@pytest.mark.parametrize(
+    ("raw", "domain"),
+    [("acme", DOMAIN), (" ACME.cloudonix.net. ", DOMAIN), ("sub-1.acme", "sub-1.acme.cloudonix.net")],
+)
+def test_parse_domain_normalizes(raw: str, domain: str) -> None:
+    assert parse_domain(raw) == domain
+
+
+@pytest.mark.parametrize("raw", ["a b/../c?", "acme/..", "-acme", "ac_me", "a..b", "%2e"])
+def test_parse_domain_refuses_what_is_no_dns_name(raw: str) -> None:
+    with pytest.raises(ValueError, match="letters, digits, dots and dashes only"):
+        parse_domain(raw)
 
 
 def test_parse_start_takes_session_or_falls_back_to_call_sid() -> None:

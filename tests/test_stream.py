@@ -243,6 +243,43 @@ async def test_minutes_used_counts_this_month_only(
     assert await again.wait_closed() == (1000, "call ended")
 
 
+# -- identifiers never reach a provider URL raw -------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["session", "call_sid", "stream_sid"])
+@pytest.mark.parametrize("value", ["..", ".", "../..", "a/b", "x?y", "S 1", "%2e%2e", "s\u00e9", "x" * 129])
+async def test_an_identifier_that_could_bend_a_provider_url_is_a_4400_and_nothing_is_sent(
+    dial: Dial, tenant: Tenant, store: Store, emulator: CloudonixEmulator, field: str, value: str
+) -> None:
+    call = await dial(tenant.workflow.uuid)
+    setattr(call, field, value)
+    emulator.add_session(DOMAIN, call.session)  # a live session of that name, too
+    await call.handshake()
+    name = {"session": "session", "call_sid": "callSid", "stream_sid": "streamSid"}[field]
+    reason = (f"malformed 'start' event: {name} must be letters, digits and . _ : - only "
+              "(at most 128, starting with a letter or digit)")
+    await assert_handshake_failure(call, store, tenant, reason)
+    assert emulator.requests == []  # no request left with the customer's token
+    assert DOMAIN in emulator.tokens  # and the domain was not deleted
+
+
+async def test_provider_identifiers_as_providers_send_them_pass(
+    dial: Dial, tenant: Tenant, store: Store, emulator: CloudonixEmulator
+) -> None:
+    call = await dial(tenant.workflow.uuid)
+    call.session = "v3:Ab-9_x.7:1700000000.42"
+    emulator.add_session(DOMAIN, call.session)
+    await call.handshake()
+    await call.hang_up()
+    assert await call.wait_closed() == (1000, "call ended")
+    assert [r.session for r in emulator.requests] == [call.session]
+
+
+async def test_a_malformed_domain_in_the_url_is_a_4400(dial: Dial, tenant: Tenant, store: Store) -> None:
+    call = await dial(tenant.workflow.uuid, domain="acme/../x")
+    await assert_handshake_failure(call, store, tenant, "malformed Domain 'acme/../x'")
+
+
 # -- 1011: unsupported providers ----------------------------------------------------------------
 
 

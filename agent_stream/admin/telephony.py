@@ -8,13 +8,12 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import Conflict
-from ..providers.cloudonix import normalize_domain
+from ..providers.cloudonix import normalize_domain, parse_domain
 from ..security import mask_secret
 from ..store import TelephonyConfig
 from .common import form_of, int_id, page, redirect, render, store_of, url, user_of
 
 PROVIDER = "cloudonix"
-_DOMAIN_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
 
 
 def shown(config: TelephonyConfig) -> dict[str, Any]:
@@ -38,10 +37,10 @@ def _parse(form: dict[str, str], *, creating: bool) -> tuple[dict[str, Any], dic
     """The fields to store and the problems by field; an empty token means 'keep it'."""
     problems: dict[str, str] = {}
     domain = normalize_domain(form.get("domain_id", ""))
-    if not domain:
-        problems["domain_id"] = "Enter your Cloudonix domain, e.g. acme or acme.cloudonix.net."
-    elif not _DOMAIN_RE.match(domain) or len(domain) > 253:
-        problems["domain_id"] = "A domain has letters, digits, dots and dashes only."
+    try:
+        parse_domain(domain)
+    except ValueError as exc:
+        problems["domain_id"] = str(exc)
     token = form.get("bearer_token", "")
     if creating and not token:
         problems["bearer_token"] = "Paste the domain's bearer token (Cloudonix cockpit, API keys)."

@@ -25,11 +25,13 @@ from pipecat.frames.frames import (
     OutputTransportMessageUrgentFrame,
 )
 from pipecat.serializers.base_serializer import FrameSerializer
+from yarl import URL
 
 from .. import audio
 from ..errors import HandshakeError, PeerClosed
 from ..pipeline.frames import ProviderMarkFrame, StreamStopFrame
 from ..store import TelephonyConfig
+from .identifiers import IDENTIFIER_RULE, api_url, is_domain_name, is_identifier
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,17 @@ def normalize_domain(domain: str) -> str:
     domain = domain.strip().lower().rstrip(".")
     if domain and not domain.endswith(DOMAIN_SUFFIX):
         domain += DOMAIN_SUFFIX
+    return domain
+
+
+def parse_domain(raw: str) -> str:
+    """The normalized domain, or ValueError with what to fix: the one check of a domain id,
+    for the API, the admin form and the stream."""
+    domain = normalize_domain(raw)
+    if not domain.removesuffix(DOMAIN_SUFFIX).strip("."):
+        raise ValueError("Enter your Cloudonix domain, e.g. acme or acme.cloudonix.net.")
+    if not is_domain_name(domain):
+        raise ValueError("A domain has letters, digits, dots and dashes only.")
     return domain
 
 
@@ -94,6 +107,9 @@ def parse_start(message: Mapping[str, Any]) -> StartInfo:
     session = start.get("session") or call_sid
     if not isinstance(session, str):
         raise HandshakeError("malformed 'start' event: session must be a string")
+    for name, value in (("streamSid", stream_sid), ("callSid", call_sid), ("session", session)):
+        if not is_identifier(value):
+            raise HandshakeError(f"malformed 'start' event: {name} must be {IDENTIFIER_RULE}")
     media_format = start.get("mediaFormat") or {}
     if not isinstance(media_format, dict):
         raise HandshakeError("malformed 'start' event: mediaFormat must be an object")
@@ -146,8 +162,8 @@ class CloudonixClient:
     def __repr__(self) -> str:
         return f"<CloudonixClient domain={self._domain}>"  # never the token
 
-    def _session_url(self, session: str) -> str:
-        return f"{self._base}/customers/self/domains/{self._domain}/sessions/{session}"
+    def _session_url(self, session: str) -> URL:
+        return api_url(self._base, "customers", "self", "domains", self._domain, "sessions", session)
 
     async def validate_session(self, session: str) -> None:
         """200 means the call is live on this domain; anything else is a 4400."""
@@ -177,7 +193,7 @@ class CloudonixClient:
     async def transfer(self, session: str, destination: str) -> int:
         """Blind transfer: replace the call's application with a Dial to `destination`."""
         async with self._http.post(
-            f"{self._base}/calls/{self._domain}/sessions/{session}/application",
+            api_url(self._base, "calls", self._domain, "sessions", session, "application"),
             headers=self._headers,
             json={"cxml": transfer_cxml(destination)},
             timeout=self._timeout,
@@ -216,9 +232,13 @@ async def find_config(lookup: ConfigLookup, domain: str | None) -> TelephonyConf
     """The stored configuration for `domain`, or the 4400 the contract names."""
     if not domain:
         raise HandshakeError("missing Domain")
-    config = await lookup(normalize_domain(domain))
+    try:
+        normalized = parse_domain(domain)
+    except ValueError:
+        raise HandshakeError(f"malformed Domain {domain[:40]!r}") from None
+    config = await lookup(normalized)
     if config is None:
-        raise HandshakeError(f"no Cloudonix telephony configuration for domain {normalize_domain(domain)}")
+        raise HandshakeError(f"no Cloudonix telephony configuration for domain {normalized}")
     if not config.bearer_token:
         raise HandshakeError(f"Cloudonix configuration for {config.domain_id} has no bearer token")
     return config
