@@ -291,10 +291,12 @@ async def test_agents_list_create_rename_archive_restore(operator: Operator, sto
     # from the list: rename goes back to the list
     page = await operator.post(f"/agents/{uuid}/rename", {"name": "Night owl", "back": "/agents"})
     assert page.url.endswith("/agents") and "Night owl" in page.html
-    page = await operator.post(
-        f"/agents/{uuid}/rename", {"name": "Night desk", "back": "//evil.example/x"}
-    )
-    assert page.url.endswith(f"/agents/{uuid}/settings")
+    for elsewhere in ("//evil.example/x", "/\\evil.example", "/\t/evil.example", "https://evil.example"):
+        page = await operator.post(
+            f"/agents/{uuid}/rename", {"name": "Night desk", "back": elsewhere},
+            allow_redirects=False,
+        )
+        assert (page.status, page.headers["Location"]) == (303, f"/agents/{uuid}/settings")
 
     page = await operator.post(f"/agents/{uuid}/archive")
     assert "Agent archived" in page.html and "Archived" in page.html

@@ -14,7 +14,18 @@ from ..providers import SUPPORTED_PROVIDERS
 from ..store import Workflow
 from ..workflow import ENGINES, STT_PROVIDERS, TTS_PROVIDERS, starter_definition
 from . import editor
-from .common import form_of, int_id, page, redirect, render, store_of, stream_base, url, user_of
+from .common import (
+    form_of,
+    int_id,
+    page,
+    redirect,
+    render,
+    safe_next,
+    store_of,
+    stream_base,
+    url,
+    user_of,
+)
 
 MAX_NAME = 120
 
@@ -387,8 +398,7 @@ async def restore(request: web.Request) -> web.StreamResponse:
 
 def safe_back(request: web.Request, form: dict[str, str], default: str) -> str:
     """Forms that exist on two pages go back to the page they were sent from."""
-    back = form.get("back", "")
-    return back if back.startswith("/") and not back.startswith("//") else default
+    return safe_next(form.get("back")) or default
 
 
 # -- the Settings page -------------------------------------------------------------------------

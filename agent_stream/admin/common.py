@@ -167,10 +167,14 @@ def url(request: web.Request, name: str, query: dict[str, Any] | None = None, **
 
 
 def safe_next(value: str | None) -> str | None:
-    """Only local paths may be a post-sign-in destination (no open redirects)."""
-    if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
-        return value
-    return None
+    """Only a local path may be where a form sends the browser next (no open redirects):
+    browsers read `//host`, `/\\host` and `/<tab>/host` as another site, so a backslash,
+    whitespace or a control character anywhere, or a second leading slash, is refused."""
+    if not value or not value.startswith("/") or value.startswith("//"):
+        return None
+    if "\\" in value or any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        return None
+    return value
 
 
 def render(
