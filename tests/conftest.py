@@ -198,6 +198,25 @@ async def keep_line_open(call: SimulatedCall, seconds: float) -> None:
         await call.send_audio(silence_ulaw(seconds))
 
 
+async def wait_for_handshake(store: Store, run_id: int, timeout: float = 10.0) -> Any:
+    """The run once its call is past the handshake (running, the start event recorded)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        run = await store.get_run_by_id(run_id)
+        if run.state == "running" and "cloudonix_stream_sid" in run.gathered_context:
+            return run
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"run {run.name} is {run.state}, not past its handshake")
+        await asyncio.sleep(0.02)
+
+
+async def handshake_done(store: Store, tenant: Tenant) -> Any:
+    """The tenant's newest run once its call is past the handshake."""
+    run_id = await latest_run_id(store, tenant.org_id, wait=5)
+    assert run_id is not None, "no run was created"
+    return await wait_for_handshake(store, run_id)
+
+
 async def finished_run(store: Store, tenant: Tenant) -> Any:
     """The tenant's newest run once it has ended (runs finish just after the close)."""
     run_id = await latest_run_id(store, tenant.org_id, wait=5)

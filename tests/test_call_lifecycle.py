@@ -93,3 +93,47 @@ async def test_objects_created_through_the_api_are_answered_while_others_read(
     async with polling(list_runs, workers=4):
         answers = await asyncio.gather(*(create(n) for n in range(30)))
     assert answers == [(201, 201)] * 30
+
+
+async def test_a_flood_of_junk_connections_leaves_no_run_open_and_no_garbage_after_the_101(
+    client: TestClient, dial: Dial, tenant: Tenant, store: Store
+) -> None:
+    async def junk(kind: int) -> tuple[int | None, str]:
+        call = await dial(tenant.workflow.uuid)
+        call.start_reading()
+        if kind == 0:
+            await call.ws.close()  # gone before a word
+        elif kind == 1:
+            await call.ws.send_bytes(b"\x00\xff" * 100)
+        elif kind == 2:
+            await call.ws.send_str("{not json")
+        elif kind == 3:
+            await call.send_connected()
+            await call.send_json({"event": "start", "start": "nonsense"})
+        else:
+            await call.ws.send_str("x" * (70 * 1024))  # over the 64 KiB message limit
+        return await call.wait_closed(timeout=30)
+
+    async def list_runs() -> None:
+        response = await client.get("/api/v1/workflow-runs", headers=tenant.headers)
+        assert response.status == 200
+
+    async with polling(list_runs):
+        closes = await asyncio.gather(*(junk(n % 5) for n in range(60)))
+    # every connection got a close frame from the server (never 1002: no HTTP after the 101)
+    assert {code for code, _ in closes} <= {1000, 1009, 4400}, closes
+    assert all(code == 4400 for code, _ in closes[1::5] + closes[2::5] + closes[3::5])
+    assert all(code == 1009 for code, _ in closes[4::5])
+
+    async def open_runs() -> int:
+        _, pending = await store.list_runs(tenant.org_id, state="pending")
+        _, running = await store.list_runs(tenant.org_id, state="running")
+        return pending + running
+
+    deadline = asyncio.get_running_loop().time() + 10
+    while await open_runs() and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    runs, total = await store.list_runs(tenant.org_id, limit=100)
+    assert total == 60
+    assert all(r.state == "failed" and r.end_reason and r.close_code for r in runs)
+    assert await short_call(dial, tenant) == (1000, "call ended")

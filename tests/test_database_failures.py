@@ -30,6 +30,7 @@ from tests.conftest import (
     Tenant,
     finished_run,
     latest_run_id,
+    until,
     wait_for_state,
 )
 from tests.test_call_lifecycle import ENDED, short_call
@@ -56,7 +57,8 @@ def settings(settings: Settings) -> Settings:
 
 
 async def test_a_caller_who_hangs_up_while_the_database_is_locked_ends_its_run_and_frees_the_slot(
-    dial: Dial, make_tenant: MakeTenant, store: Store, settings: Settings
+    dial: Dial, make_tenant: MakeTenant, store: Store, settings: Settings,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     tenant = await make_tenant(max_concurrent_calls=1)
     call = await dial(tenant.workflow.uuid)
@@ -70,7 +72,8 @@ async def test_a_caller_who_hangs_up_while_the_database_is_locked_ends_its_run_a
         await call.hang_up()
         assert await call.wait_closed() == (1000, "call ended")
         # the lock outlasts every in-line retry of the run's end
-        await asyncio.sleep(2 * settings.run_write_retry_seconds)
+        await until(lambda: any("retrying in the background" in r.getMessage()
+                                for r in caplog.records))
     run = await wait_for_state(store, run_id, *ENDED)
     assert (run.state, run.end_reason, run.close_code) == ("completed", "caller_hangup", 1000)
 

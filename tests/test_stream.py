@@ -25,7 +25,9 @@ from tests.conftest import (
     MakeTenant,
     Tenant,
     finished_run,
+    handshake_done,
     latest_run_id,
+    wait_for_handshake,
     wait_for_state,
 )
 
@@ -123,7 +125,7 @@ async def test_provider_closing_the_socket_completes_the_run(
     call = await dial(tenant.workflow.uuid)
     await call.handshake()
     await call.send_audio(tone_ulaw(0.1), realtime=False)
-    await asyncio.sleep(0.1)
+    await handshake_done(store, tenant)
     await call.ws.close()
     run = await finished_run(store, tenant)
     assert run.state == "completed"
@@ -195,12 +197,18 @@ async def test_concurrent_call_quota_race_lets_exactly_one_in(
     tenant = await make_tenant(max_concurrent_calls=1)
     calls = await asyncio.gather(*(dial(tenant.workflow.uuid) for _ in range(4)))
     for call in calls:
-        call.start_reading()
         await call.handshake()
-    await asyncio.sleep(0.3)
-    rejected = [c for c in calls if c.ws.closed]
-    live = [c for c in calls if not c.ws.closed]
+    readers = {call.start_reading(): call for call in calls}
+    done, pending = await asyncio.wait(readers, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+    while len(done) < 3 and pending:  # three are refused; the one let in stays open
+        more, pending = await asyncio.wait(pending, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        assert more, "a refusal did not come"
+        done |= more
+    rejected = [readers[reader] for reader in done]
+    live = [readers[reader] for reader in pending]
     assert len(live) == 1 and len(rejected) == 3
+    await handshake_done(store, tenant)  # the one let in is a live call
+    assert not live[0].ws.closed
     for call in rejected:
         assert (await call.wait_closed()) == (
             1008, "quota exceeded: 1 concurrent calls already running")
@@ -561,7 +569,8 @@ async def test_shutdown_closes_live_calls_with_1001_and_finishes_their_runs(
             await call.handshake()
             await call.send_audio(tone_ulaw(0.1), realtime=False)
             calls.append(call)
-        await asyncio.sleep(0.2)
+        for run in (await store.list_runs(org.id))[0]:  # both calls are past their handshake
+            await wait_for_handshake(store, run.id)
         await server.close()
         for call in calls:
             assert await call.wait_closed() == (1001, "server shutting down")
