@@ -130,8 +130,9 @@ async def test_a_flood_of_junk_connections_leaves_no_run_open_and_no_garbage_aft
         _, running = await store.list_runs(tenant.org_id, state="running")
         return pending + running
 
-    deadline = asyncio.get_running_loop().time() + 10
-    while await open_runs() and asyncio.get_running_loop().time() < deadline:
+    for _ in range(200):  # the last runs end just after their sockets closed
+        if not await open_runs():
+            break
         await asyncio.sleep(0.05)
     runs, total = await store.list_runs(tenant.org_id, limit=100)
     assert total == 60
