@@ -286,9 +286,9 @@ class Call:
             await self._end(record, outcome, pipeline, serializer)
 
     def _failed(self, exc: StreamError) -> Outcome:
-        """How a call that raised `exc` ends (a shutdown closing the socket is no failure)."""
+        """How a call that raised `exc` ends (closed by a shutdown: `server_shutdown`)."""
         if self.shutting_down:
-            outcome = Outcome("server_shutdown", GOING_AWAY, "server shutting down", "completed",
+            outcome = Outcome("server_shutdown", GOING_AWAY, "server shutting down", "failed",
                               "server shutting down")
         else:
             outcome = Outcome(_end_reason_for(exc), exc.code, exc.reason, "failed", exc.reason)
