@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import wave
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,9 @@ from .. import audio
 log = logging.getLogger(__name__)
 
 SAMPLE_WIDTH: Final = 2
+# The raw tracks next to `<run id>.wav` while the call lasts.
+CALLER_SUFFIX: Final = ".caller.pcm"
+AGENT_SUFFIX: Final = ".agent.pcm"
 MERGE_BLOCK_BYTES: Final = 32000
 # Audio of one track held before it goes to the writer thread: one second at 8 kHz.
 FLUSH_BYTES: Final = 16000
@@ -48,8 +52,7 @@ class CallRecorder:
     def __init__(self, path: Path, *, sample_rate: int) -> None:
         self.path = path
         self.sample_rate = sample_rate
-        self._caller_path = path.with_suffix(".caller.pcm")
-        self._agent_path = path.with_suffix(".agent.pcm")
+        self._caller_path, self._agent_path = raw_tracks(path)
         self._files: dict[Path, BinaryIO] = {}
         self._caller = bytearray()
         self._agent = bytearray()
@@ -163,18 +166,44 @@ class CallRecorder:
             log.warning("recording %s not written: %s", self.path.name, self.failure)
 
     def _merge(self) -> None:
-        with (
-            self._caller_path.open("rb") as left,
-            self._agent_path.open("rb") as right,
-            wave.open(str(self.path), "wb") as out,
-        ):
-            out.setnchannels(2)
-            out.setsampwidth(SAMPLE_WIDTH)
-            out.setframerate(self.sample_rate)
-            while True:
-                a, b = left.read(MERGE_BLOCK_BYTES), right.read(MERGE_BLOCK_BYTES)
-                if not a and not b:
-                    break
-                size = max(len(a), len(b))
-                a, b = a.ljust(size, b"\0"), b.ljust(size, b"\0")
-                out.writeframesraw(audio.interleave_stereo(a, b))
+        merge_tracks(self._caller_path, self._agent_path, self.path, sample_rate=self.sample_rate)
+
+
+def raw_tracks(path: Path) -> tuple[Path, Path]:
+    """The caller and agent raw files a recording at `path` streams to until it is merged."""
+    return path.with_suffix(CALLER_SUFFIX), path.with_suffix(AGENT_SUFFIX)
+
+
+def merge_tracks(caller: Path, agent: Path, out: Path, *, sample_rate: int) -> int:
+    """Interleave two raw tracks into the stereo WAV `out` (caller left, agent right), block
+    by block so a long call never sits in memory; returns its frames. A missing track is
+    silence and a track cut off mid-sample loses the half sample, so what a crash left
+    merges too."""
+    frames = 0
+    with (
+        _open_or_empty(caller) as left,
+        _open_or_empty(agent) as right,
+        wave.open(str(out), "wb") as wav,
+    ):
+        wav.setnchannels(2)
+        wav.setsampwidth(SAMPLE_WIDTH)
+        wav.setframerate(sample_rate)
+        while True:
+            a, b = left.read(MERGE_BLOCK_BYTES), right.read(MERGE_BLOCK_BYTES)
+            if not a and not b:
+                break
+            # Blocks are whole samples; only a track's last block can end mid-sample.
+            a, b = a[: len(a) - len(a) % SAMPLE_WIDTH], b[: len(b) - len(b) % SAMPLE_WIDTH]
+            size = max(len(a), len(b))
+            a, b = a.ljust(size, b"\0"), b.ljust(size, b"\0")
+            wav.writeframesraw(audio.interleave_stereo(a, b))
+            frames += size // SAMPLE_WIDTH
+    return frames
+
+
+def _open_or_empty(path: Path) -> BinaryIO:
+    """A raw track for reading; one that was never written reads as silence of no length."""
+    try:
+        return path.open("rb")
+    except FileNotFoundError:
+        return io.BytesIO()
