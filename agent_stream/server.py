@@ -13,6 +13,8 @@ from aiohttp.abc import AbstractAccessLogger
 from . import admin, api
 from .config import SHUTDOWN_GRACE_SECONDS, Settings
 from .keys import CALLS, HTTP, PENDING_RUN_WRITES, SETTINGS, SPEECH, STORE
+from .pipeline.call import RECORDING_SAMPLE_RATE
+from .pipeline.recorder import recover_recordings
 from .run_writes import PendingRunWrites
 from .security import redact_uuids
 from .speech import SpeechServices
@@ -49,14 +51,21 @@ class AccessLogger(AbstractAccessLogger):
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Open and migrate the database; fail runs a crash left open (a server only); keep the
-    run writes the database refused until it answers; close at the end."""
+    """Open and migrate the database; fail runs a crash left open and merge the recordings
+    their calls left (a server only); keep the run writes the database refused until it
+    answers; close at the end."""
     settings = app[SETTINGS]
     store = await Store.open(settings.db_path, busy_timeout=settings.db_busy_timeout)
     if settings.recover_at_start:
         recovered = await store.fail_interrupted_runs()
         if recovered:
             log.warning("marked %d run(s) left open by a previous process as failed", recovered)
+        leftovers = await recover_recordings(
+            store, settings.recordings_dir, sample_rate=RECORDING_SAMPLE_RATE
+        )
+        if leftovers.recovered or leftovers.removed:
+            log.info("recordings left by a previous process: %d recovered, %d leftover(s) removed",
+                     leftovers.recovered, leftovers.removed)
     app[STORE] = store
     app[PENDING_RUN_WRITES] = pending = PendingRunWrites(store)
     yield

@@ -772,6 +772,18 @@ class Store:
             )
             return cur.rowcount
 
+    async def set_run_recording(
+        self, run_id: int, recording_path: str, *, logs: dict[str, Any] | None = None
+    ) -> None:
+        """Give an ended run the recording merged after its call (a crash left the tracks)
+        and say so in its logs."""
+        async with self._transaction() as db:
+            await db.execute(
+                """UPDATE workflow_runs SET recording_path = ?, logs = json_patch(logs, ?)
+                   WHERE id = ?""",
+                (recording_path, json.dumps(logs or {}), run_id),
+            )
+
     async def get_run_by_id(self, run_id: int) -> Run:
         return await self._run_by_id(None, run_id)
 

@@ -147,7 +147,8 @@ def alive(pid: int) -> bool:
 async def test_restart_after_a_crash_fails_open_runs(
     tmp_path: Path, cloudonix: tuple[CloudonixEmulator, str], aiohttp_client: Any
 ) -> None:
-    """SIGKILL leaves a running run behind; the next start marks it failed."""
+    """SIGKILL leaves a running run and its raw recording tracks behind; the next start
+    marks the run failed and merges the tracks into its recording."""
     emulator, api_base = cloudonix
     emulator.add_domain(DOMAIN, TOKEN)
     db = tmp_path / "agent_stream.db"
@@ -173,6 +174,12 @@ async def test_restart_after_a_crash_fails_open_runs(
             emulator.add_session(DOMAIN, call.session)
             await call.handshake()
             await call.send_audio(tone_ulaw(0.2))
+            recordings = tmp_path / "recordings"
+            for _ in range(100):  # the writer thread opens the call's raw tracks
+                if len(list(recordings.glob("*.pcm"))) == 2:
+                    break
+                await asyncio.sleep(0.05)
+            assert sorted(p.name for p in recordings.iterdir()) == ["1.agent.pcm", "1.caller.pcm"]
             decoders = spawned_children(proc.pid)
             assert decoders, "serving starts the speech decoder process"
             proc.kill()
@@ -192,6 +199,8 @@ async def test_restart_after_a_crash_fails_open_runs(
                 (run,) = (await response.json())["runs"]
         assert (run["state"], run["end_reason"], run["error"]) == (
             "failed", "server_restarted", "server restarted")
+        assert run["logs"]["recording_recovered"] is True and run["has_recording"]
+        assert sorted(p.name for p in recordings.iterdir()) == ["1.wav"]
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)

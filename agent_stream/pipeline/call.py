@@ -27,6 +27,9 @@ from .transport import AiohttpWebsocketParams, AiohttpWebsocketTransport
 
 PIPELINE_START_TIMEOUT: Final = 5.0
 PIPELINE_END_TIMEOUT: Final = 3.0
+# Every call is recorded at the provider's rate. The raw tracks do not say theirs, so the
+# start after a crash merges what a killed call left at this one.
+RECORDING_SAMPLE_RATE: Final = SAMPLE_RATE
 
 
 async def let_live_calls_run() -> None:
@@ -45,7 +48,7 @@ class CallPipeline:
         recording_path: Path,
     ) -> None:
         self.serializer = serializer
-        self.recorder = CallRecorder(recording_path, sample_rate=SAMPLE_RATE)
+        self.recorder = CallRecorder(recording_path, sample_rate=RECORDING_SAMPLE_RATE)
         self.transcript = CallTranscript(bytes_per_second=SAMPLE_RATE * 2)
         self.vad = EnergyVad()
         params = AiohttpWebsocketParams(

@@ -12,23 +12,40 @@ opens, appends to and closes the raw files, in the order calls asked. Merging a 
 call's tracks (seconds of work for a long call) runs on another thread, so live calls'
 writes never wait behind it. The writer's thread is joined at interpreter exit, so what
 was handed to it reaches the disk.
+
+A process killed mid-call (SIGKILL, power loss) leaves the raw tracks behind, without what
+was still in memory; the next server start merges them into the run's recording with the
+same code (`recover_recordings`).
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
+import re
 import wave
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import BinaryIO, Final, Literal
 
 from .. import audio
+from ..errors import NotFound
+from ..store import Store
 
 log = logging.getLogger(__name__)
 
 SAMPLE_WIDTH: Final = 2
+# The raw tracks next to `<run id>.wav` while the call lasts.
+CALLER_SUFFIX: Final = ".caller.pcm"
+AGENT_SUFFIX: Final = ".agent.pcm"
+# A raw track's name: a run id as the stream names recordings (no leading zero), a suffix.
+_RAW_TRACK_NAME: Final = re.compile(
+    rf"([1-9][0-9]{{0,17}})(?:{re.escape(CALLER_SUFFIX)}|{re.escape(AGENT_SUFFIX)})"
+)
+# A run in these states is still another process's call, and so are its raw tracks.
+_OPEN_RUN_STATES: Final = frozenset({"pending", "running"})
 MERGE_BLOCK_BYTES: Final = 32000
 # Audio of one track held before it goes to the writer thread: one second at 8 kHz.
 FLUSH_BYTES: Final = 16000
@@ -48,8 +65,7 @@ class CallRecorder:
     def __init__(self, path: Path, *, sample_rate: int) -> None:
         self.path = path
         self.sample_rate = sample_rate
-        self._caller_path = path.with_suffix(".caller.pcm")
-        self._agent_path = path.with_suffix(".agent.pcm")
+        self._caller_path, self._agent_path = raw_tracks(path)
         self._files: dict[Path, BinaryIO] = {}
         self._caller = bytearray()
         self._agent = bytearray()
@@ -158,23 +174,127 @@ class CallRecorder:
 
     def _fail(self, exc: Exception) -> None:
         if self.failure is None:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            self.failure = f"{type(exc).__name__}: {reason}"
+            self.failure = _describe(exc)
             log.warning("recording %s not written: %s", self.path.name, self.failure)
 
     def _merge(self) -> None:
-        with (
-            self._caller_path.open("rb") as left,
-            self._agent_path.open("rb") as right,
-            wave.open(str(self.path), "wb") as out,
-        ):
-            out.setnchannels(2)
-            out.setsampwidth(SAMPLE_WIDTH)
-            out.setframerate(self.sample_rate)
-            while True:
-                a, b = left.read(MERGE_BLOCK_BYTES), right.read(MERGE_BLOCK_BYTES)
-                if not a and not b:
-                    break
-                size = max(len(a), len(b))
-                a, b = a.ljust(size, b"\0"), b.ljust(size, b"\0")
-                out.writeframesraw(audio.interleave_stereo(a, b))
+        merge_tracks(self._caller_path, self._agent_path, self.path, sample_rate=self.sample_rate)
+
+
+def raw_tracks(path: Path) -> tuple[Path, Path]:
+    """The caller and agent raw files a recording at `path` streams to until it is merged."""
+    return path.with_suffix(CALLER_SUFFIX), path.with_suffix(AGENT_SUFFIX)
+
+
+def merge_tracks(caller: Path, agent: Path, out: Path, *, sample_rate: int) -> int:
+    """Interleave two raw tracks into the stereo WAV `out` (caller left, agent right), block
+    by block so a long call never sits in memory; returns its frames. A missing track is
+    silence and a track cut off mid-sample loses the half sample, so what a crash left
+    merges too."""
+    frames = 0
+    with (
+        _open_or_empty(caller) as left,
+        _open_or_empty(agent) as right,
+        out.open("wb") as file,  # opened here: wave.open(name) leaks a half object on failure
+        wave.open(file, "wb") as wav,
+    ):
+        wav.setnchannels(2)
+        wav.setsampwidth(SAMPLE_WIDTH)
+        wav.setframerate(sample_rate)
+        while True:
+            a, b = left.read(MERGE_BLOCK_BYTES), right.read(MERGE_BLOCK_BYTES)
+            if not a and not b:
+                break
+            # Blocks are whole samples; only a track's last block can end mid-sample.
+            a, b = a[: len(a) - len(a) % SAMPLE_WIDTH], b[: len(b) - len(b) % SAMPLE_WIDTH]
+            size = max(len(a), len(b))
+            a, b = a.ljust(size, b"\0"), b.ljust(size, b"\0")
+            wav.writeframesraw(audio.interleave_stereo(a, b))
+            frames += size // SAMPLE_WIDTH
+    return frames
+
+
+def _open_or_empty(path: Path) -> BinaryIO:
+    """A raw track for reading; one that was never written reads as silence of no length."""
+    try:
+        return path.open("rb")
+    except FileNotFoundError:
+        return io.BytesIO()
+
+
+def _describe(exc: Exception) -> str:
+    """A failure as an operator reads it: its kind and the system's words, without paths."""
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return f"{type(exc).__name__}: {reason}"
+
+
+# -- after a crash ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What the start did with the raw tracks a killed process left behind."""
+
+    recovered: int  # runs that got their recording
+    removed: int  # runs whose tracks nobody can use, deleted
+
+
+async def recover_recordings(store: Store, directory: Path, *, sample_rate: int) -> Recovery:
+    """Merge the raw tracks a killed call left into its ended run's recording, as the
+    recorder would have, and delete the tracks no run can use; tracks of a run still open
+    belong to a live process and stay. Call it after the crash sweep has ended the runs."""
+    run_ids = await asyncio.to_thread(_leftover_run_ids, directory)
+    outcomes = [await _recover_run(store, directory, run_id, sample_rate) for run_id in run_ids]
+    return Recovery(outcomes.count("recovered"), outcomes.count("removed"))
+
+
+async def _recover_run(
+    store: Store, directory: Path, run_id: int, sample_rate: int
+) -> Literal["recovered", "removed", "kept"]:
+    """One run's leftover tracks: merged when its run ended without a recording, else
+    deleted, unless the run is still open. A merge that fails only loses this recording."""
+    try:
+        run = await store.get_run_by_id(run_id)
+    except NotFound:
+        run = None
+    if run is not None and run.state in _OPEN_RUN_STATES:
+        return "kept"
+    path = directory / f"{run_id}.wav"
+    caller, agent = raw_tracks(path)
+    outcome: Literal["recovered", "removed"] = "removed"
+    if run is not None and run.recording_path is None:
+        try:
+            frames = await asyncio.to_thread(
+                merge_tracks, caller, agent, path, sample_rate=sample_rate
+            )
+        except Exception as exc:  # noqa: BLE001 - unusable tracks lose this recording only
+            log.warning("recording of %s not recovered: %s", run.name, _describe(exc))
+            if await asyncio.to_thread(path.is_file):
+                await asyncio.to_thread(_remove, path)  # half a WAV no run points to
+        else:
+            await store.set_run_recording(run.id, str(path), logs={
+                "recording_recovered": True,
+                "recording_recovered_seconds": round(frames / sample_rate, 2),
+            })
+            outcome = "recovered"
+    # Only now: a start that dies before the run points to its recording merges again.
+    await asyncio.to_thread(_remove, caller, agent)
+    return outcome
+
+
+def _leftover_run_ids(directory: Path) -> list[int]:
+    """The run ids with raw tracks in `directory`; none where it does not exist yet."""
+    try:
+        names = [entry.name for entry in directory.iterdir()]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted({int(match[1]) for name in names if (match := _RAW_TRACK_NAME.fullmatch(name))})
+
+
+def _remove(*paths: Path) -> None:
+    """Delete files that may already be gone; one that stays is said, not raised."""
+    for path in paths:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("leftover %s not removed: %s", path.name, _describe(exc))
