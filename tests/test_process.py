@@ -173,13 +173,15 @@ async def test_restart_after_a_crash_fails_open_runs(
             call.account_sid = DOMAIN
             emulator.add_session(DOMAIN, call.session)
             await call.handshake()
-            await call.send_audio(tone_ulaw(0.2))
+            await call.send_audio(tone_ulaw(1.2))  # a second of it is handed to the disk
             recordings = tmp_path / "recordings"
-            for _ in range(100):  # the writer thread opens the call's raw tracks
-                if len(list(recordings.glob("*.pcm"))) == 2:
+            caller_track = recordings / "1.caller.pcm"
+            for _ in range(100):  # the writer thread appends the caller's first second
+                if caller_track.exists() and caller_track.stat().st_size > 0:
                     break
                 await asyncio.sleep(0.05)
             assert sorted(p.name for p in recordings.iterdir()) == ["1.agent.pcm", "1.caller.pcm"]
+            assert caller_track.stat().st_size > 0
             decoders = spawned_children(proc.pid)
             assert decoders, "serving starts the speech decoder process"
             proc.kill()

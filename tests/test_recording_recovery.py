@@ -206,3 +206,17 @@ async def test_the_tracks_of_a_run_still_open_are_never_touched(
     assert sorted(p.name for p in crash.recordings.iterdir()) == [
         f"{live.id}.agent.pcm", f"{live.id}.caller.pcm"]
 
+
+
+async def test_tracks_with_no_audio_yet_are_removed_not_recovered(
+    aiohttp_client: Any, settings: Settings, crash: Crash
+) -> None:
+    run = await crash.running_run()
+    crash.tracks(run.id, caller=b"", agent=b"\x01")  # killed before a sample reached the disk
+    await crash.store.close()
+
+    client = await aiohttp_client(create_app(settings))
+    ended = await client.app[STORE].get_run_by_id(run.id)
+    assert (ended.state, ended.recording_path) == ("failed", None)
+    assert "recording_recovered" not in ended.logs
+    assert list(crash.recordings.iterdir()) == []

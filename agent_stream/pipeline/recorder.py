@@ -272,6 +272,9 @@ async def _recover_run(
             if await asyncio.to_thread(path.is_file):
                 await asyncio.to_thread(_remove, path)  # half a WAV no run points to
         else:
+            if frames == 0:  # killed before a second of audio reached the disk: nothing to hear
+                await asyncio.to_thread(_remove, path, caller, agent)
+                return "removed"
             await store.set_run_recording(run.id, str(path), logs={
                 "recording_recovered": True,
                 "recording_recovered_seconds": round(frames / sample_rate, 2),
