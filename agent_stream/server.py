@@ -5,6 +5,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -46,6 +47,20 @@ class AccessLogger(AbstractAccessLogger):
             response.status,
             time * 1000,
         )
+
+
+def runner_options(settings: Settings) -> dict[str, Any]:
+    """How every server of the app runs (production, the CLI test call, the tests), in one
+    place, so the limits the tests check are the ones that serve.
+
+    `keepalive_timeout` is aiohttp's only bound on a slow request head: its timer starts when
+    a connection opens and again after each answer, and a connection still waiting for a
+    complete head when it fires is closed. So it bounds both the time to send a head and the
+    idle time between requests on a keep-alive connection."""
+    return {
+        "access_log_class": AccessLogger,
+        "keepalive_timeout": settings.request_header_timeout,
+    }
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
