@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -13,6 +13,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from . import admin, api
 from .config import SHUTDOWN_GRACE_SECONDS, Settings
+from .errors import RequestTooSlow
 from .keys import CALLS, HTTP, PENDING_RUN_WRITES, SETTINGS, SPEECH, STORE
 from .run_writes import PendingRunWrites
 from .security import redact_uuids
@@ -101,6 +102,27 @@ async def _close_live_calls(app: web.Application) -> None:
     await app[CALLS].shutdown(SHUTDOWN_GRACE_SECONDS)
 
 
+@web.middleware
+async def body_deadline_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """A request body must arrive within the body timeout, or the answer is 408: it is read
+    here, before any handler, and `request.json()`/`post()` reuse what was read."""
+    if request.body_exists and request.can_read_body:
+        timeout = request.app[SETTINGS].request_body_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                if request.content_type == "multipart/form-data":
+                    await request.post()  # parsed from the stream: read() would leave it nothing
+                else:
+                    await request.read()
+        except TimeoutError:
+            raise RequestTooSlow(f"the request body did not arrive within {timeout:g} s") from None
+        except ValueError:  # a malformed multipart body: the client's mistake, not a 500
+            raise web.HTTPBadRequest() from None
+    return await handler(request)
+
+
 def setup_routes(app: web.Application) -> None:
     """Every route of the service, named."""
     app.router.add_get("/api/v1/agent-stream/{agent_uuid}", agent_stream, name="agent_stream")
@@ -114,7 +136,9 @@ def setup_routes(app: web.Application) -> None:
 def create_app(settings: Settings) -> web.Application:
     """Build the application; resources open when it starts and close when it stops."""
     app = web.Application(
-        middlewares=[api.error_middleware, admin.html_error_middleware], client_max_size=1024**2
+        # Outermost first: the error middlewares also answer what the body deadline raises.
+        middlewares=[api.error_middleware, admin.html_error_middleware, body_deadline_middleware],
+        client_max_size=1024**2,
     )
     app[SETTINGS] = settings
     app[CALLS] = CallRegistry()

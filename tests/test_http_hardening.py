@@ -3,16 +3,26 @@ a request head or body that does not arrive in time, and requests the parser ref
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Final
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
 from agent_stream.config import Settings
+from agent_stream.store import Store
+from tests.admin_fixtures import csrf_of
+from tests.conftest import Tenant
 
 # Lowered limits, so a slow client is caught in well under a second.
 HEADER_TIMEOUT: Final = 0.5
+BODY_TIMEOUT: Final = 0.5
+# A trickling client: one byte this often, so 100 bytes would take 10 s.
+TRICKLE_EVERY: Final = 0.1
 # Generous bound for what should take HEADER_TIMEOUT: a loaded two-core machine.
 CLOSE_BOUND: Final = 10.0
 HALF_SENT_CONNECTIONS: Final = 30
@@ -23,7 +33,9 @@ FULL_HEAD: Final = PARTIAL_HEAD + b"\r\n"
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     """The shared test settings with this module's short limits."""
-    return replace(settings, request_header_timeout=HEADER_TIMEOUT)
+    return replace(
+        settings, request_header_timeout=HEADER_TIMEOUT, request_body_timeout=BODY_TIMEOUT
+    )
 
 
 async def _open(client: TestClient) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -65,3 +77,85 @@ async def test_half_sent_request_heads_are_closed_after_the_header_timeout(
     assert body_and_eof.startswith(b"{")  # the health answer's body, then the close
     for _, w in [*connections, (reader, writer)]:
         w.close()
+
+
+@contextlib.asynccontextmanager
+async def _trickling(client: TestClient, head: bytes) -> AsyncIterator[asyncio.StreamReader]:
+    """A client that sends `head` at once and then its body a byte at a time, slower than
+    the body timeout allows (Content-Length: 100, a hundred spaces never all sent)."""
+    reader, writer = await _open(client)
+    writer.write(head)
+
+    async def trickle() -> None:
+        for _ in range(99):
+            writer.write(b" ")
+            await writer.drain()
+            await asyncio.sleep(TRICKLE_EVERY)
+
+    task = asyncio.create_task(trickle())
+    try:
+        yield reader
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await task
+        writer.close()
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers and body of one answer (which carries a Content-Length)."""
+    head = (await _read_response_head(reader)).decode("latin-1")
+    status_line, *lines = head.strip().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), CLOSE_BOUND)
+    return int(status_line.split()[1]), headers, body
+
+
+async def test_an_api_body_slower_than_the_body_timeout_is_answered_408(
+    client: TestClient, tenant: Tenant
+) -> None:
+    # Guards item 6: nothing bounded how long a request body could take to arrive; the
+    # handler waited for it as long as the client kept the connection open.
+    head = (
+        "POST /api/v1/workflows HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {tenant.api_key}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    ).encode()
+    async with _trickling(client, head) as reader:
+        status, headers, body = await _read_response(reader)
+    assert status == 408
+    assert headers["content-type"].startswith("application/json")
+    assert json.loads(body) == {"error": f"the request body did not arrive within {BODY_TIMEOUT:g} s"}
+
+    # The control: a body sent at once is read as before (and only once) by the handler.
+    created = await client.post(
+        "/api/v1/workflows", json={"name": "In time"}, headers=tenant.headers
+    )
+    assert created.status == 201, await created.text()
+    assert (await created.json())["name"] == "In time"
+
+
+async def test_an_admin_form_slower_than_the_body_timeout_gets_the_408_page(
+    client: TestClient, store: Store, tenant: Tenant
+) -> None:
+    # Guards item 6 outside the API: the sign-in form read its body without a deadline.
+    head = (
+        b"POST /login HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n"
+    )
+    async with _trickling(client, head) as reader:
+        status, headers, body = await _read_response(reader)
+    assert status == 408
+    assert headers["content-type"].startswith("text/html")
+    assert "The request did not arrive in time" in body.decode()
+
+    # The control: a form sent at once is read by the handler, also as multipart/form-data
+    # (which post() parses from the stream, not from the bytes read()).
+    await store.create_user(organization_id=tenant.org_id, email="form@example.com", password="pw")
+    login = await client.get("/login")
+    form = aiohttp.FormData(
+        {"csrf_token": csrf_of(await login.text()), "email": "form@example.com", "password": "pw"},
+        default_to_multipart=True,
+    )
+    signed_in = await client.post("/login", data=form, allow_redirects=False)
+    assert signed_in.status == 303, await signed_in.text()
