@@ -5,11 +5,12 @@ import asyncio
 import logging
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 import aiohttp
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 
 from . import admin, api
 from .config import SHUTDOWN_GRACE_SECONDS, Settings
@@ -50,6 +51,38 @@ class AccessLogger(AbstractAccessLogger):
         )
 
 
+class HttpServerLog(logging.LoggerAdapter[logging.Logger]):
+    """What aiohttp's request handler logs. A malformed request (a head over 8,190 bytes, bad
+    bytes) reaches it as a parser error whose message quotes the raw request, agent uuids and
+    all, with a traceback, at ERROR (at DEBUG for a bad method opening a connection): it is
+    the client's mistake, so it becomes one INFO line naming the peer and the kind of error.
+    Anything else (a failure of ours) passes through as it came."""
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        """Every logging call of the adapter (debug, exception, ...) arrives here."""
+        exc = _exception_of(kwargs.get("exc_info"))
+        if isinstance(exc, HttpProcessingError):
+            # aiohttp's message is "Error handling request from %s", the peer's address.
+            peer = args[0] if args and isinstance(args[0], str) else "an unknown peer"
+            self.logger.info("bad HTTP request from %s: %s (%d)", peer, type(exc).__name__, exc.code)
+            return
+        super().log(level, msg, *args, **kwargs)
+
+
+def _exception_of(exc_info: object) -> BaseException | None:
+    """The exception a logging call's `exc_info` names (an exception, a sys.exc_info()
+    tuple, or True for the one being handled)."""
+    if exc_info is True:
+        return sys.exc_info()[1]
+    if isinstance(exc_info, tuple) and len(exc_info) == 3:
+        exc_info = exc_info[1]
+    return exc_info if isinstance(exc_info, BaseException) else None
+
+
+# aiohttp's request handler logs here instead of `aiohttp.server`.
+HTTP_SERVER_LOG: Final = HttpServerLog(logging.getLogger("agent_stream.http"))
+
+
 def runner_options(settings: Settings) -> dict[str, Any]:
     """How every server of the app runs (production, the CLI test call, the tests), in one
     place, so the limits the tests check are the ones that serve.
@@ -57,10 +90,12 @@ def runner_options(settings: Settings) -> dict[str, Any]:
     `keepalive_timeout` is aiohttp's only bound on a slow request head: its timer starts when
     a connection opens and again after each answer, and a connection still waiting for a
     complete head when it fires is closed. So it bounds both the time to send a head and the
-    idle time between requests on a keep-alive connection."""
+    idle time between requests on a keep-alive connection. `logger` is where the request
+    handler's own lines go: `HttpServerLog`."""
     return {
         "access_log_class": AccessLogger,
         "keepalive_timeout": settings.request_header_timeout,
+        "logger": HTTP_SERVER_LOG,
     }
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import re
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Final
@@ -14,6 +16,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from agent_stream.config import Settings
+from agent_stream.server import HTTP_SERVER_LOG
 from agent_stream.store import Store
 from tests.admin_fixtures import csrf_of
 from tests.conftest import Tenant
@@ -159,3 +162,71 @@ async def test_an_admin_form_slower_than_the_body_timeout_gets_the_408_page(
     )
     signed_in = await client.post("/login", data=form, allow_redirects=False)
     assert signed_in.status == 303, await signed_in.text()
+
+
+def _malformed_requests(agent_uuid: str) -> dict[str, bytes]:
+    """Requests the HTTP parser refuses, each carrying a full agent uuid."""
+    stream = f"/api/v1/agent-stream/{agent_uuid}".encode()
+    return {
+        "request line over 8,190 bytes": (
+            b"GET " + stream + b"?pad=" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+        ),
+        "control character in the path": b"GET " + stream + b"\x01 HTTP/1.1\r\nHost: x\r\n\r\n",
+        "control character in a header": (
+            b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nX-Agent: "
+            + agent_uuid.encode() + b"\x00\r\n\r\n"
+        ),
+        # aiohttp logs a bad method at DEBUG when it is a connection's first request...
+        "non-HTTP method": b"G\x01T " + stream + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    }
+
+
+async def test_malformed_requests_are_answered_400_and_logged_once_without_the_request(
+    client: TestClient, tenant: Tenant, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Guards item 7: aiohttp logged each malformed request at ERROR with a traceback and the
+    # raw request (a full agent uuid, a credential) quoted in the exception's message.
+    caplog.set_level(logging.INFO)
+    agent_uuid = tenant.workflow.uuid
+    malformed = _malformed_requests(agent_uuid)
+    for name, raw in malformed.items():
+        reader, writer = await _open(client)
+        writer.write(raw)
+        answer = await asyncio.wait_for(reader.read(), CLOSE_BOUND)  # the server closes
+        writer.close()
+        assert re.match(rb"HTTP/1\.[01] 400 ", answer), (name, answer[:80])
+
+    # ...and at ERROR when it follows a good request on a keep-alive connection.
+    reader, writer = await _open(client)
+    writer.write(FULL_HEAD)
+    status, _, _ = await _read_response(reader)
+    assert status == 200
+    writer.write(malformed["non-HTTP method"])
+    answer = await asyncio.wait_for(reader.read(), CLOSE_BOUND)
+    writer.close()
+    assert re.match(rb"HTTP/1\.[01] 400 ", answer), answer[:80]
+    bad_requests = len(malformed) + 1
+
+    records = [r for r in caplog.records if r.name.startswith(("aiohttp", "agent_stream"))]
+    assert [r for r in records if r.levelno > logging.WARNING or r.exc_info] == []
+    assert "Traceback" not in caplog.text
+    assert agent_uuid not in caplog.text
+    assert all(agent_uuid not in r.getMessage() for r in records)
+    server_lines = [r.getMessage() for r in records if r.name == "agent_stream.http"]
+    assert len(server_lines) == bad_requests, server_lines
+    for line in server_lines:
+        assert re.fullmatch(r"bad HTTP request from 127\.0\.0\.1: \w+ \(400\)", line), line
+    # The access log has one line per request too, the bad ones as "UNKNOWN /".
+    access_lines = [r.getMessage() for r in records if r.name == "aiohttp.access"]
+    assert sum(' 400 ' in line for line in access_lines) == bad_requests, access_lines
+
+    # The control: anything else aiohttp's request handler logs (a failure of ours) keeps
+    # its level and its traceback.
+    caplog.clear()
+    try:
+        raise RuntimeError("a handler bug")
+    except RuntimeError as exc:
+        HTTP_SERVER_LOG.exception("Error handling request from %s", "127.0.0.1", exc_info=exc)
+    [record] = [r for r in caplog.records if r.name == "agent_stream.http"]
+    assert record.levelno == logging.ERROR
+    assert "Traceback" in caplog.text and "RuntimeError: a handler bug" in caplog.text
