@@ -55,7 +55,8 @@ async def test_half_sent_request_heads_are_closed_after_the_header_timeout(
     client: TestClient,
 ) -> None:
     # Guards item 6: 30 connections that never finish their request head were still open
-    # after 12 s (aiohttp's default keep-alive timeout, 3630 s, was the only bound).
+    # after 12 s; aiohttp's keep-alive timeout was the only bound (75 s under run_app, its
+    # default 3630 s here and in the CLI test call).
     connections = [await _open(client) for _ in range(HALF_SENT_CONNECTIONS)]
     for _, writer in connections:
         writer.write(PARTIAL_HEAD)
@@ -68,14 +69,10 @@ async def test_half_sent_request_heads_are_closed_after_the_header_timeout(
     head = await _read_response_head(reader)
     assert head.startswith(b"HTTP/1.1 200 "), head
 
-    loop = asyncio.get_running_loop()
-    started = loop.time()
     rests = await asyncio.wait_for(
         asyncio.gather(*(r.read() for r, _ in connections)), CLOSE_BOUND
     )
-    closed_after = loop.time() - started
     assert rests == [b""] * HALF_SENT_CONNECTIONS  # closed by the server, nothing answered
-    assert closed_after < CLOSE_BOUND
     body_and_eof = await asyncio.wait_for(reader.read(), CLOSE_BOUND)
     assert body_and_eof.startswith(b"{")  # the health answer's body, then the close
     for _, w in [*connections, (reader, writer)]:
