@@ -10,7 +10,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from .errors import RETRY_AFTER_SECONDS, Conflict, DatabaseUnavailable, NotFound
+from .errors import RETRY_AFTER_SECONDS, Conflict, DatabaseUnavailable, NotFound, RequestTooSlow
 from .keys import STORE
 from .providers import SUPPORTED_PROVIDERS
 from .providers.cloudonix import parse_domain
@@ -62,6 +62,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _error(404, str(exc))
     except Conflict as exc:
         return _error(409, str(exc))
+    except RequestTooSlow as exc:
+        return _error(408, str(exc))
     except DatabaseUnavailable as exc:
         if not request.path.startswith("/api/"):
             raise

@@ -143,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     configure_logging()
     from .memory import keep_collections_short
-    from .server import AccessLogger, create_app, server_event_loop  # imports pipecat
+    from .server import create_app, runner_options, server_event_loop  # imports pipecat
 
     logging.getLogger(__name__).info(
         "Agent Stream on http://%s:%d (database %s)", settings.host, settings.port, settings.db_path
@@ -154,9 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         app,
         host=settings.host,
         port=settings.port,
-        access_log_class=AccessLogger,
         print=None,
         shutdown_timeout=15.0,
         loop=server_event_loop(),
+        **runner_options(settings),
     )
     return 0

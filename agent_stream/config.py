@@ -24,6 +24,11 @@ DB_BUSY_TIMEOUT_SECONDS: Final = 5.0
 # How long a call retries a run write the database refuses (locked, disk full) before the
 # call is refused (creating its run) or the write is left to the background (later ones).
 RUN_WRITE_RETRY_SECONDS: Final = 10.0
+# How long a client has to send a complete request head (request line and headers) after it
+# connects, and how long a keep-alive connection may then sit idle before its next one.
+REQUEST_HEADER_TIMEOUT_SECONDS: Final = 15.0
+# How long a request body has to arrive once its head has; past it the answer is 408.
+REQUEST_BODY_TIMEOUT_SECONDS: Final = 30.0
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,8 @@ class Settings:
     max_stream_message_bytes: int = MAX_STREAM_MESSAGE_BYTES
     db_busy_timeout: float = DB_BUSY_TIMEOUT_SECONDS
     run_write_retry_seconds: float = RUN_WRITE_RETRY_SECONDS
+    request_header_timeout: float = REQUEST_HEADER_TIMEOUT_SECONDS
+    request_body_timeout: float = REQUEST_BODY_TIMEOUT_SECONDS
     # Start the speech decoder process at startup, so the first caller does not wait ~1 s
     # for it (tests leave it off: most of them never speak).
     preload_speech: bool = False

@@ -39,6 +39,11 @@ class DatabaseUnavailable(Exception):
     1011 for a call that cannot start."""
 
 
+class RequestTooSlow(Exception):
+    """A client's request body did not arrive within the body timeout (408 at the edge): a
+    connection trickling its body must not hold a handler forever."""
+
+
 class PeerClosed(Exception):
     """The provider closed the socket (or it broke) without a `stop` event."""
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Final
 
 import aiohttp
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 
 from . import admin, api
 from .config import SHUTDOWN_GRACE_SECONDS, Settings
+from .errors import RequestTooSlow
 from .keys import CALLS, HTTP, PENDING_RUN_WRITES, SETTINGS, SPEECH, STORE
 from .pipeline.call import RECORDING_SAMPLE_RATE
 from .pipeline.recorder import recover_recordings
@@ -48,6 +51,54 @@ class AccessLogger(AbstractAccessLogger):
             response.status,
             time * 1000,
         )
+
+
+class HttpServerLog(logging.LoggerAdapter[logging.Logger]):
+    """What aiohttp's request handler logs. A malformed request (a head over 8,190 bytes, bad
+    bytes) reaches it as a parser error whose message quotes the raw request, agent uuids and
+    all, with a traceback, at ERROR (at DEBUG for a bad method opening a connection): it is
+    the client's mistake, so it becomes one INFO line naming the peer and the kind of error.
+    Anything else (a failure of ours) passes through as it came."""
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        """Every logging call of the adapter (debug, exception, ...) arrives here."""
+        exc = _exception_of(kwargs.get("exc_info"))
+        if isinstance(exc, HttpProcessingError):
+            # aiohttp's message is "Error handling request from %s", the peer's address.
+            peer = args[0] if args and isinstance(args[0], str) else "an unknown peer"
+            self.logger.info("bad HTTP request from %s: %s (%d)", peer, type(exc).__name__, exc.code)
+            return
+        super().log(level, msg, *args, **kwargs)
+
+
+def _exception_of(exc_info: object) -> BaseException | None:
+    """The exception a logging call's `exc_info` names (an exception, a sys.exc_info()
+    tuple, or True for the one being handled)."""
+    if exc_info is True:
+        return sys.exc_info()[1]
+    if isinstance(exc_info, tuple) and len(exc_info) == 3:
+        exc_info = exc_info[1]
+    return exc_info if isinstance(exc_info, BaseException) else None
+
+
+# aiohttp's request handler logs here instead of `aiohttp.server`.
+HTTP_SERVER_LOG: Final = HttpServerLog(logging.getLogger("agent_stream.http"))
+
+
+def runner_options(settings: Settings) -> dict[str, Any]:
+    """How every server of the app runs (production, the CLI test call, the tests), in one
+    place, so the limits the tests check are the ones that serve.
+
+    `keepalive_timeout` is aiohttp's only bound on a slow request head: its timer starts when
+    a connection opens and again after each answer, and a connection still waiting for a
+    complete head when it fires is closed. So it bounds both the time to send a head and the
+    idle time between requests on a keep-alive connection. `logger` is where the request
+    handler's own lines go: `HttpServerLog`."""
+    return {
+        "access_log_class": AccessLogger,
+        "keepalive_timeout": settings.request_header_timeout,
+        "logger": HTTP_SERVER_LOG,
+    }
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -95,6 +146,27 @@ async def _close_live_calls(app: web.Application) -> None:
     await app[CALLS].shutdown(SHUTDOWN_GRACE_SECONDS)
 
 
+@web.middleware
+async def body_deadline_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """A request body must arrive within the body timeout, or the answer is 408: it is read
+    here, before any handler, and `request.json()`/`post()` reuse what was read."""
+    if request.body_exists and request.can_read_body:
+        timeout = request.app[SETTINGS].request_body_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                if request.content_type == "multipart/form-data":
+                    await request.post()  # parsed from the stream: read() would leave it nothing
+                else:
+                    await request.read()
+        except TimeoutError:
+            raise RequestTooSlow(f"the request body did not arrive within {timeout:g} s") from None
+        except ValueError:  # a malformed multipart body: the client's mistake, not a 500
+            raise web.HTTPBadRequest() from None
+    return await handler(request)
+
+
 def setup_routes(app: web.Application) -> None:
     """Every route of the service, named."""
     app.router.add_get("/api/v1/agent-stream/{agent_uuid}", agent_stream, name="agent_stream")
@@ -108,7 +180,9 @@ def setup_routes(app: web.Application) -> None:
 def create_app(settings: Settings) -> web.Application:
     """Build the application; resources open when it starts and close when it stops."""
     app = web.Application(
-        middlewares=[api.error_middleware, admin.html_error_middleware], client_max_size=1024**2
+        # Outermost first: the error middlewares also answer what the body deadline raises.
+        middlewares=[api.error_middleware, admin.html_error_middleware, body_deadline_middleware],
+        client_max_size=1024**2,
     )
     app[SETTINGS] = settings
     app[CALLS] = CallRegistry()

@@ -91,11 +91,12 @@ async def run_test_call(settings: Settings, agent_uuid: str, steps: list[Step],
     provider_site = web.TCPSite(provider, "127.0.0.1", 0)
     await provider_site.start()
     provider_url = _site_url(provider_site)
-    from .server import create_app  # imports pipecat: only when a call is placed
+    from .server import create_app, runner_options  # imports pipecat: only when a call is placed
 
     # Not the server of this database: a live one may be serving calls from it right now.
-    app = create_app(replace(settings, cloudonix_api_base_url=provider_url, recover_at_start=False))
-    runner = web.AppRunner(app, access_log=None)
+    app_settings = replace(settings, cloudonix_api_base_url=provider_url, recover_at_start=False)
+    app = create_app(app_settings)
+    runner = web.AppRunner(app, **(runner_options(app_settings) | {"access_log": None}))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from agent_stream.config import Settings
 from agent_stream.keys import STORE
-from agent_stream.server import AccessLogger, create_app, server_event_loop
+from agent_stream.server import create_app, runner_options, server_event_loop
 from agent_stream.simulator import SimulatedCall, connect, pcm16_to_ulaw, silence_ulaw, stream_url
 from agent_stream.speech.tts import EspeakSynthesizer
 from agent_stream.store import Store, Workflow
@@ -61,12 +61,25 @@ def settings(tmp_path: Path, cloudonix: tuple[CloudonixEmulator, str]) -> Settin
     )
 
 
+ServeApp = Callable[[Settings], Awaitable[TestClient]]
+
+
 @pytest.fixture
-async def client(aiohttp_client: Any, settings: Settings) -> TestClient:
-    """The real app, served with the same access logger as production."""
-    server = TestServer(create_app(settings))
-    await server.start_server(access_log_class=AccessLogger)
-    return await aiohttp_client(server)
+def serve_app(aiohttp_client: Any) -> ServeApp:
+    """Serve the real app with the options production serves it with (runner_options)."""
+
+    async def serve(app_settings: Settings) -> TestClient:
+        server = TestServer(create_app(app_settings))
+        await server.start_server(**runner_options(app_settings))
+        return await aiohttp_client(server)
+
+    return serve
+
+
+@pytest.fixture
+async def client(serve_app: ServeApp, settings: Settings) -> TestClient:
+    """The real app on a temp database, served like production."""
+    return await serve_app(settings)
 
 
 @pytest.fixture

@@ -10,14 +10,12 @@ import subprocess
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from agent_stream.config import Settings
 from agent_stream.keys import STORE
-from agent_stream.server import AccessLogger, create_app
 from agent_stream.simulator import SimulatedCall, connect, stream_url
 from agent_stream.store import Store
 from agent_stream.workflow import starter_definition
@@ -27,6 +25,7 @@ from tests.conftest import (
     TOKEN,
     Dial,
     MakeTenant,
+    ServeApp,
     Tenant,
     finished_run,
     latest_run_id,
@@ -152,12 +151,10 @@ def fill(disk: Path) -> Path:
 
 
 async def test_a_full_disk_refuses_new_calls_with_1011_and_ends_live_runs_once_there_is_room(
-    aiohttp_client: Any, full_disk_settings: Settings, small_disk: Path,
+    serve_app: ServeApp, full_disk_settings: Settings, small_disk: Path,
     emulator: CloudonixEmulator,
 ) -> None:
-    server = TestServer(create_app(full_disk_settings))
-    await server.start_server(access_log_class=AccessLogger)
-    client = await aiohttp_client(server)
+    client = await serve_app(full_disk_settings)
     store: Store = client.app[STORE]
     org = await store.get_or_create_organization("Full disk")
     user = await store.create_user(organization_id=org.id, email="d@example.com", password="pw")

@@ -13,7 +13,7 @@ import pytest
 
 from agent_stream.config import Settings
 from agent_stream.keys import STORE
-from agent_stream.server import create_app
+from agent_stream.server import create_app, runner_options
 from agent_stream.simulator import connect, connected_event, silence_ulaw, stream_url, tone_ulaw
 from agent_stream.store import Store
 from agent_stream.workflow import starter_definition
@@ -23,6 +23,7 @@ from tests.conftest import (
     TOKEN,
     Dial,
     MakeTenant,
+    ServeApp,
     Tenant,
     finished_run,
     handshake_done,
@@ -409,18 +410,18 @@ def quick_settings(settings: Settings) -> Settings:
 
 
 async def test_handshake_timeout_waiting_for_connected(
-    aiohttp_client: Any, quick_settings: Settings, emulator: CloudonixEmulator
+    serve_app: ServeApp, quick_settings: Settings, emulator: CloudonixEmulator
 ) -> None:
-    client = await aiohttp_client(create_app(quick_settings))
+    client = await serve_app(quick_settings)
     tenant, call = await _quick_call(client, emulator)
     await assert_handshake_failure(call, client.app[STORE], tenant,
                                    "timed out waiting for 'connected' event")
 
 
 async def test_handshake_timeout_waiting_for_start(
-    aiohttp_client: Any, quick_settings: Settings, emulator: CloudonixEmulator
+    serve_app: ServeApp, quick_settings: Settings, emulator: CloudonixEmulator
 ) -> None:
-    client = await aiohttp_client(create_app(quick_settings))
+    client = await serve_app(quick_settings)
     tenant, call = await _quick_call(client, emulator)
     await call.send_connected()
     await assert_handshake_failure(call, client.app[STORE], tenant,
@@ -428,9 +429,9 @@ async def test_handshake_timeout_waiting_for_start(
 
 
 async def test_session_validation_timeout(
-    aiohttp_client: Any, quick_settings: Settings, emulator: CloudonixEmulator
+    serve_app: ServeApp, quick_settings: Settings, emulator: CloudonixEmulator
 ) -> None:
-    client = await aiohttp_client(create_app(quick_settings))
+    client = await serve_app(quick_settings)
     tenant, call = await _quick_call(client, emulator)
     emulator.delay = 1.0
     await call.handshake()
@@ -547,7 +548,7 @@ async def test_oversized_message_during_handshake(
 async def test_shutdown_closes_live_calls_with_1001_and_finishes_their_runs(
     aiohttp_server: Any, settings: Settings, emulator: CloudonixEmulator, tmp_path: Path
 ) -> None:
-    server = await aiohttp_server(create_app(settings))
+    server = await aiohttp_server(create_app(settings), **runner_options(settings))
     store: Store = server.app[STORE]
     org = await store.get_or_create_organization("S")
     user = await store.create_user(organization_id=org.id, email="s@example.com", password="pw")
@@ -588,7 +589,7 @@ async def test_shutdown_closes_live_calls_with_1001_and_finishes_their_runs(
 
 
 async def test_restart_fails_runs_left_open_by_a_crash(
-    aiohttp_client: Any, settings: Settings
+    serve_app: ServeApp, settings: Settings
 ) -> None:
     store = await Store.open(settings.db_path)
     org = await store.get_or_create_organization("R")
@@ -603,7 +604,7 @@ async def test_restart_fails_runs_left_open_by_a_crash(
     await store.mark_run_running(running.id)
     await store.close()  # the "crash": nobody finished these runs
 
-    client = await aiohttp_client(create_app(settings))
+    client = await serve_app(settings)
     restarted: Store = client.app[STORE]
     for run_id in (pending.id, running.id):
         run = await restarted.get_run_by_id(run_id)

@@ -16,7 +16,7 @@ import aiohttp_jinja2
 from aiohttp import web
 from multidict import MultiDictProxy
 
-from ..errors import RETRY_AFTER_SECONDS, Conflict, DatabaseUnavailable, NotFound
+from ..errors import RETRY_AFTER_SECONDS, Conflict, DatabaseUnavailable, NotFound, RequestTooSlow
 from ..keys import STORE
 from ..security import redact_uuids
 from ..store import Organization, Store, User
@@ -330,6 +330,8 @@ async def html_error_middleware(request: web.Request, handler: Handler) -> web.S
         return error_page(request, 404)
     except Conflict as exc:
         return error_page(request, 409, str(exc))
+    except RequestTooSlow:
+        return error_page(request, 408)
     except DatabaseUnavailable as exc:
         log.warning("%s %s: %s", request.method, redact_uuids(request.path), exc)
         return error_page(request, 503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
