@@ -28,7 +28,7 @@ from tests.conftest import (
     finished_run,
     handshake_done,
     latest_run_id,
-    wait_for_handshake,
+    until,
     wait_for_state,
 )
 
@@ -570,8 +570,8 @@ async def test_shutdown_closes_live_calls_with_1001_and_finishes_their_runs(
             await call.handshake()
             await call.send_audio(tone_ulaw(0.1), realtime=False)
             calls.append(call)
-        for run in (await store.list_runs(org.id))[0]:  # both calls are past their handshake
-            await wait_for_handshake(store, run.id)
+        for call in calls:  # both calls are live: the agent's greeting is playing
+            await until(lambda call=call: call.received_media_bytes > 0)
         await server.close()
         for call in calls:
             assert await call.wait_closed() == (1001, "server shutting down")
