@@ -21,8 +21,8 @@ MAX_STREAM_MESSAGE_BYTES: Final = 64 * 1024
 SHUTDOWN_GRACE_SECONDS: Final = 10.0
 # How long one database statement waits for another process's write lock.
 DB_BUSY_TIMEOUT_SECONDS: Final = 5.0
-# How long a call retries a run write the database refuses (locked, disk full) before the
-# call is refused (creating its run) or the write is left to the background (later ones).
+# How long a new call waits for a database that refuses writes (locked, disk full) to take
+# its run, before it is refused 1011. A live call never waits: see run_writes.py.
 RUN_WRITE_RETRY_SECONDS: Final = 10.0
 # How long a client has to send a complete request head (request line and headers) after it
 # connects, and how long a keep-alive connection may then sit idle before its next one.

@@ -7,7 +7,7 @@ import aiohttp
 from aiohttp import web
 
 from .config import Settings
-from .run_writes import PendingRunWrites
+from .run_writes import RunWriteQueue
 from .speech import SpeechServices
 from .store import Store
 
@@ -19,4 +19,4 @@ STORE = web.AppKey("store", Store)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 CALLS: web.AppKey[CallRegistry] = web.AppKey("calls")
 SPEECH = web.AppKey("speech", SpeechServices)
-PENDING_RUN_WRITES = web.AppKey("pending_run_writes", PendingRunWrites)
+RUN_WRITES = web.AppKey("run_writes", RunWriteQueue)

@@ -1,14 +1,14 @@
-"""The run of a live call, written so that a busy or failing database loses none of it.
+"""The runs of live calls, written so that a busy or failing database loses none of it.
 
-Every state write of a call's run goes through its `RunRecord`, in order: created (with
-the quota check), running, context merges, the end. A write the database refuses (locked
-by another process past its busy timeout, disk full, I/O error) is retried; creating the
-run and ending it are retried in-line for a while, because the caller waits on the first
-and the quota slot on the second. What still cannot land is handed, with every later write
-of that run, to the process's `PendingRunWrites`, which retries in the background until
-the database answers again. So a run always ends once its call is over, and frees its
-quota slot, even when that has to wait for the database; if the process stops first, the
-next start fails the run (`server_restarted`).
+Every state write of a call's run (running, context merges, the end) is queued, in order,
+in the process's `RunWriteQueue` and written from there at once. A write the database
+refuses (locked by another process past its busy timeout, disk full, I/O error) stays
+queued, with every later one, and is retried in the background until the database answers
+again; the call goes on and ends as if nothing happened. Creating a run (with its quota
+check) writes what is queued first, so a call that is over never holds its owner's quota
+slot: a new call waits, up to `run_write_retry_seconds`, for the database to take both.
+If the process stops first, the next start fails the runs whose end was not written
+(`server_restarted`).
 """
 from __future__ import annotations
 
@@ -49,16 +49,18 @@ async def retrying(attempt: Callable[[], Awaitable[T]], *, seconds: float) -> T:
             delay = min(delay * 2, MAX_RETRY_DELAY)
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Write:
     run_name: str
     what: str
     apply: RunWrite
+    refused: bool = False  # the database said no at least once: say when it lands
 
 
-class PendingRunWrites:
-    """Run writes the database refused, kept in order per run and retried in the background
-    until it answers again: the process's one queue of them."""
+class RunWriteQueue:
+    """Run-state writes of the process's calls, in order per run. Normally a write leaves
+    the queue as soon as it is added; a database that refuses one keeps it (and every write
+    after it) here, retried in the background until it answers."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
@@ -66,20 +68,19 @@ class PendingRunWrites:
         self._lock = asyncio.Lock()
         self._retrier: asyncio.Task[None] | None = None
 
-    def __contains__(self, run_id: object) -> bool:
-        return run_id in self._runs
-
     def __len__(self) -> int:
+        """Runs with writes the database has not taken yet."""
         return len(self._runs)
 
-    def add(self, run_id: int, write: _Write) -> None:
-        """Queue `write` behind the run's earlier pending ones; the retrier takes it."""
+    async def write(self, run_id: int, write: _Write) -> bool:
+        """Queue `write` behind the run's earlier ones and write what is queued; True when
+        it landed now, False when it waits for the database."""
         self._runs.setdefault(run_id, []).append(write)
-        if self._retrier is None:
-            self._retrier = asyncio.create_task(self._retry(), name="pending run writes")
+        return await self.flush()
 
     async def flush(self) -> bool:
-        """Try every pending write now, run by run, in order; True when none is left."""
+        """Write everything queued, run by run, in order; True when nothing is left. On a
+        refusal the rest waits for the background retrier."""
         if not self._runs:
             return True
         async with self._lock:
@@ -89,24 +90,35 @@ class PendingRunWrites:
                     write = writes[0]
                     try:
                         await write.apply(self._store)
-                    except DatabaseUnavailable:
-                        return False  # still down: every run waits for the next try
+                    except DatabaseUnavailable as exc:
+                        if not write.refused:
+                            write.refused = True
+                            log.warning("%s: %s not written yet (%s); retrying in the background",
+                                        write.run_name, write.what, exc)
+                        self._retry_in_background()
+                        return False
                     except Exception:
                         log.exception("%s: %s could not be written and is dropped",
                                       write.run_name, write.what)
                     else:
-                        log.info("%s: %s written after the database came back",
-                                 write.run_name, write.what)
+                        if write.refused:
+                            log.info("%s: %s written after the database came back",
+                                     write.run_name, write.what)
                     writes.pop(0)
                 del self._runs[run_id]
         return True
 
+    def _retry_in_background(self) -> None:
+        if self._retrier is None:
+            self._retrier = asyncio.create_task(self._retry(), name="run write retrier")
+
     async def _retry(self) -> None:
         delay = FIRST_RETRY_DELAY
         try:
-            while not await self.flush():
+            while self._runs:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_RETRY_DELAY)
+                await self.flush()
         finally:
             self._retrier = None
 
@@ -125,42 +137,35 @@ class RunRecord:
     """The run of one live call. Its writes land in order; a refused one never ends the
     call and is never lost while the process lives."""
 
-    def __init__(
-        self, run: Run, store: Store, pending: PendingRunWrites, *, retry_seconds: float,
-        call_log: LogAdapter,
-    ) -> None:
+    def __init__(self, run: Run, queue: RunWriteQueue) -> None:
         self.run = run
-        self._store = store
-        self._pending = pending
-        self._retry_seconds = retry_seconds
-        self._log = call_log
+        self._queue = queue
 
     @classmethod
     async def create(
         cls,
         store: Store,
-        pending: PendingRunWrites,
+        queue: RunWriteQueue,
         workflow: Workflow,
         owner: User,
         *,
         retry_seconds: float,
-        call_log: LogAdapter,
         **run: Any,
     ) -> RunRecord:
         """Check the quota and create the pending run, retrying a refusing database for
-        `retry_seconds`. Writes still pending from ended calls go first, so their quota
-        slots are free. Raises `QuotaExceeded` or `DatabaseUnavailable`."""
+        `retry_seconds`. Writes still queued go first: a call that is over must not hold a
+        quota slot. Raises `QuotaExceeded` or `DatabaseUnavailable`."""
 
         async def attempt() -> Run:
-            await pending.flush()
+            if not await queue.flush():
+                raise DatabaseUnavailable("database unavailable: earlier run writes wait for it")
             return await store.start_run(workflow, owner, **run)
 
-        created = await retrying(attempt, seconds=retry_seconds)
-        return cls(created, store, pending, retry_seconds=retry_seconds, call_log=call_log)
+        return cls(await retrying(attempt, seconds=retry_seconds), queue)
 
-    async def running(self, logs: dict[str, Any]) -> None:
+    async def running(self, logs: dict[str, Any]) -> bool:
         started_at = utcnow()
-        await self._write(
+        return await self._write(
             "running", lambda store: store.mark_run_running(self.run.id, logs, started_at=started_at)
         )
 
@@ -170,8 +175,8 @@ class RunRecord:
         initial_context: dict[str, Any] | None = None,
         gathered_context: dict[str, Any] | None = None,
         logs: dict[str, Any] | None = None,
-    ) -> None:
-        await self._write("context", lambda store: store.merge_run_context(
+    ) -> bool:
+        return await self._write("context", lambda store: store.merge_run_context(
             self.run.id, initial_context=initial_context, gathered_context=gathered_context,
             logs=logs,
         ))
@@ -188,7 +193,7 @@ class RunRecord:
         logs: MutableMapping[str, Any],
         transcript: list[TranscriptLine] | None,
     ) -> bool:
-        """End the run (retried in-line, then in the background); True when it is written."""
+        """End the run, with the time the call ended however late the write lands."""
         ended_at = utcnow()
 
         async def end(store: Store) -> None:
@@ -198,21 +203,8 @@ class RunRecord:
                 logs=dict(logs), transcript=transcript, ended_at=ended_at,
             )
 
-        return await self._write("the end of the run", end, retry=True)
+        return await self._write("the end of the run", end)
 
-    async def _write(self, what: str, apply: RunWrite, *, retry: bool = False) -> bool:
-        """Apply `apply` after the run's earlier writes; True if it landed now."""
-        write = _Write(self.run.name, what, apply)
-        if self.run.id in self._pending:  # an earlier write waits: keep the order
-            self._pending.add(self.run.id, write)
-            return False
-        try:
-            if retry:
-                await retrying(lambda: apply(self._store), seconds=self._retry_seconds)
-            else:
-                await apply(self._store)
-        except DatabaseUnavailable as exc:
-            self._log.warning("%s not written yet (%s): retrying in the background", what, exc)
-            self._pending.add(self.run.id, write)
-            return False
-        return True
+    async def _write(self, what: str, apply: RunWrite) -> bool:
+        """True when the write landed now; False when it waits for the database."""
+        return await self._queue.write(self.run.id, _Write(self.run.name, what, apply))

@@ -15,10 +15,10 @@ from aiohttp.http_exceptions import HttpProcessingError
 from . import admin, api
 from .config import SHUTDOWN_GRACE_SECONDS, Settings
 from .errors import RequestTooSlow
-from .keys import CALLS, HTTP, PENDING_RUN_WRITES, SETTINGS, SPEECH, STORE
+from .keys import CALLS, HTTP, RUN_WRITES, SETTINGS, SPEECH, STORE
 from .pipeline.call import RECORDING_SAMPLE_RATE
 from .pipeline.recorder import recover_recordings
-from .run_writes import PendingRunWrites
+from .run_writes import RunWriteQueue
 from .security import redact_uuids
 from .speech import SpeechServices
 from .store import Store
@@ -118,9 +118,9 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
             log.info("recordings left by a previous process: %d recovered, %d leftover(s) removed",
                      leftovers.recovered, leftovers.removed)
     app[STORE] = store
-    app[PENDING_RUN_WRITES] = pending = PendingRunWrites(store)
+    app[RUN_WRITES] = run_writes = RunWriteQueue(store)
     yield
-    await pending.close()
+    await run_writes.close()
     await store.close()
 
 

@@ -334,7 +334,9 @@ class Store:
             async with asyncio.timeout(self._busy_timeout):
                 await self._write_lock.acquire()
         except TimeoutError:
-            raise DatabaseUnavailable("database unavailable: writes are queued too long") from None
+            raise DatabaseUnavailable(
+                "database unavailable: earlier writes have waited for it too long"
+            ) from None
         try:
             with _unavailable_on_error():
                 await self._writer.execute("BEGIN IMMEDIATE")

@@ -35,7 +35,7 @@ from .errors import (
     UnsupportedProvider,
     clip_reason,
 )
-from .keys import CALLS, HTTP, PENDING_RUN_WRITES, SETTINGS, SPEECH, STORE
+from .keys import CALLS, HTTP, RUN_WRITES, SETTINGS, SPEECH, STORE
 from .memory import CallGarbage
 from .pipeline.call import CallPipeline, let_live_calls_run
 from .pipeline.frames import StreamStopFrame
@@ -188,11 +188,10 @@ class Call:
         self._workflow = workflow
         return await RunRecord.create(  # raises QuotaExceeded, a RoutingError
             self.store,
-            self.request.app[PENDING_RUN_WRITES],
+            self.request.app[RUN_WRITES],
             workflow,
             owner,
             retry_seconds=self.settings.run_write_retry_seconds,
-            call_log=self.log,
             mode=self.provider,
             initial_context=self._initial_context(),
             gathered_context=self._gathered_context(),
