@@ -1,12 +1,12 @@
 """The runs of live calls, written so that a busy or failing database loses none of it.
 
-Every state write of a call's run (running, context merges, the end) is queued, in order,
-in the process's `RunWriteQueue` and written from there at once. A write the database
-refuses (locked by another process past its busy timeout, disk full, I/O error) stays
-queued, with every later one, and is retried in the background until the database answers
-again; the call goes on and ends as if nothing happened. Creating a run (with its quota
-check) writes what is queued first, so a call that is over never holds its owner's quota
-slot: a new call waits, up to `run_write_retry_seconds`, for the database to take both.
+Every state write of a call's run (running, context merges, the end) goes through the
+process's `RunWriteQueue`. A write the database refuses (locked by another process past
+its busy timeout, disk full, I/O error) is kept there, in order with every later write of
+its run, and retried in the background until the database answers again; the call goes
+on and ends as if nothing happened. Creating a run (with its quota check) first writes what
+waits, so a call that is over never holds its owner's quota slot: a new call waits, up to
+`run_write_retry_seconds`, for the database to take both.
 If the process stops first, the next start fails the runs whose end was not written
 (`server_restarted`).
 """
@@ -58,45 +58,52 @@ class _Write:
 
 
 class RunWriteQueue:
-    """Run-state writes of the process's calls, in order per run. Normally a write leaves
-    the queue as soon as it is added; a database that refuses one keeps it (and every write
-    after it) here, retried in the background until it answers."""
+    """Run-state writes the database refused, kept in order per run (with every later write
+    of that run) and retried in the background until it answers. While it answers, a write
+    goes straight to it and nothing is queued."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._runs: dict[int, list[_Write]] = {}
+        self._waiting: dict[int, list[_Write]] = {}
         self._lock = asyncio.Lock()
         self._retrier: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
         """Runs with writes the database has not taken yet."""
-        return len(self._runs)
+        return len(self._waiting)
 
     async def write(self, run_id: int, write: _Write) -> bool:
-        """Queue `write` behind the run's earlier ones and write what is queued; True when
-        it landed now, False when it waits for the database."""
-        self._runs.setdefault(run_id, []).append(write)
-        return await self.flush()
+        """Write now, after the run's earlier writes; True when it landed, False when it
+        waits for the database (or, being our own bug, was dropped and logged)."""
+        if run_id in self._waiting:  # an earlier write of this run waits: keep the order
+            self._waiting[run_id].append(write)
+            return False
+        try:
+            await write.apply(self._store)
+        except DatabaseUnavailable as exc:
+            self._refused(write, exc)
+            self._waiting[run_id] = [write]
+            self._retry_in_background()
+            return False
+        except Exception:
+            log.exception("%s: %s could not be written and is dropped", write.run_name, write.what)
+            return False
+        return True
 
     async def flush(self) -> bool:
-        """Write everything queued, run by run, in order; True when nothing is left. On a
-        refusal the rest waits for the background retrier."""
-        if not self._runs:
+        """Write everything that waits, run by run, in order; True when nothing is left."""
+        if not self._waiting:
             return True
         async with self._lock:
-            for run_id in list(self._runs):
-                writes = self._runs[run_id]
+            for run_id in list(self._waiting):
+                writes = self._waiting[run_id]
                 while writes:
                     write = writes[0]
                     try:
                         await write.apply(self._store)
                     except DatabaseUnavailable as exc:
-                        if not write.refused:
-                            write.refused = True
-                            log.warning("%s: %s not written yet (%s); retrying in the background",
-                                        write.run_name, write.what, exc)
-                        self._retry_in_background()
-                        return False
+                        self._refused(write, exc)
+                        return False  # still down: every run waits for the next try
                     except Exception:
                         log.exception("%s: %s could not be written and is dropped",
                                       write.run_name, write.what)
@@ -105,8 +112,15 @@ class RunWriteQueue:
                             log.info("%s: %s written after the database came back",
                                      write.run_name, write.what)
                     writes.pop(0)
-                del self._runs[run_id]
+                del self._waiting[run_id]
         return True
+
+    @staticmethod
+    def _refused(write: _Write, exc: DatabaseUnavailable) -> None:
+        if not write.refused:
+            write.refused = True
+            log.warning("%s: %s not written yet (%s); retrying in the background",
+                        write.run_name, write.what, exc)
 
     def _retry_in_background(self) -> None:
         if self._retrier is None:
@@ -115,7 +129,7 @@ class RunWriteQueue:
     async def _retry(self) -> None:
         delay = FIRST_RETRY_DELAY
         try:
-            while self._runs:
+            while self._waiting:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_RETRY_DELAY)
                 await self.flush()
@@ -128,7 +142,7 @@ class RunWriteQueue:
             self._retrier.cancel()
             await asyncio.gather(self._retrier, return_exceptions=True)
         if not await self.flush():
-            names = sorted({w.run_name for writes in self._runs.values() for w in writes})
+            names = sorted({w.run_name for writes in self._waiting.values() for w in writes})
             log.error("the database is unavailable: %d run(s) could not be ended (%s); "
                       "the next start marks them failed", len(names), ", ".join(names))
 
@@ -159,6 +173,7 @@ class RunRecord:
         async def attempt() -> Run:
             if not await queue.flush():
                 raise DatabaseUnavailable("database unavailable: earlier run writes wait for it")
+            # (a write in flight right now is not waited for: it lands in a moment)
             return await store.start_run(workflow, owner, **run)
 
         return cls(await retrying(attempt, seconds=retry_seconds), queue)
