@@ -158,12 +158,13 @@ class VoiceAgent(FrameProcessor):
             self._actions.fail(f"agent error in {task.get_name()}: {type(error).__name__}")
 
     async def _stop_everything(self) -> None:
+        """The call ends: cancel every step and timer and wait for them (a failure among
+        them was logged by `_task_done`)."""
         self._finished = True
-        for task in [*self._tasks, *self._timers.values()]:
+        tasks = [t for t in (*self._tasks, *self._timers.values()) if t is not asyncio.current_task()]
+        for task in tasks:
             task.cancel()
-        for task in [*self._tasks, *self._timers.values()]:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self._closing()
 
     # -- conversation --------------------------------------------------------------------
