@@ -15,7 +15,10 @@ from aiohttp.test_utils import TestClient
 
 from agent_stream.simulator import tone_ulaw
 from agent_stream.store import Store
+from tests.admin_fixtures import Operator, operator
 from tests.conftest import Dial, Tenant, wait_for_state
+
+__all__ = ["operator"]  # fixtures
 
 ENDED = ("completed", "failed")
 
@@ -52,7 +55,7 @@ async def short_call(dial: Dial, tenant: Tenant) -> tuple[int | None, str]:
 
 
 async def test_forty_calls_at_once_while_the_runs_list_is_polled_all_complete(
-    client: TestClient, dial: Dial, tenant: Tenant, store: Store
+    client: TestClient, dial: Dial, tenant: Tenant, store: Store, operator: Operator
 ) -> None:
     async def list_runs() -> None:
         response = await client.get(
@@ -60,9 +63,13 @@ async def test_forty_calls_at_once_while_the_runs_list_is_polled_all_complete(
         )
         assert response.status == 200, await response.text()
 
-    async with polling(list_runs) as reads:
+    async def runs_tab() -> None:  # an operator with the agent's Runs tab open
+        page = await operator.get(f"/agents/{tenant.workflow.uuid}/runs")
+        assert page.status == 200
+
+    async with polling(list_runs) as reads, polling(runs_tab, workers=2) as page_reads:
         closes = await asyncio.gather(*(short_call(dial, tenant) for _ in range(40)))
-    assert reads[0] > 0
+    assert reads[0] > 0 and page_reads[0] > 0
     assert closes == [(1000, "call ended")] * 40
 
     runs, total = await store.list_runs(tenant.org_id, limit=100)
