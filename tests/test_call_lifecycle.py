@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 
 from agent_stream.simulator import tone_ulaw
@@ -103,8 +105,9 @@ async def test_objects_created_through_the_api_are_answered_while_others_read(
 
 
 async def test_a_flood_of_junk_connections_leaves_no_run_open_and_no_garbage_after_the_101(
-    client: TestClient, dial: Dial, tenant: Tenant, store: Store
+    client: TestClient, dial: Dial, tenant: Tenant, store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger="agent_stream")
     async def junk(kind: int) -> tuple[int | None, str]:
         call = await dial(tenant.workflow.uuid)
         call.start_reading()
@@ -145,3 +148,6 @@ async def test_a_flood_of_junk_connections_leaves_no_run_open_and_no_garbage_aft
     assert total == 60
     assert all(r.state == "failed" and r.end_reason and r.close_code for r in runs)
     assert await short_call(dial, tenant) == (1000, "call ended")
+    # the callers' mistakes are theirs: no traceback, and never the agent's full uuid
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert tenant.workflow.uuid not in caplog.text
