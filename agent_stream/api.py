@@ -12,10 +12,11 @@ from aiohttp import web
 
 from .errors import RETRY_AFTER_SECONDS, Conflict, DatabaseUnavailable, NotFound, RequestTooSlow
 from .keys import STORE
+from .models import Run, TelephonyConfig, User, Workflow
 from .providers import SUPPORTED_PROVIDERS
 from .providers.cloudonix import parse_domain
 from .security import mask_secret, redact_uuids
-from .store import Run, Store, TelephonyConfig, User, Workflow
+from .store import Store
 from .workflow import merge_secrets, redact_secrets, starter_definition, validate_definition
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 from .errors import DatabaseUnavailable
-from .store import Run, Store, TranscriptLine, User, Workflow, utcnow
+from .models import Run, TranscriptLine, User, Workflow
+from .store import Store, utcnow
 
 log = logging.getLogger(__name__)
 

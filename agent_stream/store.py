@@ -13,7 +13,6 @@ import sqlite3
 import uuid as uuidlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -22,6 +21,18 @@ import aiosqlite
 
 from .config import DB_BUSY_TIMEOUT_SECONDS
 from .errors import Conflict, DatabaseUnavailable, NotFound, QuotaExceeded
+from .models import (
+    AgentActivity,
+    ApiKey,
+    Organization,
+    OrgApiKey,
+    Rejection,
+    Run,
+    TelephonyConfig,
+    TranscriptLine,
+    User,
+    Workflow,
+)
 from .security import hash_api_key, hash_password, new_api_key, verify_password
 
 log = logging.getLogger(__name__)
@@ -67,120 +78,6 @@ def month_start(now: datetime | None = None) -> str:
     return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0).isoformat(
         timespec="milliseconds"
     )
-
-
-@dataclass(frozen=True)
-class Organization:
-    id: int
-    name: str
-    created_at: str
-
-
-@dataclass(frozen=True)
-class User:
-    id: int
-    organization_id: int
-    email: str
-    is_admin: bool
-    monthly_minutes_limit: int | None
-    max_concurrent_calls: int | None
-    created_at: str
-
-
-@dataclass(frozen=True)
-class ApiKey:
-    id: int
-    user_id: int
-    name: str
-    key_prefix: str
-    created_at: str
-    last_used_at: str | None
-    revoked_at: str | None
-
-
-@dataclass(frozen=True)
-class Workflow:
-    id: int
-    uuid: str
-    organization_id: int
-    owner_user_id: int
-    name: str
-    status: str
-    version: int  # latest definition version
-    published_version: int | None
-    definition: dict[str, Any]  # latest (draft) definition
-    published_definition: dict[str, Any] | None
-    definition_id: int
-    published_definition_id: int | None
-    created_at: str
-    updated_at: str
-
-    @property
-    def live_definition(self) -> dict[str, Any]:
-        """What a call runs: the published version if there is one, else the draft."""
-        return self.published_definition or self.definition
-
-    @property
-    def live_definition_id(self) -> int:
-        return self.published_definition_id or self.definition_id
-
-
-@dataclass(frozen=True)
-class TelephonyConfig:
-    id: int
-    organization_id: int
-    provider: str
-    name: str
-    domain_id: str
-    bearer_token: str
-    application_name: str | None
-    from_numbers: list[str]
-    created_at: str
-    updated_at: str
-
-
-@dataclass(frozen=True)
-class TranscriptLine:
-    role: str
-    text: str
-    start_ms: int
-    end_ms: int
-    interrupted: bool = False
-
-
-@dataclass(frozen=True)
-class Run:
-    id: int
-    workflow_id: int
-    workflow_uuid: str
-    organization_id: int
-    name: str
-    call_type: str
-    mode: str
-    state: str
-    initial_context: dict[str, Any]
-    gathered_context: dict[str, Any]
-    logs: dict[str, Any]
-    created_at: str
-    started_at: str | None
-    ended_at: str | None
-    duration_seconds: float | None
-    end_reason: str | None
-    close_code: int | None
-    error: str | None
-    recording_path: str | None
-    transcript: list[TranscriptLine] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Rejection:
-    id: int
-    created_at: str
-    provider: str | None
-    agent_uuid_short: str
-    workflow_id: int | None
-    code: int
-    reason: str
 
 
 _WORKFLOW_SELECT: Final = """
@@ -1047,19 +944,6 @@ class Store:
             for r in rows
         }
 
-
-@dataclass(frozen=True)
-class OrgApiKey:
-    """An API key as the admin lists it: never the key, only its prefix and owner."""
-
-    key: ApiKey
-    owner_email: str
-
-
-@dataclass(frozen=True)
-class AgentActivity:
-    last_run_at: str | None
-    runs_since: int
 
 _MINUTES_USED_SQL: Final = """
     SELECT SUM(COALESCE(r.duration_seconds,

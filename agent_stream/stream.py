@@ -37,13 +37,14 @@ from .errors import (
 )
 from .keys import CALLS, HTTP, RUN_WRITES, SETTINGS, SPEECH, STORE
 from .memory import CallGarbage
+from .models import Workflow
 from .pipeline.call import CallPipeline, let_live_calls_run
 from .pipeline.frames import StreamStopFrame
 from .providers import SUPPORTED_PROVIDERS, UNSUPPORTED_PROVIDERS, cloudonix
 from .run_writes import RunRecord
 from .security import short_uuid
 from .speech.providers import ProviderRecognizer, ProviderSynthesizer, recognizer, synthesizer
-from .store import Store, Workflow
+from .store import Store
 from .workflow import llm_endpoint, speech_provider, validate_definition
 
 log = logging.getLogger(__name__)

@@ -20,9 +20,10 @@ from aiohttp import web
 
 from .config import Settings
 from .keys import STORE
+from .models import Run
 from .simulator import SimulatedCall, connect, pcm16_to_ulaw, silence_ulaw, stream_url
 from .speech.tts import EspeakSynthesizer
-from .store import Run, Store
+from .store import Store
 
 CALLER_VOICE = "en-us+m3"
 QUIET_SECONDS = 0.8  # the agent has finished its turn after this long without audio

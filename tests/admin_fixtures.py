@@ -10,7 +10,8 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
-from agent_stream.store import Store, User
+from agent_stream.models import User
+from agent_stream.store import Store
 from tests.conftest import MakeTenant, Tenant
 
 PASSWORD = "correct horse battery"

@@ -14,10 +14,11 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from agent_stream.config import Settings
 from agent_stream.keys import STORE
+from agent_stream.models import Workflow
 from agent_stream.server import create_app, runner_options, server_event_loop
 from agent_stream.simulator import SimulatedCall, connect, pcm16_to_ulaw, silence_ulaw, stream_url
 from agent_stream.speech.tts import EspeakSynthesizer
-from agent_stream.store import Store, Workflow
+from agent_stream.store import Store
 from agent_stream.workflow import starter_definition
 from tests.cloudonix_emulator import CloudonixEmulator, start_emulator
 

@@ -6,8 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 from aiohttp.test_utils import TestClient
 
+from agent_stream.models import Run, TranscriptLine
 from agent_stream.simulator import tone_ulaw
-from agent_stream.store import Run, Store, TranscriptLine
+from agent_stream.store import Store
 from tests.admin_fixtures import Operator, make_operator, operator
 from tests.cloudonix_emulator import CloudonixEmulator
 from tests.conftest import Dial, MakeTenant, Tenant, latest_run_id, wait_for_state

@@ -10,8 +10,9 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
+from agent_stream.models import Run
 from agent_stream.simulator import tone_ulaw
-from agent_stream.store import Run, Store
+from agent_stream.store import Store
 from agent_stream.workflow import starter_definition
 from tests.cloudonix_emulator import CloudonixEmulator
 from tests.conftest import DOMAIN, Dial, MakeTenant, Tenant, latest_run_id, wait_for_state

@@ -16,6 +16,7 @@ from pipecat.frames.frames import (
 )
 
 from agent_stream.errors import HandshakeError
+from agent_stream.models import TelephonyConfig
 from agent_stream.providers.cloudonix import (
     CloudonixClient,
     CloudonixSerializer,
@@ -29,7 +30,6 @@ from agent_stream.providers.cloudonix import (
 )
 from agent_stream.providers.identifiers import api_url, is_identifier
 from agent_stream.simulator import start_event, tone_ulaw, ulaw_to_pcm16
-from agent_stream.store import TelephonyConfig
 from tests.cloudonix_emulator import CloudonixEmulator
 
 DOMAIN = "acme.cloudonix.net"

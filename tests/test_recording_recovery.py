@@ -13,9 +13,10 @@ import pytest
 
 from agent_stream.config import Settings
 from agent_stream.keys import STORE
+from agent_stream.models import Run, User, Workflow
 from agent_stream.pipeline.recorder import recover_recordings
 from agent_stream.server import create_app
-from agent_stream.store import Run, Store, User, Workflow
+from agent_stream.store import Store
 
 
 def pcm(samples: list[int]) -> bytes:

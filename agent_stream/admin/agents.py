@@ -10,8 +10,8 @@ from typing import Any
 
 from aiohttp import web
 
+from ..models import Workflow
 from ..providers import SUPPORTED_PROVIDERS
-from ..store import Workflow
 from ..workflow import ENGINES, STT_PROVIDERS, TTS_PROVIDERS, starter_definition
 from . import editor
 from .common import (

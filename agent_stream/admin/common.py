@@ -18,8 +18,9 @@ from multidict import MultiDictProxy
 
 from ..errors import RETRY_AFTER_SECONDS, Conflict, DatabaseUnavailable, NotFound, RequestTooSlow
 from ..keys import STORE
+from ..models import Organization, User
 from ..security import redact_uuids
-from ..store import Organization, Store, User
+from ..store import Store
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from ..api import RUN_STATES
 from ..errors import NotFound
-from ..store import Run, Workflow
+from ..models import Run, Workflow
 from .common import RUNS_PAGE_SIZE, int_id, page, render, store_of, stream_base, url, user_of
 
 REJECTIONS_SHOWN = 20

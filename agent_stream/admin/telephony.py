@@ -8,9 +8,9 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import Conflict
+from ..models import TelephonyConfig
 from ..providers.cloudonix import normalize_domain, parse_domain
 from ..security import mask_secret
-from ..store import TelephonyConfig
 from .common import form_of, int_id, page, redirect, render, store_of, url, user_of
 
 PROVIDER = "cloudonix"

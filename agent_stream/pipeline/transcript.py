@@ -10,7 +10,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from ..store import TranscriptLine
+from ..models import TranscriptLine
 
 
 @dataclass

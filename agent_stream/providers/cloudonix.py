@@ -29,8 +29,8 @@ from yarl import URL
 
 from .. import audio
 from ..errors import HandshakeError, PeerClosed
+from ..models import TelephonyConfig
 from ..pipeline.frames import ProviderMarkFrame, StreamStopFrame
-from ..store import TelephonyConfig
 from .identifiers import IDENTIFIER_RULE, api_url, is_domain_name, is_identifier
 
 log = logging.getLogger(__name__)
