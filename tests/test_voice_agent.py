@@ -190,6 +190,22 @@ async def test_an_utterance_longer_than_the_speech_queue_plays_whole(
     assert await greeting_bytes() == whole > 8000 * 3
 
 
+async def test_a_caller_hanging_up_while_speech_waits_for_room_ends_the_call_at_once(
+    dial: Dial, make_tenant: MakeTenant, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(transport, "MAX_QUEUED_SPEECH_SECONDS", 0.1)
+    tenant = await make_tenant()  # the starter's greeting: about four seconds, 0.1 s queued
+    call = await dial(tenant.workflow.uuid)
+    call.start_reading()
+    await call.handshake()
+    await until(lambda: call.received_media_bytes > 8000)  # a second of it has played
+    await call.hang_up()
+    assert await call.wait_closed(timeout=5) == (1000, "call ended")
+    run = await finished_run(store, tenant)
+    assert (run.state, run.end_reason) == ("completed", "caller_hangup")
+    assert run.transcript[0].role == "agent"
+
+
 async def test_a_non_interruptible_prompt_is_not_cut(
     dial: Dial, make_tenant: MakeTenant, store: Store, caller_voice: EspeakSynthesizer
 ) -> None:

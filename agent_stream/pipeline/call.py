@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from pathlib import Path
 from typing import Final
@@ -24,6 +25,8 @@ from ..speech.vad import EnergyVad
 from .recorder import CallRecorder
 from .transcript import CallTranscript
 from .transport import AiohttpWebsocketParams, AiohttpWebsocketTransport
+
+log = logging.getLogger(__name__)
 
 PIPELINE_START_TIMEOUT: Final = 5.0
 PIPELINE_END_TIMEOUT: Final = 3.0
@@ -109,8 +112,11 @@ class CallPipeline:
                         await asyncio.wait_for(asyncio.shield(self._task), PIPELINE_END_TIMEOUT)
                 if not self._task.done():
                     await self.worker.cancel()
-                    with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                        await asyncio.wait_for(self._task, PIPELINE_END_TIMEOUT)
+                    # wait, never for good: a stuck pipeline must not keep the run open
+                    await asyncio.wait({self._task}, timeout=PIPELINE_END_TIMEOUT)
+                    if not self._task.done():
+                        log.error("the call pipeline did not stop within %.0f s", PIPELINE_END_TIMEOUT)
+                        self._task.cancel()
         finally:
             path = await self.recorder.finish()
         return path

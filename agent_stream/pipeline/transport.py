@@ -168,9 +168,16 @@ class OutputTransport(BaseOutputTransport):
         await super().cancel(frame)
 
     async def _stop_speaking(self) -> None:
+        self._drop_queued_speech()  # an utterance waiting for room must not wait for good
         if self._speaker is not None:
             await self.cancel_task(self._speaker)
             self._speaker = None
+
+    def _drop_queued_speech(self) -> None:
+        """Nothing queued will be sent: an utterance still waiting for room gives up its rest."""
+        self._speech.clear()
+        self._interruptions += 1
+        self._speech_room.set()
 
     async def write_transport_frame(self, frame: Frame) -> None:
         """An utterance reached the head of the output queue: hand it to the speaker, as
@@ -181,7 +188,7 @@ class OutputTransport(BaseOutputTransport):
         chunk = self.audio_chunk_size
         interruptions = self._interruptions
         for i in range(0, len(frame.audio), chunk):
-            while len(self._speech) >= self._max_queued_chunks:
+            while len(self._speech) >= self._max_queued_chunks and self._interruptions == interruptions:
                 self._speech_room.clear()
                 await self._speech_room.wait()
             if self._interruptions != interruptions:
@@ -213,9 +220,7 @@ class OutputTransport(BaseOutputTransport):
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
         if isinstance(frame, InterruptionFrame):
-            self._speech.clear()
-            self._interruptions += 1
-            self._speech_room.set()
+            self._drop_queued_speech()
             await self._write(frame)
             self._transcript.cleared()
             self._next_send_time = 0.0
