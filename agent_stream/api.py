@@ -10,6 +10,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from . import strict_json
 from .errors import RETRY_AFTER_SECONDS, Conflict, DatabaseUnavailable, NotFound, RequestTooSlow
 from .keys import STORE
 from .models import Run, TelephonyConfig, User, Workflow
@@ -96,7 +97,7 @@ async def api_user(request: web.Request) -> User:
 
 async def json_body(request: web.Request) -> dict[str, Any]:
     try:
-        body = await request.json()
+        body = await request.json(loads=strict_json.loads)
     except (ValueError, RecursionError, LookupError):  # bad JSON, too deep, unknown charset
         raise ApiError(400, "request body must be JSON") from None
     if not isinstance(body, dict):

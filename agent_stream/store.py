@@ -236,8 +236,10 @@ class Store:
             ) from None
         try:
             with _unavailable_on_error():
-                await self._writer.execute("BEGIN IMMEDIATE")
                 try:
+                    # inside the try: a task cancelled while BEGIN waits for another
+                    # process's lock must still roll back what BEGIN then opens
+                    await self._writer.execute("BEGIN IMMEDIATE")
                     yield self._writer
                     await self._writer.execute("COMMIT")
                 except BaseException:
@@ -370,7 +372,7 @@ class Store:
             await db.execute(
                 """INSERT INTO workflow_definitions (workflow_id, version, definition, created_at)
                    VALUES (?, 1, ?, ?)""",
-                (cur.lastrowid, json.dumps(definition), now),
+                (cur.lastrowid, _json(definition), now),
             )
             return await self._workflow_by_uuid(db, organization_id, workflow_uuid)
 
@@ -423,7 +425,7 @@ class Store:
                     """INSERT INTO workflow_definitions (workflow_id, version, definition, created_at)
                        VALUES (?, (SELECT MAX(version) + 1 FROM workflow_definitions
                                    WHERE workflow_id = ?), ?, ?)""",
-                    (current.id, current.id, json.dumps(definition), now),
+                    (current.id, current.id, _json(definition), now),
                 )
             await db.execute(
                 "UPDATE workflows SET name = ?, status = ?, updated_at = ? WHERE id = ?",
@@ -469,7 +471,7 @@ class Store:
                            domain_id, bearer_token, application_name, from_numbers,
                            created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                     (organization_id, provider, name, domain_id, bearer_token, application_name,
-                     json.dumps(from_numbers or []), now, now),
+                     _json(from_numbers or []), now, now),
                 )
                 return await self._telephony_by_id(db, organization_id, cur.lastrowid or 0)
         except sqlite3.IntegrityError as exc:
@@ -515,7 +517,7 @@ class Store:
         allowed = {"name", "domain_id", "bearer_token", "application_name", "from_numbers"}
         values = {k: v for k, v in changes.items() if k in allowed and v is not None}
         if "from_numbers" in values:
-            values["from_numbers"] = json.dumps(values["from_numbers"])
+            values["from_numbers"] = _json(values["from_numbers"])
         assignments = ", ".join(f"{column} = ?" for column in values)
         try:
             async with self._transaction() as db:
@@ -583,8 +585,8 @@ class Store:
                 """INSERT INTO workflow_runs (workflow_id, definition_id, name, call_type, mode,
                        state, initial_context, gathered_context, logs, created_at)
                    VALUES (?, ?, ?, 'inbound', ?, 'pending', ?, ?, ?, ?)""",
-                (workflow.id, workflow.live_definition_id, name, mode, json.dumps(initial_context),
-                 json.dumps(gathered_context), json.dumps(logs), now),
+                (workflow.id, workflow.live_definition_id, name, mode, _json(initial_context),
+                 _json(gathered_context), _json(logs), now),
             )
             return await self._run_by_id(db, cur.lastrowid or 0)
 
@@ -596,7 +598,7 @@ class Store:
             await db.execute(
                 """UPDATE workflow_runs SET state = 'running', started_at = ?,
                        logs = json_patch(logs, ?) WHERE id = ? AND state = 'pending'""",
-                (started_at or utcnow(), json.dumps(logs or {}), run_id),
+                (started_at or utcnow(), _json(logs or {}), run_id),
             )
 
     async def merge_run_context(
@@ -613,8 +615,8 @@ class Store:
                 """UPDATE workflow_runs SET initial_context = json_patch(initial_context, ?),
                        gathered_context = json_patch(gathered_context, ?),
                        logs = json_patch(logs, ?) WHERE id = ?""",
-                (json.dumps(initial_context or {}), json.dumps(gathered_context or {}),
-                 json.dumps(logs or {}), run_id),
+                (_json(initial_context or {}), _json(gathered_context or {}),
+                 _json(logs or {}), run_id),
             )
 
     async def finish_run(
@@ -645,7 +647,7 @@ class Store:
                        logs = json_patch(logs, ?)
                    WHERE id = ? AND state IN ('pending', 'running')""",
                 (state, now, now, end_reason, close_code, error, recording_path,
-                 json.dumps(gathered_context or {}), json.dumps(logs or {}), run_id),
+                 _json(gathered_context or {}), _json(logs or {}), run_id),
             )
             if cur.rowcount == 0:
                 return  # ended already (by the start after a crash): the first end stands
@@ -680,7 +682,7 @@ class Store:
             await db.execute(
                 """UPDATE workflow_runs SET recording_path = ?, logs = json_patch(logs, ?)
                    WHERE id = ?""",
-                (recording_path, json.dumps(logs or {}), run_id),
+                (recording_path, _json(logs or {}), run_id),
             )
 
     async def get_run_by_id(self, run_id: int) -> Run:
@@ -962,18 +964,34 @@ async def _scalar(db: aiosqlite.Connection, sql: str, params: tuple[Any, ...] = 
     return row[0]
 
 
+# SQLite's result codes for a database that cannot take a statement right now: another
+# connection's lock, a full disk, an I/O error, a file it cannot open or that went away,
+# no memory. Anything else (no such column, malformed JSON, a constraint) is not the
+# database being unavailable but the statement being wrong, and must not be retried.
+_UNAVAILABLE_CODES: Final = frozenset({
+    sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR,
+    sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PROTOCOL, sqlite3.SQLITE_NOMEM,
+    sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB,
+})
+
+
 @contextmanager
 def _unavailable_on_error() -> Iterator[None]:
-    """SQLite's "locked", "disk full", "I/O error" and "malformed" as `DatabaseUnavailable`;
+    """SQLite's "locked", "disk full", "I/O error", "malformed image" as `DatabaseUnavailable`;
     constraint violations and our own mistakes (bad SQL, bad parameters) pass unchanged."""
     try:
         yield
-    except sqlite3.OperationalError as exc:
-        raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
     except sqlite3.DatabaseError as exc:
-        if type(exc) is not sqlite3.DatabaseError:
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is None or code & 0xFF not in _UNAVAILABLE_CODES:
             raise
         raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
+
+
+def _json(value: Any) -> str:
+    """JSON for a column: standard JSON only (NaN and Infinity would make SQLite's JSON
+    functions refuse the row for good)."""
+    return json.dumps(value, allow_nan=False)
 
 
 async def _connect(path: Path, busy_timeout: float) -> aiosqlite.Connection:

@@ -15,6 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from agent_stream.config import Settings
+from agent_stream.errors import DatabaseUnavailable
 from agent_stream.keys import STORE
 from agent_stream.simulator import SimulatedCall, connect, stream_url, tone_ulaw
 from agent_stream.store import Store
@@ -207,3 +208,51 @@ async def test_a_full_disk_refuses_new_calls_with_1011_and_ends_live_runs_once_t
     assert (run.state, run.end_reason, run.close_code) == ("completed", "caller_hangup", 1000)
     runs, total = await store.list_runs(org.id)
     assert total == 1  # the refused call made no run
+
+
+# -- what counts as the database being unavailable --------------------------------------------------
+
+
+async def test_only_a_database_that_cannot_take_a_statement_counts_as_unavailable(
+    store: Store, tenant: Tenant, settings: Settings
+) -> None:
+    with pytest.raises(sqlite3.OperationalError, match="no such column"):  # our mistake
+        await store._all("SELECT no_such_column FROM users")
+    async with database_locked(settings):
+        with pytest.raises(DatabaseUnavailable, match="database is locked"):
+            await store.create_workflow(organization_id=tenant.org_id, owner_user_id=tenant.user_id,
+                                        name="during the lock", definition=starter_definition())
+
+
+async def test_a_write_cancelled_while_waiting_for_the_lock_leaves_no_transaction_open(
+    store: Store, tenant: Tenant, settings: Settings
+) -> None:
+    async with database_locked(settings):
+        write = asyncio.create_task(store.create_workflow(
+            organization_id=tenant.org_id, owner_user_id=tenant.user_id, name="cancelled",
+            definition=starter_definition()))
+        await asyncio.sleep(0.1)  # sets the scene: the write now waits in BEGIN for the lock
+        write.cancel()
+        with contextlib.suppress(asyncio.CancelledError, DatabaseUnavailable):
+            await write
+    created = await store.create_workflow(
+        organization_id=tenant.org_id, owner_user_id=tenant.user_id, name="after",
+        definition=starter_definition())
+    assert created.name == "after"
+    assert [w.name for w in await store.list_workflows(tenant.org_id)] == ["after", tenant.workflow.name]
+
+
+async def test_json_the_database_could_never_store_is_refused_where_it_arrives(
+    client: TestClient, tenant: Tenant, dial: Dial, store: Store
+) -> None:
+    response = await client.post(
+        "/api/v1/workflows", data='{"name": "x", "definition": {"version": NaN}}',
+        headers=tenant.headers,
+    )
+    assert response.status == 400
+    call = await dial(tenant.workflow.uuid)
+    await call.send_connected()
+    await call.ws.send_str('{"event": "start", "start": {"callSid": "CA1", "streamSid": "MZ1", "x": NaN}}')
+    assert await call.wait_closed() == (4400, "malformed 'start' event: not JSON")
+    run = await finished_run(store, tenant)
+    assert (run.state, run.end_reason) == ("failed", "handshake_failed")

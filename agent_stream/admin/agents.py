@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .. import strict_json
 from ..models import Workflow
 from ..providers import SUPPORTED_PROVIDERS
 from ..workflow import ENGINES, STT_PROVIDERS, TTS_PROVIDERS, starter_definition
@@ -331,7 +332,7 @@ async def save_json(request: web.Request) -> web.StreamResponse:
         return stale
     raw = form.get("definition", "")
     try:
-        candidate = json.loads(raw)
+        candidate = strict_json.loads(raw)
     except json.JSONDecodeError as exc:
         problems = editor.Problems(
             general=[f"Not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})."]

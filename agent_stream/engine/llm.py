@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import re
 import ssl
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.services.openai.llm import OpenAILLMService
 from pipecat.utils.text.simple_text_aggregator import SimpleTextAggregator
 
+from .. import strict_json
 from ..pipeline.transcript import Utterance
 from ..workflow import LLMEndpoint
 from . import Edge, Node, render
@@ -128,7 +128,7 @@ class ToolCall:
 
     def parsed_arguments(self) -> dict[str, Any]:
         try:
-            value = json.loads(self.arguments or "{}")
+            value = strict_json.loads(self.arguments or "{}")
         except ValueError:
             return {}
         return value if isinstance(value, dict) else {}

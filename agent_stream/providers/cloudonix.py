@@ -27,7 +27,7 @@ from pipecat.frames.frames import (
 from pipecat.serializers.base_serializer import FrameSerializer
 from yarl import URL
 
-from .. import audio
+from .. import audio, strict_json
 from ..errors import HandshakeError, PeerClosed
 from ..models import TelephonyConfig
 from ..pipeline.frames import ProviderMarkFrame, StreamStopFrame
@@ -82,7 +82,7 @@ def parse_event(text: str | bytes, expected: str) -> dict[str, Any]:
     if not isinstance(text, str):
         raise HandshakeError(f"expected a JSON text '{expected}' event, got a binary frame")
     try:
-        message = json.loads(text)
+        message = strict_json.loads(text)
     except ValueError:
         raise HandshakeError(f"malformed '{expected}' event: not JSON") from None
     if not isinstance(message, dict):
@@ -351,7 +351,7 @@ class CloudonixSerializer(FrameSerializer):
             self._problem("binary frame")
             return None
         try:
-            message = json.loads(data)
+            message = strict_json.loads(data)
         except ValueError:
             self._problem("malformed JSON")
             return None
