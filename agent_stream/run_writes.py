@@ -1,21 +1,21 @@
 """The runs of live calls, written so that a busy or failing database loses none of it.
 
 Every state write of a call's run (running, context merges, the end) goes through the
-process's `RunWriteQueue`. A write the database refuses (locked by another process past
-its busy timeout, disk full, I/O error) is kept there, in order with every later write of
-its run, and retried in the background until the database answers again; the call goes
-on and ends as if nothing happened. Creating a run (with its quota check) first writes what
-waits, so a call that is over never holds its owner's quota slot: a new call waits, up to
-`run_write_retry_seconds`, for the database to take both.
-If the process stops first, the next start fails the runs whose end was not written
-(`server_restarted`).
+process's `RunWriteQueue`. While the database answers, a write goes straight to it. A
+write it refuses (locked by another process past its busy timeout, disk full, I/O error)
+is kept, in order with every later write of its run, and retried in the background until
+it answers again; the call goes on and ends as if nothing happened. A run whose call is
+over never holds its owner's quota slot, even while its end waits: the quota check of a
+new call leaves out the runs this process knows are over. A new call itself waits, up to
+`run_write_retry_seconds`, for the database to take its run. If the process stops first,
+the next start fails the runs whose end was not written (`server_restarted`).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
@@ -27,19 +27,25 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 RunWrite = Callable[[Store], Awaitable[None]]
-LogAdapter = logging.LoggerAdapter[logging.Logger] | logging.Logger
 
 # Waits between tries of a refused write: short first (a lock is often brief), then longer.
 FIRST_RETRY_DELAY: Final = 0.05
 MAX_RETRY_DELAY: Final = 5.0
 
 
+def _delays() -> Iterator[float]:
+    """The waits between tries: doubling from FIRST_RETRY_DELAY up to MAX_RETRY_DELAY."""
+    delay = FIRST_RETRY_DELAY
+    while True:
+        yield delay
+        delay = min(delay * 2, MAX_RETRY_DELAY)
+
+
 async def retrying(attempt: Callable[[], Awaitable[T]], *, seconds: float) -> T:
     """`attempt()` until it does not raise `DatabaseUnavailable` or `seconds` have passed
     (then the last refusal is raised)."""
     deadline = time.monotonic() + seconds
-    delay = FIRST_RETRY_DELAY
-    while True:
+    for delay in _delays():
         try:
             return await attempt()
         except DatabaseUnavailable:
@@ -47,7 +53,7 @@ async def retrying(attempt: Callable[[], Awaitable[T]], *, seconds: float) -> T:
             if remaining <= 0:
                 raise
             await asyncio.sleep(min(delay, remaining))
-            delay = min(delay * 2, MAX_RETRY_DELAY)
+    raise AssertionError("unreachable: the delays never end")
 
 
 @dataclass
@@ -55,19 +61,24 @@ class _Write:
     run_name: str
     what: str
     apply: RunWrite
+    # A smaller write to fall back on when this one fails for a reason of ours (the end of
+    # a run with something in it the database cannot hold): the run must end anyway.
+    fallback: RunWrite | None = None
+    ends_run: bool = False
     refused: bool = False  # the database said no at least once: say when it lands
 
 
 class RunWriteQueue:
     """Run-state writes the database refused, kept in order per run (with every later write
-    of that run) and retried in the background until it answers. While it answers, a write
-    goes straight to it and nothing is queued."""
+    of that run) and retried in the background until it answers; and which runs are over
+    while their end is not written yet."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
         self._waiting: dict[int, list[_Write]] = {}
         self._lock = asyncio.Lock()
         self._retrier: asyncio.Task[None] | None = None
+        self.over: set[int] = set()  # runs whose call is over, their end not written yet
 
     def __len__(self) -> int:
         """Runs with writes the database has not taken yet."""
@@ -76,20 +87,18 @@ class RunWriteQueue:
     async def write(self, run_id: int, write: _Write) -> bool:
         """Write now, after the run's earlier writes; True when it landed, False when it
         waits for the database (or, being our own bug, was dropped and logged)."""
+        if write.ends_run:
+            self.over.add(run_id)
         if run_id in self._waiting:  # an earlier write of this run waits: keep the order
             self._waiting[run_id].append(write)
             return False
         try:
-            await write.apply(self._store)
-        except DatabaseUnavailable as exc:
-            self._refused(write, exc)
+            landed = await self._apply(run_id, write)
+        except DatabaseUnavailable:
             self._waiting[run_id] = [write]
             self._retry_in_background()
             return False
-        except Exception:
-            log.exception("%s: %s could not be written and is dropped", write.run_name, write.what)
-            return False
-        return True
+        return landed
 
     async def flush(self) -> bool:
         """Write everything that waits, run by run, in order; True when nothing is left."""
@@ -99,40 +108,56 @@ class RunWriteQueue:
             for run_id in list(self._waiting):
                 writes = self._waiting[run_id]
                 while writes:
-                    write = writes[0]
                     try:
-                        await write.apply(self._store)
-                    except DatabaseUnavailable as exc:
-                        self._refused(write, exc)
-                        return False  # still down: every run waits for the next try
-                    except Exception:
-                        log.exception("%s: %s could not be written and is dropped",
-                                      write.run_name, write.what)
-                    else:
-                        if write.refused:
+                        if await self._apply(run_id, writes[0]) and writes[0].refused:
                             log.info("%s: %s written after the database came back",
-                                     write.run_name, write.what)
+                                     writes[0].run_name, writes[0].what)
+                    except DatabaseUnavailable:
+                        return False  # still down: every run waits for the next try
                     writes.pop(0)
                 del self._waiting[run_id]
         return True
 
-    @staticmethod
-    def _refused(write: _Write, exc: DatabaseUnavailable) -> None:
-        if not write.refused:
-            write.refused = True
-            log.warning("%s: %s not written yet (%s); retrying in the background",
-                        write.run_name, write.what, exc)
+    async def _apply(self, run_id: int, write: _Write) -> bool:
+        """One write (or its fallback); True when it landed, False when it was dropped.
+        A refusal of the database is said once and raised."""
+        try:
+            try:
+                await write.apply(self._store)
+            except DatabaseUnavailable:
+                raise
+            except Exception:
+                if write.fallback is None:
+                    log.exception("%s: %s could not be written and is dropped",
+                                  write.run_name, write.what)
+                    landed = False
+                else:
+                    log.exception("%s: %s could not be written; writing it without what the "
+                                  "call gathered", write.run_name, write.what)
+                    write.apply, write.fallback = write.fallback, None
+                    landed = await self._apply(run_id, write)
+            else:
+                landed = True
+        except DatabaseUnavailable as exc:
+            if not write.refused:
+                write.refused = True
+                log.warning("%s: %s not written yet (%s); retrying in the background",
+                            write.run_name, write.what, exc)
+            raise
+        if write.ends_run:
+            self.over.discard(run_id)
+        return landed
 
     def _retry_in_background(self) -> None:
         if self._retrier is None:
             self._retrier = asyncio.create_task(self._retry(), name="run write retrier")
 
     async def _retry(self) -> None:
-        delay = FIRST_RETRY_DELAY
         try:
-            while self._waiting:
+            for delay in _delays():
+                if not self._waiting:
+                    return
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_RETRY_DELAY)
                 await self.flush()
         finally:
             self._retrier = None
@@ -167,23 +192,21 @@ class RunRecord:
         retry_seconds: float,
         **run: Any,
     ) -> RunRecord:
-        """Check the quota and create the pending run, retrying a refusing database for
-        `retry_seconds`. Writes still queued go first: a call that is over must not hold a
-        quota slot. Raises `QuotaExceeded` or `DatabaseUnavailable`."""
+        """Check the quota (leaving out runs whose call is over) and create the pending run,
+        retrying a refusing database for `retry_seconds`. Raises `QuotaExceeded` or
+        `DatabaseUnavailable`."""
 
         async def attempt() -> Run:
-            if not await queue.flush():
-                raise DatabaseUnavailable("database unavailable: earlier run writes wait for it")
-            # (a write in flight right now is not waited for: it lands in a moment)
-            return await store.start_run(workflow, owner, **run)
+            return await store.start_run(workflow, owner, over_run_ids=set(queue.over), **run)
 
         return cls(await retrying(attempt, seconds=retry_seconds), queue)
 
     async def running(self, logs: dict[str, Any]) -> bool:
         started_at = utcnow()
-        return await self._write(
-            "running", lambda store: store.mark_run_running(self.run.id, logs, started_at=started_at)
-        )
+        return await self._write(_Write(
+            self.run.name, "running",
+            lambda store: store.mark_run_running(self.run.id, logs, started_at=started_at),
+        ))
 
     async def merge(
         self,
@@ -192,10 +215,10 @@ class RunRecord:
         gathered_context: dict[str, Any] | None = None,
         logs: dict[str, Any] | None = None,
     ) -> bool:
-        return await self._write("context", lambda store: store.merge_run_context(
+        return await self._write(_Write(self.run.name, "context", lambda store: store.merge_run_context(
             self.run.id, initial_context=initial_context, gathered_context=gathered_context,
             logs=logs,
-        ))
+        )))
 
     async def finish(
         self,
@@ -209,7 +232,8 @@ class RunRecord:
         logs: MutableMapping[str, Any],
         transcript: list[TranscriptLine] | None,
     ) -> bool:
-        """End the run, with the time the call ended however late the write lands."""
+        """End the run, with the time the call ended however late the write lands. If what
+        the call gathered cannot be stored (our bug), the run still ends: failed, saying so."""
         ended_at = utcnow()
 
         async def end(store: Store) -> None:
@@ -219,8 +243,17 @@ class RunRecord:
                 logs=dict(logs), transcript=transcript, ended_at=ended_at,
             )
 
-        return await self._write("the end of the run", end)
+        async def bare_end(store: Store) -> None:
+            await store.finish_run(
+                self.run.id, state="failed", end_reason=end_reason, close_code=close_code,
+                error="the run's record could not be written in full (see the server log)",
+                recording_path=recording_path, ended_at=ended_at,
+            )
 
-    async def _write(self, what: str, apply: RunWrite) -> bool:
+        return await self._write(_Write(
+            self.run.name, "the end of the run", end, fallback=bare_end, ends_run=True
+        ))
+
+    async def _write(self, write: _Write) -> bool:
         """True when the write landed now; False when it waits for the database."""
-        return await self._queue.write(self.run.id, _Write(self.run.name, what, apply))
+        return await self._queue.write(self.run.id, write)

@@ -11,7 +11,7 @@ import logging
 import secrets
 import sqlite3
 import uuid as uuidlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -555,16 +555,19 @@ class Store:
         initial_context: dict[str, Any],
         gathered_context: dict[str, Any],
         logs: dict[str, Any],
+        over_run_ids: Collection[int] = (),
     ) -> Run:
         """Check the owner's quota and create the pending run in one write transaction,
-        so two simultaneous calls cannot both take the last slot."""
+        so two simultaneous calls cannot both take the last slot. `over_run_ids` are runs
+        whose calls are over though their end is not written yet: they hold no slot."""
         async with self._transaction() as db:
             if owner.max_concurrent_calls is not None:
                 active = await _scalar(
                     db,
                     """SELECT COUNT(*) FROM workflow_runs r JOIN workflows w ON w.id = r.workflow_id
-                        WHERE w.owner_user_id = ? AND r.state IN ('pending', 'running')""",
-                    (owner.id,),
+                        WHERE w.owner_user_id = ? AND r.state IN ('pending', 'running')
+                          AND r.id NOT IN (SELECT value FROM json_each(?))""",
+                    (owner.id, _json(sorted(over_run_ids))),
                 )
                 if active >= owner.max_concurrent_calls:
                     raise QuotaExceeded(

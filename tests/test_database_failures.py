@@ -52,8 +52,8 @@ async def database_locked(settings: Settings) -> AsyncIterator[None]:
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    """The database gives up on a lock after 0.2 s; a run write is retried for 0.6 s."""
-    return replace(settings, db_busy_timeout=0.2, run_write_retry_seconds=0.6)
+    """The database gives up on a lock after 0.2 s; a new call waits 2 s for its run."""
+    return replace(settings, db_busy_timeout=0.2, run_write_retry_seconds=2.0)
 
 
 async def test_a_caller_who_hangs_up_while_the_database_is_locked_ends_its_run_and_frees_the_slot(

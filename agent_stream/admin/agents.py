@@ -374,7 +374,8 @@ async def rename(request: web.Request) -> web.StreamResponse:
     if problem:
         return await _settings_page(request, workflow, status=400, name_problem=problem, name=name)
     await store_of(request).update_workflow(workflow.organization_id, workflow.uuid, name=name)
-    target = safe_back(request, form, url(request, "admin_agent_settings", uuid=workflow.uuid))
+    # the form is on two pages: it goes back to the one it was sent from
+    target = safe_next(form.get("back")) or url(request, "admin_agent_settings", uuid=workflow.uuid)
     return redirect(request, target, notice="agent_renamed")
 
 
@@ -395,11 +396,6 @@ async def restore(request: web.Request) -> web.StreamResponse:
     return redirect(
         request, url(request, "admin_agent", uuid=workflow.uuid), notice="agent_restored"
     )
-
-
-def safe_back(request: web.Request, form: dict[str, str], default: str) -> str:
-    """Forms that exist on two pages go back to the page they were sent from."""
-    return safe_next(form.get("back")) or default
 
 
 # -- the Settings page -------------------------------------------------------------------------

@@ -139,11 +139,15 @@ class VoiceAgent(FrameProcessor):
         else:
             await self.push_frame(frame, direction)
 
-    def _spawn(self, coroutine: Any, name: str = "agent step") -> asyncio.Task[None]:
-        """Every step and timer of the agent runs supervised: see `_task_done`."""
+    def _spawn(
+        self, coroutine: Any, name: str = "agent step", *, awaited: bool = False
+    ) -> asyncio.Task[None]:
+        """Every step and timer of the agent runs supervised (see `_task_done`), except a
+        task another step awaits and judges itself (`awaited`): it is only tracked, so the
+        end of the call can stop it."""
         task = asyncio.get_running_loop().create_task(coroutine, name=name)
         self._tasks.add(task)
-        task.add_done_callback(self._task_done)
+        task.add_done_callback(self._tasks.discard if awaited else self._task_done)
         return task
 
     def _task_done(self, task: asyncio.Task[None]) -> None:

@@ -281,7 +281,9 @@ class LLMAgent(VoiceAgent):
         messages: list[Any] = list(self._history)
         context = LLMContext(messages=messages, tools=ToolsSchema(standard_tools=tools))
         reply = Reply()
-        streaming = self._streaming = self._spawn(self._stream(context, self._system(), reply))
+        streaming = self._streaming = self._spawn(
+            self._stream(context, self._system(), reply), "LLM reply", awaited=True
+        )
         await asyncio.wait({streaming})
         self._streaming = None
         if streaming.cancelled():  # barge-in: the caller's next turn takes over
