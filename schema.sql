@@ -59,14 +59,18 @@ CREATE TABLE IF NOT EXISTS telephony_configurations (
     organization_id   INTEGER NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
     provider          TEXT NOT NULL,
     name              TEXT NOT NULL,
-    domain_id         TEXT NOT NULL,          -- normalized, e.g. acme.cloudonix.net
-    bearer_token      TEXT NOT NULL DEFAULT '',
-    application_name  TEXT,
+    account_id        TEXT NOT NULL DEFAULT '',   -- the account a stream names (normalized)
+    account_key       TEXT,                       -- account_id where a provider allows one
+                                                  -- configuration per account, else NULL
+    fields            TEXT NOT NULL DEFAULT '{}', -- the other fields, JSON
+    secrets           TEXT NOT NULL DEFAULT '',   -- the secret fields, encrypted (crypto.py)
     from_numbers      TEXT NOT NULL DEFAULT '[]',
     created_at        TEXT NOT NULL,
     updated_at        TEXT NOT NULL,
-    UNIQUE (organization_id, provider, domain_id)
+    UNIQUE (organization_id, provider, account_key)
 );
+CREATE INDEX IF NOT EXISTS telephony_account
+    ON telephony_configurations(organization_id, provider, account_id);
 
 CREATE TABLE IF NOT EXISTS workflow_runs (
     id                INTEGER PRIMARY KEY,
@@ -134,3 +138,19 @@ CREATE TABLE IF NOT EXISTS login_failures (
     created_at  TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS login_failures_key ON login_failures(email, ip, created_at);
+
+-- Added by migration 3: what this database's secrets are encrypted with (crypto.py keeps a
+-- check value here) and one-time URLs handed to providers (Plivo's transfer XML).
+CREATE TABLE IF NOT EXISTS server_meta (
+    key    TEXT PRIMARY KEY,
+    value  TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS one_time_tokens (
+    token_hash  TEXT PRIMARY KEY,             -- sha256 of the token, never the token
+    purpose     TEXT NOT NULL,
+    payload     TEXT NOT NULL DEFAULT '{}',
+    created_at  TEXT NOT NULL,
+    expires_at  TEXT NOT NULL,
+    used_at     TEXT
+);

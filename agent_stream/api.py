@@ -14,9 +14,10 @@ from . import strict_json
 from .errors import RETRY_AFTER_SECONDS, Conflict, DatabaseUnavailable, NotFound, RequestTooSlow
 from .keys import STORE
 from .models import Run, TelephonyConfig, User, Workflow
-from .providers import SUPPORTED_PROVIDERS
-from .providers.cloudonix import parse_domain
-from .security import mask_secret, redact_uuids
+from .providers import SUPPORTED_PROVIDERS, provider_named
+from .providers.base import Provider
+from .providers.configs import ConfigInput, check_config, secret_hints
+from .security import redact_uuids
 from .store import Store
 from .workflow import merge_secrets, redact_secrets, starter_definition, validate_definition
 
@@ -29,12 +30,14 @@ RUN_STATES: Final = ("pending", "running", "completed", "failed")
 EDITABLE_STATUSES: Final = ("draft", "archived")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# What a 400 lists: a definition's problems as sentences, a configuration's by field.
+Problems = list[str] | list[dict[str, str]]
 
 
 class ApiError(Exception):
     """Bad input: answered with `status` and a JSON error, never a 500."""
 
-    def __init__(self, status: int, message: str, problems: list[str] | None = None) -> None:
+    def __init__(self, status: int, message: str, problems: Problems | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -44,7 +47,7 @@ class ApiError(Exception):
 def _error(
     status: int,
     message: str,
-    problems: list[str] | None = None,
+    problems: Problems | None = None,
     headers: dict[str, str] | None = None,
 ) -> web.Response:
     body: dict[str, Any] = {"error": message}
@@ -144,15 +147,6 @@ def _definition(body: dict[str, Any]) -> dict[str, Any] | None:
     return body["definition"]  # type: ignore[no-any-return]
 
 
-def _numbers(body: dict[str, Any]) -> list[str] | None:
-    value = body.get("from_numbers")
-    if value is None:
-        return None
-    if not isinstance(value, list) or not all(isinstance(n, str) and n.strip() for n in value):
-        raise ApiError(400, "'from_numbers' must be a list of phone numbers")
-    return [n.strip() for n in value]
-
-
 def _id(request: web.Request, key: str) -> int:
     """A row id from the path; anything SQLite could not store is simply not found."""
     try:
@@ -162,17 +156,6 @@ def _id(request: web.Request, key: str) -> int:
     if not 0 < value <= MAX_ROW_ID:
         raise NotFound("not found")
     return value
-
-
-def _domain(body: dict[str, Any], *, required: bool) -> str | None:
-    """A Cloudonix domain id, normalized and checked as the admin form checks it."""
-    raw = _text(body, "domain_id", required=required)
-    if raw is None:
-        return None
-    try:
-        return parse_domain(raw)
-    except ValueError as exc:
-        raise ApiError(400, f"'domain_id': {exc}") from None
 
 
 # -- JSON shapes ---------------------------------------------------------------------------
@@ -192,19 +175,20 @@ def workflow_json(workflow: Workflow) -> dict[str, Any]:
 
 
 def telephony_json(config: TelephonyConfig) -> dict[str, Any]:
-    """The token is never returned: only whether there is one and its masked hint."""
-    return {
-        "id": config.id,
-        "provider": config.provider,
-        "name": config.name,
-        "domain_id": config.domain_id,
-        "application_name": config.application_name,
+    """A configuration's fields; its secrets never: only whether each is set and its hint."""
+    provider = provider_named(config.provider)
+    body: dict[str, Any] = {"id": config.id, "provider": config.provider, "name": config.name}
+    if provider is not None:
+        for spec in provider.fields:
+            if not spec.secret:
+                body[spec.name] = config.fields.get(spec.name) or None
+        body |= secret_hints(provider, config)
+    body |= {
         "from_numbers": config.from_numbers,
-        "has_bearer_token": bool(config.bearer_token),
-        "bearer_token_hint": mask_secret(config.bearer_token),
         "created_at": config.created_at,
         "updated_at": config.updated_at,
     }
+    return body
 
 
 def run_json(run: Run, *, transcript: bool = True) -> dict[str, Any]:
@@ -304,22 +288,37 @@ async def publish_workflow(request: web.Request) -> web.Response:
     return web.json_response(workflow_json(workflow))
 
 
+def _checked_config(
+    provider: Provider, body: dict[str, Any], *, creating: bool
+) -> ConfigInput:
+    """The body as a configuration of `provider`, or a 400 naming every problem."""
+    given, problems = check_config(provider, body, creating=creating, blank_keeps_secret=False)
+    if problems:
+        first = problems[0]
+        raise ApiError(
+            400, f"'{first.field}': {first.message}",
+            [{"field": p.field, "message": p.message} for p in problems],
+        )
+    return given
+
+
 async def create_telephony(request: web.Request) -> web.Response:
     user = await api_user(request)
     body = await json_body(request)
-    provider = _text(body, "provider", required=True)
-    if provider not in SUPPORTED_PROVIDERS:
+    name = _text(body, "provider", required=True) or ""
+    provider = provider_named(name)
+    if provider is None:
         raise ApiError(400, f"provider must be one of: {', '.join(sorted(SUPPORTED_PROVIDERS))}")
-    domain = _domain(body, required=True) or ""
-    token = _text(body, "bearer_token", required=True, limit=4096)
+    given = _checked_config(provider, body, creating=True)
     config = await request.app[STORE].create_telephony_config(
         organization_id=user.organization_id,
-        provider=provider,
-        name=_text(body, "name") or domain,
-        domain_id=domain,
-        bearer_token=token or "",
-        application_name=_text(body, "application_name"),
-        from_numbers=_numbers(body),
+        provider=provider.name,
+        name=given.name or provider.title,
+        account_id=given.account_id or "",
+        fields=given.fields,
+        secrets=given.secrets,
+        from_numbers=given.from_numbers,
+        one_per_account=provider.one_per_account,
     )
     return web.json_response(telephony_json(config), status=201)
 
@@ -341,14 +340,21 @@ async def patch_telephony(request: web.Request) -> web.Response:
     body = await json_body(request)
     if "provider" in body:
         raise ApiError(400, "'provider' cannot be changed; create a new configuration")
-    config = await request.app[STORE].update_telephony_config(
+    store: Store = request.app[STORE]
+    current = await store.get_telephony_config(user.organization_id, _id(request, "id"))
+    provider = provider_named(current.provider)
+    if provider is None:
+        raise ApiError(409, f"provider {current.provider!r} is no longer supported")
+    given = _checked_config(provider, body, creating=False)
+    config = await store.update_telephony_config(
         user.organization_id,
-        _id(request, "id"),
-        name=_text(body, "name"),
-        domain_id=_domain(body, required=False),
-        bearer_token=_text(body, "bearer_token", limit=4096),
-        application_name=_text(body, "application_name"),
-        from_numbers=_numbers(body),
+        current.id,
+        name=given.name,
+        account_id=given.account_id,
+        fields=given.fields,
+        secrets=given.secrets,
+        from_numbers=given.from_numbers,
+        one_per_account=provider.one_per_account,
     )
     return web.json_response(telephony_json(config))
 

@@ -11,8 +11,9 @@ from pathlib import Path
 from aiohttp import web
 
 from .config import Settings
+from .crypto import SecretKeyError, new_secret_key
 from .errors import Conflict, NotFound
-from .store import Store
+from .store import open_store
 from .workflow import DTMF_DIGITS
 
 
@@ -78,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="a key the caller presses (repeatable, in order with --say)")
     call.add_argument("--out", type=Path, help="copy the stereo recording here")
 
+    sub.add_parser("new-secret-key", help="print a new key for AGENT_STREAM_SECRET_KEY")
+
     key = sub.add_parser("create-api-key", help="create an API key; printed once, last line")
     db_flag(key, argparse.SUPPRESS)
     key.add_argument("--email", required=True)
@@ -91,7 +94,7 @@ async def _create_user(settings: Settings, args: argparse.Namespace) -> int:
         if value is not None and value < 0:
             print(f"error: {flag} must be zero or more", file=sys.stderr)
             return 2
-    store = await Store.open(settings.db_path)
+    store = await open_store(settings)
     try:
         org = await store.get_or_create_organization(args.org)
         user = await store.create_user(
@@ -112,7 +115,7 @@ async def _create_user(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _create_api_key(settings: Settings, args: argparse.Namespace) -> int:
-    store = await Store.open(settings.db_path)
+    store = await open_store(settings)
     try:
         user = await store.get_user_by_email(args.email)
         api_key, plaintext = await store.create_api_key(user.id, args.name)
@@ -129,7 +132,18 @@ async def _create_api_key(settings: Settings, args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = args.command or "serve"
+    if command == "new-secret-key":
+        print(new_secret_key())
+        return 0
     settings = Settings.from_env(host=args.host, port=args.port, db=args.db)
+    try:
+        return _run(command, settings, args)
+    except SecretKeyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(command: str, settings: Settings, args: argparse.Namespace) -> int:
     if command == "create-user":
         return asyncio.run(_create_user(settings, args))
     if command == "create-api-key":

@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
+
+from .crypto import KEY_ENV, KEY_FILE_NAME
 
 DEFAULT_HOST: Final = "0.0.0.0"
 DEFAULT_PORT: Final = 8000
 DEFAULT_DB: Final = "./data/agent_stream.db"
-DEFAULT_CLOUDONIX_API: Final = "https://api.cloudonix.io"
+# `{PROVIDER}_API_BASE_URL` points a provider's REST API elsewhere (tests: an emulator).
+API_BASE_URL_SUFFIX: Final = "_API_BASE_URL"
 
 # How long the provider has to send `connected` and `start` after the socket opens.
 HANDSHAKE_TIMEOUT_SECONDS: Final = 10.0
@@ -38,7 +42,14 @@ class Settings:
     db_path: Path = Path(DEFAULT_DB)
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
-    cloudonix_api_base_url: str = DEFAULT_CLOUDONIX_API
+    # Provider name -> its REST API's base URL, where it is not the provider's own default.
+    api_base_urls: Mapping[str, str] = field(default_factory=dict)
+    # How providers reach this server (https://voice.example.com): signatures, the URLs the
+    # admin shows, provider callbacks. Unset: the request's own host.
+    public_url: str | None = None
+    # The key that encrypts provider secrets (AGENT_STREAM_SECRET_KEY); unset: the key file
+    # next to the SQLite database (crypto.py).
+    secret_key: str | None = None
     handshake_timeout: float = HANDSHAKE_TIMEOUT_SECONDS
     provider_api_timeout: float = PROVIDER_API_TIMEOUT_SECONDS
     max_stream_message_bytes: int = MAX_STREAM_MESSAGE_BYTES
@@ -58,6 +69,15 @@ class Settings:
         """Where call recordings live: next to the database, so one folder holds all data."""
         return Path(self.db_path).parent / "recordings"
 
+    @property
+    def secret_key_file(self) -> Path:
+        """The key file used when AGENT_STREAM_SECRET_KEY is unset: next to the database."""
+        return Path(self.db_path).parent / KEY_FILE_NAME
+
+    def api_base_url(self, provider: str, default: str) -> str:
+        """The REST API base URL of `provider` (`default` unless configured)."""
+        return (self.api_base_urls.get(provider) or default).rstrip("/")
+
     @classmethod
     def from_env(
         cls, *, host: str | None = None, port: int | None = None, db: str | None = None
@@ -67,8 +87,12 @@ class Settings:
             db_path=Path(db or os.environ.get("AGENT_STREAM_DB") or DEFAULT_DB),
             host=host or os.environ.get("AGENT_STREAM_HOST") or DEFAULT_HOST,
             port=int(port or os.environ.get("AGENT_STREAM_PORT") or DEFAULT_PORT),
-            cloudonix_api_base_url=(
-                os.environ.get("CLOUDONIX_API_BASE_URL") or DEFAULT_CLOUDONIX_API
-            ).rstrip("/"),
+            api_base_urls={
+                name.removesuffix(API_BASE_URL_SUFFIX).lower(): value.rstrip("/")
+                for name, value in os.environ.items()
+                if name.endswith(API_BASE_URL_SUFFIX) and value
+            },
+            public_url=(os.environ.get("AGENT_STREAM_PUBLIC_URL") or "").rstrip("/") or None,
+            secret_key=os.environ.get(KEY_ENV) or None,
             preload_speech=True,
         )

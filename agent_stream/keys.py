@@ -6,13 +6,14 @@ from typing import TYPE_CHECKING
 import aiohttp
 from aiohttp import web
 
+from .calls.run_writes import RunWriteQueue
 from .config import Settings
-from .run_writes import RunWriteQueue
 from .speech import SpeechServices
 from .store import Store
 
 if TYPE_CHECKING:
-    from .stream import CallRegistry
+    from .calls.registry import CallRegistry
+    from .calls.selection import ConfigSource
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
@@ -20,3 +21,5 @@ HTTP = web.AppKey("http", aiohttp.ClientSession)
 CALLS: web.AppKey[CallRegistry] = web.AppKey("calls")
 SPEECH = web.AppKey("speech", SpeechServices)
 RUN_WRITES = web.AppKey("run_writes", RunWriteQueue)
+# Where calls find telephony configurations: the store (the CLI test call adds a stand-in).
+CONFIG_SOURCE: web.AppKey[ConfigSource] = web.AppKey("config_source")

@@ -65,16 +65,23 @@ class Workflow:
 
 @dataclass(frozen=True)
 class TelephonyConfig:
+    """A provider account an organization's calls come from: its fields, the secret ones
+    (decrypted, never shown: only hinted), and the account a stream names to select it."""
+
     id: int
     organization_id: int
     provider: str
     name: str
-    domain_id: str
-    bearer_token: str
-    application_name: str | None
+    account_id: str
+    fields: dict[str, str]
+    secrets: dict[str, str]
     from_numbers: list[str]
     created_at: str
     updated_at: str
+
+    def value(self, field: str) -> str:
+        """A field's value, secret or not ('' when unset)."""
+        return self.secrets.get(field) or self.fields.get(field) or ""
 
 
 @dataclass(frozen=True)

@@ -13,16 +13,19 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 
 from . import admin, api
+from .calls import endpoint
+from .calls.registry import CallRegistry
+from .calls.run_writes import RunWriteQueue
+from .calls.selection import StoredConfigs
 from .config import SHUTDOWN_GRACE_SECONDS, Settings
 from .errors import RequestTooSlow
-from .keys import CALLS, HTTP, RUN_WRITES, SETTINGS, SPEECH, STORE
+from .keys import CALLS, CONFIG_SOURCE, HTTP, RUN_WRITES, SETTINGS, SPEECH, STORE
 from .pipeline.call import RECORDING_SAMPLE_RATE
 from .pipeline.recorder import recover_recordings
-from .run_writes import RunWriteQueue
+from .providers import PROVIDERS
 from .security import redact_uuids
 from .speech import SpeechServices
-from .store import Store
-from .stream import CallRegistry, agent_stream
+from .store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +109,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     their calls left (a server only); keep the run writes the database refused until it
     answers; close at the end."""
     settings = app[SETTINGS]
-    store = await Store.open(settings.db_path, busy_timeout=settings.db_busy_timeout)
+    store = await open_store(settings)
     if settings.recover_at_start:
         recovered = await store.fail_interrupted_runs()
         if recovered:
@@ -119,6 +122,8 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
                      leftovers.recovered, leftovers.removed)
     app[STORE] = store
     app[RUN_WRITES] = run_writes = RunWriteQueue(store)
+    if CONFIG_SOURCE not in app:
+        app[CONFIG_SOURCE] = StoredConfigs(store)
     yield
     await run_writes.close()
     await store.close()
@@ -169,10 +174,9 @@ async def body_deadline_middleware(
 
 def setup_routes(app: web.Application) -> None:
     """Every route of the service, named."""
-    app.router.add_get("/api/v1/agent-stream/{agent_uuid}", agent_stream, name="agent_stream")
-    app.router.add_get(
-        "/api/v1/agent-stream/{provider}/{agent_uuid}", agent_stream, name="agent_stream_provider"
-    )
+    endpoint.setup_routes(app)
+    for provider in PROVIDERS.values():
+        app.router.add_routes(provider.routes())
     api.setup_routes(app)
     admin.setup_routes(app)
 

@@ -11,7 +11,7 @@ import logging
 import secrets
 import sqlite3
 import uuid as uuidlib
-from collections.abc import AsyncIterator, Callable, Collection, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +19,8 @@ from typing import Any, Final
 
 import aiosqlite
 
-from .config import DB_BUSY_TIMEOUT_SECONDS
+from .config import DB_BUSY_TIMEOUT_SECONDS, Settings
+from .crypto import KEY_FILE_NAME, SecretBox, SecretKey, load_secret_key
 from .errors import Conflict, DatabaseUnavailable, NotFound, QuotaExceeded
 from .models import (
     AgentActivity,
@@ -46,13 +47,51 @@ RUN_NAME_PREFIX: Final = "WR-AGS-"
 _DUMMY_PASSWORD_HASH: Final = hash_password(secrets.token_urlsafe(16))
 
 
-# Numbered migrations: entry N-1 brings the database to user_version N. schema.sql is
-# always the whole current schema, every statement CREATE ... IF NOT EXISTS, so a migration
-# that only adds tables or indexes re-applies it; a change to existing columns would be an
-# ALTER here.
-MIGRATIONS: Final[list[Callable[[], str]]] = [
-    SCHEMA_PATH.read_text,  # 1: the service's tables
-    SCHEMA_PATH.read_text,  # 2: the admin's sessions and login_failures tables
+Migration = Callable[[aiosqlite.Connection, SecretBox], Awaitable[None]]
+
+
+async def _apply_schema(db: aiosqlite.Connection, box: SecretBox) -> None:
+    """schema.sql, which is always the whole current schema (CREATE ... IF NOT EXISTS)."""
+    for statement in split_statements(SCHEMA_PATH.read_text()):
+        await db.execute(statement)
+
+
+async def _configurations_of_every_provider(db: aiosqlite.Connection, box: SecretBox) -> None:
+    """Telephony configurations for every provider: the account a stream names in one
+    column, the other fields as JSON, the secret ones encrypted. The rows of the table
+    that only knew Cloudonix domains move over with their bearer tokens sealed."""
+    columns = {row[1] for row in await db.execute_fetchall("PRAGMA table_info(telephony_configurations)")}
+    legacy = "domain_id" in columns
+    if legacy:
+        await db.execute("ALTER TABLE telephony_configurations RENAME TO telephony_configurations_v2")
+    await _apply_schema(db, box)
+    if not legacy:
+        return
+    for row in await db.execute_fetchall("SELECT * FROM telephony_configurations_v2"):
+        fields = {"domain_id": row["domain_id"]}
+        if row["application_name"]:
+            fields["application_name"] = row["application_name"]
+        sealed = box.seal({"bearer_token": row["bearer_token"]}) if row["bearer_token"] else ""
+        await db.execute(
+            """INSERT INTO telephony_configurations (id, organization_id, provider, name,
+                   account_id, account_key, fields, secrets, from_numbers, created_at, updated_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            (row["id"], row["organization_id"], row["provider"], row["name"], row["domain_id"],
+             row["domain_id"], _json(fields), sealed, row["from_numbers"], row["created_at"],
+             row["updated_at"]),
+        )
+    await db.execute("DROP TABLE telephony_configurations_v2")
+
+
+# The version from which provider secrets are stored encrypted (migration 3).
+SECRETS_SEALED_AT_VERSION: Final = 3
+
+# Numbered migrations: entry N-1 brings the database to user_version N. A migration that
+# only adds tables or indexes re-applies schema.sql; changing a table is code of its own.
+MIGRATIONS: Final[list[Migration]] = [
+    _apply_schema,  # 1: the service's tables
+    _apply_schema,  # 2: the admin's sessions and login_failures tables
+    _configurations_of_every_provider,  # 3: every provider; secrets encrypted at rest
 ]
 
 
@@ -138,21 +177,6 @@ def _api_key(row: aiosqlite.Row) -> ApiKey:
     )
 
 
-def _telephony(row: aiosqlite.Row) -> TelephonyConfig:
-    return TelephonyConfig(
-        id=row["id"],
-        organization_id=row["organization_id"],
-        provider=row["provider"],
-        name=row["name"],
-        domain_id=row["domain_id"],
-        bearer_token=row["bearer_token"],
-        application_name=row["application_name"],
-        from_numbers=json.loads(row["from_numbers"]),
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
-
-
 def _run(row: aiosqlite.Row, transcript: list[TranscriptLine] | None = None) -> Run:
     return Run(
         id=row["id"],
@@ -182,45 +206,87 @@ class Store:
     """The database of one Agent Stream process."""
 
     def __init__(
-        self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, *, busy_timeout: float
+        self,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        *,
+        busy_timeout: float,
+        secret_box: SecretBox,
     ) -> None:
         self._writer = writer
         self._reader = reader
         self._write_lock = asyncio.Lock()
         self._busy_timeout = busy_timeout
+        self._box = secret_box
 
     # -- lifecycle ---------------------------------------------------------------------
 
     @classmethod
-    async def open(cls, path: Path, *, busy_timeout: float = DB_BUSY_TIMEOUT_SECONDS) -> Store:
+    async def open(
+        cls,
+        path: Path,
+        *,
+        busy_timeout: float = DB_BUSY_TIMEOUT_SECONDS,
+        secret_key: SecretKey | None = None,
+    ) -> Store:
         """Open (creating if needed) and migrate the database at `path`. `busy_timeout` is
         how long a statement waits for another process's write lock before giving up (and
-        how long our own writes may queue behind each other)."""
+        how long our own writes may queue behind each other). `secret_key` opens the stored
+        secrets (by default the key file next to the database, as the server uses); a key
+        that is not the one they were stored with is a SecretKeyError."""
         path.parent.mkdir(parents=True, exist_ok=True)
+        key = secret_key or load_secret_key(None, path.parent / KEY_FILE_NAME)
         writer = await _connect(path, busy_timeout)
         reader = await _connect(path, busy_timeout)
-        store = cls(writer, reader, busy_timeout=busy_timeout)
-        await store._migrate()
+        store = cls(writer, reader, busy_timeout=busy_timeout, secret_box=SecretBox(key))
+        try:
+            await store._check_secret_key()
+            await store._migrate()
+            await store._remember_secret_key()
+        except BaseException:
+            await store.close()
+            if key.created:  # never leave a fresh key next to secrets it cannot open
+                await asyncio.to_thread(Path(key.source).unlink, missing_ok=True)
+            raise
         return store
 
     async def close(self) -> None:
         await self._reader.close()
         await self._writer.close()
 
+    async def _check_secret_key(self) -> None:
+        """A database that already holds secrets must be opened with their key."""
+        tables = await self._all("SELECT name FROM sqlite_master WHERE name = 'server_meta'")
+        if not tables:
+            return
+        row = await self._one("SELECT value FROM server_meta WHERE key = 'secret_key_check'")
+        if row is not None:
+            self._box.verify(row["value"])
+
+    async def _remember_secret_key(self) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT OR IGNORE INTO server_meta (key, value) VALUES ('secret_key_check', ?)",
+                (self._box.check_value(),),
+            )
+
     async def _migrate(self) -> None:
         async with self._write_lock:
             version = await _scalar(self._writer, "PRAGMA user_version")
+            sealing = version < SECRETS_SEALED_AT_VERSION <= len(MIGRATIONS)
             for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
                 await self._writer.execute("BEGIN IMMEDIATE")
                 try:
-                    for statement in split_statements(migration()):
-                        await self._writer.execute(statement)
+                    await migration(self._writer, self._box)
                     await self._writer.execute(f"PRAGMA user_version = {number}")
                     await self._writer.execute("COMMIT")
                 except BaseException:
                     await self._rollback()
                     raise
                 log.info("database migrated to version %d", number)
+            if sealing:  # what plaintext secrets a database held must not linger in free pages
+                await self._writer.execute("VACUUM")
+                await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -458,31 +524,36 @@ class Store:
         organization_id: int,
         provider: str,
         name: str,
-        domain_id: str,
-        bearer_token: str,
-        application_name: str | None = None,
+        account_id: str,
+        fields: dict[str, str],
+        secrets: dict[str, str],
         from_numbers: list[str] | None = None,
+        one_per_account: bool = False,
     ) -> TelephonyConfig:
+        """A new configuration; its secrets are sealed before they reach the database.
+        `one_per_account`: a second one naming the same account is a Conflict."""
         now = utcnow()
         try:
             async with self._transaction() as db:
                 cur = await db.execute(
                     """INSERT INTO telephony_configurations (organization_id, provider, name,
-                           domain_id, bearer_token, application_name, from_numbers,
-                           created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                    (organization_id, provider, name, domain_id, bearer_token, application_name,
-                     _json(from_numbers or []), now, now),
+                           account_id, account_key, fields, secrets, from_numbers, created_at,
+                           updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                    (organization_id, provider, name, account_id,
+                     account_id if one_per_account else None, _json(fields),
+                     self._box.seal(secrets) if secrets else "", _json(from_numbers or []),
+                     now, now),
                 )
                 return await self._telephony_by_id(db, organization_id, cur.lastrowid or 0)
         except sqlite3.IntegrityError as exc:
-            raise Conflict(f"a {provider} configuration for {domain_id} already exists") from exc
+            raise Conflict(f"a {provider} configuration for {account_id} already exists") from exc
 
     async def list_telephony_configs(self, organization_id: int) -> list[TelephonyConfig]:
         rows = await self._all(
             "SELECT * FROM telephony_configurations WHERE organization_id = ? ORDER BY id",
             (organization_id,),
         )
-        return [_telephony(r) for r in rows]
+        return [self._telephony(r) for r in rows]
 
     async def get_telephony_config(self, organization_id: int, config_id: int) -> TelephonyConfig:
         return await self._telephony_by_id(None, organization_id, config_id)
@@ -497,39 +568,67 @@ class Store:
         )
         if row is None:
             raise NotFound("telephony configuration not found")
-        return _telephony(row)
+        return self._telephony(row)
 
-    async def find_telephony_config(
-        self, organization_id: int, provider: str, domain_id: str
-    ) -> TelephonyConfig | None:
-        """The configuration a call uses: matched by domain inside the workflow's organization."""
-        row = await self._one(
-            """SELECT * FROM telephony_configurations
-               WHERE organization_id = ? AND provider = ? AND domain_id = ?""",
-            (organization_id, provider, domain_id),
+    def _telephony(self, row: aiosqlite.Row) -> TelephonyConfig:
+        return TelephonyConfig(
+            id=row["id"],
+            organization_id=row["organization_id"],
+            provider=row["provider"],
+            name=row["name"],
+            account_id=row["account_id"],
+            fields=json.loads(row["fields"]),
+            secrets=self._box.open(row["secrets"]),
+            from_numbers=json.loads(row["from_numbers"]),
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
         )
-        return _telephony(row) if row else None
+
+    async def find_telephony_configs(
+        self, organization_id: int, provider: str, *, account_id: str | None = None
+    ) -> list[TelephonyConfig]:
+        """An organization's configurations of one provider (naming `account_id`, if given)."""
+        sql = "SELECT * FROM telephony_configurations WHERE organization_id = ? AND provider = ?"
+        params: tuple[Any, ...] = (organization_id, provider)
+        if account_id is not None:
+            sql += " AND account_id = ?"
+            params += (account_id,)
+        return [self._telephony(r) for r in await self._all(sql + " ORDER BY id", params)]
 
     async def update_telephony_config(
-        self, organization_id: int, config_id: int, **changes: Any
+        self,
+        organization_id: int,
+        config_id: int,
+        *,
+        name: str | None = None,
+        account_id: str | None = None,
+        fields: dict[str, str] | None = None,
+        secrets: dict[str, str] | None = None,
+        from_numbers: list[str] | None = None,
+        one_per_account: bool = False,
     ) -> TelephonyConfig:
-        """Change the given fields; a token is only replaced when a new one is given."""
-        allowed = {"name", "domain_id", "bearer_token", "application_name", "from_numbers"}
-        values = {k: v for k, v in changes.items() if k in allowed and v is not None}
-        if "from_numbers" in values:
-            values["from_numbers"] = _json(values["from_numbers"])
-        assignments = ", ".join(f"{column} = ?" for column in values)
-        try:
-            async with self._transaction() as db:
-                await self._telephony_by_id(db, organization_id, config_id)  # NotFound
-                if values:
-                    await db.execute(
-                        f"UPDATE telephony_configurations SET {assignments}, updated_at = ? WHERE id = ?",
-                        (*values.values(), utcnow(), config_id),
-                    )
-                return await self._telephony_by_id(db, organization_id, config_id)
-        except sqlite3.IntegrityError as exc:
-            raise Conflict("a configuration for that domain already exists") from exc
+        """Change what is given: `fields` and `secrets` are merged into the stored ones (a
+        secret is only replaced when a new one is given)."""
+        async with self._transaction() as db:
+            current = await self._telephony_by_id(db, organization_id, config_id)
+            account = current.account_id if account_id is None else account_id
+            try:
+                await db.execute(
+                    """UPDATE telephony_configurations SET name = ?, account_id = ?,
+                           account_key = ?, fields = ?, secrets = COALESCE(?, secrets),
+                           from_numbers = ?, updated_at = ? WHERE id = ?""",
+                    (name if name is not None else current.name, account,
+                     account if one_per_account else None,
+                     _json(current.fields | (fields or {})),
+                     self._box.seal(current.secrets | secrets) if secrets else None,
+                     _json(current.from_numbers if from_numbers is None else from_numbers),
+                     utcnow(), config_id),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise Conflict(
+                    f"a {current.provider} configuration for {account} already exists"
+                ) from exc
+            return await self._telephony_by_id(db, organization_id, config_id)
 
     async def delete_telephony_config(self, organization_id: int, config_id: int) -> None:
         async with self._transaction() as db:
@@ -1006,3 +1105,13 @@ async def _connect(path: Path, busy_timeout: float) -> aiosqlite.Connection:
     await db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
     await db.execute("PRAGMA synchronous = NORMAL")
     return db
+
+
+async def open_store(settings: Settings) -> Store:
+    """The database of `settings`, with the secret key that opens its secrets (from
+    AGENT_STREAM_SECRET_KEY, else the key file next to the database)."""
+    return await Store.open(
+        settings.db_path,
+        busy_timeout=settings.db_busy_timeout,
+        secret_key=load_secret_key(settings.secret_key, settings.secret_key_file),
+    )

@@ -95,7 +95,9 @@ async def run_test_call(settings: Settings, agent_uuid: str, steps: list[Step],
     from .server import create_app, runner_options  # imports pipecat: only when a call is placed
 
     # Not the server of this database: a live one may be serving calls from it right now.
-    app_settings = replace(settings, cloudonix_api_base_url=provider_url, recover_at_start=False)
+    app_settings = replace(
+        settings, api_base_urls={"cloudonix": provider_url}, recover_at_start=False
+    )
     app = create_app(app_settings)
     runner = web.AppRunner(app, **(runner_options(app_settings) | {"access_log": None}))
     await runner.setup()
@@ -112,7 +114,7 @@ async def run_test_call(settings: Settings, agent_uuid: str, steps: list[Step],
         if not cloudonix:
             print("error: add a Cloudonix telephony configuration first; the test call uses its domain")
             return 1
-        domain = cloudonix[0].domain_id
+        domain = cloudonix[0].account_id
         call_id = f"testcall-{secrets.token_hex(8)}"  # finds this call's run, no other
         async with aiohttp.ClientSession() as http:
             call = await connect(http, stream_url(_site_url(site), agent_uuid, domain=domain,

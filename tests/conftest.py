@@ -56,7 +56,7 @@ def emulator(cloudonix: tuple[CloudonixEmulator, str]) -> CloudonixEmulator:
 def settings(tmp_path: Path, cloudonix: tuple[CloudonixEmulator, str]) -> Settings:
     return Settings(
         db_path=tmp_path / "agent_stream.db",
-        cloudonix_api_base_url=cloudonix[1],
+        api_base_urls={"cloudonix": cloudonix[1]},
         handshake_timeout=2.0,
         provider_api_timeout=1.0,
     )
@@ -88,6 +88,17 @@ def store(client: TestClient) -> Store:
     return client.app[STORE]
 
 
+async def add_cloudonix_config(
+    store: Store, organization_id: int, *, domain: str, token: str, name: str = "main"
+) -> Any:
+    """A Cloudonix configuration for `domain` (normalized), stored as the API stores it."""
+    return await store.create_telephony_config(
+        organization_id=organization_id, provider="cloudonix", name=name, account_id=domain,
+        fields={"domain_id": domain}, secrets={"bearer_token": token} if token else {},
+        one_per_account=True,
+    )
+
+
 MakeTenant = Callable[..., Awaitable[Tenant]]
 
 
@@ -109,10 +120,7 @@ def make_tenant(store: Store, emulator: CloudonixEmulator) -> MakeTenant:
             organization_id=org.id, owner_user_id=user.id, name=f"Agent {n}",
             definition=starter_definition(),
         )
-        await store.create_telephony_config(
-            organization_id=org.id, provider="cloudonix", name="main", domain_id=domain,
-            bearer_token=token,
-        )
+        await add_cloudonix_config(store, org.id, domain=domain, token=token)
         emulator.add_domain(domain, token)
         return Tenant(org.id, user.id, api_key, workflow, domain, token)
 

@@ -13,7 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from agent_stream.admin.common import SESSION_COOKIE, token_hash
-from agent_stream.store import Store
+from agent_stream.store import MIGRATIONS, Store
 from tests.admin_fixtures import (
     PASSWORD,
     Operator,
@@ -662,8 +662,8 @@ async def test_runs_tab_empty_state_points_at_the_stream_url(
     page = await operator.get(f"/agents/{uuid}/runs")
     assert page.status == 200
     assert (
-        f'No runs yet — point your Cloudonix Stream at <code class="wrap">'
-        f"ws://127.0.0.1:{client.port}/api/v1/agent-stream/{uuid}"
+        "No runs yet — point your provider's media stream at <code class=\"wrap\">"
+        f"ws://127.0.0.1:{client.port}/api/v1/agent-stream/PROVIDER/{uuid}"
     ) in page.html
     assert "No rejected connections." in page.html
 
@@ -699,9 +699,9 @@ async def test_telephony_add_edit_delete_with_the_token_masked(
         c for c in await store.list_telephony_configs(tenant.org_id) if c.name == "Beta line"
     )
     assert (
-        config.domain_id,
-        config.bearer_token,
-        config.application_name,
+        config.account_id,
+        config.value("bearer_token"),
+        config.fields.get("application_name"),
         config.from_numbers,
     ) == ("beta.cloudonix.net", token, "beta-app", ["+15555550100", "+15555550101"])
 
@@ -725,7 +725,7 @@ async def test_telephony_add_edit_delete_with_the_token_masked(
     )
     assert "Telephony configuration saved." in page.html
     config = await store.get_telephony_config(tenant.org_id, config.id)
-    assert (config.name, config.bearer_token, config.from_numbers) == (
+    assert (config.name, config.value("bearer_token"), config.from_numbers) == (
         "Beta",
         token,
         ["+15555550100"],
@@ -736,7 +736,7 @@ async def test_telephony_add_edit_delete_with_the_token_masked(
     )
     assert (
         await store.get_telephony_config(tenant.org_id, config.id)
-    ).bearer_token == "cx-new-token-0000"
+    ).value("bearer_token") == "cx-new-token-0000"
 
     page = await operator.get(f"/telephony/{config.id}/delete")
     assert (
@@ -962,5 +962,5 @@ async def test_a_database_at_version_1_gets_the_sign_in_tables(tmp_path: Path) -
     await store.close()
     with sqlite3.connect(path) as db:
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     assert {"sessions", "login_failures"} <= tables

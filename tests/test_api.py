@@ -400,7 +400,7 @@ async def test_create_configuration_normalizes_domain_and_hides_token(
     assert "bearer_token" not in created
 
     stored = await store.get_telephony_config(fresh.org_id, created["id"])
-    assert (stored.domain_id, stored.bearer_token) == ("acme.cloudonix.net", fresh.token)
+    assert (stored.account_id, stored.value("bearer_token")) == ("acme.cloudonix.net", fresh.token)
 
     config_path = f"/api/v1/telephony-configurations/{created['id']}"
     for response in (
@@ -483,7 +483,7 @@ async def test_patch_to_a_domain_that_normalizes_to_nothing_is_400(
         headers=fresh.headers,
     )
     await body_of(response, 400)
-    assert (await store.get_telephony_config(fresh.org_id, config_id)).domain_id == (
+    assert (await store.get_telephony_config(fresh.org_id, config_id)).account_id == (
         "seed.cloudonix.net")
 
 
@@ -502,7 +502,7 @@ async def test_a_domain_the_admin_form_refuses_is_refused_by_the_api_too(
         headers=fresh.headers,
     )
     assert (await body_of(response, 400))["error"] == message
-    assert [c.domain_id for c in await store.list_telephony_configs(fresh.org_id)] == [
+    assert [c.account_id for c in await store.list_telephony_configs(fresh.org_id)] == [
         "seed.cloudonix.net"]
 
 
@@ -524,7 +524,7 @@ async def test_token_rotation_through_the_api_with_real_calls(
     # a new token replaces it: the emulator, still expecting the old one, answers 401
     response = await client.patch(path, json={"bearer_token": NEW_TOKEN}, headers=fresh.headers)
     assert (await body_of(response, 200))["bearer_token_hint"] == "••••" + NEW_TOKEN[-4:]
-    assert (await store.get_telephony_config(fresh.org_id, created["id"])).bearer_token == NEW_TOKEN
+    assert (await store.get_telephony_config(fresh.org_id, created["id"])).value("bearer_token") == NEW_TOKEN
     call = await dial(fresh.workflow.uuid)
     await call.handshake()
     assert await call.wait_closed() == (
@@ -547,7 +547,7 @@ async def test_patch_configuration_fields(client: TestClient, fresh: Tenant, sto
     assert (patched["domain_id"], patched["from_numbers"], patched["application_name"]) == (
         "other.cloudonix.net", ["+15550003333"], "app-2")
     stored = await store.get_telephony_config(fresh.org_id, created["id"])
-    assert (stored.domain_id, stored.bearer_token) == ("other.cloudonix.net", fresh.token)
+    assert (stored.account_id, stored.value("bearer_token")) == ("other.cloudonix.net", fresh.token)
 
     for change in ({"from_numbers": "+1555"}, {"from_numbers": [1]}, {"provider": "cloudonix"},
                    {"bearer_token": ""}, {"name": 123}):
@@ -558,7 +558,7 @@ async def test_patch_configuration_fields(client: TestClient, fresh: Tenant, sto
     response = await client.patch(path, json={"domain_id": "seed"}, headers=fresh.headers)
     await body_of(response, 409)
     stored = await store.get_telephony_config(fresh.org_id, created["id"])
-    assert stored.domain_id == "other.cloudonix.net"
+    assert stored.account_id == "other.cloudonix.net"
 
 
 async def test_delete_configuration(client: TestClient, fresh: Tenant, store: Store) -> None:
@@ -570,7 +570,7 @@ async def test_delete_configuration(client: TestClient, fresh: Tenant, store: St
     await body_of(await client.get(path, headers=fresh.headers), 404)
     await body_of(await client.delete(path, headers=fresh.headers), 404)
     await body_of(await client.patch(path, json={"name": "x"}, headers=fresh.headers), 404)
-    assert [c.domain_id for c in await store.list_telephony_configs(fresh.org_id)] == [
+    assert [c.account_id for c in await store.list_telephony_configs(fresh.org_id)] == [
         "seed.cloudonix.net"]
 
 
@@ -617,7 +617,7 @@ async def test_another_organization_sees_nothing_of_ours(
     stored = await store.get_workflow(a.org_id, a.workflow.uuid)
     assert (stored.name, stored.status) == (a.workflow.name, "draft")
     kept = await store.get_telephony_config(a.org_id, config_id)
-    assert (kept.name, kept.bearer_token) == ("main", a.token)
+    assert (kept.name, kept.value("bearer_token")) == ("main", a.token)
 
     # B's lists hold only B's things
     listed = (await body_of(await client.get("/api/v1/workflows", headers=b.headers), 200))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from typing import Any
 
 import aiohttp
@@ -16,18 +17,16 @@ from pipecat.frames.frames import (
 )
 
 from agent_stream.errors import HandshakeError
-from agent_stream.models import TelephonyConfig
+from agent_stream.pipeline.frames import ProviderMarkFrame, StreamStopFrame
+from agent_stream.providers.base import ProviderApiError
 from agent_stream.providers.cloudonix import (
-    CloudonixClient,
-    CloudonixSerializer,
-    ProviderApiError,
-    ProviderMarkFrame,
-    StreamStopFrame,
+    CloudonixProvider,
     normalize_domain,
     parse_domain,
     parse_start,
     transfer_cxml,
 )
+from agent_stream.providers.cloudonix.client import CloudonixControl
 from agent_stream.providers.identifiers import api_url, is_identifier
 from agent_stream.simulator import start_event, tone_ulaw, ulaw_to_pcm16
 from tests.cloudonix_emulator import CloudonixEmulator
@@ -81,10 +80,10 @@ def test_parse_start_takes_session_or_falls_back_to_call_sid() -> None:
     event = start_event(stream_sid="MZ1", call_sid="CA1", session="S1", account_sid=DOMAIN,
                         caller="+1555", called="+1666")
     info = parse_start(event)
-    assert (info.stream_sid, info.call_sid, info.session) == ("MZ1", "CA1", "S1")
-    assert (info.account_sid, info.caller, info.called) == (DOMAIN, "+1555", "+1666")
+    assert (info.stream_id, info.gathered["cloudonix_call_sid"], info.call_id) == ("MZ1", "CA1", "S1")
+    assert (info.account_id, info.caller, info.called) == (DOMAIN, "+1555", "+1666")
     event["start"].pop("session")
-    assert parse_start(event).session == "CA1"
+    assert parse_start(event).call_id == "CA1"
 
 
 def test_parse_start_rejects_a_non_string_session() -> None:
@@ -103,8 +102,15 @@ def test_transfer_cxml_escapes_the_destination() -> None:
 # -- serializer ------------------------------------------------------------------------------
 
 
+def wire_for(stream_sid: str) -> Any:
+    """The wire format of a call whose start named `stream_sid`."""
+    event = start_event(stream_sid=stream_sid, call_sid="CA1", session="S1", account_sid=DOMAIN,
+                        caller=None, called=None)
+    return CloudonixProvider().wire(parse_start(event), log=logging.getLogger("test"))
+
+
 async def test_serializer_decodes_media_dtmf_mark_and_stop() -> None:
-    serializer = CloudonixSerializer("MZ1")
+    serializer = wire_for("MZ1")
     ulaw = tone_ulaw(0.02)
     frame = await serializer.deserialize(json.dumps(
         {"event": "media", "media": {"payload": base64.b64encode(ulaw).decode()}}))
@@ -119,7 +125,7 @@ async def test_serializer_decodes_media_dtmf_mark_and_stop() -> None:
 
 
 async def test_serializer_encodes_media_clear_and_marks() -> None:
-    serializer = CloudonixSerializer("MZ1")
+    serializer = wire_for("MZ1")
     pcm = ulaw_to_pcm16(tone_ulaw(0.02))
     media = json.loads(await serializer.serialize(OutputAudioRawFrame(pcm, 8000, 1)) or "")
     assert media["event"] == "media" and media["streamSid"] == "MZ1"
@@ -141,16 +147,17 @@ async def cx_client(cloudonix: tuple[CloudonixEmulator, str]) -> Any:
     emulator, base_url = cloudonix
     emulator.add_domain(DOMAIN, "good-token-1234")
     emulator.add_session(DOMAIN, "S1")
-    config = TelephonyConfig(1, 1, "cloudonix", "main", DOMAIN, "good-token-1234", None, [], "", "")
     async with aiohttp.ClientSession() as http:
-        yield emulator, CloudonixClient(http, base_url, config, timeout=1.0)
+        yield emulator, lambda session: CloudonixControl(
+            http, base_url, domain=DOMAIN, token="good-token-1234", session=session, timeout=1.0
+        )
 
 
 async def test_hangup_deletes_the_session_and_404_counts_as_done(cx_client: Any) -> None:
     emulator, client = cx_client
-    assert await client.hangup("S1") == 204
+    assert await client("S1").hangup() == 204
     assert (DOMAIN, "S1") not in emulator.sessions
-    assert await client.hangup("S1") == 404  # already gone: done, not an error
+    assert await client("S1").hangup() == 404  # already gone: done, not an error
     request = emulator.requests[0]
     assert (request.method, request.path, request.authorized) == (
         "DELETE", f"/customers/self/domains/{DOMAIN}/sessions/S1", True)
@@ -158,7 +165,7 @@ async def test_hangup_deletes_the_session_and_404_counts_as_done(cx_client: Any)
 
 async def test_transfer_posts_dial_cxml(cx_client: Any) -> None:
     emulator, client = cx_client
-    assert await client.transfer("S1", "+15555550123") == 200
+    assert await client("S1").transfer("+15555550123") == 200
     request = emulator.requests[-1]
     assert (request.method, request.path) == ("POST", f"/calls/{DOMAIN}/sessions/S1/application")
     assert request.json == {"cxml": "<Response><Dial>+15555550123</Dial></Response>"}
@@ -168,11 +175,11 @@ async def test_rest_errors_carry_the_status(cx_client: Any) -> None:
     emulator, client = cx_client
     emulator.status_override = 401
     with pytest.raises(ProviderApiError, match="hangup failed: HTTP 401"):
-        await client.hangup("S1")
+        await client("S1").hangup()
     with pytest.raises(ProviderApiError, match="transfer failed: HTTP 401"):
-        await client.transfer("S1", "+1")
+        await client("S1").transfer("+1")
 
 
 def test_client_repr_never_shows_the_token(cx_client: Any) -> None:
     _, client = cx_client
-    assert "good-token" not in repr(client)
+    assert "good-token" not in repr(client("S1"))

@@ -28,6 +28,7 @@ from tests.conftest import (
     MakeTenant,
     ServeApp,
     Tenant,
+    add_cloudonix_config,
     finished_run,
     latest_run_id,
     until,
@@ -146,15 +147,11 @@ def full_disk_settings(settings: Settings, small_disk: Path) -> Settings:
 def fill(disk: Path) -> Path:
     """Write a file until the disk refuses more; delete it to make room again."""
     filler = disk / "filler"
-    with filler.open("wb") as out:
-        with contextlib.suppress(OSError):
-            while True:
-                out.write(b"\0" * 65536)
-                out.flush()
-    with contextlib.suppress(OSError), filler.open("ab") as out:  # the last few bytes too
-        while True:
-            out.write(b"\0")
-            out.flush()
+    with filler.open("wb", buffering=0) as out:  # unbuffered: nothing left to write at close
+        for block in (65536, 1):  # then the last few bytes too
+            with contextlib.suppress(OSError):
+                while True:
+                    out.write(b"\0" * block)
     return filler
 
 
@@ -170,10 +167,7 @@ async def test_a_full_disk_refuses_new_calls_with_1011_and_ends_live_runs_once_t
     workflow = await store.create_workflow(
         organization_id=org.id, owner_user_id=user.id, name="Agent", definition=starter_definition()
     )
-    await store.create_telephony_config(
-        organization_id=org.id, provider="cloudonix", name="main", domain_id=DOMAIN,
-        bearer_token=TOKEN,
-    )
+    await add_cloudonix_config(store, org.id, domain=DOMAIN, token=TOKEN)
     emulator.add_domain(DOMAIN, TOKEN)
     base = str(client.make_url("/"))
 

@@ -24,6 +24,7 @@ from tests.conftest import (
     TOKEN,
     Dial,
     MakeTenant,
+    add_cloudonix_config,
     latest_run_id,
     spawned_children,
     wait_for_state,
@@ -218,9 +219,7 @@ async def test_call_command_places_a_test_call_and_prints_the_conversation(tmp_p
         definition["nodes"][0]["say"] = "Hi. Press zero for a human."
         workflow = await store.create_workflow(organization_id=user.organization_id,
                                                owner_user_id=user.id, name="A", definition=definition)
-        await store.create_telephony_config(organization_id=user.organization_id,
-                                            provider="cloudonix", name="main",
-                                            domain_id=DOMAIN, bearer_token=TOKEN)
+        await add_cloudonix_config(store, user.organization_id, domain=DOMAIN, token=TOKEN)
     finally:
         await store.close()
     out = tmp_path / "call.wav"
@@ -269,3 +268,19 @@ async def test_the_cli_test_call_leaves_live_calls_of_the_same_database_alone(
     assert await live.wait_closed() == (1000, "call ended")
     ended = await wait_for_state(store, live_id, "completed", "failed")
     assert (ended.state, ended.end_reason) == ("completed", "caller_hangup")
+
+
+def test_serving_with_a_key_that_is_not_the_database_s_is_a_clear_error(tmp_path: Path) -> None:
+    db = tmp_path / "agent_stream.db"
+    assert run_cli("create-user", "--email", "k@example.com", "--password", "pw", db=db).returncode == 0
+    other_key = subprocess.run([sys.executable, "app.py", "new-secret-key"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    served = subprocess.run(
+        [sys.executable, "app.py", "--port", str(unused_port()), "--db", str(db)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env=os.environ | {"AGENT_STREAM_SECRET_KEY": other_key},
+    )
+    assert served.returncode == 2
+    assert ("error: the secret key from AGENT_STREAM_SECRET_KEY does not open this database's "
+            "secrets") in served.stderr
+    assert "Traceback" not in served.stderr

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from aiohttp.test_utils import TestClient
 
+from agent_stream.calls.run_writes import RunRecord, RunWriteQueue
 from agent_stream.errors import QuotaExceeded
 from agent_stream.keys import RUN_WRITES
-from agent_stream.run_writes import RunRecord, RunWriteQueue
 from agent_stream.store import Store
 from tests.conftest import MakeTenant
 

@@ -3,14 +3,19 @@ from __future__ import annotations
 
 import logging
 import re
+import sqlite3
+import stat
+from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
 
+from agent_stream.crypto import SecretKeyError, load_secret_key, new_secret_key
 from agent_stream.security import hash_password, mask_secret, redact_uuids, verify_password
 from agent_stream.store import Store
 from tests.cloudonix_emulator import CloudonixEmulator
-from tests.conftest import TOKEN, Dial, Tenant
+from tests.conftest import TOKEN, Dial, Tenant, add_cloudonix_config
 
 
 async def test_logs_of_calls_and_api_use_hold_no_secret(
@@ -70,3 +75,81 @@ async def test_database_stores_api_keys_and_passwords_hashed(tenant: Tenant, sto
     raw = b"".join(p.read_bytes() for p in settings.db_path.parent.glob("agent_stream.db*"))
     assert tenant.api_key.encode() not in raw
     assert re.search(rb"scrypt\$16384\$8\$1\$", raw), "password hash not found"
+
+
+# -- provider secrets at rest ----------------------------------------------------------------------
+
+
+async def test_provider_secrets_are_encrypted_at_rest_with_a_key_file_made_0600(
+    tenant: Tenant, store: Store, settings: Any
+) -> None:
+    raw = b"".join(p.read_bytes() for p in settings.db_path.parent.glob("agent_stream.db*"))
+    assert tenant.token.encode() not in raw  # a copy of the database alone reveals nothing
+    assert (await store.get_telephony_config(tenant.org_id, 1)).value("bearer_token") == tenant.token
+    key_file = settings.secret_key_file
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    Fernet(key_file.read_bytes().strip())  # a Fernet key, as AGENT_STREAM_SECRET_KEY takes
+
+
+async def test_a_wrong_or_lost_key_is_a_clear_error_never_a_new_key(tmp_path: Path) -> None:
+    db = tmp_path / "agent_stream.db"
+    store = await Store.open(db)
+    org = await store.get_or_create_organization("K")
+    await add_cloudonix_config(store, org.id, domain="acme.cloudonix.net", token="secret-token-1")
+    await store.close()
+
+    other = load_secret_key(new_secret_key(), tmp_path / "unused.key")
+    with pytest.raises(SecretKeyError, match="does not open this database's secrets"):
+        await Store.open(db, secret_key=other)
+
+    key_file = tmp_path / "secret.key"
+    saved = key_file.read_bytes()
+    key_file.unlink()  # the key file is lost: a new one must not take its place
+    with pytest.raises(SecretKeyError, match="was just created, but this database's secrets"):
+        await Store.open(db)
+    assert not key_file.exists()
+    key_file.write_bytes(saved)
+    store = await Store.open(db)
+    assert (await store.list_telephony_configs(org.id))[0].value("bearer_token") == "secret-token-1"
+    await store.close()
+
+
+def test_a_malformed_key_says_how_to_make_one(tmp_path: Path) -> None:
+    with pytest.raises(SecretKeyError, match="new-secret-key"):
+        load_secret_key("not-a-key", tmp_path / "secret.key")
+
+
+async def test_cloudonix_rows_of_an_older_database_move_over_with_their_tokens_sealed(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "agent_stream.db"
+    store = await Store.open(db)
+    org = await store.get_or_create_organization("Old")
+    await store.close()
+    with sqlite3.connect(db) as old:  # the table as version 2 had it, and a row in it
+        old.execute("DROP TABLE telephony_configurations")
+        old.execute("DELETE FROM server_meta")
+        old.execute(
+            """CREATE TABLE telephony_configurations (id INTEGER PRIMARY KEY,
+                organization_id INTEGER NOT NULL, provider TEXT NOT NULL, name TEXT NOT NULL,
+                domain_id TEXT NOT NULL, bearer_token TEXT NOT NULL DEFAULT '',
+                application_name TEXT, from_numbers TEXT NOT NULL DEFAULT '[]',
+                created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+                UNIQUE (organization_id, provider, domain_id))""")
+        old.execute(
+            """INSERT INTO telephony_configurations VALUES (7, ?, 'cloudonix', 'main',
+                'acme.cloudonix.net', 'cx-old-token-9876', 'app', '["+15550001111"]', 't0', 't1')""",
+            (org.id,))
+        old.execute("PRAGMA user_version = 2")
+    (tmp_path / "secret.key").unlink()  # a version-2 server had no key yet
+
+    store = await Store.open(db)
+    (config,) = await store.list_telephony_configs(org.id)
+    assert (config.id, config.provider, config.name, config.account_id) == (
+        7, "cloudonix", "main", "acme.cloudonix.net")
+    assert config.value("bearer_token") == "cx-old-token-9876"
+    assert config.fields == {"domain_id": "acme.cloudonix.net", "application_name": "app"}
+    assert config.from_numbers == ["+15550001111"]
+    await store.close()
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("agent_stream.db*"))
+    assert b"cx-old-token-9876" not in raw

@@ -25,6 +25,7 @@ from tests.conftest import (
     MakeTenant,
     ServeApp,
     Tenant,
+    add_cloudonix_config,
     finished_run,
     handshake_done,
     latest_run_id,
@@ -363,10 +364,8 @@ async def test_same_domain_in_two_organizations_uses_each_ones_token(
 async def test_configuration_without_bearer_token(
     dial: Dial, tenant: Tenant, store: Store
 ) -> None:
-    await store.create_telephony_config(
-        organization_id=tenant.org_id, provider="cloudonix", name="empty",
-        domain_id="notoken.cloudonix.net", bearer_token="",
-    )
+    await add_cloudonix_config(store, tenant.org_id, name="empty", domain="notoken.cloudonix.net",
+                               token="")
     call = await dial(tenant.workflow.uuid, domain="notoken")
     await assert_handshake_failure(
         call, store, tenant, "Cloudonix configuration for notoken.cloudonix.net has no bearer token")
@@ -445,9 +444,7 @@ async def _quick_call(client: Any, emulator: CloudonixEmulator) -> tuple[Tenant,
     user = await store.create_user(organization_id=org.id, email="q@example.com", password="pw")
     workflow = await store.create_workflow(
         organization_id=org.id, owner_user_id=user.id, name="Q", definition={"nodes": []})
-    await store.create_telephony_config(
-        organization_id=org.id, provider="cloudonix", name="q", domain_id=DOMAIN,
-        bearer_token=TOKEN)
+    await add_cloudonix_config(store, org.id, name="q", domain=DOMAIN, token=TOKEN)
     emulator.add_domain(DOMAIN, TOKEN)
     tenant = Tenant(org.id, user.id, "", workflow, DOMAIN, TOKEN)
     call = await connect(client.session, stream_url(str(client.make_url("/")), workflow.uuid,
@@ -554,8 +551,7 @@ async def test_shutdown_closes_live_calls_with_1001_and_finishes_their_runs(
     user = await store.create_user(organization_id=org.id, email="s@example.com", password="pw")
     workflow = await store.create_workflow(
         organization_id=org.id, owner_user_id=user.id, name="S", definition=starter_definition())
-    await store.create_telephony_config(organization_id=org.id, provider="cloudonix", name="s",
-                                        domain_id=DOMAIN, bearer_token=TOKEN)
+    await add_cloudonix_config(store, org.id, name="s", domain=DOMAIN, token=TOKEN)
     emulator.add_domain(DOMAIN, TOKEN)
     import aiohttp
 
@@ -628,7 +624,7 @@ async def test_an_invalid_stored_definition_fails_the_run_with_1011(
 async def test_a_provider_that_goes_quiet_is_closed_1011_and_the_run_fails(
     dial: Dial, tenant: Tenant, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import agent_stream.stream as stream
+    import agent_stream.calls.call as stream
 
     monkeypatch.setattr(stream, "MEDIA_IDLE_TIMEOUT", 0.5)
     monkeypatch.setattr(stream, "WATCHDOG_PERIOD", 0.1)

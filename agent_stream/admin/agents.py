@@ -11,8 +11,9 @@ from typing import Any
 from aiohttp import web
 
 from .. import strict_json
-from ..models import Workflow
-from ..providers import SUPPORTED_PROVIDERS
+from ..models import TelephonyConfig, Workflow
+from ..providers import PROVIDERS
+from ..urls import stream_base
 from ..workflow import ENGINES, STT_PROVIDERS, TTS_PROVIDERS, starter_definition
 from . import editor
 from .common import (
@@ -23,7 +24,6 @@ from .common import (
     render,
     safe_next,
     store_of,
-    stream_base,
     url,
     user_of,
 )
@@ -406,24 +406,21 @@ def _choices(known: tuple[str, ...], current: str) -> list[str]:
     return list(known) if current in known else [*known, current]
 
 
-def stream_urls(
-    request: web.Request, workflow: Workflow, domains: list[str]
-) -> list[dict[str, str]]:
-    """The ready-to-paste stream URL (and its CXML) per Cloudonix domain of the organization."""
-    base = stream_base(request) + f"/api/v1/agent-stream/{workflow.uuid}"
-    out = []
-    for domain in domains or ["YOUR_DOMAIN.cloudonix.net"]:
-        stream_url = f"{base}?provider=cloudonix&Domain={domain}"
-        xml_url = stream_url.replace("&", "&amp;")
-        out.append(
-            {
-                "domain": domain,
-                "url": stream_url,
-                "cxml": f'<Response><Connect><Stream url="{xml_url}"/></Connect></Response>',
-                "placeholder": "" if domains else "yes",
-            }
-        )
-    return out
+def provider_snippets(
+    request: web.Request, workflow: Workflow, configs: list[TelephonyConfig]
+) -> list[dict[str, Any]]:
+    """For every provider: what to paste into its own configuration to reach this agent,
+    once per configuration of the organization (with placeholders when there is none)."""
+    base = stream_base(request) + "/api/v1/agent-stream"
+    blocks = []
+    for provider in PROVIDERS.values():
+        stream_url = f"{base}/{provider.name}/{workflow.uuid}"
+        mine = [c for c in configs if c.provider == provider.name]
+        groups = [
+            {"config": config, "snippets": provider.snippets(stream_url, config)} for config in mine
+        ] or [{"config": None, "snippets": provider.snippets(stream_url, None)}]
+        blocks.append({"provider": provider, "groups": groups, "configured": bool(mine)})
+    return blocks
 
 
 async def _settings_page(
@@ -437,7 +434,6 @@ async def _settings_page(
     name: str | None = None,
 ) -> web.Response:
     configs = await store_of(request).list_telephony_configs(workflow.organization_id)
-    domains = [c.domain_id for c in configs if c.provider in SUPPORTED_PROVIDERS]
     shown_values = values or editor.settings_form(workflow.definition)
     return render(
         request,
@@ -445,9 +441,7 @@ async def _settings_page(
         {
             "agent": workflow,
             "tab": "settings",
-            "streams": stream_urls(request, workflow, domains),
-            "newer_form_url": stream_base(request)
-            + f"/api/v1/agent-stream/cloudonix/{workflow.uuid}",
+            "providers": provider_snippets(request, workflow, configs),
             "voice": shown_values,
             "problems": problems or {},
             "engines": ENGINES,

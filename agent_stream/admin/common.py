@@ -21,6 +21,7 @@ from ..keys import STORE
 from ..models import Organization, User
 from ..security import redact_uuids
 from ..store import Store
+from ..urls import is_secure
 
 log = logging.getLogger(__name__)
 
@@ -97,23 +98,6 @@ class AdminOnly(web.HTTPForbidden):
 def token_hash(token: str) -> str:
     """Sessions are stored by the SHA-256 of the cookie: a database copy signs nobody in."""
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def is_secure(request: web.Request) -> bool:
-    """TLS at this process or at a proxy in front of it (X-Forwarded-Proto)."""
-    forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
-    return (forwarded or request.scheme) in ("https", "wss")
-
-
-def public_host(request: web.Request) -> str:
-    """The host the browser used, as a proxy passes it on."""
-    forwarded = request.headers.get("X-Forwarded-Host", "").split(",")[0].strip()
-    return forwarded or request.host
-
-
-def stream_base(request: web.Request) -> str:
-    """`wss://host` behind TLS, `ws://host` otherwise: where providers should connect."""
-    return ("wss" if is_secure(request) else "ws") + "://" + public_host(request)
 
 
 def now_iso() -> str:

@@ -11,7 +11,8 @@ from aiohttp import web
 from ..api import RUN_STATES
 from ..errors import NotFound
 from ..models import Run, Workflow
-from .common import RUNS_PAGE_SIZE, int_id, page, render, store_of, stream_base, url, user_of
+from ..urls import stream_base
+from .common import RUNS_PAGE_SIZE, int_id, page, render, store_of, url, user_of
 
 REJECTIONS_SHOWN = 20
 
@@ -100,7 +101,7 @@ async def runs(request: web.Request) -> web.StreamResponse:
             "states": RUN_STATES,
             "notes": notes,
             "rejections": rejections,
-            "stream_url": f"{stream_base(request)}/api/v1/agent-stream/{workflow.uuid}",
+            "stream_url": f"{stream_base(request)}/api/v1/agent-stream/PROVIDER/{workflow.uuid}",
             "nav": "agents",
         },
     )

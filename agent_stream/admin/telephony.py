@@ -1,66 +1,67 @@
-"""Telephony configurations: Cloudonix domains and their bearer tokens (always masked)."""
+"""Telephony configurations of every provider: their fields, their secrets only as hints
+(kept unless replaced), checked by the same rules as the API (providers/configs.py)."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from aiohttp import web
 
-from ..errors import Conflict
+from ..errors import Conflict, NotFound
 from ..models import TelephonyConfig
-from ..providers.cloudonix import normalize_domain, parse_domain
+from ..providers import PROVIDERS, provider_named
+from ..providers.base import Provider
+from ..providers.configs import check_config, numbers_from_text
 from ..security import mask_secret
 from .common import form_of, int_id, page, redirect, render, store_of, url, user_of
 
-PROVIDER = "cloudonix"
+
+def _provider(name: str | None) -> Provider:
+    provider = provider_named(name or "") if name else next(iter(PROVIDERS.values()))
+    if provider is None:
+        raise NotFound("no such provider")
+    return provider
 
 
 def shown(config: TelephonyConfig) -> dict[str, Any]:
-    """A configuration as a page shows it: the token only as dots and its last four."""
+    """A configuration as a page shows it: its secrets only as dots and their last four."""
+    provider = _provider(config.provider)
+    secrets = [f for f in provider.fields if f.secret]
+    hints = {
+        f.name: (mask_secret(config.secrets.get(f.name)) if f.hint_shown else "set")
+        if config.secrets.get(f.name) else "none"
+        for f in secrets
+    }
     return {
         "id": config.id,
         "name": config.name,
-        "domain_id": config.domain_id,
-        "token_hint": mask_secret(config.bearer_token) or "none",
-        "application_name": config.application_name or "",
+        "provider": provider,
+        "account": config.account_id,
+        "fields": dict(config.fields),
+        "secret_hints": [(f.label, hints[f.name]) for f in secrets],
+        "hints": hints,
         "from_numbers": ", ".join(config.from_numbers),
         "updated_at": config.updated_at,
     }
 
 
-def _numbers(raw: str) -> list[str]:
-    return [n.strip() for n in re.split(r"[,\n]", raw) if n.strip()]
+def _form_values(provider: Provider, form: dict[str, str]) -> dict[str, Any]:
+    """A posted form in the shape the shared check takes (numbers as a list)."""
+    raw: dict[str, Any] = {f.name: form.get(f.name, "") for f in provider.fields}
+    raw["name"] = form.get("name", "")
+    raw["from_numbers"] = numbers_from_text(form.get("from_numbers", ""))
+    return raw
 
 
-def _parse(form: dict[str, str], *, creating: bool) -> tuple[dict[str, Any], dict[str, str]]:
-    """The fields to store and the problems by field; an empty token means 'keep it'."""
-    problems: dict[str, str] = {}
-    domain = normalize_domain(form.get("domain_id", ""))
-    try:
-        parse_domain(domain)
-    except ValueError as exc:
-        problems["domain_id"] = str(exc)
-    token = form.get("bearer_token", "")
-    if creating and not token:
-        problems["bearer_token"] = "Paste the domain's bearer token (Cloudonix cockpit, API keys)."
-    if len(token) > 4096:
-        problems["bearer_token"] = "That token is too long."
-    numbers = _numbers(form.get("from_numbers", ""))
-    if any(not re.fullmatch(r"\+?[0-9*#]{2,20}", n) for n in numbers):
-        problems["from_numbers"] = "Numbers are digits with an optional leading +, comma-separated."
-    values = {
-        "name": (form.get("name") or domain)[:120],
-        "domain_id": domain,
-        "bearer_token": token or None,
-        "application_name": form.get("application_name", "")[:200] or None,
-        "from_numbers": numbers,
-    }
-    return values, problems
+def _refilled(provider: Provider, form: dict[str, str]) -> dict[str, str]:
+    """What the form shows again after a problem: never a secret."""
+    secret = set(provider.secret_fields)
+    return {k: v for k, v in form.items() if k not in secret}
 
 
 async def _list_page(
     request: web.Request,
+    provider: Provider,
     *,
     status: int = 200,
     form: dict[str, str] | None = None,
@@ -71,7 +72,9 @@ async def _list_page(
         request,
         "telephony.html",
         {
-            "configs": [shown(c) for c in configs],
+            "configs": [shown(c) for c in configs if c.provider in PROVIDERS],
+            "providers": list(PROVIDERS.values()),
+            "provider": provider,
             "form": form or {},
             "problems": problems or {},
             "nav": "telephony",
@@ -82,36 +85,49 @@ async def _list_page(
 
 @page()
 async def telephony(request: web.Request) -> web.StreamResponse:
-    return await _list_page(request)
+    return await _list_page(request, _provider(request.query.get("provider")))
 
 
 @page()
 async def create(request: web.Request) -> web.StreamResponse:
     form = await form_of(request)
-    values, problems = _parse(form, creating=True)
-    shown_form = {k: v for k, v in form.items() if k != "bearer_token"}
+    provider = _provider(form.get("provider"))
+    given, found = check_config(provider, _form_values(provider, form), creating=True)
+    problems = {p.field: p.message for p in found}
     if not problems:
         try:
             await store_of(request).create_telephony_config(
                 organization_id=user_of(request).organization_id,
-                provider=PROVIDER,
-                name=values["name"],
-                domain_id=values["domain_id"],
-                bearer_token=values["bearer_token"],
-                application_name=values["application_name"],
-                from_numbers=values["from_numbers"],
+                provider=provider.name,
+                name=given.name or provider.title,
+                account_id=given.account_id or "",
+                fields=given.fields,
+                secrets=given.secrets,
+                from_numbers=given.from_numbers,
+                one_per_account=provider.one_per_account,
             )
         except Conflict:
-            problems["domain_id"] = f"There is already a configuration for {values['domain_id']}."
+            problems[provider.account_field or "name"] = (
+                f"There is already a configuration for {given.account_id}."
+            )
     if problems:
-        return await _list_page(request, status=400, form=shown_form, problems=problems)
+        return await _list_page(
+            request, provider, status=400, form=_refilled(provider, form), problems=problems
+        )
     return redirect(request, url(request, "admin_telephony"), notice="telephony_added")
 
 
 async def _config(request: web.Request) -> TelephonyConfig:
-    return await store_of(request).get_telephony_config(
+    config = await store_of(request).get_telephony_config(
         user_of(request).organization_id, int_id(request, "id")
     )
+    if config.provider not in PROVIDERS:
+        raise NotFound("telephony configuration not found")
+    return config
+
+
+def _edit_form(config: TelephonyConfig) -> dict[str, str]:
+    return {**config.fields, "name": config.name, "from_numbers": ", ".join(config.from_numbers)}
 
 
 @page()
@@ -122,7 +138,8 @@ async def edit_page(request: web.Request) -> web.StreamResponse:
         "telephony_edit.html",
         {
             "config": shown(config),
-            "form": shown(config),
+            "provider": _provider(config.provider),
+            "form": _edit_form(config),
             "problems": {},
             "nav": "telephony",
         },
@@ -131,27 +148,36 @@ async def edit_page(request: web.Request) -> web.StreamResponse:
 
 @page()
 async def update(request: web.Request) -> web.StreamResponse:
-    """Edit; the stored token stays unless a new one is pasted."""
+    """Edit; a stored secret stays unless a new one is pasted."""
     config = await _config(request)
+    provider = _provider(config.provider)
     form = await form_of(request)
-    values, problems = _parse(form, creating=False)
+    given, found = check_config(provider, _form_values(provider, form), creating=False)
+    problems = {p.field: p.message for p in found}
     if not problems:
         try:
-            # an emptied application name is cleared; an empty token keeps the stored one
-            values["application_name"] = values["application_name"] or ""
             await store_of(request).update_telephony_config(
-                config.organization_id, config.id, **values
+                config.organization_id,
+                config.id,
+                name=given.name,
+                account_id=given.account_id,
+                fields=given.fields,
+                secrets=given.secrets,
+                from_numbers=given.from_numbers,
+                one_per_account=provider.one_per_account,
             )
         except Conflict:
-            problems["domain_id"] = f"There is already a configuration for {values['domain_id']}."
+            problems[provider.account_field or "name"] = (
+                f"There is already a configuration for {given.account_id}."
+            )
     if problems:
-        shown_form = {k: v for k, v in form.items() if k != "bearer_token"}
         return render(
             request,
             "telephony_edit.html",
             {
                 "config": shown(config),
-                "form": shown_form,
+                "provider": provider,
+                "form": _refilled(provider, form),
                 "problems": problems,
                 "nav": "telephony",
             },
@@ -162,7 +188,7 @@ async def update(request: web.Request) -> web.StreamResponse:
 
 @page()
 async def delete_page(request: web.Request) -> web.StreamResponse:
-    """Deleting asks first: calls to that domain fail with 4400 once it is gone."""
+    """Deleting asks first: calls it served fail with 4400 once it is gone."""
     config = await _config(request)
     return render(request, "telephony_delete.html", {"config": shown(config), "nav": "telephony"})
 

@@ -29,9 +29,7 @@ from ..pipeline.frames import (
     SpeechFrame,
 )
 from ..pipeline.transcript import CallTranscript, Utterance
-from ..providers.cloudonix import CloudonixSerializer
-from ..speech.stt import GrammarRecognizer
-from ..speech.tts import EspeakSynthesizer
+from ..speech import Recognizer, Synthesizer
 from . import CallActions, Node, Workflow, render
 
 log = logging.getLogger(__name__)
@@ -53,10 +51,9 @@ class VoiceAgent(FrameProcessor):
         *,
         workflow: Workflow,
         context: dict[str, Any],
-        tts: EspeakSynthesizer,
-        stt: GrammarRecognizer,
+        tts: Synthesizer,
+        stt: Recognizer,
         transcript: CallTranscript,
-        serializer: CloudonixSerializer,
         actions: CallActions,
         call_log: logging.LoggerAdapter | logging.Logger = log,  # type: ignore[type-arg]
         **kwargs: Any,
@@ -67,7 +64,6 @@ class VoiceAgent(FrameProcessor):
         self._tts = tts
         self._stt = stt
         self._transcript = transcript
-        self._serializer = serializer
         self._actions = actions
         self._log = call_log
         self._voice = str(workflow.setting("voice", "en-us"))

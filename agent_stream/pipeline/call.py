@@ -20,7 +20,7 @@ from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
-from ..providers.cloudonix import SAMPLE_RATE, CloudonixSerializer
+from ..providers.base import INTERNAL_RATE, Wire
 from ..speech.vad import EnergyVad
 from .recorder import CallRecorder
 from .transcript import CallTranscript
@@ -32,7 +32,7 @@ PIPELINE_START_TIMEOUT: Final = 5.0
 PIPELINE_END_TIMEOUT: Final = 3.0
 # Every call is recorded at the provider's rate. The raw tracks do not say theirs, so the
 # start after a crash merges what a killed call left at this one.
-RECORDING_SAMPLE_RATE: Final = SAMPLE_RATE
+RECORDING_SAMPLE_RATE: Final = INTERNAL_RATE
 
 
 async def let_live_calls_run() -> None:
@@ -47,18 +47,18 @@ class CallPipeline:
     def __init__(
         self,
         ws: web.WebSocketResponse,
-        serializer: CloudonixSerializer,
+        serializer: Wire,
         recording_path: Path,
     ) -> None:
         self.serializer = serializer
         self.recorder = CallRecorder(recording_path, sample_rate=RECORDING_SAMPLE_RATE)
-        self.transcript = CallTranscript(bytes_per_second=SAMPLE_RATE * 2)
+        self.transcript = CallTranscript(bytes_per_second=INTERNAL_RATE * 2)
         self.vad = EnergyVad()
         params = AiohttpWebsocketParams(
             audio_in_enabled=False,  # the input transport feeds audio itself, see transport.py
-            audio_in_sample_rate=SAMPLE_RATE,
+            audio_in_sample_rate=INTERNAL_RATE,
             audio_out_enabled=True,
-            audio_out_sample_rate=SAMPLE_RATE,
+            audio_out_sample_rate=INTERNAL_RATE,
             audio_out_10ms_chunks=2,
             audio_out_auto_silence=False,
             audio_out_end_silence_secs=0,
@@ -78,7 +78,7 @@ class CallPipeline:
         self.worker = PipelineWorker(
             Pipeline([self.transport.input(), agent, self.transport.output()]),
             params=PipelineParams(
-                audio_in_sample_rate=SAMPLE_RATE, audio_out_sample_rate=SAMPLE_RATE
+                audio_in_sample_rate=INTERNAL_RATE, audio_out_sample_rate=INTERNAL_RATE
             ),
             enable_rtvi=False,
             enable_turn_tracking=False,

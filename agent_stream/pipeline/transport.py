@@ -29,11 +29,11 @@ from pipecat.frames.frames import (
     StartFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessorSetup
-from pipecat.serializers.base_serializer import FrameSerializer
 from pipecat.transports.base_input import BaseInputTransport
 from pipecat.transports.base_output import BaseOutputTransport
 from pipecat.transports.base_transport import BaseTransport, TransportParams
 
+from ..providers.base import Wire
 from ..speech.vad import EnergyVad
 from .frames import (
     CallerStartedSpeaking,
@@ -59,7 +59,7 @@ MAX_QUEUED_SPEECH_SECONDS: Final = 20.0
 class AiohttpWebsocketParams(TransportParams):
     """Transport parameters plus the provider's wire format."""
 
-    serializer: FrameSerializer | None = None
+    serializer: Wire | None = None
 
 
 class InputTransport(BaseInputTransport):
@@ -209,7 +209,8 @@ class OutputTransport(BaseOutputTransport):
             pcm, mark = self._speech.popleft()
             self._speech_room.set()
             if pcm is None:
-                message = self._serializer.mark_frame(mark or "")  # type: ignore[union-attr]
+                assert self._serializer is not None
+                message = self._serializer.mark_frame(mark or "")
                 if await self._write(message):
                     self._transcript.mark_sent(mark or "")
                 continue

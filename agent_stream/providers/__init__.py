@@ -1,8 +1,23 @@
-"""Telephony providers: which ones exist, and which ones Agent Stream can stream for."""
+"""Telephony providers: the registry of those Agent Stream streams for, and the names of
+those it knows of but does not stream for yet. The rest of the service finds a provider
+here, by name, and speaks to it only through `base.Provider`."""
 from __future__ import annotations
 
 from typing import Final
 
-SUPPORTED_PROVIDERS: Final = frozenset({"cloudonix"})
+from .base import Provider
+from .cloudonix import CloudonixProvider
+
+PROVIDERS: Final[dict[str, Provider]] = {
+    provider.name: provider for provider in (CloudonixProvider(),)
+}
+SUPPORTED_PROVIDERS: Final = frozenset(PROVIDERS)
 # Known providers whose media streams are not implemented yet: 1011, never 1008.
-UNSUPPORTED_PROVIDERS: Final = frozenset({"twilio", "plivo", "telnyx", "vonage", "ari"})
+UNSUPPORTED_PROVIDERS: Final = frozenset(
+    {"twilio", "plivo", "telnyx", "vonage", "ari", "asterisk", "exotel", "web"}
+) - SUPPORTED_PROVIDERS
+
+
+def provider_named(name: str) -> Provider | None:
+    """The provider a stream URL or a configuration names, if Agent Stream streams for it."""
+    return PROVIDERS.get(name)

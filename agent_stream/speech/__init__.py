@@ -2,9 +2,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from .stt import GrammarRecognizer
 from .tts import EspeakSynthesizer
+
+
+class Recognizer(Protocol):
+    """Speech to text for one caller turn: 16-bit PCM at 8 kHz, and the phrases the agent
+    listens for (a grammar for the embedded decoder, a hint for a vendor). None: not
+    understood."""
+
+    async def recognize(self, pcm8k: bytes, phrases: tuple[str, ...]) -> str | None: ...
+
+
+class Synthesizer(Protocol):
+    """Text to speech: 16-bit PCM at 8 kHz."""
+
+    async def synthesize(self, text: str, *, voice: str = ..., rate: int = ...) -> bytes: ...
 
 
 @dataclass

@@ -19,9 +19,9 @@ from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
-from .errors import DatabaseUnavailable
-from .models import Run, TranscriptLine, User, Workflow
-from .store import Store, utcnow
+from ..errors import DatabaseUnavailable
+from ..models import Run, TranscriptLine, User, Workflow
+from ..store import Store, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,408 @@
+"""The provider interface: everything Agent Stream needs from a telephony provider, and
+nothing the rest of the service needs to know about one.
+
+A provider says what its configuration holds (`fields`, the secret ones, the field the
+stream's account id is matched against), reads its first messages into a neutral
+`CallStart`, checks what it signs on the HTTP upgrade, speaks its wire format (`Wire`, a
+pipecat serializer: media in its codec and rate, DTMF, playback marks, clear) and calls its
+REST API for one call (`CallControl`: validate, hang up, transfer). The call lifecycle,
+the pipeline, the recorder, the transcript and the engines only ever see this interface
+and 16-bit PCM at `INTERNAL_RATE`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Final
+
+import aiohttp
+from aiohttp import web
+from pipecat.audio.dtmf.types import KeypadEntry
+from pipecat.frames.frames import (
+    AudioRawFrame,
+    Frame,
+    InputAudioRawFrame,
+    InputDTMFFrame,
+    InterruptionFrame,
+    OutputTransportMessageFrame,
+    OutputTransportMessageUrgentFrame,
+)
+from pipecat.serializers.base_serializer import FrameSerializer
+
+from .. import strict_json
+from ..audio import Codec
+from ..errors import HandshakeError, PeerClosed
+from ..models import TelephonyConfig
+from ..pipeline.frames import ProviderMarkFrame, StreamStopFrame
+from .identifiers import IDENTIFIER_RULE, is_identifier
+
+LogAdapter = logging.LoggerAdapter[logging.Logger] | logging.Logger
+
+# What every call's pipeline, recording and transcript work in: 16-bit mono PCM at 8 kHz.
+INTERNAL_RATE: Final = 8000
+# The custom parameter (Twilio/Telnyx `customParameters`) that names a configuration.
+CONFIG_PARAMETER: Final = "telephony_configuration"
+
+# Reads the next text or binary message, waiting at most the given seconds.
+NextMessage = Callable[[float], Awaitable[str | bytes]]
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConfigField:
+    """One field of a provider's telephony configuration, as the API and the admin show it."""
+
+    name: str
+    label: str
+    secret: bool = False
+    required: bool = True
+    help: str = ""
+    placeholder: str = ""
+    multiline: bool = False  # a PEM key, say
+    max_length: int = 200
+    missing: str = ""  # what to say when a required field is left out
+    noun: str = ""  # how "keep the saved ..." names a secret (its label, lower case)
+    hint_shown: bool = True  # a secret's last four characters may be shown (not a PEM key)
+
+    @property
+    def missing_message(self) -> str:
+        return self.missing or f"Enter the {self.label.lower()}."
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What is wrong with one field: the API answers it, the admin shows it by the field."""
+
+    field: str
+    message: str
+
+
+# -- a call's start ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CallStart:
+    """What a provider's first messages say about the call, in the same terms for all."""
+
+    call_id: str  # the provider's id of the call: its REST URLs take it
+    stream_id: str
+    account_id: str | None  # whose the stream says it is: selects the configuration
+    caller: str | None
+    called: str | None
+    custom_parameters: dict[str, str]
+    codec: Codec  # what the provider sends, and so what it gets back
+    fields: dict[str, Any]  # the start fields as they came (logs.inbound_webhook.start)
+    gathered: dict[str, Any]  # the provider's ids the run keeps (gathered_context)
+    call_id_for_context: str | None = None  # gathered_context.call_id when the URL had none
+
+
+# -- the wire format ---------------------------------------------------------------------------
+
+
+@dataclass
+class ProtocolTally:
+    """Frames we dropped, by kind, so the run can say what the peer did wrong."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def add(self, kind: str) -> bool:
+        """Count one; True when it is the first of its kind (worth one log line)."""
+        self.counts[kind] += 1
+        return self.counts[kind] == 1
+
+
+class Wire(FrameSerializer):
+    """A provider's media-stream framing for one call: decodes what it sends into pipeline
+    frames (PCM at INTERNAL_RATE) and encodes pipeline output in the call's own codec.
+    Malformed messages are counted and dropped, never fatal."""
+
+    def __init__(self, start: CallStart, *, log: LogAdapter) -> None:
+        super().__init__()
+        self.start = start
+        self.codec = start.codec
+        self._log = log
+        self.problems = ProtocolTally()
+        self.media_frames = 0
+
+    # what subclasses define
+
+    @abstractmethod
+    def media_message(self, payload: bytes) -> str | bytes:
+        """One outbound message carrying `payload` (already in the call's codec)."""
+
+    @abstractmethod
+    def mark_message(self, name: str) -> dict[str, Any]:
+        """The playback marker queued behind audio: the provider acknowledges it once the
+        audio before it has played."""
+
+    @abstractmethod
+    def clear_message(self) -> str | bytes:
+        """Barge-in: drop whatever audio the provider still holds."""
+
+    @abstractmethod
+    def decode(self, data: str | bytes) -> Frame | None:
+        """One inbound message to a frame, or None (counted) when it is not one."""
+
+    # shared
+
+    async def serialize(self, frame: Frame) -> str | bytes | None:
+        if isinstance(frame, AudioRawFrame):
+            return self.audio_message(frame.audio, frame.sample_rate)
+        if isinstance(frame, InterruptionFrame):
+            return self.clear_message()
+        if isinstance(frame, (OutputTransportMessageFrame, OutputTransportMessageUrgentFrame)):
+            return None if self.should_ignore_frame(frame) else json.dumps(frame.message)
+        return None
+
+    async def deserialize(self, data: str | bytes) -> Frame | None:
+        return self.decode(data)
+
+    def mark_frame(self, name: str) -> OutputTransportMessageFrame:
+        """A marker queued behind the audio before it (see `mark_message`)."""
+        return OutputTransportMessageFrame(message=self.mark_message(name))
+
+    def audio_message(self, pcm: bytes, sample_rate: int) -> str | bytes | None:
+        """16-bit PCM from the pipeline to one outbound media message in the call's codec."""
+        if not pcm:
+            return None
+        return self.media_message(self.codec.encode(pcm, sample_rate))
+
+    def audio_frame(self, payload: bytes) -> Frame | None:
+        """An inbound payload in the call's codec to pipeline audio (empty: nothing)."""
+        if not payload:
+            return None
+        self.media_frames += 1
+        return InputAudioRawFrame(
+            audio=self.codec.decode(payload), sample_rate=INTERNAL_RATE, num_channels=1
+        )
+
+    def dtmf_frame(self, digit: object) -> Frame | None:
+        try:
+            return InputDTMFFrame(KeypadEntry(str(digit)))
+        except ValueError:
+            self.problem("bad dtmf digit")
+            return None
+
+    def mark_echo(self, name: object) -> Frame | None:
+        if not isinstance(name, str):
+            self.problem("bad mark")
+            return None
+        return ProviderMarkFrame(mark=name)
+
+    def stop_frame(self) -> Frame:
+        return StreamStopFrame()
+
+    def json_event(self, data: str | bytes) -> tuple[str, dict[str, Any]] | None:
+        """A JSON text message as (event name, message), or None (counted) if it is not."""
+        if not isinstance(data, str):
+            self.problem("binary frame")
+            return None
+        try:
+            message = strict_json.loads(data)
+        except ValueError:
+            self.problem("malformed JSON")
+            return None
+        if not isinstance(message, dict) or not isinstance(message.get("event"), str):
+            self.problem("malformed JSON")
+            return None
+        return message["event"], message
+
+    def problem(self, kind: str) -> None:
+        if self.problems.add(kind):
+            self._log.warning("dropped provider message: %s (further ones are only counted)", kind)
+
+
+# -- the REST API of one call --------------------------------------------------------------
+
+
+class ProviderApiError(Exception):
+    """A provider REST call answered with an error status."""
+
+    def __init__(self, provider: str, action: str, status: int) -> None:
+        super().__init__(f"{provider} {action} failed: HTTP {status}")
+        self.status = status
+
+
+class CallControl(ABC):
+    """The provider's REST calls for one call, on the app's shared HTTP session. An answer
+    meaning "the call is already over" counts as done."""
+
+    title: ClassVar[str]
+
+    def __init__(self, http: aiohttp.ClientSession, *, timeout: float) -> None:
+        self._http = http
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+
+    @abstractmethod
+    async def validate(self) -> None:
+        """The call is live and belongs to the configured account, or a HandshakeError."""
+
+    @abstractmethod
+    async def hangup(self) -> int:
+        """End the call; returns the HTTP status. ProviderApiError when refused."""
+
+    @abstractmethod
+    async def transfer(self, destination: str) -> int:
+        """Blind transfer to `destination`; returns the HTTP status."""
+
+    def validation_failed(self, status: int) -> HandshakeError:
+        return HandshakeError(f"session validation failed: {self.title} answered HTTP {status}")
+
+    def unreachable(self, exc: BaseException) -> HandshakeError:
+        if isinstance(exc, TimeoutError):
+            return HandshakeError(f"session validation failed: {self.title} API timed out")
+        return HandshakeError(
+            f"session validation failed: {self.title} API unreachable ({type(exc).__name__})"
+        )
+
+
+# -- the provider itself --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Snippet:
+    """A ready-to-paste piece of the provider's own configuration, for the Settings page."""
+
+    title: str
+    language: str  # "xml", "json", "text"
+    text: str
+    label: str = "URL"  # what the Copy button says it copies ("CXML", "TwiML", ...)
+
+
+@dataclass(frozen=True)
+class HandshakeInput:
+    """What a provider may look at to read a call's start: the upgrade request (Twilio
+    signs it; Cloudonix's older URL form names the domain in its query) and the socket."""
+
+    request: web.Request
+    newer_form: bool
+    next_message: NextMessage
+    deadline: float  # loop time by which the first messages must have come
+
+
+class Provider(ABC):
+    """One telephony provider. Instances are stateless and shared by all calls."""
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    fields: ClassVar[tuple[ConfigField, ...]]
+    # The configuration field the stream's account id is matched against (None: the
+    # stream carries none, and an organization's only configuration is used).
+    account_field: ClassVar[str | None] = None
+    account_label: ClassVar[str] = "account"
+    # Whether an organization may have several configurations naming one account.
+    one_per_account: ClassVar[bool] = False
+    default_api_base_url: ClassVar[str] = ""
+
+    # configuration
+
+    def check_field(self, name: str, value: str) -> str:
+        """A field's value as stored, or ValueError with what to fix."""
+        return value.strip()
+
+    def checked_account(self, account_id: str) -> str:
+        """An account id a stream names, in the form configurations store it (a 4400 when
+        it cannot be one)."""
+        return account_id.strip()
+
+    @property
+    def secret_fields(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.fields if f.secret)
+
+    # the call
+
+    def url_account(self, request: web.Request, newer_form: bool) -> str | None:
+        """An account id the stream URL carries (HandshakeError if the URL must and does not)."""
+        return None
+
+    @abstractmethod
+    async def read_start(self, given: HandshakeInput) -> CallStart:
+        """Read the provider's first messages; HandshakeError when they are missing, late
+        or malformed."""
+
+    def check_upgrade(  # noqa: B027 - most providers sign nothing: nothing to check
+        self, request: web.Request, config: TelephonyConfig, public_url: str | None
+    ) -> None:
+        """What the provider signed or sent on the HTTP upgrade, checked against the
+        configuration (HandshakeError when it does not match)."""
+
+    @abstractmethod
+    def wire(self, start: CallStart, *, log: LogAdapter) -> Wire:
+        """The call's wire format."""
+
+    @abstractmethod
+    def control(
+        self,
+        http: aiohttp.ClientSession,
+        api_base_url: str,
+        config: TelephonyConfig,
+        start: CallStart,
+        *,
+        timeout: float,
+        public_url: str,
+    ) -> CallControl:
+        """The REST calls of one call."""
+
+    # operators
+
+    def webhook_log(
+        self, request: web.Request, newer_form: bool, start: CallStart, config: TelephonyConfig
+    ) -> dict[str, object]:
+        """What identified the call, for the run's logs.inbound_webhook."""
+        return {"account": start.account_id}
+
+    @abstractmethod
+    def snippets(self, stream_url: str, config: TelephonyConfig | None) -> list[Snippet]:
+        """What to paste into the provider's own configuration to reach `stream_url`."""
+
+    def routes(self) -> list[web.RouteDef]:
+        """Routes the provider needs on this server (Plivo's transfer XML)."""
+        return []
+
+
+def text_field(message: Mapping[str, Any], key: str) -> str | None:
+    """A start field as text, or None when absent or empty."""
+    value = message.get(key)
+    return str(value) if value not in (None, "") else None
+
+
+async def receive_event(given: HandshakeInput, expected: str, now: Callable[[], float]) -> dict[str, Any]:
+    """The next handshake message as a JSON event named `expected`, or the 4400 why not."""
+    try:
+        data = await given.next_message(max(given.deadline - now(), 0.0))
+    except TimeoutError:
+        raise HandshakeError(f"timed out waiting for '{expected}' event") from None
+    except PeerClosed:
+        raise HandshakeError(f"stream closed before '{expected}' event") from None
+    return parse_event(data, expected)
+
+
+def parse_event(data: str | bytes, expected: str) -> dict[str, Any]:
+    """Decode one handshake message; anything but the expected JSON event is a 4400."""
+    if not isinstance(data, str):
+        raise HandshakeError(f"expected a JSON text '{expected}' event, got a binary frame")
+    try:
+        message = strict_json.loads(data)
+    except ValueError:
+        raise HandshakeError(f"malformed '{expected}' event: not JSON") from None
+    if not isinstance(message, dict):
+        raise HandshakeError(f"malformed '{expected}' event: not a JSON object")
+    event = message.get("event")
+    if event != expected:
+        raise HandshakeError(f"expected '{expected}' event, got {str(event)[:40]!r}")
+    return message
+
+
+def identifier(value: Any, name: str, *, event: str = "start") -> str:
+    """A provider id from a first message: present, and fit for a URL path (4400 if not)."""
+    if not isinstance(value, str) or not value:
+        raise HandshakeError(f"malformed '{event}' event: missing {name}")
+    if not is_identifier(value):
+        raise HandshakeError(f"malformed '{event}' event: {name} must be {IDENTIFIER_RULE}")
+    return value

@@ -1,0 +1,133 @@
+"""Cloudonix (contract section 2.3): Twilio-compatible framing, the domain as the account,
+a Bearer token for its REST API. The older URL form names the domain in its query."""
+from __future__ import annotations
+
+from typing import ClassVar, Final
+from xml.sax.saxutils import quoteattr
+
+import aiohttp
+from aiohttp import web
+
+from ...errors import HandshakeError
+from ...models import TelephonyConfig
+from ..base import (
+    CallControl,
+    CallStart,
+    ConfigField,
+    HandshakeInput,
+    LogAdapter,
+    Provider,
+    Snippet,
+    Wire,
+)
+from ..identifiers import is_domain_name
+from ..twilio_style import TwilioStyleWire, read_connected_start
+from .client import CloudonixControl, transfer_cxml
+from .wire import parse_start
+
+__all__ = ["CloudonixProvider", "normalize_domain", "parse_domain", "parse_start", "transfer_cxml"]
+
+DOMAIN_SUFFIX: Final = ".cloudonix.net"
+
+
+def normalize_domain(domain: str) -> str:
+    """`acme` and `acme.cloudonix.net` name the same domain."""
+    domain = domain.strip().lower().rstrip(".")
+    if domain and not domain.endswith(DOMAIN_SUFFIX):
+        domain += DOMAIN_SUFFIX
+    return domain
+
+
+def parse_domain(raw: str) -> str:
+    """The normalized domain, or ValueError with what to fix: the one check of a domain id,
+    for the API, the admin form and the stream."""
+    domain = normalize_domain(raw)
+    if not domain.removesuffix(DOMAIN_SUFFIX).strip("."):
+        raise ValueError("Enter your Cloudonix domain, e.g. acme or acme.cloudonix.net.")
+    if not is_domain_name(domain):
+        raise ValueError("A domain has letters, digits, dots and dashes only.")
+    return domain
+
+
+class CloudonixProvider(Provider):
+    name = "cloudonix"
+    title = "Cloudonix"
+    account_field = "domain_id"
+    account_label = "domain"
+    one_per_account = True
+    default_api_base_url = "https://api.cloudonix.io"
+    fields: ClassVar[tuple[ConfigField, ...]] = (
+        ConfigField("domain_id", "Cloudonix domain", placeholder="acme or acme.cloudonix.net",
+                    help="acme and acme.cloudonix.net are the same domain.", max_length=253,
+                    missing="Enter your Cloudonix domain, e.g. acme or acme.cloudonix.net."),
+        ConfigField("bearer_token", "Bearer token", secret=True, max_length=4096, noun="token",
+                    missing="Paste the domain's bearer token (Cloudonix cockpit, API keys)."),
+        ConfigField("application_name", "Application name", required=False),
+    )
+
+    def normalize_account(self, value: str) -> str:
+        return normalize_domain(value)
+
+    def check_field(self, name: str, value: str) -> str:
+        if name == "domain_id":
+            return parse_domain(value)
+        return value.strip()
+
+    def url_account(self, request: web.Request, newer_form: bool) -> str | None:
+        """The older URL form names the domain in `Domain` and must; the path form takes it
+        from `start.accountSid`."""
+        if newer_form:
+            return None
+        domain = request.query.get("Domain")
+        if not domain:
+            raise HandshakeError("missing Domain")
+        try:
+            return parse_domain(domain)
+        except ValueError:
+            raise HandshakeError(f"malformed Domain {domain[:40]!r}") from None
+
+    def checked_account(self, account_id: str) -> str:
+        try:
+            return parse_domain(account_id)
+        except ValueError:
+            raise HandshakeError(f"malformed Domain {account_id[:40]!r}") from None
+
+    async def read_start(self, given: HandshakeInput) -> CallStart:
+        return parse_start(await read_connected_start(given))
+
+    def wire(self, start: CallStart, *, log: LogAdapter) -> Wire:
+        return TwilioStyleWire(start, log=log, stream_key="streamSid")
+
+    def control(
+        self,
+        http: aiohttp.ClientSession,
+        api_base_url: str,
+        config: TelephonyConfig,
+        start: CallStart,
+        *,
+        timeout: float,
+        public_url: str,
+    ) -> CallControl:
+        return CloudonixControl(
+            http, api_base_url, domain=config.account_id, token=config.value("bearer_token"),
+            session=start.call_id, timeout=timeout,
+        )
+
+    def webhook_log(self, request: web.Request, newer_form: bool, start: CallStart,
+                    config: TelephonyConfig) -> dict[str, object]:
+        domain = start.account_id if newer_form else request.query.get("Domain")
+        return {"domain": domain, "normalized_domain": config.account_id}
+
+    def snippets(self, stream_url: str, config: TelephonyConfig | None) -> list[Snippet]:
+        """The Voice Application's CXML: the older URL form names the domain."""
+        domain = config.account_id if config else "YOUR_DOMAIN.cloudonix.net"
+        base, _, agent = stream_url.rpartition("/cloudonix/")
+        query_form = f"{base}/{agent}?provider=cloudonix&Domain={domain}"
+        return [
+            Snippet("Stream URL", "text", query_form),
+            Snippet("What your Voice Application answers (CXML)", "xml",
+                    f"<Response><Connect><Stream url={quoteattr(query_form)}/></Connect></Response>",
+                    label="CXML"),
+            Snippet("Or the path form, which takes the domain from Cloudonix's start event",
+                    "text", stream_url, label="path-form URL"),
+        ]

@@ -1,0 +1,82 @@
+"""Cloudonix's REST API for one call: session validation, hang-up, blind transfer (contract
+section 2.3), Bearer token, every URL built from encoded segments."""
+from __future__ import annotations
+
+from typing import Final
+from xml.sax.saxutils import escape
+
+import aiohttp
+from yarl import URL
+
+from ..base import CallControl, ProviderApiError
+from ..identifiers import api_url
+
+# A hang-up answered 404 finds the call already over: done all the same.
+HANGUP_DONE_STATUSES: Final = frozenset({200, 204, 404})
+
+
+def transfer_cxml(destination: str) -> str:
+    """The CXML that makes Cloudonix dial the destination (blind transfer)."""
+    return f"<Response><Dial>{escape(destination)}</Dial></Response>"
+
+
+class CloudonixControl(CallControl):
+    """The Cloudonix REST calls of one call, on the app's shared HTTP session."""
+
+    title = "Cloudonix"
+
+    def __init__(
+        self,
+        http: aiohttp.ClientSession,
+        base_url: str,
+        *,
+        domain: str,
+        token: str,
+        session: str,
+        timeout: float,
+    ) -> None:
+        super().__init__(http, timeout=timeout)
+        self._base = base_url.rstrip("/")
+        self._domain = domain
+        self._session = session
+        self._headers = {"Authorization": f"Bearer {token}"}
+
+    def __repr__(self) -> str:
+        return f"<CloudonixControl domain={self._domain}>"  # never the token
+
+    def _session_url(self) -> URL:
+        return api_url(self._base, "customers", "self", "domains", self._domain, "sessions",
+                       self._session)
+
+    async def validate(self) -> None:
+        """200 means the call is live on this domain; anything else is a 4400."""
+        try:
+            async with self._http.get(
+                self._session_url(), headers=self._headers, timeout=self._timeout
+            ) as response:
+                status = response.status
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self.unreachable(exc) from None
+        if status != 200:
+            raise self.validation_failed(status)
+
+    async def hangup(self) -> int:
+        """End the call; 200, 204 and 404 (already gone) all mean done."""
+        async with self._http.delete(
+            self._session_url(), headers=self._headers, timeout=self._timeout
+        ) as response:
+            if response.status not in HANGUP_DONE_STATUSES:
+                raise ProviderApiError(self.title, "hangup", response.status)
+            return response.status
+
+    async def transfer(self, destination: str) -> int:
+        """Blind transfer: replace the call's application with a Dial to `destination`."""
+        async with self._http.post(
+            api_url(self._base, "calls", self._domain, "sessions", self._session, "application"),
+            headers=self._headers,
+            json={"cxml": transfer_cxml(destination)},
+            timeout=self._timeout,
+        ) as response:
+            if response.status >= 300:
+                raise ProviderApiError(self.title, "transfer", response.status)
+            return response.status

@@ -1,0 +1,47 @@
+"""Cloudonix's media stream: Twilio's framing (contract section 2.3), pure and testable
+without a socket. `start.session` is the Cloudonix session token (`callSid` when absent);
+the domain is `start.accountSid` on the path form of the URL."""
+from __future__ import annotations
+
+from typing import Any, Final
+
+from ...audio import Codec
+from ...errors import HandshakeError
+from ..base import INTERNAL_RATE, CallStart, identifier, text_field
+from ..twilio_style import custom_parameters, start_object
+
+SAMPLE_RATE: Final = 8000
+
+
+def parse_start(message: dict[str, Any]) -> CallStart:
+    """Check a `start` event: streamSid and callSid are required, session defaults to callSid."""
+    start = start_object(message)
+    stream_sid = identifier(start.get("streamSid") or message.get("streamSid"), "streamSid")
+    call_sid = identifier(start.get("callSid"), "callSid")
+    session = start.get("session") or call_sid
+    if not isinstance(session, str):
+        raise HandshakeError("malformed 'start' event: session must be a string")
+    session = identifier(session, "session")
+    media_format = start.get("mediaFormat") or {}
+    if not isinstance(media_format, dict):
+        raise HandshakeError("malformed 'start' event: mediaFormat must be an object")
+    encoding = media_format.get("encoding", "audio/x-mulaw")
+    rate = media_format.get("sampleRate", SAMPLE_RATE)
+    if encoding != "audio/x-mulaw" or rate != SAMPLE_RATE:
+        raise HandshakeError(f"unsupported media format {encoding} at {rate} Hz (need 8 kHz mu-law)")
+    return CallStart(
+        call_id=session,
+        stream_id=stream_sid,
+        account_id=text_field(start, "accountSid"),
+        caller=text_field(start, "from"),
+        called=text_field(start, "to"),
+        custom_parameters=custom_parameters(start.get("customParameters")),
+        codec=Codec("ulaw", SAMPLE_RATE, internal_rate=INTERNAL_RATE),
+        fields=start,
+        gathered={
+            "cloudonix_call_sid": call_sid,
+            "cloudonix_stream_sid": stream_sid,
+            "cloudonix_session": session,
+        },
+        call_id_for_context=session,
+    )
