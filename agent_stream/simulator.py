@@ -1,21 +1,26 @@
-"""A simulated provider call: speaks Cloudonix's Twilio-compatible media-stream framing."""
+"""A simulated provider call: the provider's end of a media stream, in any provider's
+framing (each provider's `CallerSide` says how it talks), for the tests, the benchmarks and
+the CLI test call. Caller audio is given as 8 kHz mu-law (what `tone_ulaw` and
+`silence_ulaw` make) and sent in the provider's own codec, 20 ms a frame."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import math
 import secrets
 import sys
 from array import array
+from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 
 from . import audio
+from .providers import provider_named
+from .providers.base import CallerIdentity, CallerSide, Heard
 
 SAMPLE_RATE: Final = 8000
 FRAME_SECONDS: Final = 0.02
@@ -24,13 +29,14 @@ ULAW_SILENCE: Final = 0xFF
 MAX_MSG_SIZE: Final = 16 * 1024 * 1024
 STREAM_PATH: Final = "/api/v1/agent-stream"
 WS_SCHEMES: Final = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
+DEFAULT_PROVIDER: Final = "cloudonix"
 
 
 def stream_url(
     base_url: str,
     agent_uuid: str,
     *,
-    provider: str | None = "cloudonix",
+    provider: str | None = DEFAULT_PROVIDER,
     domain: str | None = None,
     call_id: str | None = None,
     caller: str | None = None,
@@ -54,75 +60,6 @@ def stream_url(
     return urlunsplit((scheme, parts.netloc, path, query, ""))
 
 
-def connected_event() -> dict[str, Any]:
-    """The first message a provider sends once the socket is open."""
-    return {"event": "connected", "protocol": "Call", "version": "1.0.0"}
-
-
-def start_event(
-    *,
-    stream_sid: str,
-    call_sid: str,
-    session: str | None,
-    account_sid: str,
-    caller: str,
-    called: str,
-    sequence: int = 1,
-) -> dict[str, Any]:
-    """The second message: call metadata and the audio format that follows."""
-    start: dict[str, Any] = {"streamSid": stream_sid, "callSid": call_sid}
-    if session is not None:
-        start["session"] = session
-    start.update(
-        {
-            "accountSid": account_sid,
-            "from": caller,
-            "to": called,
-            "tracks": ["inbound"],
-            "customParameters": {},
-            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": SAMPLE_RATE, "channels": 1},
-        }
-    )
-    return {"event": "start", "sequenceNumber": str(sequence), "streamSid": stream_sid, "start": start}
-
-
-def _with_sequence(event: dict[str, Any], sequence: int | None) -> dict[str, Any]:
-    """Add the provider's string sequence number when the caller tracks one."""
-    if sequence is not None:
-        event["sequenceNumber"] = str(sequence)
-    return event
-
-
-def media_event(
-    stream_sid: str, ulaw: bytes, *, chunk: int, timestamp_ms: int, sequence: int | None = None
-) -> dict[str, Any]:
-    """One inbound audio frame, base64 mu-law as the provider sends it."""
-    media = {
-        "track": "inbound",
-        "chunk": str(chunk),
-        "timestamp": str(timestamp_ms),
-        "payload": base64.b64encode(ulaw).decode("ascii"),
-    }
-    return _with_sequence({"event": "media", "streamSid": stream_sid, "media": media}, sequence)
-
-
-def dtmf_event(stream_sid: str, digit: str, *, sequence: int | None = None) -> dict[str, Any]:
-    """A key press by the caller."""
-    event = {"event": "dtmf", "streamSid": stream_sid, "dtmf": {"track": "inbound_track", "digit": digit}}
-    return _with_sequence(event, sequence)
-
-
-def mark_event(stream_sid: str, name: str, *, sequence: int | None = None) -> dict[str, Any]:
-    """The provider's acknowledgement that audio up to a named mark was played."""
-    return _with_sequence({"event": "mark", "streamSid": stream_sid, "mark": {"name": name}}, sequence)
-
-
-def stop_event(stream_sid: str, call_sid: str, *, sequence: int | None = None) -> dict[str, Any]:
-    """The provider's notice that the caller hung up."""
-    event = {"event": "stop", "streamSid": stream_sid, "stop": {"callSid": call_sid}}
-    return _with_sequence(event, sequence)
-
-
 def pcm16_to_ulaw(pcm: bytes) -> bytes:
     """Encode 16-bit little-endian PCM the way the phone network carries it."""
     return audio.pcm16_to_ulaw(pcm)
@@ -136,7 +73,7 @@ def ulaw_to_pcm16(ulaw: bytes) -> bytes:
 def tone_ulaw(seconds: float, freq: float = 440.0, amplitude: float = 0.3) -> bytes:
     """A sine tone at 8 kHz: audible, deterministic caller speech for tests."""
     count = int(round(seconds * SAMPLE_RATE))
-    peak = amplitude * 32767
+    peak = int(amplitude * 32767)
     samples = array("h", (int(peak * math.sin(2 * math.pi * freq * n / SAMPLE_RATE)) for n in range(count)))
     if sys.byteorder == "big":
         samples.byteswap()
@@ -153,6 +90,19 @@ def _sid(prefix: str) -> str:
     return prefix + secrets.token_hex(16)
 
 
+def caller_side(
+    provider: str = DEFAULT_PROVIDER,
+    secrets: Mapping[str, str] | None = None,
+    *,
+    encoding: str | None = None,
+) -> CallerSide:
+    """The end of a stream `provider` speaks (with the secrets it signs the upgrade with)."""
+    found = provider_named(provider)
+    if found is None:
+        raise ValueError(f"no provider {provider!r}")
+    return found.caller_side(secrets, encoding=encoding)
+
+
 class SimulatedCall:
     """One provider-side call on an open WebSocket: sends framing, records what comes back."""
 
@@ -160,22 +110,27 @@ class SimulatedCall:
         self,
         ws: aiohttp.ClientWebSocketResponse,
         *,
+        side: CallerSide | None = None,
         stream_sid: str | None = None,
         call_sid: str | None = None,
         session: str | None = None,
         account_sid: str = "test.cloudonix.net",
         caller: str = "+15555550100",
         called: str = "+15555550199",
+        custom_parameters: dict[str, str] | None = None,
     ) -> None:
         """Keep the socket and call identity; identifiers default to random ones."""
         self.ws = ws
+        self.side = side or caller_side()
         self.stream_sid = stream_sid or _sid("MZ")
         self.call_sid = call_sid or _sid("CA")
         self.session = session if session is not None else self.call_sid
         self.account_sid = account_sid
         self.caller = caller
         self.called = called
-        self.received: list[dict[str, Any]] = []
+        self.custom_parameters = dict(custom_parameters or {})
+        self.received: list[Any] = []  # every server message, as JSON where it was text
+        self.heard: list[Heard] = []  # the same, as the provider's end reads them
         self.echo_marks = True  # like a provider: echo each mark once its audio played
         self.close_code: int | None = None  # as the server's close frame said
         self.close_reason = ""
@@ -184,42 +139,45 @@ class SimulatedCall:
         self._next_frame_at: float | None = None
         self._reader: asyncio.Task[None] | None = None
 
+    @property
+    def identity(self) -> CallerIdentity:
+        return CallerIdentity(
+            stream_id=self.stream_sid, call_id=self.call_sid, account_id=self.account_sid,
+            caller=self.caller, called=self.called, session=self.session,
+            custom_parameters=self.custom_parameters,
+        )
+
     def _next_sequence(self) -> int:
         """Providers number every message after `connected`, starting at 1."""
         self._sequence += 1
         return self._sequence
+
+    async def send(self, message: str | bytes) -> None:
+        if isinstance(message, bytes):
+            await self.ws.send_bytes(message)
+        else:
+            await self.ws.send_str(message)
 
     async def send_json(self, obj: dict[str, Any]) -> None:
         """Send any event, including malformed ones a test wants to try."""
         await self.ws.send_str(json.dumps(obj))
 
     async def send_connected(self) -> None:
-        """Send the `connected` greeting."""
-        await self.send_json(connected_event())
-
-    async def send_start(self) -> None:
-        """Send the `start` event with this call's identity."""
-        await self.send_json(
-            start_event(
-                stream_sid=self.stream_sid,
-                call_sid=self.call_sid,
-                session=self.session,
-                account_sid=self.account_sid,
-                caller=self.caller,
-                called=self.called,
-                sequence=self._next_sequence(),
-            )
-        )
+        """Send the provider's first message alone (for tests of what follows it)."""
+        await self.send(self.side.opening(self.identity)[0])
 
     async def handshake(self) -> None:
-        """Open the stream as the provider does: `connected`, then `start`."""
-        await self.send_connected()
-        await self.send_start()
+        """Open the stream as the provider does (`connected`, then `start`, for most)."""
+        for message in self.side.opening(self.identity):
+            await self.send(message)
+        self._sequence = max(self._sequence, 1)  # `start` was number 1
 
     async def send_audio(self, ulaw: bytes, *, realtime: bool = True) -> None:
-        """Send caller audio in 20 ms frames, paced like a phone line unless told to hurry."""
+        """Send caller audio (8 kHz mu-law) in 20 ms frames of the provider's codec, paced
+        like a phone line unless told to hurry."""
         loop = asyncio.get_running_loop()
         start = max(self._next_frame_at or 0.0, loop.time())
+        codec = self.side.codec
         frames = [ulaw[i : i + FRAME_BYTES] for i in range(0, len(ulaw), FRAME_BYTES)]
         for n, frame in enumerate(frames):
             if realtime:
@@ -227,13 +185,12 @@ class SimulatedCall:
                 if delay > 0:
                     await asyncio.sleep(delay)
             self._chunk += 1
-            timestamp_ms = (self._chunk - 1) * int(FRAME_SECONDS * 1000)
-            await self.send_json(
-                media_event(
-                    self.stream_sid, frame, chunk=self._chunk, timestamp_ms=timestamp_ms,
-                    sequence=self._next_sequence(),
-                )
+            payload = frame if codec.encoding == "ulaw" and codec.rate == SAMPLE_RATE else (
+                codec.encode(ulaw_to_pcm16(frame), SAMPLE_RATE)
             )
+            await self.send(self.side.media(
+                self.identity, payload, sequence=self._next_sequence(), chunk=self._chunk
+            ))
         if realtime:
             self._next_frame_at = start + len(frames) * FRAME_SECONDS
 
@@ -243,15 +200,19 @@ class SimulatedCall:
 
     async def press(self, digit: str) -> None:
         """Press a key on the caller's phone."""
-        await self.send_json(dtmf_event(self.stream_sid, digit, sequence=self._next_sequence()))
+        await self.send(self.side.dtmf(self.identity, digit, self._next_sequence()))
 
     async def mark(self, name: str) -> None:
         """Acknowledge a mark, as the provider does once audio before it has played."""
-        await self.send_json(mark_event(self.stream_sid, name, sequence=self._next_sequence()))
+        await self.send(self.side.played(self.identity, name, self._next_sequence()))
 
     async def hang_up(self) -> None:
-        """Send `stop`, as the provider does when the caller hangs up."""
-        await self.send_json(stop_event(self.stream_sid, self.call_sid, sequence=self._next_sequence()))
+        """The caller hangs up: the provider's `stop`, or closing the socket where it has none."""
+        stop = self.side.stop(self.identity, self._next_sequence())
+        if stop is None:
+            await self.ws.close()
+        else:
+            await self.send(stop)
 
     def start_reading(self) -> asyncio.Task[None]:
         """Read server messages in one background task so sends never block on reads."""
@@ -260,20 +221,19 @@ class SimulatedCall:
         return self._reader
 
     async def _read_until_closed(self) -> None:
-        """Record JSON events until the server closes; answer its close frame."""
+        """Record what the server sends until it closes; answer its close frame."""
         while True:
             msg = await self.ws.receive()
-            if msg.type is aiohttp.WSMsgType.TEXT:
-                try:
-                    event = json.loads(msg.data)
-                except ValueError:
+            if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                heard = self.side.read(msg.data)
+                if heard is None:
                     continue
-                if isinstance(event, dict):
-                    self.received.append(event)
-                    if self.echo_marks and event.get("event") == "mark":
-                        # the audio before it was paced in real time: it has just "played"
-                        with contextlib.suppress(ConnectionError, RuntimeError):
-                            await self.mark(str(event.get("mark", {}).get("name", "")))
+                self.received.append(heard.raw)
+                self.heard.append(heard)
+                if self.echo_marks and heard.kind == "mark":
+                    # the audio before it was paced in real time: it has just "played"
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        await self.mark(heard.name)
             elif msg.type is aiohttp.WSMsgType.CLOSE:
                 self.close_code, self.close_reason = msg.data, msg.extra or ""
                 await self.ws.close()
@@ -294,25 +254,38 @@ class SimulatedCall:
 
     @property
     def received_media_bytes(self) -> int:
-        """How much agent audio arrived, in mu-law bytes (8000 per second)."""
-        return sum(
-            len(base64.b64decode(e.get("media", {}).get("payload", "")))
-            for e in self.received
-            if e.get("event") == "media"
-        )
+        """How much agent audio arrived, as 8 kHz mu-law would hold it (8000 a second)."""
+        codec = self.side.codec
+        width = 2 if codec.encoding == "l16" else 1
+        total = sum(len(h.payload) for h in self.heard if h.kind == "media")
+        return total * SAMPLE_RATE // (width * codec.rate)
 
     @property
     def marks(self) -> list[str]:
         """Names of marks the server asked to be acknowledged, in order."""
-        return [e.get("mark", {}).get("name", "") for e in self.received if e.get("event") == "mark"]
+        return [h.name for h in self.heard if h.kind == "mark"]
 
     @property
     def clears(self) -> int:
         """How often the server cut playback (barge-in)."""
-        return sum(1 for e in self.received if e.get("event") == "clear")
+        return sum(1 for h in self.heard if h.kind == "clear")
 
 
-async def connect(session: aiohttp.ClientSession, url: str, **kwargs: Any) -> SimulatedCall:
-    """Open the stream socket as the provider would and wrap it in a SimulatedCall."""
-    ws = await session.ws_connect(url, autoclose=False, autoping=True, max_msg_size=MAX_MSG_SIZE)
-    return SimulatedCall(ws, **kwargs)
+async def connect(
+    http: aiohttp.ClientSession,
+    url: str,
+    /,
+    *,
+    provider: str = DEFAULT_PROVIDER,
+    secrets: Mapping[str, str] | None = None,
+    encoding: str | None = None,
+    **identity: Any,
+) -> SimulatedCall:
+    """Open the stream socket as `provider` would (signing the upgrade where it does) and
+    wrap it in a SimulatedCall."""
+    side = caller_side(provider, secrets, encoding=encoding)
+    ws = await http.ws_connect(
+        url, autoclose=False, autoping=True, max_msg_size=MAX_MSG_SIZE,
+        headers=side.upgrade_headers(url),
+    )
+    return SimulatedCall(ws, side=side, **identity)

@@ -16,10 +16,12 @@ from pipecat.frames.frames import (
     OutputTransportMessageFrame,
 )
 
+from agent_stream.audio import Codec
 from agent_stream.errors import HandshakeError
 from agent_stream.pipeline.frames import ProviderMarkFrame, StreamStopFrame
-from agent_stream.providers.base import ProviderApiError
+from agent_stream.providers.base import CallerIdentity, ProviderApiError
 from agent_stream.providers.cloudonix import (
+    CloudonixCaller,
     CloudonixProvider,
     normalize_domain,
     parse_domain,
@@ -28,10 +30,18 @@ from agent_stream.providers.cloudonix import (
 )
 from agent_stream.providers.cloudonix.client import CloudonixControl
 from agent_stream.providers.identifiers import api_url, is_identifier
-from agent_stream.simulator import start_event, tone_ulaw, ulaw_to_pcm16
+from agent_stream.simulator import tone_ulaw, ulaw_to_pcm16
 from tests.cloudonix_emulator import CloudonixEmulator
 
 DOMAIN = "acme.cloudonix.net"
+
+
+def start_event(*, stream_sid: str, call_sid: str, session: str | None, account_sid: str | None,
+                caller: str | None, called: str | None) -> dict[str, Any]:
+    """A start event as Cloudonix sends it."""
+    return CloudonixCaller(Codec("ulaw", 8000)).start(CallerIdentity(
+        stream_id=stream_sid, call_id=call_sid, account_id=account_sid, caller=caller,
+        called=called, session=session))
 
 
 @pytest.mark.parametrize(

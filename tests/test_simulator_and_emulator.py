@@ -12,18 +12,14 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from agent_stream.providers.base import CallerIdentity
 from agent_stream.simulator import (
     FRAME_BYTES,
     SimulatedCall,
+    caller_side,
     connect,
-    connected_event,
-    dtmf_event,
-    mark_event,
-    media_event,
     pcm16_to_ulaw,
     silence_ulaw,
-    start_event,
-    stop_event,
     stream_url,
     tone_ulaw,
     ulaw_to_pcm16,
@@ -39,10 +35,13 @@ SEEN = web.AppKey("seen", list)
 # --- pure framing -------------------------------------------------------------------------
 
 
-def test_start_event_carries_the_fields_the_gateway_reads() -> None:
-    event = start_event(
-        stream_sid="MZ1", call_sid="CA1", session="S1", account_sid=DOMAIN, caller="+1555", called="+1666"
-    )
+def who(session: str | None = "S1") -> CallerIdentity:
+    return CallerIdentity(stream_id="MZ1", call_id="CA1", account_id=DOMAIN, caller="+1555",
+                          called="+1666", session=session)
+
+
+def test_cloudonix_start_carries_the_fields_the_gateway_reads() -> None:
+    event = json.loads(caller_side("cloudonix").opening(who())[1])
     assert event["event"] == "start"
     assert event["sequenceNumber"] == "1"
     assert event["streamSid"] == "MZ1"
@@ -51,22 +50,21 @@ def test_start_event_carries_the_fields_the_gateway_reads() -> None:
     assert start["accountSid"] == DOMAIN and start["from"] == "+1555" and start["to"] == "+1666"
     assert start["tracks"] == ["inbound"]
     assert start["mediaFormat"] == {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
-
-
-def test_start_event_omits_session_when_none() -> None:
-    event = start_event(stream_sid="MZ", call_sid="CA", session=None, account_sid="d", caller="a", called="b")
-    assert "session" not in event["start"]
+    assert "session" not in json.loads(caller_side("cloudonix").opening(who(None))[1])["start"]
 
 
 def test_other_events_match_twilio_framing() -> None:
-    assert connected_event() == {"event": "connected", "protocol": "Call", "version": "1.0.0"}
-    media = media_event("MZ", b"\x01\x02", chunk=3, timestamp_ms=40)
-    assert media["media"]["track"] == "inbound"
-    assert base64.b64decode(media["media"]["payload"]) == b"\x01\x02"
-    assert media["media"]["chunk"] == "3" and media["media"]["timestamp"] == "40"
-    assert dtmf_event("MZ", "5")["dtmf"]["digit"] == "5"
-    assert mark_event("MZ", "m")["mark"] == {"name": "m"}
-    assert stop_event("MZ", "CA") == {"event": "stop", "streamSid": "MZ", "stop": {"callSid": "CA"}}
+    side = caller_side("cloudonix")
+    assert json.loads(side.opening(who())[0]) == {
+        "event": "connected", "protocol": "Call", "version": "1.0.0"}
+    media = json.loads(side.media(who(), b"\x01\x02", sequence=4, chunk=3))["media"]
+    assert media["track"] == "inbound"
+    assert base64.b64decode(media["payload"]) == b"\x01\x02"
+    assert media["chunk"] == "3" and media["timestamp"] == "40"
+    assert json.loads(side.dtmf(who(), "5", 5))["dtmf"]["digit"] == "5"
+    assert json.loads(side.played(who(), "m", 6))["mark"] == {"name": "m"}
+    assert json.loads(side.stop(who(), 7) or "") == {
+        "event": "stop", "sequenceNumber": "7", "streamSid": "MZ1", "stop": {"callSid": "CA1"}}
 
 
 def test_stream_url_old_form_encodes_query() -> None:

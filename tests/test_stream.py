@@ -13,8 +13,9 @@ import pytest
 
 from agent_stream.config import Settings
 from agent_stream.keys import STORE
+from agent_stream.providers import UNSUPPORTED_PROVIDERS
 from agent_stream.server import create_app, runner_options
-from agent_stream.simulator import connect, connected_event, silence_ulaw, stream_url, tone_ulaw
+from agent_stream.simulator import connect, silence_ulaw, stream_url, tone_ulaw
 from agent_stream.store import Store
 from agent_stream.workflow import starter_definition
 from tests.cloudonix_emulator import CloudonixEmulator
@@ -293,7 +294,7 @@ async def test_a_malformed_domain_in_the_url_is_a_4400(dial: Dial, tenant: Tenan
 # -- 1011: unsupported providers ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("provider", ["twilio", "plivo", "telnyx", "vonage", "ari"])
+@pytest.mark.parametrize("provider", sorted(UNSUPPORTED_PROVIDERS))
 async def test_known_unsupported_providers_close_1011_and_fail_the_run(
     dial: Dial, tenant: Tenant, store: Store, provider: str
 ) -> None:
@@ -308,8 +309,8 @@ async def test_known_unsupported_providers_close_1011_and_fail_the_run(
 async def test_unsupported_provider_in_the_newer_path(
     dial: Dial, tenant: Tenant, store: Store
 ) -> None:
-    call = await dial(tenant.workflow.uuid, provider="Twilio", newer_form=True)
-    assert await call.wait_closed() == (1011, "provider 'twilio' is not supported yet")
+    call = await dial(tenant.workflow.uuid, provider="Vonage", newer_form=True)
+    assert await call.wait_closed() == (1011, "provider 'vonage' is not supported yet")
 
 
 # -- 4400: Cloudonix handshake --------------------------------------------------------------------
@@ -499,7 +500,7 @@ async def test_bad_frames_after_the_handshake_are_counted_not_fatal(
     await call.send_json({"event": "bogus"})
     await call.ws.send_str("{not json")
     await call.send_json({"event": "dtmf", "dtmf": {"digit": "x"}})
-    await call.send_json(connected_event())
+    await call.send_connected()
     await call.send_audio(tone_ulaw(0.1), realtime=False)
     await call.hang_up()
     assert await call.wait_closed() == (1000, "call ended")

@@ -7,9 +7,10 @@ from typing import Final
 
 from .base import Provider
 from .cloudonix import CloudonixProvider
+from .twilio import TwilioProvider
 
 PROVIDERS: Final[dict[str, Provider]] = {
-    provider.name: provider for provider in (CloudonixProvider(),)
+    provider.name: provider for provider in (CloudonixProvider(), TwilioProvider())
 }
 SUPPORTED_PROVIDERS: Final = frozenset(PROVIDERS)
 # Known providers whose media streams are not implemented yet: 1011, never 1008.

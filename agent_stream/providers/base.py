@@ -361,6 +361,13 @@ class Provider(ABC):
     def snippets(self, stream_url: str, config: TelephonyConfig | None) -> list[Snippet]:
         """What to paste into the provider's own configuration to reach `stream_url`."""
 
+    @abstractmethod
+    def caller_side(
+        self, secrets: Mapping[str, str] | None = None, *, encoding: str | None = None
+    ) -> CallerSide:
+        """The provider's end of a stream, for a simulated call (with the configuration's
+        secrets where the provider signs the upgrade; another codec where it has several)."""
+
     def routes(self) -> list[web.RouteDef]:
         """Routes the provider needs on this server (Plivo's transfer XML)."""
         return []
@@ -406,3 +413,66 @@ def identifier(value: Any, name: str, *, event: str = "start") -> str:
     if not is_identifier(value):
         raise HandshakeError(f"malformed '{event}' event: {name} must be {IDENTIFIER_RULE}")
     return value
+
+
+# -- the provider's end, for simulated calls ----------------------------------------------------
+
+
+@dataclass
+class CallerIdentity:
+    """Who a simulated call says it is, in the provider's first messages."""
+
+    stream_id: str
+    call_id: str
+    account_id: str | None
+    caller: str | None
+    called: str | None
+    session: str | None = None  # Cloudonix's session token, when it differs from the call id
+    custom_parameters: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Heard:
+    """One message the server sent, as the provider's end reads it."""
+
+    kind: str  # "media", "mark", "clear" or "other"
+    payload: bytes = b""  # the audio, in the call's codec
+    name: str = ""  # a mark's name
+    raw: Any = None  # the message (its JSON, for text)
+
+
+class CallerSide(ABC):
+    """The provider's end of a media stream, pure: what a simulated call (the tests, the
+    benchmarks, the CLI test call) sends, and how it reads what the server answers."""
+
+    def __init__(self, codec: Codec, secrets: Mapping[str, str] | None = None) -> None:
+        self.codec = codec  # what the simulated phone sends, and expects back
+        self.secrets = dict(secrets or {})
+
+    @abstractmethod
+    def opening(self, who: CallerIdentity) -> list[str | bytes]:
+        """The first messages, in order."""
+
+    @abstractmethod
+    def media(self, who: CallerIdentity, payload: bytes, *, sequence: int, chunk: int) -> str | bytes:
+        """The `chunk`th frame of caller audio (`payload` in the codec, 20 ms)."""
+
+    @abstractmethod
+    def dtmf(self, who: CallerIdentity, digit: str, sequence: int) -> str | bytes:
+        """A key the caller pressed."""
+
+    @abstractmethod
+    def played(self, who: CallerIdentity, name: str, sequence: int) -> str | bytes:
+        """The acknowledgement that audio up to the marker `name` has played."""
+
+    @abstractmethod
+    def stop(self, who: CallerIdentity, sequence: int) -> str | bytes | None:
+        """The caller hung up (None: the provider just closes the socket)."""
+
+    @abstractmethod
+    def read(self, data: str | bytes) -> Heard | None:
+        """A server message as the provider reads it (None: not one it knows)."""
+
+    def upgrade_headers(self, url: str) -> dict[str, str]:
+        """Headers of the HTTP upgrade to `url` (a signature, a stream token)."""
+        return {}

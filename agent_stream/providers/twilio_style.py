@@ -15,7 +15,16 @@ from typing import Any
 from pipecat.frames.frames import Frame
 
 from ..errors import HandshakeError
-from .base import CallStart, HandshakeInput, LogAdapter, Wire, receive_event
+from .base import (
+    CallerIdentity,
+    CallerSide,
+    CallStart,
+    HandshakeInput,
+    Heard,
+    LogAdapter,
+    Wire,
+    receive_event,
+)
 
 
 class TwilioStyleWire(Wire):
@@ -92,3 +101,59 @@ def custom_parameters(value: Any) -> dict[str, str]:
     return {
         str(k)[:100]: str(v)[:500] for k, v in value.items() if isinstance(v, (str, int, float))
     }
+
+
+class TwilioStyleCaller(CallerSide):
+    """The provider's end of a Twilio-framed stream. `start` builds the start event from
+    who the call is; the rest is the same for Cloudonix, Twilio and Telnyx (Telnyx names
+    the stream `stream_id` and uses snake case)."""
+
+    stream_key = "streamSid"
+    sequence_key = "sequenceNumber"
+
+    def connected(self) -> dict[str, Any]:
+        return {"event": "connected", "protocol": "Call", "version": "1.0.0"}
+
+    def start(self, who: CallerIdentity) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def opening(self, who: CallerIdentity) -> list[str | bytes]:
+        return [json.dumps(self.connected()), json.dumps(self.start(who))]
+
+    def _event(self, who: CallerIdentity, event: str, body: dict[str, Any], sequence: int) -> str:
+        return json.dumps({"event": event, self.sequence_key: str(sequence),
+                           self.stream_key: who.stream_id, event: body})
+
+    def media(self, who: CallerIdentity, payload: bytes, *, sequence: int, chunk: int) -> str:
+        return self._event(who, "media", {
+            "track": "inbound", "chunk": str(chunk), "timestamp": str((chunk - 1) * 20),
+            "payload": base64.b64encode(payload).decode("ascii"),
+        }, sequence)
+
+    def dtmf(self, who: CallerIdentity, digit: str, sequence: int) -> str:
+        return self._event(who, "dtmf", {"track": "inbound_track", "digit": digit}, sequence)
+
+    def played(self, who: CallerIdentity, name: str, sequence: int) -> str:
+        return self._event(who, "mark", {"name": name}, sequence)
+
+    def stop(self, who: CallerIdentity, sequence: int) -> str:
+        return self._event(who, "stop", {"callSid": who.call_id}, sequence)
+
+    def read(self, data: str | bytes) -> Heard | None:
+        if not isinstance(data, str):
+            return None
+        try:
+            message = json.loads(data)
+        except ValueError:
+            return None
+        if not isinstance(message, dict):
+            return None
+        event = message.get("event")
+        if event == "media":
+            payload = message.get("media", {}).get("payload", "")
+            return Heard("media", base64.b64decode(payload), raw=message)
+        if event == "mark":
+            return Heard("mark", name=str(message.get("mark", {}).get("name", "")), raw=message)
+        if event == "clear":
+            return Heard("clear", raw=message)
+        return Heard("other", raw=message)

@@ -2,16 +2,20 @@
 a Bearer token for its REST API. The older URL form names the domain in its query."""
 from __future__ import annotations
 
-from typing import ClassVar, Final
+from collections.abc import Mapping
+from typing import Any, ClassVar, Final
 from xml.sax.saxutils import quoteattr
 
 import aiohttp
 from aiohttp import web
 
+from ...audio import Codec
 from ...errors import HandshakeError
 from ...models import TelephonyConfig
 from ..base import (
     CallControl,
+    CallerIdentity,
+    CallerSide,
     CallStart,
     ConfigField,
     HandshakeInput,
@@ -21,9 +25,9 @@ from ..base import (
     Wire,
 )
 from ..identifiers import is_domain_name
-from ..twilio_style import TwilioStyleWire, read_connected_start
+from ..twilio_style import TwilioStyleCaller, TwilioStyleWire, read_connected_start
 from .client import CloudonixControl, transfer_cxml
-from .wire import parse_start
+from .wire import SAMPLE_RATE, parse_start
 
 __all__ = ["CloudonixProvider", "normalize_domain", "parse_domain", "parse_start", "transfer_cxml"]
 
@@ -118,6 +122,11 @@ class CloudonixProvider(Provider):
         domain = start.account_id if newer_form else request.query.get("Domain")
         return {"domain": domain, "normalized_domain": config.account_id}
 
+    def caller_side(
+        self, secrets: Mapping[str, str] | None = None, *, encoding: str | None = None
+    ) -> CallerSide:
+        return CloudonixCaller(Codec("ulaw", SAMPLE_RATE), secrets)
+
     def snippets(self, stream_url: str, config: TelephonyConfig | None) -> list[Snippet]:
         """The Voice Application's CXML: the older URL form names the domain."""
         domain = config.account_id if config else "YOUR_DOMAIN.cloudonix.net"
@@ -131,3 +140,19 @@ class CloudonixProvider(Provider):
             Snippet("Or the path form, which takes the domain from Cloudonix's start event",
                     "text", stream_url, label="path-form URL"),
         ]
+
+
+class CloudonixCaller(TwilioStyleCaller):
+    """Cloudonix's end of a stream: Twilio's framing, the domain as `accountSid`, the
+    session token as `session`."""
+
+    def start(self, who: CallerIdentity) -> dict[str, Any]:
+        start: dict[str, Any] = {"streamSid": who.stream_id, "callSid": who.call_id}
+        if who.session is not None:
+            start["session"] = who.session
+        start.update(
+            accountSid=who.account_id, **{"from": who.caller, "to": who.called},
+            tracks=["inbound"], customParameters=dict(who.custom_parameters),
+            mediaFormat={"encoding": "audio/x-mulaw", "sampleRate": SAMPLE_RATE, "channels": 1},
+        )
+        return {"event": "start", "sequenceNumber": "1", "streamSid": who.stream_id, "start": start}

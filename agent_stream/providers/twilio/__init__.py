@@ -1,0 +1,187 @@
+"""Twilio Media Streams (contract section 7): `<Connect><Stream>` in TwiML, Twilio's JSON
+framing with mu-law at 8 kHz, `start.accountSid` selecting the configuration, the upgrade
+signed with `X-Twilio-Signature`, the Call resource of the REST API for validation,
+hang-up and transfer."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+from collections.abc import Mapping
+from typing import Any, ClassVar, Final
+from xml.sax.saxutils import quoteattr
+
+import aiohttp
+from aiohttp import web
+
+from ...audio import Codec
+from ...errors import HandshakeError
+from ...models import TelephonyConfig
+from ..base import (
+    CONFIG_PARAMETER,
+    INTERNAL_RATE,
+    CallControl,
+    CallerIdentity,
+    CallerSide,
+    CallStart,
+    ConfigField,
+    HandshakeInput,
+    LogAdapter,
+    Provider,
+    Snippet,
+    Wire,
+    identifier,
+    text_field,
+)
+from ..twilio_style import (
+    TwilioStyleCaller,
+    TwilioStyleWire,
+    custom_parameters,
+    read_connected_start,
+    start_object,
+)
+from .client import TwilioControl
+
+SAMPLE_RATE: Final = 8000
+SIGNATURE_HEADER: Final = "X-Twilio-Signature"
+_ACCOUNT_SID: Final = re.compile(r"AC[0-9a-fA-F]{32}")
+
+
+def signature(auth_token: str, url: str) -> str:
+    """What Twilio sends as X-Twilio-Signature for a request to `url` without parameters:
+    base64 of HMAC-SHA1 keyed with the account's auth token."""
+    digest = hmac.new(auth_token.encode(), url.encode(), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode()
+
+
+def signed_url(request: web.Request, public_url: str | None) -> str:
+    """The stream URL as Twilio requested it: wss:// + the public host + the path (Twilio
+    only speaks wss; TLS usually ends at a proxy in front of us)."""
+    if public_url:
+        host = public_url.partition("://")[2].rstrip("/")
+    else:
+        host = request.headers.get("X-Forwarded-Host", "").split(",")[0].strip() or request.host
+    return f"wss://{host}{request.raw_path}"
+
+
+def parse_start(message: dict[str, Any]) -> CallStart:
+    """Twilio's start event: accountSid, callSid and streamSid, custom parameters."""
+    start = start_object(message)
+    stream_sid = identifier(start.get("streamSid") or message.get("streamSid"), "streamSid")
+    call_sid = identifier(start.get("callSid"), "callSid")
+    account_sid = identifier(start.get("accountSid"), "accountSid")
+    media_format = start.get("mediaFormat") or {}
+    if not isinstance(media_format, dict):
+        raise HandshakeError("malformed 'start' event: mediaFormat must be an object")
+    encoding = media_format.get("encoding", "audio/x-mulaw")
+    rate = media_format.get("sampleRate", SAMPLE_RATE)
+    if encoding != "audio/x-mulaw" or rate != SAMPLE_RATE:
+        raise HandshakeError(f"unsupported media format {encoding} at {rate} Hz (need 8 kHz mu-law)")
+    parameters = custom_parameters(start.get("customParameters"))
+    return CallStart(
+        call_id=call_sid,
+        stream_id=stream_sid,
+        account_id=account_sid,
+        caller=parameters.get("from") or text_field(start, "from"),
+        called=parameters.get("to") or text_field(start, "to"),
+        custom_parameters=parameters,
+        codec=Codec("ulaw", SAMPLE_RATE, internal_rate=INTERNAL_RATE),
+        fields=start,
+        gathered={"twilio_call_id": call_sid, "twilio_stream_id": stream_sid},
+        call_id_for_context=call_sid,
+    )
+
+
+class TwilioProvider(Provider):
+    name = "twilio"
+    title = "Twilio"
+    account_field = "account_sid"
+    default_api_base_url = "https://api.twilio.com"
+    fields: ClassVar[tuple[ConfigField, ...]] = (
+        ConfigField("account_sid", "Account SID", placeholder="AC…", max_length=34,
+                    help="Console, Account info: the SID that starts with AC.",
+                    missing="Enter the account SID (AC…)."),
+        ConfigField("auth_token", "Auth token", secret=True, max_length=200,
+                    help="The account's auth token: it signs every stream Twilio opens.",
+                    missing="Paste the account's auth token."),
+    )
+
+    def check_field(self, name: str, value: str) -> str:
+        value = value.strip()
+        if name == "account_sid" and not _ACCOUNT_SID.fullmatch(value):
+            raise ValueError("An account SID is AC followed by 32 hexadecimal characters.")
+        return value
+
+    def checked_account(self, account_id: str) -> str:
+        return identifier(account_id.strip(), "accountSid")
+
+    async def read_start(self, given: HandshakeInput) -> CallStart:
+        return parse_start(await read_connected_start(given))
+
+    def check_upgrade(
+        self, request: web.Request, config: TelephonyConfig, public_url: str | None
+    ) -> None:
+        """The upgrade must carry Twilio's signature of the stream URL with this account's
+        auth token: anyone else can know the URL."""
+        given = request.headers.get(SIGNATURE_HEADER)
+        if not given:
+            raise HandshakeError(f"missing {SIGNATURE_HEADER}")
+        expected = signature(config.value("auth_token"), signed_url(request, public_url))
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise HandshakeError(f"{SIGNATURE_HEADER} does not match the stream URL and auth token")
+
+    def wire(self, start: CallStart, *, log: LogAdapter) -> Wire:
+        return TwilioStyleWire(start, log=log, stream_key="streamSid")
+
+    def control(
+        self,
+        http: aiohttp.ClientSession,
+        api_base_url: str,
+        config: TelephonyConfig,
+        start: CallStart,
+        *,
+        timeout: float,
+        public_url: str,
+    ) -> CallControl:
+        return TwilioControl(
+            http, api_base_url, account_sid=config.value("account_sid"),
+            auth_token=config.value("auth_token"), call_sid=start.call_id, timeout=timeout,
+        )
+
+    def snippets(self, stream_url: str, config: TelephonyConfig | None) -> list[Snippet]:
+        wss = "wss://" + stream_url.partition("://")[2]
+        parameter = (f'<Parameter name="{CONFIG_PARAMETER}" value={quoteattr(str(config.id))}/>'
+                     if config else "")
+        twiml = (f"<Response><Connect><Stream url={quoteattr(wss)}>{parameter}</Stream>"
+                 "</Connect><Hangup/></Response>")
+        return [
+            Snippet("Stream URL (Twilio connects over wss:// only)", "text", wss),
+            Snippet("What your number's TwiML answers", "xml", twiml, label="TwiML"),
+        ]
+
+    def caller_side(
+        self, secrets: Mapping[str, str] | None = None, *, encoding: str | None = None
+    ) -> CallerSide:
+        return TwilioCaller(Codec("ulaw", SAMPLE_RATE), secrets)
+
+
+class TwilioCaller(TwilioStyleCaller):
+    """Twilio's end of a stream: its start event, and the signature on the upgrade."""
+
+    def start(self, who: CallerIdentity) -> dict[str, Any]:
+        return {
+            "event": "start", "sequenceNumber": "1", "streamSid": who.stream_id,
+            "start": {
+                "accountSid": who.account_id, "streamSid": who.stream_id, "callSid": who.call_id,
+                "tracks": ["inbound"], "customParameters": dict(who.custom_parameters),
+                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": SAMPLE_RATE,
+                                "channels": 1},
+            },
+        }
+
+    def upgrade_headers(self, url: str) -> dict[str, str]:
+        token = self.secrets.get("auth_token")
+        if not token:
+            return {}
+        return {SIGNATURE_HEADER: signature(token, "wss://" + url.partition("://")[2])}

@@ -1,0 +1,142 @@
+"""Local stand-ins for the providers' REST APIs (Twilio, Telnyx, Plivo), so tests exercise
+real HTTP: each checks credentials as the provider does, keeps its live calls, answers like
+the provider answers, and records every request it got. (Cloudonix's is in
+cloudonix_emulator.py.)"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs
+
+from aiohttp import web
+
+
+@dataclass
+class Request:
+    """One request an emulator answered."""
+
+    method: str
+    path: str
+    raw_path: str
+    query: dict[str, str]
+    authorized: bool
+    body: Any  # JSON, or the form as a dict, or None
+    status: int
+
+
+Handler = Callable[[web.Request, Any], Awaitable[web.Response]]
+
+
+@dataclass
+class RestEmulator:
+    """What every emulator shares: credentials, live calls, requests, overrides."""
+
+    credentials: dict[str, str] = field(default_factory=dict)  # account -> secret
+    live: dict[str, str] = field(default_factory=dict)  # call id -> account
+    requests: list[Request] = field(default_factory=list)
+    status_override: int | None = None
+    delay: float = 0.0
+
+    def add_account(self, account: str, secret: str) -> None:
+        self.credentials[account] = secret
+
+    def add_call(self, account: str, call_id: str) -> None:
+        self.live[call_id] = account
+
+    def make_app(self) -> web.Application:
+        raise NotImplementedError
+
+    def authorized(self, request: web.Request) -> str | None:
+        """The account the request's credentials open, if any."""
+        raise NotImplementedError
+
+    def _guarded(self, handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            body = await _body(request)
+            account = self.authorized(request)
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            if self.status_override is not None:
+                response = web.json_response({"error": "status override"}, status=self.status_override)
+            elif account is None:
+                response = web.json_response({"error": "unauthorized"}, status=401)
+            else:
+                response = await handler(request, body)
+            self.requests.append(Request(
+                request.method, request.path, request.raw_path, dict(request.query),
+                account is not None, body, response.status,
+            ))
+            return response
+
+        return wrapped
+
+    def basic_account(self, request: web.Request) -> str | None:
+        """HTTP Basic with an account and its secret."""
+        scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
+        if scheme != "Basic":
+            return None
+        try:
+            account, _, secret = base64.b64decode(encoded).decode().partition(":")
+        except ValueError:
+            return None
+        return account if self.credentials.get(account) == secret and secret else None
+
+
+async def _body(request: web.Request) -> Any:
+    if not request.can_read_body:
+        return None
+    raw = await request.read()
+    if request.content_type == "application/x-www-form-urlencoded":
+        return {k: v[0] for k, v in parse_qs(raw.decode()).items()}
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+@dataclass
+class TwilioEmulator(RestEmulator):
+    """The Call resource: GET answers the call's status; POST `Status=completed` ends it,
+    POST `Twiml=` replaces its document; an unknown or ended call is 404 (code 20404)."""
+
+    def make_app(self) -> web.Application:
+        app = web.Application()
+        path = "/2010-04-01/Accounts/{sid}/Calls/{call}.json"
+        app.router.add_get(path, self._guarded(self._get))
+        app.router.add_post(path, self._guarded(self._update))
+        return app
+
+    def authorized(self, request: web.Request) -> str | None:
+        account = self.basic_account(request)
+        return account if account == request.match_info["sid"] else None
+
+    def _call(self, request: web.Request) -> str | None:
+        call = request.match_info["call"]
+        return call if self.live.get(call) == request.match_info["sid"] else None
+
+    async def _get(self, request: web.Request, body: Any) -> web.Response:
+        call = self._call(request)
+        if call is None:
+            return web.json_response({"code": 20404, "status": 404}, status=404)
+        return web.json_response({"sid": call, "status": "in-progress"})
+
+    async def _update(self, request: web.Request, body: Any) -> web.Response:
+        call = self._call(request)
+        if call is None:
+            return web.json_response({"code": 20404, "status": 404}, status=404)
+        if not isinstance(body, dict) or not ({"Status", "Twiml"} & set(body)):
+            return web.json_response({"code": 21218, "status": 400}, status=400)
+        if body.get("Status") == "completed":
+            del self.live[call]
+            return web.json_response({"sid": call, "status": "completed"})
+        return web.json_response({"sid": call, "status": "in-progress"})
+
+
+async def start_rest_emulator(aiohttp_server: Any, emulator: RestEmulator) -> str:
+    """Serve `emulator`; returns its base URL (no trailing slash)."""
+    server = await aiohttp_server(emulator.make_app())
+    return str(server.make_url("")).rstrip("/")

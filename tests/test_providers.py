@@ -1,0 +1,419 @@
+"""The provider contract suite: every scenario of contract section 7 for every provider,
+through the real app and real sockets, each provider's REST API played by its emulator
+(provider_kits.py says what differs between them)."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from agent_stream.config import Settings
+from agent_stream.models import Workflow
+from agent_stream.providers.twilio import signature
+from agent_stream.simulator import SimulatedCall, caller_side, connect, stream_url, tone_ulaw
+from agent_stream.store import Store
+from tests.conftest import until, wait_for_state
+from tests.provider_kits import KITS, Expected, Kit
+
+DESTINATION = "+15555550123"
+
+
+def quick_agent() -> dict[str, Any]:
+    """A short agent: 1 hangs up, 0 transfers, anything else is asked again."""
+    return {
+        "version": 1,
+        "settings": {"language": "en", "voice": "en-us", "max_duration_seconds": 60,
+                     "silence_timeout_seconds": 20},
+        "nodes": [
+            {"id": "start", "kind": "start", "say": "Hi."},
+            {"id": "bye", "kind": "end", "say": "Bye."},
+            {"id": "human", "kind": "transfer", "say": "One moment.", "destination": DESTINATION},
+        ],
+        "edges": [
+            {"from": "start", "to": "bye", "dtmf": "1", "fallback": True},
+            {"from": "start", "to": "human", "dtmf": "0"},
+        ],
+    }
+
+
+@pytest.fixture(params=sorted(KITS))
+async def kit(request: pytest.FixtureRequest, aiohttp_server: Any) -> Kit:
+    kit = KITS[request.param]()
+    server = await aiohttp_server(kit.emulator.make_app())
+    kit.base_url = str(server.make_url("")).rstrip("/")
+    return kit
+
+
+@pytest.fixture
+def public_url() -> str | None:
+    """AGENT_STREAM_PUBLIC_URL (a test parametrizes it to play a proxy in front)."""
+    return None
+
+
+@pytest.fixture
+def settings(settings: Settings, kit: Kit, public_url: str | None) -> Settings:
+    return replace(settings, api_base_urls={**settings.api_base_urls, kit.provider: kit.base_url},
+                   public_url=public_url)
+
+
+@dataclass
+class Line:
+    """An organization with an agent and a configuration of the kit's provider."""
+
+    org_id: int
+    headers: dict[str, str]
+    workflow: Workflow
+    account: str
+    secret: str
+    config_id: int
+
+
+async def make_line(client: TestClient, store: Store, kit: Kit, name: str = "Org") -> Line:
+    org = await store.get_or_create_organization(name)
+    user = await store.create_user(
+        organization_id=org.id, email=f"{name.lower().replace(' ', '-')}@example.com", password="pw"
+    )
+    _, api_key = await store.create_api_key(user.id, "tests")
+    headers = {"Authorization": f"Bearer {api_key}"}
+    workflow = await store.create_workflow(
+        organization_id=org.id, owner_user_id=user.id, name="Agent", definition=quick_agent()
+    )
+    account, secret = kit.new_account()
+    response = await client.post(
+        "/api/v1/telephony-configurations",
+        json={"provider": kit.provider, "name": "main"} | kit.config(account, secret),
+        headers=headers,
+    )
+    assert response.status == 201, await response.text()
+    return Line(org.id, headers, workflow, account, secret, (await response.json())["id"])
+
+
+async def add_config(client: TestClient, kit: Kit, line: Line, name: str, account: str,
+                     secret: str) -> int:
+    response = await client.post(
+        "/api/v1/telephony-configurations",
+        json={"provider": kit.provider, "name": name} | kit.config(account, secret),
+        headers=line.headers,
+    )
+    assert response.status == 201, await response.text()
+    return int((await response.json())["id"])
+
+
+async def dial(client: TestClient, kit: Kit, line: Line, *, live: bool = True,
+               secret: str | None = None, **identity: Any) -> SimulatedCall:
+    """A call of the line's account, as the provider opens it (signing where it signs)."""
+    who = kit.identity(line.account) | identity
+    if live:
+        kit.make_live(who["account_sid"], who)
+    url = stream_url(str(client.make_url("/")), line.workflow.uuid, provider=kit.provider,
+                     newer_form=True)
+    call = await connect(client.session, url, provider=kit.provider, encoding=kit.encoding,
+                         secrets=kit.secrets(secret or line.secret), **who)
+    call.start_reading()
+    return call
+
+
+async def ended(store: Store, line: Line) -> Any:
+    runs, _ = await store.list_runs(line.org_id, limit=1)
+    assert runs, "no run was created"
+    return await wait_for_state(store, runs[0].id, "completed", "failed", timeout=20)
+
+
+def seen(kit: Kit) -> list[tuple[str, str, Any]]:
+    return [kit.request_seen(r) for r in kit.requests()]
+
+
+def assert_sent(kit: Kit, expected: Expected) -> None:
+    """`expected` is among the requests the provider's API got, authorized."""
+    for request in kit.requests():
+        method, path, body = kit.request_seen(request)
+        if (method, path) == (expected.method, expected.path):
+            assert request.authorized, (method, path)
+            if expected.body is not None:
+                assert body == expected.body
+            return
+    raise AssertionError(f"{expected} not in {seen(kit)}")
+
+
+# -- a call ------------------------------------------------------------------------------------------
+
+
+async def test_a_call_completes_with_the_run_the_contract_describes(
+    client: TestClient, store: Store, kit: Kit
+) -> None:
+    line = await make_line(client, store, kit)
+    call = await dial(client, kit, line)
+    await call.handshake()
+    await until(lambda: "utt-1" in call.marks)  # the greeting played, in the call's codec
+    await call.send_audio(tone_ulaw(0.2), realtime=False)
+    await call.press("5")
+    await call.hang_up()
+    assert await call.wait_closed() == (1000, "call ended")
+
+    run = await ended(store, line)
+    assert (run.state, run.end_reason, run.close_code, run.mode) == (
+        "completed", "caller_hangup", 1000, kit.provider)
+    call_id = kit.call_id({"account_sid": call.account_sid, "call_sid": call.call_sid,
+                           "session": call.session})
+    assert run.gathered_context[kit.call_key] == call_id
+    assert run.gathered_context[kit.stream_key] == call.stream_sid
+    assert run.gathered_context["dtmf_digits"] == "5"
+    configuration = run.logs["inbound_webhook"]["configuration"]
+    assert configuration["id"] == line.config_id
+    assert run.logs["media_frames_in"] == 10
+    assert run.transcript[0].role == "agent" and run.transcript[0].text == "Hi."
+    assert_sent(kit, kit.validation(line.account, call_id))
+
+
+@pytest.mark.parametrize(
+    ("first", "reason"),
+    [(b"\x00\x01", "got a binary frame"), ("not json", "not JSON"), ('{"event": "media"}', "got 'media'")],
+)
+async def test_first_messages_the_provider_would_not_send_are_a_4400(
+    client: TestClient, store: Store, kit: Kit, first: str | bytes, reason: str
+) -> None:
+    line = await make_line(client, store, kit)
+    call = await dial(client, kit, line)
+    await call.send(first)
+    code, said = await call.wait_closed()
+    assert code == 4400 and reason in said
+    run = await ended(store, line)
+    assert (run.state, run.end_reason) == ("failed", "handshake_failed")
+    assert kit.requests() == []
+
+
+async def test_an_identifier_that_could_bend_a_url_is_a_4400_and_nothing_is_sent(
+    client: TestClient, store: Store, kit: Kit
+) -> None:
+    line = await make_line(client, store, kit)
+    call = await dial(client, kit, line, call_sid="..", session="..")
+    await call.handshake()
+    code, reason = await call.wait_closed()
+    assert code == 4400 and "must be letters, digits and . _ : -" in reason
+    assert kit.requests() == []
+
+
+# -- choosing the configuration --------------------------------------------------------------------
+
+
+async def test_a_custom_parameter_names_the_configuration_by_id_or_name(
+    client: TestClient, store: Store, kit: Kit
+) -> None:
+    line = await make_line(client, store, kit)
+    other, other_secret = kit.new_account()
+    second = await add_config(client, kit, line, "second line", other, other_secret)
+    for reference in (str(second), "second line"):
+        call = await dial(client, kit, line, secret=other_secret, account_sid=other,
+                          custom_parameters={"telephony_configuration": reference})
+        await call.handshake()
+        await until(lambda call=call: call.received_media_bytes > 0)
+        await call.hang_up()
+        assert await call.wait_closed() == (1000, "call ended")
+        run = await ended(store, line)
+        assert run.logs["inbound_webhook"]["configuration"] == {
+            "id": second, "name": "second line", "selected_by": "custom parameter"}
+        assert run.initial_context["custom_parameters"] == {"telephony_configuration": reference}
+
+    call = await dial(client, kit, line, custom_parameters={"telephony_configuration": "nope"})
+    await call.handshake()
+    assert (await call.wait_closed())[1] == f"no {title(kit)} telephony configuration 'nope'"
+
+
+def title(kit: Kit) -> str:
+    return {"cloudonix": "Cloudonix", "twilio": "Twilio", "telnyx": "Telnyx", "plivo": "Plivo"}[
+        kit.provider]
+
+
+async def test_an_account_no_configuration_names_is_a_4400_never_another_organization_s(
+    client: TestClient, store: Store, kit: Kit
+) -> None:
+    ours = await make_line(client, store, kit, "Ours")
+    theirs = await make_line(client, store, kit, "Theirs")
+    # their account, on our agent: their configuration is never ours to use
+    call = await dial(client, kit, ours, account_sid=theirs.account, secret=theirs.secret)
+    await call.handshake()
+    code, reason = await call.wait_closed()
+    assert code == 4400 and reason.startswith(f"no {title(kit)} telephony configuration for")
+    assert theirs.account in reason
+    assert kit.requests() == []
+
+
+# -- what the agent does through the provider's API ------------------------------------------------
+
+
+async def test_the_agent_hangs_up_after_its_last_words_through_the_api(
+    client: TestClient, store: Store, kit: Kit
+) -> None:
+    line = await make_line(client, store, kit)
+    call = await dial(client, kit, line)
+    await call.handshake()
+    await until(lambda: "utt-1" in call.marks)
+    await call.press("1")
+    assert await call.wait_closed(timeout=20) == (1000, "agent hung up")
+    assert "utt-2" in call.marks  # "Bye." was played before the hang-up
+    run = await ended(store, line)
+    assert (run.state, run.end_reason) == ("completed", "agent_hangup")
+    call_id = kit.call_id({"account_sid": call.account_sid, "call_sid": call.call_sid,
+                           "session": call.session})
+    assert_sent(kit, kit.hangup(line.account, call_id))
+
+
+async def test_a_transfer_goes_through_the_api(
+    client: TestClient, store: Store, kit: Kit
+) -> None:
+    line = await make_line(client, store, kit)
+    call = await dial(client, kit, line)
+    await call.handshake()
+    await until(lambda: "utt-1" in call.marks)
+    await call.press("0")
+    assert await call.wait_closed(timeout=20) == (1000, "call transferred")
+    run = await ended(store, line)
+    assert (run.state, run.end_reason) == ("completed", "transfer")
+    assert run.gathered_context["transfer_destination"] == DESTINATION
+    call_id = kit.call_id({"account_sid": call.account_sid, "call_sid": call.call_sid,
+                           "session": call.session})
+    assert_sent(kit, kit.transfer(line.account, call_id, DESTINATION))
+
+
+async def test_a_hang_up_answered_already_over_counts_as_done(
+    client: TestClient, store: Store, kit: Kit
+) -> None:
+    line = await make_line(client, store, kit)
+    call = await dial(client, kit, line)
+    await call.handshake()
+    await until(lambda: "utt-1" in call.marks)
+    kit.emulator.live.clear() if hasattr(kit.emulator, "live") else kit.emulator.sessions.clear()
+    await call.press("1")
+    assert await call.wait_closed(timeout=20) == (1000, "agent hung up")
+    run = await ended(store, line)
+    assert (run.state, run.end_reason, run.error) == ("completed", "agent_hangup", None)
+    assert kit.requests()[-1].status == kit.already_over
+
+
+async def test_a_refused_hang_up_fails_the_run_with_the_provider_s_answer(
+    client: TestClient, store: Store, kit: Kit
+) -> None:
+    line = await make_line(client, store, kit)
+    call = await dial(client, kit, line)
+    await call.handshake()
+    await until(lambda: "utt-1" in call.marks)
+    kit.refuse_all(500)
+    await call.press("1")
+    assert (await call.wait_closed(timeout=20))[0] == 1000
+    run = await ended(store, line)
+    assert (run.state, run.end_reason) == ("failed", "agent_hangup")
+    assert run.error == f"hangup failed: {title(kit)} hangup failed: HTTP 500"
+
+
+async def test_validation_refused_is_a_4400(client: TestClient, store: Store, kit: Kit) -> None:
+    line = await make_line(client, store, kit)
+    call = await dial(client, kit, line, live=False)  # the provider knows no such call
+    await call.handshake()
+    code, reason = await call.wait_closed()
+    assert code == 4400 and reason.startswith("session validation failed")
+
+
+async def test_barge_in_sends_the_provider_s_clear(client: TestClient, store: Store, kit: Kit) -> None:
+    line = await make_line(client, store, kit)
+    definition = quick_agent()
+    definition["nodes"][0]["say"] = "Hello, thanks for calling Acme. Would you like to book an appointment?"
+    await store.update_workflow(line.org_id, line.workflow.uuid, definition=definition)
+    call = await dial(client, kit, line)
+    await call.handshake()
+    await until(lambda: call.received_media_bytes > 4000)  # half a second of the greeting
+    await call.press("9")  # the caller talks over it (a key nobody expects)
+    await until(lambda: call.clears == 1)
+    await call.hang_up()
+    await call.wait_closed()
+    run = await ended(store, line)
+    assert run.transcript[0].interrupted
+
+
+# -- secrets -------------------------------------------------------------------------------------------
+
+
+async def test_secrets_never_reach_answers_pages_or_logs(
+    client: TestClient, store: Store, kit: Kit, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    line = await make_line(client, store, kit)
+    call = await dial(client, kit, line)
+    await call.handshake()
+    await call.hang_up()
+    await call.wait_closed()
+    listed = await client.get("/api/v1/telephony-configurations", headers=line.headers)
+    one = await client.get(f"/api/v1/telephony-configurations/{line.config_id}", headers=line.headers)
+    run = await ended(store, line)
+    detail = await client.get(f"/api/v1/workflow-runs/{run.id}", headers=line.headers)
+    for answer in (listed, one, detail):
+        assert answer.status == 200
+        assert line.secret not in await answer.text()
+    config = (await listed.json())["telephony_configurations"][0]
+    assert any(key.startswith("has_") and value is True for key, value in config.items())
+    assert line.secret not in caplog.text
+    assert line.workflow.uuid not in caplog.text
+
+
+# -- what differs: Twilio signs its upgrades ---------------------------------------------------------
+
+
+only_twilio = pytest.mark.parametrize("kit", ["twilio"], indirect=True)
+
+
+@only_twilio
+async def test_twilio_upgrades_without_a_valid_signature_are_refused(
+    client: TestClient, store: Store, kit: Kit
+) -> None:
+    twilio = kit
+    line = await make_line(client, store, twilio)
+    url = stream_url(str(client.make_url("/")), line.workflow.uuid, provider="twilio",
+                     newer_form=True)
+    who = twilio.identity(line.account)
+    twilio.make_live(line.account, who)
+    for headers, reason in (
+        ({}, "missing X-Twilio-Signature"),
+        ({"X-Twilio-Signature": signature("another-token", "wss://" + url.partition("://")[2])},
+         "X-Twilio-Signature does not match the stream URL and auth token"),
+    ):
+        ws = await client.session.ws_connect(url, headers=headers, autoclose=False)
+        call = SimulatedCall(ws, side=caller_side("twilio"), **who)
+        await call.handshake()
+        assert await call.wait_closed() == (4400, reason)
+    assert twilio.requests() == []  # refused before anything was asked of Twilio
+
+
+@only_twilio
+@pytest.mark.parametrize("public_url", ["https://voice.example.com"])
+async def test_twilio_signs_the_public_url_a_proxy_in_front_received(
+    client: TestClient, store: Store, kit: Kit
+) -> None:
+    twilio = kit
+    line = await make_line(client, store, twilio)
+    path = f"/api/v1/agent-stream/twilio/{line.workflow.uuid}"
+    who = twilio.identity(line.account)
+    twilio.make_live(line.account, who)
+    headers = {"X-Twilio-Signature": signature(line.secret, f"wss://voice.example.com{path}")}
+    ws = await client.session.ws_connect(client.make_url(path), headers=headers, autoclose=False)
+    call = SimulatedCall(ws, side=caller_side("twilio"), **who)
+    call.start_reading()
+    await call.handshake()
+    await until(lambda: "utt-1" in call.marks)
+    await call.hang_up()
+    assert await call.wait_closed() == (1000, "call ended")
+
+
+@only_twilio
+async def test_twilio_two_configurations_of_one_account_need_the_parameter(
+    client: TestClient, store: Store, kit: Kit
+) -> None:
+    twilio = kit
+    line = await make_line(client, store, twilio)
+    await add_config(client, twilio, line, "night line", line.account, line.secret)
+    call = await dial(client, twilio, line)
+    await call.handshake()
+    assert await call.wait_closed() == (4400, (
+        f"2 Twilio configurations for account {line.account}: name one with the "
+        "telephony_configuration parameter"))
