@@ -2,7 +2,8 @@
 workflow's organization and provider: the one a custom parameter names (its id or name);
 otherwise the ones naming the account the stream names (a 4400 when none does, never a
 fallback; among several, the one whose numbers hold the called number); otherwise, for a
-stream that names no account, the organization's only one."""
+stream that names no account (or a provider whose configurations name none: the account
+field is optional for some), the organization's only one."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -56,9 +57,12 @@ async def select_config(
             if str(config.id) == named or config.name == named:
                 return Selected(config, "custom parameter")
         raise HandshakeError(f"no {title} telephony configuration {named[:40]!r}")
-    if account_id is not None:
+    if account_id is not None and provider.account_field is not None:
         configs = await source.configs(organization_id, provider.name, account_id=account_id)
         if not configs:
+            everything = await source.configs(organization_id, provider.name)
+            if not any(c.account_id for c in everything):  # none names an account (optional)
+                return _only(provider, everything)
             raise HandshakeError(
                 f"no {title} telephony configuration for {provider.account_label} {account_id}"
             )
@@ -70,13 +74,17 @@ async def select_config(
                 f" name one with the {CONFIG_PARAMETER} parameter"
             )
         return Selected(configs[0], provider.account_field or "account")
-    configs = await source.configs(organization_id, provider.name)
+    return _only(provider, await source.configs(organization_id, provider.name))
+
+
+def _only(provider: Provider, configs: list[TelephonyConfig]) -> Selected:
+    """For a stream that names no account: the organization's only configuration."""
     if not configs:
-        raise HandshakeError(f"no {title} telephony configuration")
+        raise HandshakeError(f"no {provider.title} telephony configuration")
     if len(configs) > 1:
         raise HandshakeError(
-            f"{len(configs)} {title} configurations and nothing to choose: name one with the "
-            f"{CONFIG_PARAMETER} parameter"
+            f"{len(configs)} {provider.title} configurations and nothing to choose: name one "
+            f"with the {CONFIG_PARAMETER} parameter"
         )
     return Selected(configs[0], "only configuration")
 

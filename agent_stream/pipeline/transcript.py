@@ -72,7 +72,11 @@ class CallTranscript:
                 utterance.mark_sent = True
 
     def mark_played(self, name: str) -> Utterance | None:
-        """The provider echoed a mark: that utterance (and any before it) was heard."""
+        """The provider echoed a mark: that utterance (and any before it) was heard. The
+        echo of a mark a clear already dropped (providers send those back on a clear) says
+        nothing was heard: it is ignored."""
+        if not any(utterance.id == name for utterance in self._queue):
+            return None
         while self._queue:
             utterance = self._queue.popleft()
             self._finish(utterance, interrupted=False)

@@ -1,0 +1,30 @@
+"""The transcript keeps only what the caller heard, whatever order the provider's
+acknowledgements come in (agent_stream/pipeline/transcript.py)."""
+from __future__ import annotations
+
+from agent_stream.pipeline.transcript import CallTranscript
+
+
+def test_the_echo_of_a_mark_a_clear_dropped_says_nothing_was_heard() -> None:
+    transcript = CallTranscript(bytes_per_second=16000)
+    first = transcript.queue("one two three four", 16000, interruptible=True)
+    transcript.audio_sent(8000)  # half of it went out
+    transcript.mark_sent(first.id)
+    transcript.cleared()  # barge-in: Twilio and others send the dropped marks back
+    second = transcript.queue("the next thing", 16000, interruptible=True)
+    transcript.audio_sent(4000)
+    assert transcript.mark_played(first.id) is None  # the echo of the cleared mark
+    assert transcript.playing is second  # still playing, not counted as heard
+    assert transcript.mark_played(second.id) is second
+    lines = [(line.text, line.interrupted) for line in transcript.flush()]
+    assert lines == [("one two", True), ("the next thing", False)]
+
+
+def test_a_mark_confirms_what_went_before_it() -> None:
+    transcript = CallTranscript(bytes_per_second=16000)
+    first = transcript.queue("first", 1600, interruptible=True)
+    second = transcript.queue("second", 1600, interruptible=True)
+    transcript.audio_sent(3200)
+    assert transcript.mark_played(second.id) is second
+    assert [line.text for line in transcript.flush()] == ["first", "second"]
+    assert first.played
