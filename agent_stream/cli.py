@@ -78,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("--dtmf", dest="steps", action=_Step, metavar="DIGIT",
                       help="a key the caller presses (repeatable, in order with --say)")
     call.add_argument("--out", type=Path, help="copy the stereo recording here")
+    call.add_argument("--provider", default="cloudonix",
+                      help="whose framing the call speaks (default cloudonix); the "
+                           "organization's configuration of it, else a stand-in")
 
     sub.add_parser("new-secret-key", help="print a new key for AGENT_STREAM_SECRET_KEY")
 
@@ -153,7 +156,8 @@ def _run(command: str, settings: Settings, args: argparse.Namespace) -> int:
         from .testcall import parse_steps, run_test_call
 
         return asyncio.run(
-            run_test_call(settings, args.agent_uuid, parse_steps(args.steps), args.out)
+            run_test_call(settings, args.agent_uuid, parse_steps(args.steps), args.out,
+                          args.provider)
         )
     configure_logging()
     from .memory import keep_collections_short

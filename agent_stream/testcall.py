@@ -1,58 +1,93 @@
 """`python app.py call`: a test call from the command line, no phone and no internet.
 
-The real app is served on a loopback port with a stand-in for the Cloudonix REST API
-(it accepts the session and records hang-ups and transfers); the call simulator speaks
-espeak-synthesized caller audio through the real socket, turn by turn, and the
-conversation is printed from the run's transcript.
+The real app is served on a loopback port; the provider's REST API is played by a
+loopback stand-in that accepts every call and records what the agent asked of it. The
+call simulator speaks the chosen provider's framing, with espeak-synthesized caller audio,
+through the real socket, turn by turn, and the conversation is printed from the run's
+transcript. The organization's configuration of that provider is used when it has one;
+otherwise a stand-in configuration that exists only in this process. Nothing is written
+but the call's own run: the CLI is not the server of the database.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import shutil
 import time
+import uuid as uuidlib
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import unquote_plus
 
 import aiohttp
 from aiohttp import web
 
+from .calls.selection import StoredConfigs
 from .config import Settings
-from .keys import STORE
-from .models import Run
+from .keys import CONFIG_SOURCE, STORE
+from .models import Run, TelephonyConfig
+from .providers import PROVIDERS, provider_named
+from .providers.base import Provider
 from .simulator import SimulatedCall, connect, pcm16_to_ulaw, silence_ulaw, stream_url
 from .speech.tts import EspeakSynthesizer
-from .store import Store
+from .store import Store, utcnow
 
 CALLER_VOICE = "en-us+m3"
 QUIET_SECONDS = 0.8  # the agent has finished its turn after this long without audio
 
 
 @dataclass
-class LoopbackCloudonix:
-    """Answers the three Cloudonix calls an agent makes, for any token and session."""
+class LoopbackProviderApi:
+    """Answers whatever a provider's REST API is asked: every call is live and in progress
+    (each provider's validation reads its own key of the answer), every action done."""
 
     actions: list[str] = field(default_factory=list)
 
     def make_app(self) -> web.Application:
         app = web.Application()
-        app.router.add_get("/customers/self/domains/{domain}/sessions/{session}", self._ok)
-        app.router.add_delete("/customers/self/domains/{domain}/sessions/{session}", self._hangup)
-        app.router.add_post("/calls/{domain}/sessions/{session}/application", self._transfer)
+        app.router.add_route("*", "/{path:.*}", self._answer)
         return app
 
-    async def _ok(self, request: web.Request) -> web.Response:
-        return web.json_response({"token": request.match_info["session"]})
-
-    async def _hangup(self, request: web.Request) -> web.Response:
-        self.actions.append("hangup")
-        return web.Response(status=204)
-
-    async def _transfer(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        self.actions.append(f"transfer {body.get('cxml', '')}")
+    async def _answer(self, request: web.Request) -> web.Response:
+        if request.method == "GET":
+            return web.json_response({"status": "in-progress", "data": {"is_alive": True}})
+        body = await request.text()
+        if request.content_type == "application/x-www-form-urlencoded":
+            body = unquote_plus(body)
+        self.actions.append(f"{request.method} {request.path} {body}".rstrip())
         return web.json_response({"ok": True})
+
+
+@dataclass(frozen=True)
+class StandInConfigs:
+    """The stored configurations and, where the organization has none of the provider, a
+    stand-in that exists only in this process (so a test call needs no account at all)."""
+
+    store: Callable[[], Store]
+    stand_in: TelephonyConfig
+
+    async def configs(
+        self, organization_id: int, provider: str, *, account_id: str | None = None
+    ) -> list[TelephonyConfig]:
+        stored = await StoredConfigs(self.store()).configs(
+            organization_id, provider, account_id=account_id
+        )
+        if stored or provider != self.stand_in.provider:
+            return stored
+        if account_id not in (None, self.stand_in.account_id):
+            return []
+        return [replace(self.stand_in, organization_id=organization_id)]
+
+
+def stand_in_config(provider: Provider) -> TelephonyConfig:
+    """A configuration of `provider` for a test call: its stand-in account, dummy secrets."""
+    fields = {f.name: provider.stand_in_account for f in provider.fields
+              if f.name == provider.account_field}
+    secrets_ = {f.name: f"test-call-{f.name}" for f in provider.fields if f.secret and f.required}
+    now = utcnow()
+    return TelephonyConfig(0, 0, provider.name, "test call (stand-in)", provider.stand_in_account,
+                           fields, secrets_, [], now, now)
 
 
 @dataclass(frozen=True)
@@ -84,21 +119,26 @@ async def speak(call: SimulatedCall, voice: EspeakSynthesizer, text: str) -> Non
 
 
 async def run_test_call(settings: Settings, agent_uuid: str, steps: list[Step],
-                        out: Path | None) -> int:
+                        out: Path | None, provider_name: str = "cloudonix") -> int:
     """Place the call, print the conversation; returns a process exit code."""
-    loopback = LoopbackCloudonix()
-    provider = web.AppRunner(loopback.make_app(), access_log=None)
-    await provider.setup()
-    provider_site = web.TCPSite(provider, "127.0.0.1", 0)
+    provider = provider_named(provider_name)
+    if provider is None:
+        print(f"error: no provider {provider_name!r}; one of: {', '.join(PROVIDERS)}")
+        return 2
+    loopback = LoopbackProviderApi()
+    provider_api = web.AppRunner(loopback.make_app(), access_log=None)
+    await provider_api.setup()
+    provider_site = web.TCPSite(provider_api, "127.0.0.1", 0)
     await provider_site.start()
-    provider_url = _site_url(provider_site)
     from .server import create_app, runner_options  # imports pipecat: only when a call is placed
 
     # Not the server of this database: a live one may be serving calls from it right now.
     app_settings = replace(
-        settings, api_base_urls={"cloudonix": provider_url}, recover_at_start=False
+        settings, api_base_urls={provider.name: _site_url(provider_site)}, recover_at_start=False
     )
     app = create_app(app_settings)
+    stand_in = stand_in_config(provider)
+    app[CONFIG_SOURCE] = StandInConfigs(lambda: app[STORE], stand_in)
     runner = web.AppRunner(app, **(runner_options(app_settings) | {"access_log": None}))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -109,18 +149,17 @@ async def run_test_call(settings: Settings, agent_uuid: str, steps: list[Step],
         if workflow is None:
             print(f"error: no agent {agent_uuid[:8]}… in {settings.db_path}")
             return 1
-        configs = await store.list_telephony_configs(workflow.organization_id)
-        cloudonix = [c for c in configs if c.provider == "cloudonix"]
-        if not cloudonix:
-            print("error: add a Cloudonix telephony configuration first; the test call uses its domain")
-            return 1
-        domain = cloudonix[0].account_id
-        call_id = f"testcall-{secrets.token_hex(8)}"  # finds this call's run, no other
+        stored = await store.find_telephony_configs(workflow.organization_id, provider.name)
+        config = stored[0] if stored else stand_in
+        call_id = str(uuidlib.uuid4())  # finds this call's run, no other
+        url = stream_url(_site_url(site), agent_uuid, provider=provider.name, newer_form=True)
         async with aiohttp.ClientSession() as http:
-            call = await connect(http, stream_url(_site_url(site), agent_uuid, domain=domain,
-                                                  call_id=call_id, caller="+15555550100",
-                                                  called="+15555550199"))
-            call.account_sid = domain
+            call = await connect(
+                http, url, provider=provider.name, secrets=config.secrets,
+                account_sid=config.account_id, call_sid=call_id, caller="+15555550100",
+                called="+15555550199",
+                custom_parameters={"telephony_configuration": str(config.id)} if stored else None,
+            )
             call.start_reading()
             await call.handshake()
             voice = EspeakSynthesizer()
@@ -148,7 +187,7 @@ async def run_test_call(settings: Settings, agent_uuid: str, steps: list[Step],
         return 0 if run.state == "completed" else 1
     finally:
         await runner.cleanup()
-        await provider.cleanup()
+        await provider_api.cleanup()
 
 
 def _site_url(site: web.TCPSite) -> str:
@@ -177,7 +216,7 @@ def _print_run(run: Run, code: int | None, reason: str, actions: list[str]) -> N
         cut = "  [interrupted]" if line.interrupted else ""
         print(f"  {line.start_ms / 1000:6.1f}s  {who}  {line.text}{cut}")
     for action in actions:
-        print(f"  provider: {action}")
+        print(f"  provider API: {action}")
     if run.error:
         print(f"  error: {run.error}")
 

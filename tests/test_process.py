@@ -230,12 +230,42 @@ async def test_call_command_places_a_test_call_and_prints_the_conversation(tmp_p
              if line.strip()[:1].isdigit()]
     assert lines == ["agent   Hi. Press zero for a human.", "caller  (pressed 0)",
                      "agent   Connecting you now."]
-    assert "provider: transfer <Response><Dial>+15555550123</Dial></Response>" in done.stdout
+    assert "provider API: POST /calls/acme.cloudonix.net/sessions/" in done.stdout
+    assert "<Response><Dial>+15555550123</Dial></Response>" in done.stdout
     assert "completed, transfer" in done.stdout
     with wave.open(str(out)) as wav:
         assert wav.getnchannels() == 2
     bad = run_cli("call", workflow.uuid, "--dtmf", "x", db=db)
     assert bad.returncode == 2 and "--dtmf takes one of" in bad.stderr
+
+
+async def test_the_call_command_speaks_any_provider_with_no_configuration_at_all(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "agent_stream.db"
+    run_cli("create-user", "--email", "o@example.com", "--password", "pw", db=db)
+    store = await Store.open(db)
+    try:
+        user = await store.get_user_by_email("o@example.com")
+        definition = starter_definition()
+        definition["nodes"][0]["say"] = "Hi."
+        workflow = await store.create_workflow(organization_id=user.organization_id,
+                                               owner_user_id=user.id, name="A", definition=definition)
+    finally:
+        await store.close()
+    done = await asyncio.to_thread(
+        run_cli, "call", workflow.uuid, "--provider", "twilio", "--dtmf", "9", "--dtmf", "9", db=db)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "completed, agent_hangup (close 1000 'agent hung up')" in done.stdout
+    assert f"provider API: POST /2010-04-01/Accounts/AC{'0' * 32}/Calls/" in done.stdout
+    assert "Status=completed" in done.stdout
+    store = await Store.open(db)
+    try:
+        assert await store.list_telephony_configs(user.organization_id) == []  # nothing stored
+    finally:
+        await store.close()
+    unknown = run_cli("call", workflow.uuid, "--provider", "skype", db=db)
+    assert unknown.returncode == 2 and "no provider 'skype'" in unknown.stdout
 
 
 async def test_the_cli_test_call_leaves_live_calls_of_the_same_database_alone(

@@ -299,6 +299,9 @@ class Provider(ABC):
     # Whether an organization may have several configurations naming one account.
     one_per_account: ClassVar[bool] = False
     default_api_base_url: ClassVar[str] = ""
+    # The account of the stand-in configuration a CLI test call uses when the organization
+    # has none of this provider (it must pass `checked_account`).
+    stand_in_account: ClassVar[str] = "test-call"
 
     # configuration
 

@@ -60,6 +60,7 @@ class CloudonixProvider(Provider):
     account_label = "domain"
     one_per_account = True
     default_api_base_url = "https://api.cloudonix.io"
+    stand_in_account = "test-call.cloudonix.net"
     fields: ClassVar[tuple[ConfigField, ...]] = (
         ConfigField("domain_id", "Cloudonix domain", placeholder="acme or acme.cloudonix.net",
                     help="acme and acme.cloudonix.net are the same domain.", max_length=253,

@@ -98,6 +98,7 @@ class TwilioProvider(Provider):
     title = "Twilio"
     account_field = "account_sid"
     default_api_base_url = "https://api.twilio.com"
+    stand_in_account = "AC" + "0" * 32
     fields: ClassVar[tuple[ConfigField, ...]] = (
         ConfigField("account_sid", "Account SID", placeholder="AC…", max_length=34,
                     help="Console, Account info: the SID that starts with AC.",
