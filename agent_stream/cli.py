@@ -78,8 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("--dtmf", dest="steps", action=_Step, metavar="DIGIT",
                       help="a key the caller presses (repeatable, in order with --say)")
     call.add_argument("--out", type=Path, help="copy the stereo recording here")
-    call.add_argument("--provider", default="cloudonix",
-                      help="whose framing the call speaks (default cloudonix); the "
+    call.add_argument("--provider",
+                      help="whose framing the call speaks (default: the first provider); the "
                            "organization's configuration of it, else a stand-in")
 
     sub.add_parser("new-secret-key", help="print a new key for AGENT_STREAM_SECRET_KEY")

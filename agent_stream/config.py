@@ -19,7 +19,7 @@ API_BASE_URL_SUFFIX: Final = "_API_BASE_URL"
 HANDSHAKE_TIMEOUT_SECONDS: Final = 10.0
 # How long the provider REST API has to answer a session validation / hangup / transfer.
 PROVIDER_API_TIMEOUT_SECONDS: Final = 5.0
-# Largest WebSocket message we accept; a Twilio-framed 20 ms media event is ~250 bytes.
+# Largest WebSocket message we accept; a JSON-framed 20 ms media event is ~250 bytes.
 MAX_STREAM_MESSAGE_BYTES: Final = 64 * 1024
 # How long shutdown waits for live calls to finish their runs after closing them.
 SHUTDOWN_GRACE_SECONDS: Final = 10.0

@@ -19,7 +19,7 @@ from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 import aiohttp
 
 from . import audio
-from .providers import provider_named
+from .providers import DEFAULT_PROVIDER, provider_named
 from .providers.base import CallerIdentity, CallerSide, Heard
 
 SAMPLE_RATE: Final = 8000
@@ -29,7 +29,6 @@ ULAW_SILENCE: Final = 0xFF
 MAX_MSG_SIZE: Final = 16 * 1024 * 1024
 STREAM_PATH: Final = "/api/v1/agent-stream"
 WS_SCHEMES: Final = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
-DEFAULT_PROVIDER: Final = "cloudonix"
 
 
 def stream_url(
@@ -114,7 +113,7 @@ class SimulatedCall:
         stream_sid: str | None = None,
         call_sid: str | None = None,
         session: str | None = None,
-        account_sid: str = "test.cloudonix.net",
+        account_sid: str = "test-account",
         caller: str = "+15555550100",
         called: str = "+15555550199",
         custom_parameters: dict[str, str] | None = None,

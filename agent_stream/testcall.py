@@ -27,7 +27,7 @@ from .calls.selection import StoredConfigs
 from .config import Settings
 from .keys import CONFIG_SOURCE, STORE
 from .models import Run, TelephonyConfig
-from .providers import PROVIDERS, provider_named
+from .providers import DEFAULT_PROVIDER, PROVIDERS, provider_named
 from .providers.base import Provider
 from .simulator import SimulatedCall, connect, pcm16_to_ulaw, silence_ulaw, stream_url
 from .speech.tts import EspeakSynthesizer
@@ -119,8 +119,9 @@ async def speak(call: SimulatedCall, voice: EspeakSynthesizer, text: str) -> Non
 
 
 async def run_test_call(settings: Settings, agent_uuid: str, steps: list[Step],
-                        out: Path | None, provider_name: str = "cloudonix") -> int:
+                        out: Path | None, provider_name: str | None = None) -> int:
     """Place the call, print the conversation; returns a process exit code."""
+    provider_name = provider_name or DEFAULT_PROVIDER
     provider = provider_named(provider_name)
     if provider is None:
         print(f"error: no provider {provider_name!r}; one of: {', '.join(PROVIDERS)}")

@@ -13,6 +13,8 @@ PROVIDERS: Final[dict[str, Provider]] = {
     provider.name: provider for provider in (CloudonixProvider(), TwilioProvider())
 }
 SUPPORTED_PROVIDERS: Final = frozenset(PROVIDERS)
+# What the CLI test call and the call simulator speak unless told otherwise: the first.
+DEFAULT_PROVIDER: Final = next(iter(PROVIDERS))
 # Known providers whose media streams are not implemented yet: 1011, never 1008.
 UNSUPPORTED_PROVIDERS: Final = frozenset(
     {"twilio", "plivo", "telnyx", "vonage", "ari", "asterisk", "exotel", "web"}
