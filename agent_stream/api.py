@@ -16,7 +16,7 @@ from .keys import STORE
 from .models import Run, TelephonyConfig, User, Workflow
 from .providers import SUPPORTED_PROVIDERS, provider_named
 from .providers.base import Provider
-from .providers.configs import ConfigInput, check_config, secret_hints
+from .providers.configs import ConfigInput, check_config, save_config, secret_hints
 from .security import redact_uuids
 from .store import Store
 from .workflow import merge_secrets, redact_secrets, starter_definition, validate_definition
@@ -310,16 +310,7 @@ async def create_telephony(request: web.Request) -> web.Response:
     if provider is None:
         raise ApiError(400, f"provider must be one of: {', '.join(sorted(SUPPORTED_PROVIDERS))}")
     given = _checked_config(provider, body, creating=True)
-    config = await request.app[STORE].create_telephony_config(
-        organization_id=user.organization_id,
-        provider=provider.name,
-        name=given.name or provider.title,
-        account_id=given.account_id or "",
-        fields=given.fields,
-        secrets=given.secrets,
-        from_numbers=given.from_numbers,
-        one_per_account=provider.one_per_account,
-    )
+    config = await save_config(request.app[STORE], provider, user.organization_id, given)
     return web.json_response(telephony_json(config), status=201)
 
 
@@ -346,16 +337,7 @@ async def patch_telephony(request: web.Request) -> web.Response:
     if provider is None:
         raise ApiError(409, f"provider {current.provider!r} is no longer supported")
     given = _checked_config(provider, body, creating=False)
-    config = await store.update_telephony_config(
-        user.organization_id,
-        current.id,
-        name=given.name,
-        account_id=given.account_id,
-        fields=given.fields,
-        secrets=given.secrets,
-        from_numbers=given.from_numbers,
-        one_per_account=provider.one_per_account,
-    )
+    config = await save_config(store, provider, user.organization_id, given, config_id=current.id)
     return web.json_response(telephony_json(config))
 
 

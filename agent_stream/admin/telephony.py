@@ -11,7 +11,7 @@ from ..errors import Conflict, NotFound
 from ..models import TelephonyConfig
 from ..providers import PROVIDERS, provider_named
 from ..providers.base import Provider
-from ..providers.configs import check_config, numbers_from_text
+from ..providers.configs import check_config, numbers_from_text, save_config
 from ..security import mask_secret
 from .common import form_of, int_id, page, redirect, render, store_of, url, user_of
 
@@ -96,16 +96,7 @@ async def create(request: web.Request) -> web.StreamResponse:
     problems = {p.field: p.message for p in found}
     if not problems:
         try:
-            await store_of(request).create_telephony_config(
-                organization_id=user_of(request).organization_id,
-                provider=provider.name,
-                name=given.name or provider.title,
-                account_id=given.account_id or "",
-                fields=given.fields,
-                secrets=given.secrets,
-                from_numbers=given.from_numbers,
-                one_per_account=provider.one_per_account,
-            )
+            await save_config(store_of(request), provider, user_of(request).organization_id, given)
         except Conflict:
             problems[provider.account_field or "name"] = (
                 f"There is already a configuration for {given.account_id}."
@@ -156,15 +147,8 @@ async def update(request: web.Request) -> web.StreamResponse:
     problems = {p.field: p.message for p in found}
     if not problems:
         try:
-            await store_of(request).update_telephony_config(
-                config.organization_id,
-                config.id,
-                name=given.name,
-                account_id=given.account_id,
-                fields=given.fields,
-                secrets=given.secrets,
-                from_numbers=given.from_numbers,
-                one_per_account=provider.one_per_account,
+            await save_config(
+                store_of(request), provider, config.organization_id, given, config_id=config.id
             )
         except Conflict:
             problems[provider.account_field or "name"] = (

@@ -11,6 +11,7 @@ from typing import Any, Final
 
 from ..models import TelephonyConfig
 from ..security import mask_secret
+from ..store import Store
 from .base import Problem, Provider
 
 MAX_NAME: Final = 120
@@ -97,3 +98,36 @@ def secret_hints(provider: Provider, config: TelephonyConfig) -> dict[str, Any]:
             if spec.hint_shown:
                 hints[f"{spec.name}_hint"] = mask_secret(value)
     return hints
+
+
+async def save_config(
+    store: Store,
+    provider: Provider,
+    organization_id: int,
+    given: ConfigInput,
+    *,
+    config_id: int | None = None,
+) -> TelephonyConfig:
+    """Store a checked configuration: a new one, or the changes to `config_id` (what was
+    not given stays). Conflict where the provider allows one configuration per account."""
+    if config_id is None:
+        return await store.create_telephony_config(
+            organization_id=organization_id,
+            provider=provider.name,
+            name=given.name or provider.title,
+            account_id=given.account_id or "",
+            fields=given.fields,
+            secrets=given.secrets,
+            from_numbers=given.from_numbers,
+            one_per_account=provider.one_per_account,
+        )
+    return await store.update_telephony_config(
+        organization_id,
+        config_id,
+        name=given.name,
+        account_id=given.account_id,
+        fields=given.fields,
+        secrets=given.secrets,
+        from_numbers=given.from_numbers,
+        one_per_account=provider.one_per_account,
+    )
