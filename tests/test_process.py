@@ -209,22 +209,29 @@ async def test_restart_after_a_crash_fails_open_runs(
         proc.communicate(timeout=30)
 
 
-async def test_call_command_places_a_test_call_and_prints_the_conversation(tmp_path: Path) -> None:
-    db = tmp_path / "agent_stream.db"
+async def cli_agent(db: Path, greeting: str, *, cloudonix: bool) -> tuple[int, str]:
+    """A user made by the CLI, a starter agent saying `greeting`; the organization id and
+    the agent's uuid (with a Cloudonix configuration, if asked)."""
     run_cli("create-user", "--email", "o@example.com", "--password", "pw", db=db)
     store = await Store.open(db)
     try:
         user = await store.get_user_by_email("o@example.com")
         definition = starter_definition()
-        definition["nodes"][0]["say"] = "Hi. Press zero for a human."
+        definition["nodes"][0]["say"] = greeting
         workflow = await store.create_workflow(organization_id=user.organization_id,
                                                owner_user_id=user.id, name="A", definition=definition)
-        await add_cloudonix_config(store, user.organization_id, domain=DOMAIN, token=TOKEN)
+        if cloudonix:
+            await add_cloudonix_config(store, user.organization_id, domain=DOMAIN, token=TOKEN)
     finally:
         await store.close()
+    return user.organization_id, workflow.uuid
+
+
+async def test_call_command_places_a_test_call_and_prints_the_conversation(tmp_path: Path) -> None:
+    db = tmp_path / "agent_stream.db"
+    _, agent = await cli_agent(db, "Hi. Press zero for a human.", cloudonix=True)
     out = tmp_path / "call.wav"
-    done = await asyncio.to_thread(
-        run_cli, "call", workflow.uuid, "--dtmf", "0", "--out", str(out), db=db)
+    done = await asyncio.to_thread(run_cli, "call", agent, "--dtmf", "0", "--out", str(out), db=db)
     assert done.returncode == 0, done.stdout + done.stderr
     lines = [line.split(maxsplit=1)[1] for line in done.stdout.splitlines()
              if line.strip()[:1].isdigit()]
@@ -235,7 +242,7 @@ async def test_call_command_places_a_test_call_and_prints_the_conversation(tmp_p
     assert "completed, transfer" in done.stdout
     with wave.open(str(out)) as wav:
         assert wav.getnchannels() == 2
-    bad = run_cli("call", workflow.uuid, "--dtmf", "x", db=db)
+    bad = run_cli("call", agent, "--dtmf", "x", db=db)
     assert bad.returncode == 2 and "--dtmf takes one of" in bad.stderr
 
 
@@ -243,28 +250,19 @@ async def test_the_call_command_speaks_any_provider_with_no_configuration_at_all
     tmp_path: Path,
 ) -> None:
     db = tmp_path / "agent_stream.db"
-    run_cli("create-user", "--email", "o@example.com", "--password", "pw", db=db)
-    store = await Store.open(db)
-    try:
-        user = await store.get_user_by_email("o@example.com")
-        definition = starter_definition()
-        definition["nodes"][0]["say"] = "Hi."
-        workflow = await store.create_workflow(organization_id=user.organization_id,
-                                               owner_user_id=user.id, name="A", definition=definition)
-    finally:
-        await store.close()
+    org_id, agent = await cli_agent(db, "Hi.", cloudonix=False)
     done = await asyncio.to_thread(
-        run_cli, "call", workflow.uuid, "--provider", "twilio", "--dtmf", "9", "--dtmf", "9", db=db)
+        run_cli, "call", agent, "--provider", "twilio", "--dtmf", "9", "--dtmf", "9", db=db)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "completed, agent_hangup (close 1000 'agent hung up')" in done.stdout
     assert f"provider API: POST /2010-04-01/Accounts/AC{'0' * 32}/Calls/" in done.stdout
     assert "Status=completed" in done.stdout
     store = await Store.open(db)
     try:
-        assert await store.list_telephony_configs(user.organization_id) == []  # nothing stored
+        assert await store.list_telephony_configs(org_id) == []  # nothing stored
     finally:
         await store.close()
-    unknown = run_cli("call", workflow.uuid, "--provider", "skype", db=db)
+    unknown = run_cli("call", agent, "--provider", "skype", db=db)
     assert unknown.returncode == 2 and "no provider 'skype'" in unknown.stdout
 
 
