@@ -13,6 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from agent_stream.admin.common import SESSION_COOKIE, token_hash
+from agent_stream.providers import PROVIDERS
 from agent_stream.store import MIGRATIONS, Store
 from tests.admin_fixtures import (
     PASSWORD,
@@ -505,6 +506,23 @@ async def test_settings_page_shows_the_agent_uuid_stream_url_and_cxml(
     # behind a TLS proxy the URL is wss://
     page = await operator.get(f"/agents/{uuid}/settings", headers={"X-Forwarded-Proto": "https"})
     assert f"wss://{host}/api/v1/agent-stream/{uuid}?provider=cloudonix" in page.html
+
+
+async def test_settings_page_shows_every_provider_s_url_and_snippet(
+    operator: Operator, client: TestClient
+) -> None:
+    uuid = operator.tenant.workflow.uuid
+    page = await operator.get(f"/agents/{uuid}/settings", headers={"X-Forwarded-Proto": "https"})
+    host = f"127.0.0.1:{client.port}"
+    for provider in PROVIDERS.values():
+        assert f'id="connect-{provider.name}">{provider.title}</h4>' in page.html
+        assert f"wss://{host}/api/v1/agent-stream/{provider.name}/{uuid}" in page.html
+    twiml = (f"&lt;Response&gt;&lt;Connect&gt;&lt;Stream url=&#34;wss://{host}/api/v1/agent-stream/"
+             f"twilio/{uuid}&#34;&gt;&lt;/Stream&gt;&lt;/Connect&gt;&lt;Hangup/&gt;&lt;/Response&gt;")
+    assert twiml in page.html and ">Copy TwiML</button>" in page.html
+    # Twilio speaks wss:// only: even a plain-http server shows it the wss URL
+    plain = await operator.get(f"/agents/{uuid}/settings")
+    assert f"wss://{host}/api/v1/agent-stream/twilio/{uuid}" in plain.html
 
 
 async def test_settings_without_telephony_say_how_to_fill_the_domain(
