@@ -7,12 +7,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 from urllib.parse import parse_qs
 
 from aiohttp import web
+
+# What the Telnyx emulator transfers to: E.164 or a SIP URI.
+TRANSFER_DESTINATION: Final = re.compile(r"\+[1-9][0-9]{6,14}|sips?:\S+")
 
 
 @dataclass
@@ -134,6 +138,78 @@ class TwilioEmulator(RestEmulator):
             del self.live[call]
             return web.json_response({"sid": call, "status": "completed"})
         return web.json_response({"sid": call, "status": "in-progress"})
+
+
+@dataclass
+class TelnyxEmulator(RestEmulator):
+    """Call Control: Bearer API key. GET a call answers whether it is alive (an ended one
+    stays readable, `is_alive` false, as Telnyx keeps it for minutes); hangup ends it;
+    transfer needs `{"to": ...}`; either on a call that is over is 422, error 90018. Another
+    account's or an unknown call is 404."""
+
+    ended: set[str] = field(default_factory=set)
+
+    def make_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/v2/calls/{call}", self._guarded(self._get))
+        app.router.add_post("/v2/calls/{call}/actions/hangup", self._guarded(self._hangup))
+        app.router.add_post("/v2/calls/{call}/actions/transfer", self._guarded(self._transfer))
+        return app
+
+    def authorized(self, request: web.Request) -> str | None:
+        scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+        if scheme != "Bearer" or not key:
+            return None
+        return next((a for a, secret in self.credentials.items() if secret == key), None)
+
+    def _owner(self, request: web.Request) -> str | None:
+        account = self.authorized(request)
+        call = request.match_info["call"]
+        return account if self.live.get(call) == account else None
+
+    @staticmethod
+    def _error(status: int, title: str, code: str | None = None) -> web.Response:
+        error = {"title": title} | ({"code": code} if code else {})
+        return web.json_response({"errors": [error]}, status=status)
+
+    def _over(self) -> web.Response:
+        return self._error(422, "Call has already ended", "90018")
+
+    def _not_found(self) -> web.Response:
+        return self._error(404, "Resource not found")
+
+    async def _get(self, request: web.Request, body: Any) -> web.Response:
+        call = request.match_info["call"]
+        if self._owner(request) is not None:
+            return web.json_response({"data": {"call_control_id": call, "is_alive": True,
+                                               "record_type": "call"}})
+        if call in self.ended:
+            return web.json_response({"data": {"call_control_id": call, "is_alive": False,
+                                               "record_type": "call"}})
+        return self._not_found()
+
+    async def _hangup(self, request: web.Request, body: Any) -> web.Response:
+        call = request.match_info["call"]
+        if call in self.live and self._owner(request) is None:
+            return self._not_found()
+        if call not in self.live:
+            return self._over()
+        del self.live[call]
+        self.ended.add(call)
+        return web.json_response({"data": {"result": "ok"}})
+
+    async def _transfer(self, request: web.Request, body: Any) -> web.Response:
+        call = request.match_info["call"]
+        if not isinstance(body, dict) or not isinstance(body.get("to"), str):
+            return self._error(400, "Bad Request")
+        if call in self.live and self._owner(request) is None:
+            return self._not_found()
+        if call not in self.live:
+            return self._over()
+        if not TRANSFER_DESTINATION.fullmatch(body["to"]):
+            # Telnyx's catalog names 10002 "Invalid phone number" (its status here: a guess)
+            return self._error(422, "Invalid phone number", "10002")
+        return web.json_response({"data": {"result": "ok"}})
 
 
 async def start_rest_emulator(aiohttp_server: Any, emulator: RestEmulator) -> str:

@@ -5,12 +5,13 @@ runs every scenario for each."""
 from __future__ import annotations
 
 import secrets
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 from tests.cloudonix_emulator import CloudonixEmulator
-from tests.provider_emulators import RestEmulator, TwilioEmulator
+from tests.provider_emulators import RestEmulator, TelnyxEmulator, TwilioEmulator
 
 
 @dataclass
@@ -158,4 +159,41 @@ class TwilioKit(Kit):
                         {"Twiml": f"<Response><Dial>{destination}</Dial></Response>"})
 
 
-KITS: dict[str, type[Kit]] = {"cloudonix": CloudonixKit, "twilio": TwilioKit}
+@dataclass
+class TelnyxKit(Kit):
+    provider: str = "telnyx"
+    emulator: RestEmulator = field(default_factory=TelnyxEmulator)
+    call_key: str = "telnyx_call_id"
+    stream_key: str = "telnyx_stream_id"
+    already_over: int = 422
+
+    def new_account(self) -> tuple[str, str]:
+        user_id, api_key = str(uuid.uuid4()), "KEY" + secrets.token_hex(20)
+        self.accounts.append(user_id)
+        self.emulator.add_account(user_id, api_key)
+        return user_id, api_key
+
+    def config(self, account: str, secret: str) -> dict[str, Any]:
+        return {"api_key": secret, "account_id": account}
+
+    def identity(self, account: str) -> dict[str, Any]:
+        return {"account_sid": account, "call_sid": "v3:" + secrets.token_urlsafe(24),
+                "stream_sid": str(uuid.uuid4())}
+
+    def make_live(self, account: str, identity: dict[str, Any]) -> None:
+        self.emulator.add_call(account, self.call_id(identity))
+
+    def _call_path(self, call: str, *action: str) -> str:
+        return "/".join(("/v2/calls", call, *action))
+
+    def validation(self, account: str, call: str) -> Expected:
+        return Expected("GET", self._call_path(call))
+
+    def hangup(self, account: str, call: str) -> Expected:
+        return Expected("POST", self._call_path(call, "actions", "hangup"), {})
+
+    def transfer(self, account: str, call: str, destination: str) -> Expected:
+        return Expected("POST", self._call_path(call, "actions", "transfer"), {"to": destination})
+
+
+KITS: dict[str, type[Kit]] = {"cloudonix": CloudonixKit, "twilio": TwilioKit, "telnyx": TelnyxKit}

@@ -3,15 +3,20 @@ through the real app and real sockets, each provider's REST API played by its em
 (provider_kits.py says what differs between them)."""
 from __future__ import annotations
 
+import json
 import logging
+import wave
+from array import array
 from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
+from agent_stream.audio import alaw_to_pcm16, pcm16_to_alaw, ulaw_to_pcm16
 from agent_stream.config import Settings
-from agent_stream.models import Workflow
+from agent_stream.models import TelephonyConfig, Workflow
+from agent_stream.providers import provider_named
 from agent_stream.providers.twilio import signature
 from agent_stream.simulator import SimulatedCall, caller_side, connect, stream_url, tone_ulaw
 from agent_stream.store import Store
@@ -417,3 +422,272 @@ async def test_twilio_two_configurations_of_one_account_need_the_parameter(
     assert await call.wait_closed() == (4400, (
         f"2 Twilio configurations for account {line.account}: name one with the "
         "telephony_configuration parameter"))
+
+
+# -- what differs: Telnyx's codecs, its stream token, its optional user id ----------------------------
+
+
+only_telnyx = pytest.mark.parametrize("kit", ["telnyx"], indirect=True)
+TELNYX_TOKEN_HEADER = "x-telnyx-streaming-auth-token"
+
+
+def greeting(call: SimulatedCall) -> bytes:
+    """The agent's first utterance as the provider's end received it, in the call's codec."""
+    payloads = []
+    for heard in call.heard:
+        if heard.kind == "mark" and heard.name == "utt-1":
+            return b"".join(payloads)
+        if heard.kind == "media":
+            payloads.append(heard.payload)
+    raise AssertionError("the greeting's mark never came")
+
+
+def same_speech(pcm: bytes, reference: bytes) -> bool:
+    """`pcm` is `reference` up to G.711 quantization: the error is 20 dB below the signal
+    (mu-law and A-law each err by about 3% of a sample; another table is nowhere near)."""
+    got, want = array("h", pcm), array("h", reference)
+    if len(got) != len(want):
+        return False
+    error = sum((a - b) ** 2 for a, b in zip(got, want, strict=True))
+    return error * 100 <= sum(b * b for b in want)
+
+
+def caller_track(path: str) -> bytes:
+    """The recording's left channel: the caller, as the server decoded it."""
+    with wave.open(path) as wav:
+        frames = array("h", wav.readframes(wav.getnframes()))
+    return frames[0::2].tobytes()
+
+
+async def telnyx_call(client: TestClient, kit: Kit, line: Line, secrets: dict[str, str],
+                      **identity: Any) -> SimulatedCall:
+    """A live Telnyx call of the line's user whose upgrade carries `secrets`' token."""
+    who = kit.identity(line.account) | identity
+    kit.make_live(who["account_sid"], who)
+    url = stream_url(str(client.make_url("/")), line.workflow.uuid, provider="telnyx",
+                     newer_form=True)
+    call = await connect(client.session, url, provider="telnyx", secrets=secrets, **who)
+    call.start_reading()
+    return call
+
+
+async def start_announcing(call: SimulatedCall, **media_format: Any) -> None:
+    """Telnyx's first messages, the start announcing `media_format` instead."""
+    connected, start = call.side.opening(call.identity)
+    event = json.loads(start)
+    event["start"]["media_format"].update(media_format)
+    await call.send(connected)
+    await call.send(json.dumps(event))
+
+
+@only_telnyx
+async def test_telnyx_a_pcma_leg_is_heard_and_answered_in_a_law(
+    client: TestClient, store: Store, kit: Kit
+) -> None:
+    telnyx = kit
+    line = await make_line(client, store, telnyx)
+    greetings: dict[str, bytes] = {}
+    for encoding in ("ulaw", "alaw"):
+        telnyx.encoding = encoding
+        call = await dial(client, telnyx, line)
+        await call.handshake()
+        await until(lambda call=call: "utt-1" in call.marks)
+        await call.send_audio(tone_ulaw(0.2), realtime=False)
+        await call.hang_up()
+        assert await call.wait_closed() == (1000, "call ended")
+        greetings[encoding] = greeting(call)
+        run = await ended(store, line)
+    assert run.logs["inbound_webhook"]["start"]["media_format"]["encoding"] == "PCMA"
+    assert run.logs["inbound_webhook"]["encoding"] == "PCMA"
+
+    # The agent: the A-law leg's greeting, read with the A-law table, is the speech the
+    # mu-law leg's greeting is with the mu-law table; mu-law bytes on the A-law leg (the
+    # server answering in the wrong codec) would be noise, and so would a mix-up of tables.
+    mulaw_greeting, alaw_greeting = greetings["ulaw"], greetings["alaw"]
+    speech = ulaw_to_pcm16(mulaw_greeting)
+    assert len(alaw_greeting) == len(mulaw_greeting) > 2000
+    assert alaw_greeting != mulaw_greeting
+    assert same_speech(alaw_to_pcm16(alaw_greeting), speech)
+    assert not same_speech(alaw_to_pcm16(mulaw_greeting), speech)  # answered in mu-law
+    assert not same_speech(ulaw_to_pcm16(alaw_greeting), speech)  # read with the wrong table
+
+    # The caller: the tone went in as A-law and is in the recording exactly as A-law holds it.
+    tone_as_alaw = pcm16_to_alaw(ulaw_to_pcm16(tone_ulaw(0.2)))
+    assert alaw_to_pcm16(tone_as_alaw) in caller_track(run.recording_path)
+    assert ulaw_to_pcm16(tone_as_alaw) not in caller_track(run.recording_path)
+
+
+@only_telnyx
+async def test_telnyx_older_mu_law_name_is_accepted_and_error_frames_are_counted(
+    client: TestClient, store: Store, kit: Kit
+) -> None:
+    telnyx = kit
+    line = await make_line(client, store, telnyx)
+    call = await dial(client, telnyx, line)
+    await start_announcing(call, encoding="audio/x-mulaw")
+    await until(lambda: "utt-1" in call.marks)
+    await call.send_json({"event": "error", "sequence_number": "3", "stream_id": call.stream_sid,
+                          "error": {"title": "rate_limit_reached", "code": "100005"}})
+    await call.press("5")
+    await call.hang_up()
+    assert await call.wait_closed() == (1000, "call ended")
+    run = await ended(store, line)
+    assert (run.state, run.gathered_context["dtmf_digits"]) == ("completed", "5")
+    assert run.logs["protocol_errors"] == {"error event from the provider": 1}
+    for event in ("media", "mark"):  # what the server sends names no stream (as pipecat's)
+        sent = [m for m in call.received if m.get("event") == event]
+        assert sent and all(set(m) == {"event", event} for m in sent)
+
+
+@only_telnyx
+@pytest.mark.parametrize(("media_format", "reason"), [
+    ({"encoding": "OPUS"}, "unsupported media encoding 'OPUS' (need PCMU or PCMA)"),
+    ({"encoding": "L16", "sample_rate": 16000}, "unsupported media encoding 'L16' (need PCMU or PCMA)"),
+    ({"sample_rate": 16000}, "unsupported sample rate 16000 Hz (need 8000)"),
+])
+async def test_telnyx_a_codec_we_do_not_speak_is_a_4400_naming_it(
+    client: TestClient, store: Store, kit: Kit, media_format: dict[str, Any], reason: str
+) -> None:
+    telnyx = kit
+    line = await make_line(client, store, telnyx)
+    call = await dial(client, telnyx, line)
+    await start_announcing(call, **media_format)
+    assert await call.wait_closed() == (4400, reason)
+    run = await ended(store, line)
+    assert (run.state, run.end_reason, run.error) == ("failed", "handshake_failed", reason)
+    assert telnyx.requests() == []
+
+
+@only_telnyx
+async def test_telnyx_a_configured_stream_auth_token_must_come_with_the_upgrade(
+    client: TestClient, store: Store, kit: Kit
+) -> None:
+    telnyx = kit
+    line = await make_line(client, store, telnyx)
+    token = "stream-token-" + "x" * 20
+    response = await client.patch(f"/api/v1/telephony-configurations/{line.config_id}",
+                                  json={"stream_auth_token": token}, headers=line.headers)
+    assert response.status == 200, await response.text()
+    assert (await response.json())["has_stream_auth_token"] is True
+    for secrets, reason in (
+        ({}, f"missing {TELNYX_TOKEN_HEADER}"),
+        ({"stream_auth_token": token[:-1] + "y"},
+         f"{TELNYX_TOKEN_HEADER} does not match the configured stream auth token"),
+    ):
+        call = await telnyx_call(client, telnyx, line, secrets)
+        await call.handshake()
+        assert await call.wait_closed() == (4400, reason)
+        run = await ended(store, line)
+        assert (run.state, run.error) == ("failed", reason)
+    assert telnyx.requests() == []  # refused before anything was asked of Telnyx
+
+    call = await telnyx_call(client, telnyx, line, {"stream_auth_token": token})
+    await call.handshake()
+    await until(lambda: "utt-1" in call.marks)
+    await call.hang_up()
+    assert await call.wait_closed() == (1000, "call ended")
+    run = await ended(store, line)
+    assert run.state == "completed" and token not in json.dumps(run.logs)
+
+    response = await client.patch(f"/api/v1/telephony-configurations/{line.config_id}",
+                                  json={"stream_auth_token": ""}, headers=line.headers)
+    assert (await response.json())["has_stream_auth_token"] is False  # emptied: not required
+    call = await telnyx_call(client, telnyx, line, {})
+    await call.handshake()
+    await until(lambda: "utt-1" in call.marks)
+    await call.hang_up()
+    assert await call.wait_closed() == (1000, "call ended")
+
+
+@only_telnyx
+async def test_telnyx_configurations_without_a_user_id_serve_as_the_organization_s_only_one(
+    client: TestClient, store: Store, kit: Kit
+) -> None:
+    telnyx = kit
+    line = await make_line(client, store, telnyx)
+    response = await client.patch(f"/api/v1/telephony-configurations/{line.config_id}",
+                                  json={"account_id": ""}, headers=line.headers)
+    assert response.status == 200, await response.text()
+    assert (await response.json())["account_id"] is None
+
+    call = await dial(client, telnyx, line)  # its start still names the user
+    await call.handshake()
+    await until(lambda: "utt-1" in call.marks)
+    await call.hang_up()
+    assert await call.wait_closed() == (1000, "call ended")
+    run = await ended(store, line)
+    assert run.logs["inbound_webhook"]["configuration"] == {
+        "id": line.config_id, "name": "main", "selected_by": "only configuration"}
+
+    response = await client.post("/api/v1/telephony-configurations", headers=line.headers,
+                                 json={"provider": "telnyx", "name": "second", "api_key": "KEYother"})
+    assert response.status == 201, await response.text()
+    call = await dial(client, telnyx, line)
+    await call.handshake()
+    assert await call.wait_closed() == (4400, (
+        "2 Telnyx configurations and nothing to choose: name one with the "
+        "telephony_configuration parameter"))
+
+    call = await dial(client, telnyx, line, custom_parameters={"telephony_configuration": "main"})
+    await call.handshake()
+    await until(lambda: "utt-1" in call.marks)
+    await call.hang_up()
+    assert await call.wait_closed() == (1000, "call ended")
+    run = await ended(store, line)
+    assert run.logs["inbound_webhook"]["configuration"]["selected_by"] == "custom parameter"
+
+
+@only_telnyx
+async def test_telnyx_a_call_that_is_no_longer_alive_fails_validation(
+    client: TestClient, store: Store, kit: Kit
+) -> None:
+    telnyx = kit
+    line = await make_line(client, store, telnyx)
+    who = telnyx.identity(line.account)
+    telnyx.emulator.ended.add(who["call_sid"])  # Telnyx still answers for it: is_alive false
+    call = await dial(client, telnyx, line, live=False, **who)
+    await call.handshake()
+    assert await call.wait_closed() == (
+        4400, "session validation failed: the Telnyx call is not alive")
+    assert [r.status for r in telnyx.requests()] == [200]
+
+
+@only_telnyx
+async def test_telnyx_a_transfer_refused_for_another_reason_than_an_ended_call_fails_the_run(
+    client: TestClient, store: Store, kit: Kit
+) -> None:
+    telnyx = kit
+    line = await make_line(client, store, telnyx)
+    definition = quick_agent()
+    definition["nodes"][2]["destination"] = "front desk"  # not a number Telnyx dials
+    await store.update_workflow(line.org_id, line.workflow.uuid, definition=definition)
+    call = await dial(client, telnyx, line)
+    await call.handshake()
+    await until(lambda: "utt-1" in call.marks)
+    await call.press("0")
+    assert (await call.wait_closed(timeout=20))[0] == 1000
+    run = await ended(store, line)
+    assert (run.state, run.end_reason) == ("failed", "transfer")
+    assert run.error == "transfer failed: Telnyx transfer failed: HTTP 422"
+    assert telnyx.requests()[-1].body == {"to": "front desk"}
+
+
+@only_telnyx
+def test_telnyx_snippets_stream_both_ways_in_rtp_and_name_the_configuration(kit: Kit) -> None:
+    telnyx = provider_named("telnyx")
+    assert telnyx is not None
+    url = "https://voice.example.com/api/v1/agent-stream/telnyx/AGENT"
+    config = TelephonyConfig(7, 1, "telnyx", "night line", "", {}, {"api_key": "KEYx"}, [], "", "")
+    stream, texml, call_control = telnyx.snippets(url, config)
+    wss = "wss://voice.example.com/api/v1/agent-stream/telnyx/AGENT"
+    assert stream.text == wss
+    assert (texml.label, call_control.label) == ("TeXML", "JSON")
+    assert texml.text == (
+        f'<Response><Connect><Stream url="{wss}" bidirectionalMode="rtp" '
+        'bidirectionalCodec="PCMU" codec="PCMU"/></Connect></Response>')
+    assert json.loads(call_control.text) == {
+        "stream_url": wss, "stream_track": "inbound_track", "stream_codec": "PCMU",
+        "stream_bidirectional_mode": "rtp", "stream_bidirectional_codec": "PCMU",
+        "custom_parameters": [{"name": "telephony_configuration", "value": "7"}],
+    }
+    assert "custom_parameters" not in json.loads(telnyx.snippets(url, None)[2].text)

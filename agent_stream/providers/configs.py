@@ -45,8 +45,10 @@ def check_config(
                     problems.append(Problem(spec.name, spec.missing_message))
             elif spec.required:
                 problems.append(Problem(spec.name, spec.missing_message))
-            else:
-                given.fields[spec.name] = ""  # an optional field emptied
+            else:  # an optional field emptied: no longer a secret, nor an account to match
+                (given.secrets if spec.secret else given.fields)[spec.name] = ""
+                if spec.name == provider.account_field:
+                    given.account_id = ""
             continue
         if not isinstance(value, str):
             problems.append(Problem(spec.name, f"{spec.label} must be text."))
