@@ -23,7 +23,7 @@ from .keys import CALLS, CONFIG_SOURCE, HTTP, RUN_WRITES, SETTINGS, SPEECH, STOR
 from .pipeline.call import RECORDING_SAMPLE_RATE
 from .pipeline.recorder import recover_recordings
 from .providers import PROVIDERS
-from .security import redact_uuids
+from .security import redact_path
 from .speech import SpeechServices
 from .store import open_store
 
@@ -43,14 +43,15 @@ def server_event_loop() -> asyncio.AbstractEventLoop:
 
 
 class AccessLogger(AbstractAccessLogger):
-    """The access log, with agent uuids shortened (a stream URL is a credential)."""
+    """The access log, with agent uuids shortened (a stream URL is a credential) and
+    one-time tokens in paths cut to their start."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         self.logger.info(
             '%s "%s %s" %s %.1fms',
             request.remote,
             request.method,
-            redact_uuids(request.path_qs),
+            redact_path(request.path_qs, getattr(request, "match_info", None)),
             response.status,
             time * 1000,
         )
