@@ -7,15 +7,16 @@ from typing import Final
 
 from .base import Provider
 from .cloudonix import CloudonixProvider
+from .plivo import PlivoProvider
 from .twilio import TwilioProvider
 
 PROVIDERS: Final[dict[str, Provider]] = {
-    provider.name: provider for provider in (CloudonixProvider(), TwilioProvider())
+    provider.name: provider for provider in (CloudonixProvider(), TwilioProvider(), PlivoProvider())
 }
 SUPPORTED_PROVIDERS: Final = frozenset(PROVIDERS)
 # Known providers whose media streams are not implemented yet: 1011, never 1008.
 UNSUPPORTED_PROVIDERS: Final = frozenset(
-    {"twilio", "plivo", "telnyx", "vonage", "ari", "asterisk", "exotel", "web"}
+    {"twilio", "telnyx", "vonage", "ari", "asterisk", "exotel", "web"}
 ) - SUPPORTED_PROVIDERS
 
 
