@@ -17,7 +17,7 @@ from .models import Run, TelephonyConfig, User, Workflow
 from .providers import SUPPORTED_PROVIDERS, provider_named
 from .providers.base import Provider
 from .providers.configs import ConfigInput, check_config, save_config, secret_hints
-from .security import redact_uuids
+from .security import redact_path
 from .store import Store
 from .workflow import merge_secrets, redact_secrets, starter_definition, validate_definition
 
@@ -72,14 +72,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except DatabaseUnavailable as exc:
         if not request.path.startswith("/api/"):
             raise
-        log.warning("%s %s: %s", request.method, redact_uuids(request.path), exc)
+        log.warning("%s %s: %s", request.method, redact_path(request.path, request.match_info), exc)
         return _error(503, str(exc), headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
     except web.HTTPException as exc:
         if not request.path.startswith("/api/") or exc.status < 400:
             raise
         return _error(exc.status, exc.reason)
     except Exception:
-        log.exception("unhandled error on %s %s", request.method, redact_uuids(request.path))
+        path = redact_path(request.path, request.match_info)
+        log.exception("unhandled error on %s %s", request.method, path)
         return _error(500, "internal server error")
 
 

@@ -6,12 +6,16 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Mapping
 from typing import Final
 
 _SCRYPT_N: Final = 2**14
 _SCRYPT_R: Final = 8
 _SCRYPT_P: Final = 1
 API_KEY_PREFIX: Final = "ask_"
+# A route variable holding a credential (a one-time token in a URL a provider fetches):
+# logs show its first characters only.
+SECRET_ROUTE_VARIABLE: Final = "one_time_token"
 _UUID_RE: Final = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 )
@@ -49,6 +53,16 @@ def hash_api_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def new_one_time_token() -> str:
+    """A token for a URL that answers once (192 random bits, URL-safe)."""
+    return secrets.token_urlsafe(24)
+
+
+def hash_one_time_token(token: str) -> str:
+    """One-time tokens are random, like API keys: a plain SHA-256 is enough and allows lookup."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
 def short_uuid(value: str) -> str:
     """The first block of a uuid: enough to tell agents apart, useless to connect with."""
     return value[:8] + "…" if len(value) > 8 else value
@@ -57,6 +71,15 @@ def short_uuid(value: str) -> str:
 def redact_uuids(text: str) -> str:
     """Shorten every uuid in a log line (paths in the access log carry agent uuids)."""
     return _UUID_RE.sub(lambda m: short_uuid(m.group(0)), text)
+
+
+def redact_path(path: str, route_variables: Mapping[str, str] | None = None) -> str:
+    """A request path fit for a log line: uuids shortened, and the value of a route's
+    `SECRET_ROUTE_VARIABLE` (a one-time token a provider fetches) cut to its start."""
+    secret = (route_variables or {}).get(SECRET_ROUTE_VARIABLE)
+    if secret:
+        path = path.replace(secret, secret[:4] + "…")
+    return redact_uuids(path)
 
 
 def mask_secret(secret: str | None) -> str:

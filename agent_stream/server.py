@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Final
 
 import aiohttp
@@ -23,7 +23,7 @@ from .keys import CALLS, CONFIG_SOURCE, HTTP, RUN_WRITES, SETTINGS, SPEECH, STOR
 from .pipeline.call import RECORDING_SAMPLE_RATE
 from .pipeline.recorder import recover_recordings
 from .providers import PROVIDERS
-from .security import redact_uuids
+from .security import redact_path
 from .speech import SpeechServices
 from .store import open_store
 
@@ -43,17 +43,29 @@ def server_event_loop() -> asyncio.AbstractEventLoop:
 
 
 class AccessLogger(AbstractAccessLogger):
-    """The access log, with agent uuids shortened (a stream URL is a credential)."""
+    """The access log, with agent uuids shortened (a stream URL is a credential) and
+    one-time tokens in paths cut to their start."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         self.logger.info(
             '%s "%s %s" %s %.1fms',
             request.remote,
             request.method,
-            redact_uuids(request.path_qs),
+            redact_path(request.path_qs, _route_variables(request)),
             response.status,
             time * 1000,
         )
+
+
+def _route_variables(request: web.BaseRequest) -> Mapping[str, str] | None:
+    """The matched route's variables; none for a request that never reached routing (a
+    malformed one answered 400 by the parser, whose `match_info` is unset)."""
+    if not isinstance(request, web.Request):
+        return None
+    try:
+        return request.match_info
+    except AssertionError:
+        return None
 
 
 class HttpServerLog(logging.LoggerAdapter[logging.Logger]):

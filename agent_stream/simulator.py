@@ -213,6 +213,13 @@ class SimulatedCall:
         else:
             await self.send(stop)
 
+    async def _answer_clear(self) -> None:
+        """Like a provider that confirms a clear (Plivo's clearedAudio), where it does."""
+        answer = self.side.cleared(self.identity, self._next_sequence())
+        if answer is not None:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self.send(answer)
+
     def start_reading(self) -> asyncio.Task[None]:
         """Read server messages in one background task so sends never block on reads."""
         if self._reader is None:
@@ -233,6 +240,8 @@ class SimulatedCall:
                     # the audio before it was paced in real time: it has just "played"
                     with contextlib.suppress(ConnectionError, RuntimeError):
                         await self.mark(heard.name)
+                elif self.echo_marks and heard.kind == "clear":
+                    await self._answer_clear()
             elif msg.type is aiohttp.WSMsgType.CLOSE:
                 self.close_code, self.close_reason = msg.data, msg.extra or ""
                 await self.ws.close()

@@ -34,7 +34,14 @@ from .models import (
     User,
     Workflow,
 )
-from .security import hash_api_key, hash_password, new_api_key, verify_password
+from .security import (
+    hash_api_key,
+    hash_one_time_token,
+    hash_password,
+    new_api_key,
+    new_one_time_token,
+    verify_password,
+)
 
 log = logging.getLogger(__name__)
 # aiosqlite logs every statement with its parameters at DEBUG, bearer tokens included:
@@ -109,6 +116,11 @@ def split_statements(script: str) -> list[str]:
 def utcnow() -> str:
     """Timestamps are ISO 8601 UTC text, comparable as strings."""
     return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _iso(moment: datetime) -> str:
+    """A moment as stored: ISO 8601 UTC text, like `utcnow`."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")
 
 
 def month_start(now: datetime | None = None) -> str:
@@ -902,6 +914,46 @@ class Store:
             for r in rows
         ]
 
+
+    # -- one-time tokens -----------------------------------------------------------------
+
+    async def create_one_time_token(
+        self, purpose: str, payload: dict[str, Any], ttl_seconds: float
+    ) -> str:
+        """A fresh token for `purpose` carrying `payload`, good once within `ttl_seconds`.
+        Only its hash is stored; the plaintext exists only in this answer. Expired tokens
+        are swept here."""
+        token = new_one_time_token()
+        now = datetime.now(UTC)
+        expires = now + timedelta(seconds=ttl_seconds)
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM one_time_tokens WHERE expires_at <= ?", (_iso(now),))
+            await db.execute(
+                """INSERT INTO one_time_tokens (token_hash, purpose, payload, created_at, expires_at)
+                   VALUES (?, ?, ?, ?, ?)""",
+                (hash_one_time_token(token), purpose, _json(payload), _iso(now), _iso(expires)),
+            )
+        return token
+
+    async def use_one_time_token(self, purpose: str, token: str) -> dict[str, Any] | None:
+        """The payload of a token of `purpose` that is neither used nor expired, and the
+        token is used up in the same transaction; None otherwise (unknown, used, expired or
+        of another purpose). An unknown token costs a read, never a write."""
+        token_hash = hash_one_time_token(token)
+        live = """SELECT payload FROM one_time_tokens
+                  WHERE token_hash = ? AND purpose = ? AND used_at IS NULL AND expires_at > ?"""
+        if await self._one(live, (token_hash, purpose, utcnow())) is None:
+            return None
+        async with self._transaction() as db:
+            now = utcnow()
+            row = await self._one(live, (token_hash, purpose, now), db=db)
+            if row is None:  # used by another request (or process) in the meantime
+                return None
+            await db.execute(
+                "UPDATE one_time_tokens SET used_at = ? WHERE token_hash = ?", (now, token_hash)
+            )
+        payload = json.loads(row["payload"])
+        return payload if isinstance(payload, dict) else None
 
     # -- admin: sessions, users, keys, dashboards ------------------------------------------
 

@@ -8,11 +8,12 @@ import asyncio
 import base64
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import parse_qs
 
+import aiohttp
 from aiohttp import web
 
 # What the Telnyx emulator transfers to: E.164 or a SIP URI.
@@ -210,6 +211,80 @@ class TelnyxEmulator(RestEmulator):
             # Telnyx's catalog names 10002 "Invalid phone number" (its status here: a guess)
             return self._error(422, "Invalid phone number", "10002")
         return web.json_response({"data": {"result": "ok"}})
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """What Plivo got when it fetched a transfer's `aleg_url`."""
+
+    url: str
+    status: int
+    content_type: str
+    text: str
+
+
+@dataclass
+class PlivoEmulator(RestEmulator):
+    """The Call resource (every URL ends with a slash): GET with `status=live` answers a
+    live call of the account, DELETE hangs it up (204), POST `legs=aleg` with `aleg_url`
+    and `aleg_method=GET` transfers it: like Plivo, the emulator then fetches `aleg_url`
+    and keeps the XML it got. A call that is not live is 404."""
+
+    fetched: list[Fetched] = field(default_factory=list)
+    _session: aiohttp.ClientSession | None = field(default=None, init=False, repr=False)
+
+    def make_app(self) -> web.Application:
+        app = web.Application()
+        path = "/v1/Account/{auth_id}/Call/{call}/"
+        app.router.add_get(path, self._guarded(self._get))
+        app.router.add_delete(path, self._guarded(self._hangup))
+        app.router.add_post(path, self._guarded(self._transfer))
+        app.cleanup_ctx.append(self._http)
+        return app
+
+    async def _http(self, app: web.Application) -> AsyncIterator[None]:
+        async with aiohttp.ClientSession() as session:
+            self._session = session
+            yield
+
+    def authorized(self, request: web.Request) -> str | None:
+        account = self.basic_account(request)
+        return account if account == request.match_info["auth_id"] else None
+
+    def _call(self, request: web.Request) -> str | None:
+        call = request.match_info["call"]
+        return call if self.live.get(call) == request.match_info["auth_id"] else None
+
+    @staticmethod
+    def _not_found() -> web.Response:
+        return web.json_response({"api_id": "emulated", "error": "not found"}, status=404)
+
+    async def _get(self, request: web.Request, body: Any) -> web.Response:
+        call = self._call(request)
+        if call is None or request.query.get("status") != "live":
+            return self._not_found()
+        return web.json_response({"api_id": "emulated", "call_uuid": call, "call_status": "in-progress",
+                                  "direction": "inbound"})
+
+    async def _hangup(self, request: web.Request, body: Any) -> web.Response:
+        call = self._call(request)
+        if call is None:
+            return self._not_found()
+        del self.live[call]
+        return web.Response(status=204)
+
+    async def _transfer(self, request: web.Request, body: Any) -> web.Response:
+        call = self._call(request)
+        if call is None:
+            return self._not_found()
+        form = body if isinstance(body, dict) else {}
+        if form.get("legs") != "aleg" or not form.get("aleg_url") or form.get("aleg_method") != "GET":
+            return web.json_response({"api_id": "emulated", "error": "bad transfer"}, status=400)
+        assert self._session is not None
+        async with self._session.get(form["aleg_url"]) as fetched:
+            self.fetched.append(Fetched(form["aleg_url"], fetched.status, fetched.content_type,
+                                        await fetched.text()))
+        return web.json_response({"api_id": "emulated", "message": "call transferred"}, status=202)
 
 
 async def start_rest_emulator(aiohttp_server: Any, emulator: RestEmulator) -> str:

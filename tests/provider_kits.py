@@ -5,13 +5,15 @@ runs every scenario for each."""
 from __future__ import annotations
 
 import secrets
+import string
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 from tests.cloudonix_emulator import CloudonixEmulator
-from tests.provider_emulators import RestEmulator, TelnyxEmulator, TwilioEmulator
+from tests.provider_emulators import PlivoEmulator, RestEmulator, TelnyxEmulator, TwilioEmulator
 
 
 @dataclass
@@ -21,6 +23,8 @@ class Expected:
     method: str
     path: str
     body: Any = None  # the JSON or form it carried (None: not checked)
+    # For a body with a part nobody can know in advance (a one-time URL): checks it instead.
+    check: Callable[[Any], None] | None = None
 
 
 @dataclass
@@ -35,6 +39,12 @@ class Kit:
     already_over: int = 404  # what "the call is already over" answers
     encoding: str | None = None  # the caller's codec, where the provider has several
     accounts: list[str] = field(default_factory=list)
+    # The close the caller's end sees when it hangs up: the server's close after the
+    # provider's `stop`, or the answer to its own close where the provider has no stop.
+    hang_up_close: tuple[int, str] = (1000, "call ended")
+    # Whether the provider's custom data can name a configuration by name (Plivo's extra
+    # headers take letters and digits only: the id).
+    names_configurations: bool = True
 
     # configuration ---------------------------------------------------------------------
 
@@ -196,4 +206,57 @@ class TelnyxKit(Kit):
         return Expected("POST", self._call_path(call, "actions", "transfer"), {"to": destination})
 
 
-KITS: dict[str, type[Kit]] = {"cloudonix": CloudonixKit, "twilio": TwilioKit, "telnyx": TelnyxKit}
+@dataclass
+class PlivoKit(Kit):
+    provider: str = "plivo"
+    emulator: PlivoEmulator = field(default_factory=PlivoEmulator)
+    call_key: str = "plivo_call_id"
+    stream_key: str = "plivo_stream_id"
+    hang_up_close: tuple[int, str] = (1000, "")  # no stop: Plivo closes, we answer
+    names_configurations: bool = False
+
+    def new_account(self) -> tuple[str, str]:
+        alphabet = string.ascii_uppercase + string.digits
+        auth_id = "MA" + "".join(secrets.choice(alphabet) for _ in range(18))
+        token = secrets.token_urlsafe(30)
+        self.accounts.append(auth_id)
+        self.emulator.add_account(auth_id, token)
+        return auth_id, token
+
+    def config(self, account: str, secret: str) -> dict[str, Any]:
+        return {"auth_id": account, "auth_token": secret}
+
+    def identity(self, account: str) -> dict[str, Any]:
+        return {"account_sid": account, "call_sid": str(uuid.uuid4()), "stream_sid": str(uuid.uuid4())}
+
+    def make_live(self, account: str, identity: dict[str, Any]) -> None:
+        self.emulator.add_call(account, self.call_id(identity))
+
+    def _call_path(self, account: str, call: str) -> str:
+        return f"/v1/Account/{account}/Call/{quote(call)}/"
+
+    def validation(self, account: str, call: str) -> Expected:
+        return Expected("GET", self._call_path(account, call) + "?status=live")
+
+    def hangup(self, account: str, call: str) -> Expected:
+        return Expected("DELETE", self._call_path(account, call))
+
+    def transfer(self, account: str, call: str, destination: str) -> Expected:
+        def one_time_url_to_the_dial(form: Any) -> None:
+            assert isinstance(form, dict) and set(form) == {"legs", "aleg_url", "aleg_method"}
+            assert (form["legs"], form["aleg_method"]) == ("aleg", "GET")
+            fetched = [f for f in self.emulator.fetched if f.url == form["aleg_url"]]
+            assert len(fetched) == 1 and fetched[0].status == 200, self.emulator.fetched
+            assert "/api/v1/providers/plivo/transfer/" in fetched[0].url
+            assert fetched[0].text == f"<Response><Dial><Number>{destination}</Number></Dial></Response>"
+
+        return Expected("POST", self._call_path(account, call), check=one_time_url_to_the_dial)
+
+    def request_seen(self, request: Any) -> tuple[str, str, Any]:
+        """The path with its query: validation must ask for the live call."""
+        return request.method, request.raw_path, request.body
+
+
+KITS: dict[str, type[Kit]] = {
+    "cloudonix": CloudonixKit, "twilio": TwilioKit, "telnyx": TelnyxKit, "plivo": PlivoKit,
+}

@@ -60,6 +60,8 @@ def test_api_url_encodes_each_segment_whole_and_refuses_dot_segments() -> None:
     for bad in ("..", ".", ""):
         with pytest.raises(ValueError):
             api_url("http://127.0.0.1:9", "sessions", bad)
+    plivo = api_url("http://127.0.0.1:9/", "Call", "a b/..", trailing_slash=True)  # Plivo's form
+    assert plivo.raw_path == "/Call/a%20b%2F../"
 
 
 @pytest.mark.parametrize(

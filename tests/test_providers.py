@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from yarl import URL
 
 from agent_stream.audio import alaw_to_pcm16, pcm16_to_alaw, ulaw_to_pcm16
 from agent_stream.config import Settings
@@ -139,6 +140,8 @@ def assert_sent(kit: Kit, expected: Expected) -> None:
             assert request.authorized, (method, path)
             if expected.body is not None:
                 assert body == expected.body
+            if expected.check is not None:
+                expected.check(body)
             return
     raise AssertionError(f"{expected} not in {seen(kit)}")
 
@@ -156,7 +159,7 @@ async def test_a_call_completes_with_the_run_the_contract_describes(
     await call.send_audio(tone_ulaw(0.2), realtime=False)
     await call.press("5")
     await call.hang_up()
-    assert await call.wait_closed() == (1000, "call ended")
+    assert await call.wait_closed() == kit.hang_up_close
 
     run = await ended(store, line)
     assert (run.state, run.end_reason, run.close_code, run.mode) == (
@@ -210,14 +213,15 @@ async def test_a_custom_parameter_names_the_configuration_by_id_or_name(
     line = await make_line(client, store, kit)
     other, other_secret = kit.new_account()
     second = await add_config(client, kit, line, "second line", other, other_secret)
-    for reference in (str(second), "second line"):
+    for reference in (str(second), "second line") if kit.names_configurations else (str(second),):
         call = await dial(client, kit, line, secret=other_secret, account_sid=other,
                           custom_parameters={"telephony_configuration": reference})
         await call.handshake()
         await until(lambda call=call: call.received_media_bytes > 0)
         await call.hang_up()
-        assert await call.wait_closed() == (1000, "call ended")
+        assert await call.wait_closed() == kit.hang_up_close
         run = await ended(store, line)
+        assert (run.state, run.end_reason) == ("completed", "caller_hangup")
         assert run.logs["inbound_webhook"]["configuration"] == {
             "id": second, "name": "second line", "selected_by": "custom parameter"}
         assert run.initial_context["custom_parameters"] == {"telephony_configuration": reference}
@@ -335,6 +339,7 @@ async def test_barge_in_sends_the_provider_s_clear(client: TestClient, store: St
     await call.wait_closed()
     run = await ended(store, line)
     assert run.transcript[0].interrupted
+    assert run.logs["protocol_errors"] == {}  # what answers a clear (Plivo's) is no error
 
 
 # -- secrets -------------------------------------------------------------------------------------------
@@ -431,15 +436,16 @@ only_telnyx = pytest.mark.parametrize("kit", ["telnyx"], indirect=True)
 TELNYX_TOKEN_HEADER = "x-telnyx-streaming-auth-token"
 
 
-def greeting(call: SimulatedCall) -> bytes:
-    """The agent's first utterance as the provider's end received it, in the call's codec."""
-    payloads = []
+def greeting(call: SimulatedCall) -> list[Any]:
+    """The media messages of the agent's first utterance (before its mark), as the
+    provider's end received them, in the call's codec."""
+    media = []
     for heard in call.heard:
-        if heard.kind == "mark" and heard.name == "utt-1":
-            return b"".join(payloads)
+        if heard.kind == "mark":
+            return media
         if heard.kind == "media":
-            payloads.append(heard.payload)
-    raise AssertionError("the greeting's mark never came")
+            media.append(heard)
+    raise AssertionError("the greeting's checkpoint never came")
 
 
 def same_speech(pcm: bytes, reference: bytes) -> bool:
@@ -495,7 +501,7 @@ async def test_telnyx_a_pcma_leg_is_heard_and_answered_in_a_law(
         await call.send_audio(tone_ulaw(0.2), realtime=False)
         await call.hang_up()
         assert await call.wait_closed() == (1000, "call ended")
-        greetings[encoding] = greeting(call)
+        greetings[encoding] = b"".join(h.payload for h in greeting(call))
         run = await ended(store, line)
     assert run.logs["inbound_webhook"]["start"]["media_format"]["encoding"] == "PCMA"
     assert run.logs["inbound_webhook"]["encoding"] == "PCMA"
@@ -691,3 +697,202 @@ def test_telnyx_snippets_stream_both_ways_in_rtp_and_name_the_configuration(kit:
         "custom_parameters": [{"name": "telephony_configuration", "value": "7"}],
     }
     assert "custom_parameters" not in json.loads(telnyx.snippets(url, None)[2].text)
+
+
+# -- what differs: Plivo (no connected, L16 at 16 kHz, extra headers, a one-time transfer URL) -------
+
+
+only_plivo = pytest.mark.parametrize("kit", ["plivo"], indirect=True)
+TRANSFER_PURPOSE = "plivo-transfer"
+
+
+def plivo_start(who: dict[str, Any], account: str, **top: Any) -> dict[str, Any]:
+    """A start event as Plivo writes it (the test picks the media format and extra headers)."""
+    start = {"callId": who["call_sid"], "streamId": who["stream_sid"], "accountId": account,
+             "tracks": ["inbound"], "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000}}
+    return {"event": "start", "sequenceNumber": 1, "start": start} | top
+
+
+def dominant_hz(samples: array[int], rate: int) -> float:
+    """The frequency of a pure tone, from its zero crossings."""
+    crossings = sum(1 for a, b in zip(samples, samples[1:], strict=False) if (a < 0) != (b < 0))
+    return crossings / 2 / (len(samples) / rate)
+
+
+@only_plivo
+async def test_plivo_l16_at_16_khz_both_ways(client: TestClient, store: Store, kit: Kit) -> None:
+    plivo = kit
+    line = await make_line(client, store, plivo)
+    # the same greeting on a mu-law stream, for its length (one byte a sample at 8 kHz)
+    reference = await dial(client, plivo, line)
+    await reference.handshake()
+    await until(lambda: "utt-1" in reference.marks)
+    ulaw_bytes = sum(len(h.payload) for h in greeting(reference))
+    await reference.hang_up()
+    await reference.wait_closed()
+    assert ulaw_bytes > 2000  # "Hi." is a few hundred milliseconds
+
+    plivo.encoding = "l16"
+    call = await dial(client, plivo, line)
+    await call.handshake()
+    await until(lambda: "utt-1" in call.marks)
+    played = greeting(call)
+    for heard in played:  # the stream's own content type and rate, and 20 ms a message
+        assert heard.raw["media"]["contentType"] == "audio/x-l16"
+        assert heard.raw["media"]["sampleRate"] == 16000
+        assert len(heard.payload) <= 640 and len(json.dumps(heard.raw)) < 16_000
+    # N seconds of speech are N * 32,000 bytes of 16-bit PCM at 16 kHz: 4 bytes per mu-law one
+    assert abs(sum(len(h.payload) for h in played) - 4 * ulaw_bytes) <= 8
+    await call.send_audio(tone_ulaw(1.0, freq=440.0), realtime=False)  # sent as L16 at 16 kHz
+    await call.hang_up()
+    await call.wait_closed()
+
+    runs, _ = await store.list_runs(line.org_id, limit=1)
+    run = await wait_for_state(store, runs[0].id, "completed", "failed", timeout=20)
+    assert (run.state, run.end_reason) == ("completed", "caller_hangup")
+    assert run.logs["media_frames_in"] == 50
+    assert run.logs["inbound_webhook"]["start"]["mediaFormat"] == {"encoding": "audio/x-l16",
+                                                                   "sampleRate": 16000}
+    with wave.open(run.recording_path) as recording:  # caller left, at 8 kHz
+        rate = recording.getframerate()
+        frames = recording.readframes(recording.getnframes())
+    left = array("h", frames)[0::2]
+    sounding = [i for i, sample in enumerate(left) if sample]
+    caller = left[sounding[0]:sounding[-1] + 1]
+    # one second of 440 Hz: read at the wrong rate it would be two seconds of 220 Hz
+    assert abs(len(caller) / rate - 1.0) < 0.05
+    assert abs(dominant_hz(caller, rate) - 440) < 15
+
+
+@only_plivo
+@pytest.mark.parametrize(("encoding", "rate"), [("audio/x-alaw", 8000), ("audio/x-l16", 24000),
+                                                ("audio/x-mulaw", 16000)])
+async def test_plivo_media_formats_it_does_not_stream_are_a_4400_naming_them(
+    client: TestClient, store: Store, kit: Kit, encoding: str, rate: int
+) -> None:
+    line = await make_line(client, store, kit)
+    call = await dial(client, kit, line)
+    message = plivo_start(kit.identity(line.account), line.account)
+    message["start"]["mediaFormat"] = {"encoding": encoding, "sampleRate": rate}
+    await call.send_json(message)
+    code, reason = await call.wait_closed()
+    assert code == 4400
+    assert reason.startswith(f"unsupported media format {encoding} at {rate} Hz")
+    assert kit.requests() == []
+
+
+@only_plivo
+async def test_plivo_extra_headers_name_the_configuration(
+    client: TestClient, store: Store, kit: Kit
+) -> None:
+    plivo = kit
+    line = await make_line(client, store, plivo)
+    night = await add_config(client, plivo, line, "night line", line.account, line.secret)
+    who = plivo.identity(line.account)
+    plivo.make_live(line.account, who)
+
+    call = await dial(client, plivo, line, live=False)  # two configurations of one auth id
+    await call.send_json(plivo_start(who, line.account))
+    assert await call.wait_closed() == (4400, (
+        f"2 Plivo configurations for auth ID {line.account}: name one with the "
+        "telephony_configuration parameter"))
+
+    call = await dial(client, plivo, line, live=False)
+    await call.send_json(plivo_start(who, line.account,
+                                     extra_headers=f"userId=42;telephonyconfiguration={night}"))
+    await until(lambda: call.received_media_bytes > 0)
+    await call.hang_up()
+    await call.wait_closed()
+    run = await ended(store, line)
+    assert run.logs["inbound_webhook"]["configuration"] == {
+        "id": night, "name": "night line", "selected_by": "custom parameter"}
+    assert run.initial_context["custom_parameters"] == {"userId": "42",
+                                                        "telephony_configuration": str(night)}
+    assert run.initial_context.get("caller_number") is None  # Plivo's start names no numbers
+    assert run.gathered_context["call_id"] == run.gathered_context["plivo_call_id"] == who["call_sid"]
+
+
+@only_plivo
+async def test_plivo_fetches_the_transfer_xml_once_and_the_token_is_never_logged(
+    client: TestClient, store: Store, kit: Kit, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    line = await make_line(client, store, kit)
+    call = await dial(client, kit, line)
+    await call.handshake()
+    await until(lambda: "utt-1" in call.marks)
+    await call.press("0")
+    assert await call.wait_closed(timeout=20) == (1000, "call transferred")
+
+    [fetched] = kit.emulator.fetched  # what Plivo got from the aleg_url, with no credentials
+    assert (fetched.status, fetched.content_type) == (200, "application/xml")
+    assert fetched.text == f"<Response><Dial><Number>{DESTINATION}</Number></Dial></Response>"
+    url = URL(fetched.url)
+    assert str(url.origin()) == str(client.make_url("/").origin())  # this server, as Plivo reaches it
+    token = url.name
+    assert url.path == client.app.router["plivo_transfer"].url_for(one_time_token=token).path
+    assert (await client.get(url.path)).status == 404  # once only
+    assert (await client.get(url.path[:-4] + "AAAA")).status == 404  # unknown
+    assert token not in caplog.text
+    assert f"/api/v1/providers/plivo/transfer/{token[:4]}…" in caplog.text  # the access log
+
+
+@only_plivo
+async def test_plivo_transfer_urls_answer_only_their_own_live_tokens(
+    client: TestClient, store: Store, kit: Kit
+) -> None:
+    route = client.app.router["plivo_transfer"]
+
+    def url(token: str) -> str:
+        return str(route.url_for(one_time_token=token))
+
+    odd = await store.create_one_time_token(TRANSFER_PURPOSE, {"destination": "sip:a&b@<x>"}, 60)
+    assert (await client.head(url(odd))).status == 405  # a HEAD does not use it up
+    answer = await client.get(url(odd))
+    assert answer.status == 200 and answer.content_type == "application/xml"
+    assert await answer.text() == "<Response><Dial><Number>sip:a&amp;b@&lt;x&gt;</Number></Dial></Response>"
+
+    expired = await store.create_one_time_token(TRANSFER_PURPOSE, {"destination": "+1555"}, -1)
+    another = await store.create_one_time_token("web-call", {"destination": "+1555"}, 60)
+    for token in (expired, another, "..", "a" * 200):
+        assert (await client.get(url(token))).status == 404, token
+    assert (await client.post(url(odd))).status == 405
+
+
+@only_plivo
+async def test_one_time_tokens_are_stored_hashed_and_used_once(
+    client: TestClient, store: Store, kit: Kit, settings: Settings
+) -> None:
+    token = await store.create_one_time_token(TRANSFER_PURPOSE, {"destination": "+1555"}, 60)
+    assert await store.use_one_time_token("web-call", token) is None  # another purpose
+    assert await store.use_one_time_token(TRANSFER_PURPOSE, token) == {"destination": "+1555"}
+    assert await store.use_one_time_token(TRANSFER_PURPOSE, token) is None
+    database = settings.db_path.read_bytes() + settings.db_path.with_name(
+        settings.db_path.name + "-wal").read_bytes()
+    assert token.encode() not in database
+
+
+@only_plivo
+async def test_plivo_configurations_need_an_auth_id_and_show_the_xml(
+    client: TestClient, store: Store, kit: Kit
+) -> None:
+    line = await make_line(client, store, kit)
+    response = await client.post(
+        "/api/v1/telephony-configurations",
+        json={"provider": "plivo", "auth_id": "ma123", "auth_token": "t"}, headers=line.headers,
+    )
+    assert response.status == 400
+    assert "An Auth ID is MA (or SA for a subaccount) followed by 18" in await response.text()
+
+    plivo = provider_named("plivo")
+    assert plivo is not None
+    stream = f"https://voice.example.com/api/v1/agent-stream/plivo/{line.workflow.uuid}"
+    url, xml = plivo.snippets(stream, None)
+    assert url.text == f"wss://voice.example.com/api/v1/agent-stream/plivo/{line.workflow.uuid}"
+    assert xml.label == "Plivo XML" and "extraHeaders" not in xml.text
+    config = await store.get_telephony_config(line.org_id, line.config_id)
+    _, named = plivo.snippets(stream, config)
+    assert named.text == (
+        '<Response><Stream bidirectional="true" keepCallAlive="true" '
+        'contentType="audio/x-mulaw;rate=8000" '
+        f'extraHeaders="telephonyconfiguration={line.config_id}">{url.text}</Stream></Response>')

@@ -12,7 +12,14 @@ import pytest
 from cryptography.fernet import Fernet
 
 from agent_stream.crypto import SecretKeyError, load_secret_key, new_secret_key
-from agent_stream.security import hash_password, mask_secret, redact_uuids, verify_password
+from agent_stream.security import (
+    SECRET_ROUTE_VARIABLE,
+    hash_password,
+    mask_secret,
+    redact_path,
+    redact_uuids,
+    verify_password,
+)
 from agent_stream.store import Store
 from tests.cloudonix_emulator import CloudonixEmulator
 from tests.conftest import TOKEN, Dial, Tenant, add_cloudonix_config
@@ -55,6 +62,13 @@ async def test_logs_of_calls_and_api_use_hold_no_secret(
 def test_redact_uuids_shortens_every_uuid() -> None:
     line = 'GET /api/v1/agent-stream/0b7f6c1e-1111-4222-8333-123456789abc?provider=cloudonix'
     assert redact_uuids(line) == "GET /api/v1/agent-stream/0b7f6c1e…?provider=cloudonix"
+
+
+def test_redact_path_cuts_a_route_s_one_time_token_to_its_start() -> None:
+    path = "/api/v1/providers/plivo/transfer/Zk3vQ9-_tokenTOKENtoken"
+    assert redact_path(path, {SECRET_ROUTE_VARIABLE: "Zk3vQ9-_tokenTOKENtoken"}) == (
+        "/api/v1/providers/plivo/transfer/Zk3v…")
+    assert redact_path(path, {"uuid": "x"}) == path  # other route variables stay as they are
 
 
 def test_mask_secret_shows_only_the_last_four() -> None:

@@ -346,6 +346,7 @@ class Call:
             start,
             timeout=self.settings.provider_api_timeout,
             public_url=public_url(self.request),
+            tokens=self.store,
         )
         await control.validate()
         elapsed_ms = (time.monotonic() - began) * 1000

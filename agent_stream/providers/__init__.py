@@ -7,18 +7,20 @@ from typing import Final
 
 from .base import Provider
 from .cloudonix import CloudonixProvider
+from .plivo import PlivoProvider
 from .telnyx import TelnyxProvider
 from .twilio import TwilioProvider
 
 PROVIDERS: Final[dict[str, Provider]] = {
-    provider.name: provider for provider in (CloudonixProvider(), TwilioProvider(), TelnyxProvider())
+    provider.name: provider
+    for provider in (CloudonixProvider(), TwilioProvider(), TelnyxProvider(), PlivoProvider())
 }
 SUPPORTED_PROVIDERS: Final = frozenset(PROVIDERS)
 # What the CLI test call and the call simulator speak unless told otherwise: the first.
 DEFAULT_PROVIDER: Final = next(iter(PROVIDERS))
 # Known providers whose media streams are not implemented yet: 1011, never 1008.
 UNSUPPORTED_PROVIDERS: Final = frozenset(
-    {"twilio", "plivo", "vonage", "ari", "asterisk", "exotel", "web"}
+    {"vonage", "ari", "asterisk", "exotel", "web"}
 ) - SUPPORTED_PROVIDERS
 
 

@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -229,6 +229,14 @@ class ProviderApiError(Exception):
         self.status = status
 
 
+class OneTimeTokens(Protocol):
+    """Where a provider keeps a token for a URL of ours it fetches once (the store)."""
+
+    async def create_one_time_token(
+        self, purpose: str, payload: dict[str, Any], ttl_seconds: float
+    ) -> str: ...
+
+
 class CallControl(ABC):
     """The provider's REST calls for one call, on the app's shared HTTP session. An answer
     meaning "the call is already over" counts as done."""
@@ -349,8 +357,10 @@ class Provider(ABC):
         *,
         timeout: float,
         public_url: str,
+        tokens: OneTimeTokens,
     ) -> CallControl:
-        """The REST calls of one call."""
+        """The REST calls of one call (`public_url` and `tokens` for the URLs of ours a
+        provider fetches during a call: Plivo's transfer)."""
 
     # operators
 
@@ -467,6 +477,10 @@ class CallerSide(ABC):
     @abstractmethod
     def played(self, who: CallerIdentity, name: str, sequence: int) -> str | bytes:
         """The acknowledgement that audio up to the marker `name` has played."""
+
+    def cleared(self, who: CallerIdentity, sequence: int) -> str | bytes | None:
+        """The answer to a clear, where the provider sends one (Plivo's clearedAudio)."""
+        return None
 
     @abstractmethod
     def stop(self, who: CallerIdentity, sequence: int) -> str | bytes | None:

@@ -36,12 +36,14 @@ def is_domain_name(value: str) -> bool:
     return len(value) <= MAX_DOMAIN_LENGTH and _DOMAIN_RE.fullmatch(value) is not None
 
 
-def api_url(base: str, *segments: str) -> URL:
+def api_url(base: str, *segments: str, trailing_slash: bool = False) -> URL:
     """`base` followed by `segments`, each percent-encoded whole; empty and dot segments
-    are refused, as no identifier that passed `is_identifier` can be one."""
+    are refused, as no identifier that passed `is_identifier` can be one. Some APIs (Plivo)
+    name every resource with a trailing slash: `trailing_slash` adds it."""
     for segment in segments:
         if segment in ("", ".", ".."):
             raise ValueError(f"refusing the URL path segment {segment!r}")
     root = URL(base)
     path = "/".join(quote(segment, safe="") for segment in segments)
-    return root.with_path(f"{root.raw_path.rstrip('/')}/{path}", encoded=True)
+    slash = "/" if trailing_slash else ""
+    return root.with_path(f"{root.raw_path.rstrip('/')}/{path}{slash}", encoded=True)

@@ -20,6 +20,7 @@ from ..base import (
     ConfigField,
     HandshakeInput,
     LogAdapter,
+    OneTimeTokens,
     Provider,
     Snippet,
     Wire,
@@ -112,6 +113,7 @@ class CloudonixProvider(Provider):
         *,
         timeout: float,
         public_url: str,
+        tokens: OneTimeTokens,
     ) -> CallControl:
         return CloudonixControl(
             http, api_base_url, domain=config.account_id, token=config.value("bearer_token"),

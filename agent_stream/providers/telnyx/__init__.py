@@ -27,6 +27,7 @@ from ..base import (
     ConfigField,
     HandshakeInput,
     LogAdapter,
+    OneTimeTokens,
     Provider,
     Snippet,
     Wire,
@@ -116,6 +117,7 @@ class TelnyxProvider(Provider):
     account_field = "account_id"
     account_label = "user id"
     default_api_base_url = "https://api.telnyx.com"
+    stand_in_account = "00000000-0000-4000-8000-000000000000"
     fields: ClassVar[tuple[ConfigField, ...]] = (
         ConfigField("api_key", "API key", secret=True, max_length=400, placeholder="KEY…",
                     help="Mission Control, API keys: it validates each call, hangs up and transfers.",
@@ -170,6 +172,7 @@ class TelnyxProvider(Provider):
         *,
         timeout: float,
         public_url: str,
+        tokens: OneTimeTokens,
     ) -> CallControl:
         return TelnyxControl(
             http, api_base_url, api_key=config.value("api_key"), call_control_id=start.call_id,

@@ -28,6 +28,7 @@ from ..base import (
     ConfigField,
     HandshakeInput,
     LogAdapter,
+    OneTimeTokens,
     Provider,
     Snippet,
     Wire,
@@ -144,6 +145,7 @@ class TwilioProvider(Provider):
         *,
         timeout: float,
         public_url: str,
+        tokens: OneTimeTokens,
     ) -> CallControl:
         return TwilioControl(
             http, api_base_url, account_sid=config.value("account_sid"),

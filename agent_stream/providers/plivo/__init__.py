@@ -1,0 +1,186 @@
+"""Plivo Audio Streaming (contract section 7): `<Stream bidirectional="true">` in Plivo
+XML, Plivo's JSON framing (mu-law at 8 kHz or L16 at 8 or 16 kHz, answered in the same),
+`start.accountId` (the auth id) or `extra_headers` selecting the configuration, the Call
+resource of the REST API for validation, hang-up and transfer (through a one-time URL of
+this server that answers the Dial)."""
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+from collections.abc import Mapping
+from functools import partial
+from typing import Any, ClassVar, Final
+from xml.sax.saxutils import escape, quoteattr
+
+import aiohttp
+from aiohttp import web
+
+from ...audio import Codec
+from ...models import TelephonyConfig
+from ..base import (
+    CallControl,
+    CallerIdentity,
+    CallerSide,
+    CallStart,
+    ConfigField,
+    HandshakeInput,
+    Heard,
+    LogAdapter,
+    OneTimeTokens,
+    Provider,
+    Snippet,
+    Wire,
+    identifier,
+    receive_event,
+)
+from . import transfer
+from .client import PlivoControl
+from .wire import CONFIG_HEADER, CONTENT_TYPES, PlivoWire, extra_headers_text, parse_start
+
+__all__ = ["PlivoProvider", "parse_start"]
+
+_AUTH_ID: Final = re.compile(r"[MS]A[A-Z0-9]{18}")
+# What a simulated Plivo end streams, by the name a test or the CLI gives it.
+CALLER_CODECS: Final = {"ulaw": ("ulaw", 8000), "l16": ("l16", 16000), "l16-8000": ("l16", 8000)}
+
+
+class PlivoProvider(Provider):
+    name = "plivo"
+    title = "Plivo"
+    account_field = "auth_id"
+    account_label = "auth ID"
+    default_api_base_url = "https://api.plivo.com"
+    stand_in_account = "MA" + "0" * 18
+    fields: ClassVar[tuple[ConfigField, ...]] = (
+        ConfigField("auth_id", "Auth ID", placeholder="MA…", max_length=40,
+                    help="Console, Overview: the Auth ID (MA… for an account, SA… for a subaccount).",
+                    missing="Enter the Auth ID (MA… or SA…)."),
+        ConfigField("auth_token", "Auth token", secret=True, max_length=200,
+                    help="The Auth Token next to it: it validates calls, hangs up and transfers.",
+                    missing="Paste the account's auth token."),
+    )
+
+    def check_field(self, name: str, value: str) -> str:
+        value = value.strip()
+        if name == "auth_id" and not _AUTH_ID.fullmatch(value):
+            raise ValueError(
+                "An Auth ID is MA (or SA for a subaccount) followed by 18 capital letters and digits."
+            )
+        return value
+
+    def checked_account(self, account_id: str) -> str:
+        return identifier(account_id.strip(), "accountId")
+
+    async def read_start(self, given: HandshakeInput) -> CallStart:
+        """Plivo sends no `connected`: `start` is the first message."""
+        return parse_start(await receive_event(given, "start", time.monotonic))
+
+    def wire(self, start: CallStart, *, log: LogAdapter) -> Wire:
+        return PlivoWire(start, log=log)
+
+    def control(
+        self,
+        http: aiohttp.ClientSession,
+        api_base_url: str,
+        config: TelephonyConfig,
+        start: CallStart,
+        *,
+        timeout: float,
+        public_url: str,
+        tokens: OneTimeTokens,
+    ) -> CallControl:
+        return PlivoControl(
+            http, api_base_url, auth_id=config.value("auth_id"),
+            auth_token=config.value("auth_token"), call_id=start.call_id, timeout=timeout,
+            transfer_link=partial(transfer.transfer_link, tokens, public_url),
+        )
+
+    def snippets(self, stream_url: str, config: TelephonyConfig | None) -> list[Snippet]:
+        wss = "wss://" + stream_url.partition("://")[2]
+        headers = (f" extraHeaders={quoteattr(f'{CONFIG_HEADER}={config.id}')}" if config else "")
+        xml = ('<Response><Stream bidirectional="true" keepCallAlive="true" '
+               f'contentType="audio/x-mulaw;rate=8000"{headers}>{escape(wss)}</Stream></Response>')
+        return [
+            Snippet("Stream URL (Plivo connects over wss://)", "text", wss),
+            Snippet("What your Plivo application's answer URL returns (bidirectional=\"true\" "
+                    "or the caller never hears the agent)", "xml", xml, label="Plivo XML"),
+        ]
+
+    def caller_side(
+        self, secrets: Mapping[str, str] | None = None, *, encoding: str | None = None
+    ) -> CallerSide:
+        found = CALLER_CODECS.get(encoding or "ulaw")
+        if found is None:
+            raise ValueError(f"Plivo streams {', '.join(CALLER_CODECS)}, not {encoding!r}")
+        return PlivoCaller(Codec(*found), secrets)
+
+    def routes(self) -> list[web.RouteDef]:
+        return transfer.routes()
+
+
+class PlivoCaller(CallerSide):
+    """Plivo's end of a stream: `start` alone opens it, numbers are numbers, the end is the
+    socket closing."""
+
+    def _format(self) -> dict[str, Any]:
+        return {"encoding": CONTENT_TYPES[self.codec.encoding], "sampleRate": self.codec.rate}
+
+    def start(self, who: CallerIdentity) -> dict[str, Any]:
+        message: dict[str, Any] = {
+            "event": "start", "sequenceNumber": 1,
+            "start": {"callId": who.call_id, "streamId": who.stream_id,
+                      "accountId": who.account_id, "tracks": ["inbound"],
+                      "mediaFormat": self._format()},
+        }
+        if who.custom_parameters:
+            message["extra_headers"] = extra_headers_text(who.custom_parameters)
+        return message
+
+    def opening(self, who: CallerIdentity) -> list[str | bytes]:
+        return [json.dumps(self.start(who))]
+
+    def _event(self, who: CallerIdentity, event: str, sequence: int, **body: Any) -> str:
+        return json.dumps({"event": event, "sequenceNumber": sequence, "streamId": who.stream_id,
+                           **body})
+
+    def media(self, who: CallerIdentity, payload: bytes, *, sequence: int, chunk: int) -> str:
+        return self._event(who, "media", sequence, media={
+            "track": "inbound", "timestamp": str(int(time.time() * 1000)), "chunk": chunk,
+            "payload": base64.b64encode(payload).decode("ascii"),
+        })
+
+    def dtmf(self, who: CallerIdentity, digit: str, sequence: int) -> str:
+        return self._event(who, "dtmf", sequence, dtmf={
+            "track": "inbound", "digit": digit, "timestamp": str(int(time.time() * 1000)),
+        })
+
+    def played(self, who: CallerIdentity, name: str, sequence: int) -> str:
+        return self._event(who, "playedStream", sequence, name=name)
+
+    def cleared(self, who: CallerIdentity, sequence: int) -> str:
+        return self._event(who, "clearedAudio", sequence)
+
+    def stop(self, who: CallerIdentity, sequence: int) -> None:
+        return None  # Plivo sends no stop: the socket closes
+
+    def read(self, data: str | bytes) -> Heard | None:
+        if not isinstance(data, str):
+            return None
+        try:
+            message = json.loads(data)
+        except ValueError:
+            return None
+        if not isinstance(message, dict):
+            return None
+        event = message.get("event")
+        if event == "playAudio":
+            media = message.get("media") or {}
+            return Heard("media", base64.b64decode(media.get("payload", "")), raw=message)
+        if event == "checkpoint":
+            return Heard("mark", name=str(message.get("name", "")), raw=message)
+        if event == "clearAudio":
+            return Heard("clear", raw=message)
+        return Heard("other", raw=message)
+
