@@ -18,8 +18,9 @@ from pipecat.frames.frames import (
 
 from agent_stream.audio import Codec
 from agent_stream.errors import HandshakeError
+from agent_stream.models import TelephonyConfig
 from agent_stream.pipeline.frames import ProviderMarkFrame, StreamStopFrame
-from agent_stream.providers.base import CallerIdentity, ProviderApiError
+from agent_stream.providers.base import CallControl, CallerIdentity, ControlContext, ProviderApiError
 from agent_stream.providers.cloudonix import (
     CloudonixCaller,
     CloudonixProvider,
@@ -28,12 +29,21 @@ from agent_stream.providers.cloudonix import (
     parse_start,
     transfer_cxml,
 )
-from agent_stream.providers.cloudonix.client import CloudonixControl
 from agent_stream.providers.identifiers import api_url, is_identifier
 from agent_stream.simulator import tone_ulaw, ulaw_to_pcm16
 from tests.cloudonix_emulator import CloudonixEmulator
 
 DOMAIN = "acme.cloudonix.net"
+
+
+class NoTokens:
+    """Cloudonix fetches no URL of ours during a call: no one-time token is ever made."""
+
+    async def create_one_time_token(self, purpose: str, payload: dict[str, Any], ttl_seconds: float) -> str:
+        raise AssertionError("a Cloudonix call made a one-time token")
+
+
+NO_TOKENS = NoTokens()
 
 
 def start_event(*, stream_sid: str, call_sid: str, session: str | None, account_sid: str | None,
@@ -160,9 +170,21 @@ async def cx_client(cloudonix: tuple[CloudonixEmulator, str]) -> Any:
     emulator.add_domain(DOMAIN, "good-token-1234")
     emulator.add_session(DOMAIN, "S1")
     async with aiohttp.ClientSession() as http:
-        yield emulator, lambda session: CloudonixControl(
-            http, base_url, domain=DOMAIN, token="good-token-1234", session=session, timeout=1.0
+        config = TelephonyConfig(
+            id=1, organization_id=1, provider="cloudonix", name="Acme", account_id=DOMAIN,
+            fields={"domain_id": DOMAIN}, secrets={"bearer_token": "good-token-1234"},
+            from_numbers=[], created_at="", updated_at="",
         )
+
+        def control(session: str) -> CallControl:
+            start = parse_start({"event": "start", "start": {
+                "streamSid": "MZ1", "callSid": "CA1", "session": session}})
+            return CloudonixProvider().control(ControlContext(
+                http=http, api_base_url=base_url, config=config, start=start, timeout=1.0,
+                public_url="http://127.0.0.1", tokens=NO_TOKENS,
+            ))
+
+        yield emulator, control
 
 
 async def test_hangup_deletes_the_session_and_404_counts_as_done(cx_client: Any) -> None:

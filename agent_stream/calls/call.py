@@ -40,7 +40,15 @@ from ..models import TelephonyConfig, Workflow
 from ..pipeline.call import CallPipeline, let_live_calls_run
 from ..pipeline.frames import StreamStopFrame
 from ..providers import SUPPORTED_PROVIDERS, UNSUPPORTED_PROVIDERS, provider_named
-from ..providers.base import CallControl, CallStart, HandshakeInput, Provider, ProviderApiError, Wire
+from ..providers.base import (
+    CallControl,
+    CallStart,
+    ControlContext,
+    HandshakeInput,
+    Provider,
+    ProviderApiError,
+    Wire,
+)
 from ..security import short_uuid
 from ..speech import Recognizer, Synthesizer
 from ..speech.providers import ProviderRecognizer, ProviderSynthesizer, recognizer, synthesizer
@@ -339,15 +347,15 @@ class Call:
             _check_secrets(provider, selected.config)
         config = selected.config
         provider.check_upgrade(self.request, config, self.settings.public_url)
-        control = provider.control(
-            self.request.app[HTTP],
-            self.settings.api_base_url(provider.name, provider.default_api_base_url),
-            config,
-            start,
+        control = provider.control(ControlContext(
+            http=self.request.app[HTTP],
+            api_base_url=self.settings.api_base_url(provider.name, provider.default_api_base_url),
+            config=config,
+            start=start,
             timeout=self.settings.provider_api_timeout,
             public_url=public_url(self.request),
             tokens=self.store,
-        )
+        ))
         await control.validate()
         elapsed_ms = (time.monotonic() - began) * 1000
         await self._remember(record, provider, start, config, selected.by, elapsed_ms)

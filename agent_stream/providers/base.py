@@ -11,8 +11,11 @@ and 16-bit PCM at `INTERNAL_RATE`.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
+import re
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
@@ -32,6 +35,7 @@ from pipecat.frames.frames import (
     OutputTransportMessageUrgentFrame,
 )
 from pipecat.serializers.base_serializer import FrameSerializer
+from yarl import URL
 
 from .. import strict_json
 from ..audio import Codec
@@ -69,6 +73,8 @@ class ConfigField:
     missing: str = ""  # what to say when a required field is left out
     noun: str = ""  # how "keep the saved ..." names a secret (its label, lower case)
     hint_shown: bool = True  # a secret's last four characters may be shown (not a PEM key)
+    pattern: str = ""  # a regular expression the whole (stripped) value must match
+    pattern_message: str = ""  # what to say when it does not
 
     @property
     def missing_message(self) -> str:
@@ -182,6 +188,19 @@ class Wire(FrameSerializer):
             audio=self.codec.decode(payload), sample_rate=INTERNAL_RATE, num_channels=1
         )
 
+    def media_frame(self, body: Any) -> Frame | None:
+        """A `media` object's base64 `payload` to pipeline audio (counted when malformed)."""
+        payload = body.get("payload") if isinstance(body, dict) else None
+        if not isinstance(payload, str):
+            self.problem("media without payload")
+            return None
+        try:
+            audio = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            self.problem("bad base64 payload")
+            return None
+        return self.audio_frame(audio)
+
     def dtmf_frame(self, digit: object) -> Frame | None:
         try:
             return InputDTMFFrame(KeypadEntry(str(digit)))
@@ -237,15 +256,31 @@ class OneTimeTokens(Protocol):
     ) -> str: ...
 
 
+@dataclass(frozen=True)
+class ControlContext:
+    """What a call's REST client is made from."""
+
+    http: aiohttp.ClientSession  # the app's shared session
+    api_base_url: str
+    config: TelephonyConfig
+    start: CallStart
+    timeout: float
+    public_url: str  # with `tokens`, for URLs of ours a provider fetches (Plivo's transfer)
+    tokens: OneTimeTokens
+
+
 class CallControl(ABC):
     """The provider's REST calls for one call, on the app's shared HTTP session. An answer
     meaning "the call is already over" counts as done."""
 
     title: ClassVar[str]
+    # A status that means "the call is already over" (done, for a hang-up or a transfer).
+    already_over: ClassVar[int | None] = None
 
-    def __init__(self, http: aiohttp.ClientSession, *, timeout: float) -> None:
-        self._http = http
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+    def __init__(self, call: ControlContext, *, headers: Mapping[str, str]) -> None:
+        self._http = call.http
+        self._timeout = aiohttp.ClientTimeout(total=call.timeout)
+        self._headers = dict(headers)  # the credentials: never in a repr or a log line
 
     @abstractmethod
     async def validate(self) -> None:
@@ -258,6 +293,29 @@ class CallControl(ABC):
     @abstractmethod
     async def transfer(self, destination: str) -> int:
         """Blind transfer to `destination`; returns the HTTP status."""
+
+    async def fetch_live_call(
+        self, url: URL, *, params: Mapping[str, str] | None = None, read_json: bool = False
+    ) -> Any:
+        """GET the call's resource for validation: anything but a 200 is a 4400 naming
+        the status; returns the JSON body when asked for (a 4400 when it is none)."""
+        try:
+            async with self._http.get(
+                url, params=params, headers=self._headers, timeout=self._timeout
+            ) as response:
+                status = response.status
+                body = await response.json(content_type=None) if read_json and status == 200 else None
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            raise self.unreachable(exc) from None
+        if status != 200:
+            raise self.validation_failed(status)
+        return body
+
+    def checked(self, status: int, action: str) -> int:
+        """A hang-up's or transfer's status, or ProviderApiError when it is a refusal."""
+        if status >= 300 and status != self.already_over:
+            raise ProviderApiError(self.title, action, status)
+        return status
 
     def validation_failed(self, status: int) -> HandshakeError:
         return HandshakeError(f"session validation failed: {self.title} answered HTTP {status}")
@@ -310,17 +368,24 @@ class Provider(ABC):
     # The account of the stand-in configuration a CLI test call uses when the organization
     # has none of this provider (it must pass `checked_account`).
     stand_in_account: ClassVar[str] = "test-call"
+    # What the start event calls the account id (for the 4400 when it is malformed).
+    start_account_key: ClassVar[str] = "account id"
 
     # configuration
 
     def check_field(self, name: str, value: str) -> str:
-        """A field's value as stored, or ValueError with what to fix."""
-        return value.strip()
+        """A field's value as stored (stripped, matching the field's `pattern`), or
+        ValueError with what to fix."""
+        value = value.strip()
+        spec = next(f for f in self.fields if f.name == name)
+        if spec.pattern and not re.fullmatch(spec.pattern, value):
+            raise ValueError(spec.pattern_message)
+        return value
 
     def checked_account(self, account_id: str) -> str:
-        """An account id a stream names, in the form configurations store it (a 4400 when
-        it cannot be one)."""
-        return account_id.strip()
+        """An account id a stream names, in the form configurations store it (a 4400
+        naming `start_account_key` when it cannot be one)."""
+        return identifier(account_id.strip(), self.start_account_key)
 
     @property
     def secret_fields(self) -> tuple[str, ...]:
@@ -348,19 +413,8 @@ class Provider(ABC):
         """The call's wire format."""
 
     @abstractmethod
-    def control(
-        self,
-        http: aiohttp.ClientSession,
-        api_base_url: str,
-        config: TelephonyConfig,
-        start: CallStart,
-        *,
-        timeout: float,
-        public_url: str,
-        tokens: OneTimeTokens,
-    ) -> CallControl:
-        """The REST calls of one call (`public_url` and `tokens` for the URLs of ours a
-        provider fetches during a call: Plivo's transfer)."""
+    def control(self, call: ControlContext) -> CallControl:
+        """The REST calls of one call."""
 
     # operators
 
@@ -384,6 +438,34 @@ class Provider(ABC):
     def routes(self) -> list[web.RouteDef]:
         """Routes the provider needs on this server (Plivo's transfer XML)."""
         return []
+
+
+def call_start(
+    provider: str,
+    start: dict[str, Any],
+    *,
+    call_id: str,
+    stream_id: str,
+    account_id: str | None,
+    codec: Codec,
+    custom_parameters: dict[str, str],
+    fields: dict[str, Any] | None = None,
+) -> CallStart:
+    """The CallStart of a start event: the caller and the called number from its `from`
+    and `to`, else from custom parameters of those names (Twilio's start names neither:
+    a TwiML `<Parameter>` may), the provider's ids kept under its name."""
+    return CallStart(
+        call_id=call_id,
+        stream_id=stream_id,
+        account_id=account_id,
+        caller=text_field(start, "from") or custom_parameters.get("from"),
+        called=text_field(start, "to") or custom_parameters.get("to"),
+        custom_parameters=custom_parameters,
+        codec=codec,
+        fields=start if fields is None else fields,
+        gathered={f"{provider}_call_id": call_id, f"{provider}_stream_id": stream_id},
+        call_id_for_context=call_id,
+    )
 
 
 def text_field(message: Mapping[str, Any], key: str) -> str | None:
@@ -486,9 +568,19 @@ class CallerSide(ABC):
     def stop(self, who: CallerIdentity, sequence: int) -> str | bytes | None:
         """The caller hung up (None: the provider just closes the socket)."""
 
-    @abstractmethod
     def read(self, data: str | bytes) -> Heard | None:
-        """A server message as the provider reads it (None: not one it knows)."""
+        """A server message as the provider reads it (None: not a JSON object)."""
+        if not isinstance(data, str):
+            return None
+        try:
+            message = json.loads(data)
+        except ValueError:
+            return None
+        return self.heard(message) if isinstance(message, dict) else None
+
+    @abstractmethod
+    def heard(self, message: dict[str, Any]) -> Heard:
+        """A server's JSON message as the provider reads it."""
 
     def upgrade_headers(self, url: str) -> dict[str, str]:
         """Headers of the HTTP upgrade to `url` (a signature, a stream token)."""

@@ -7,15 +7,16 @@ case, the codec) is a parameter of `TwilioStyleWire`; their handshakes share
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import time
-from typing import Any
+from typing import Any, Final
 
 from pipecat.frames.frames import Frame
 
+from ..audio import Codec
 from ..errors import HandshakeError
 from .base import (
+    INTERNAL_RATE,
     CallerIdentity,
     CallerSide,
     CallStart,
@@ -25,6 +26,8 @@ from .base import (
     Wire,
     receive_event,
 )
+
+SAMPLE_RATE: Final = 8000
 
 
 class TwilioStyleWire(Wire):
@@ -52,7 +55,7 @@ class TwilioStyleWire(Wire):
         event, message = decoded
         body = message.get(event)
         if event == "media":
-            return self._media(body)
+            return self.media_frame(body)
         if event == "dtmf":
             return self.dtmf_frame(body.get("digit") if isinstance(body, dict) else None)
         if event == "mark":
@@ -67,17 +70,18 @@ class TwilioStyleWire(Wire):
             self.problem("unknown event")
         return None
 
-    def _media(self, body: Any) -> Frame | None:
-        payload = body.get("payload") if isinstance(body, dict) else None
-        if not isinstance(payload, str):
-            self.problem("media without payload")
-            return None
-        try:
-            audio = base64.b64decode(payload, validate=True)
-        except (binascii.Error, ValueError):
-            self.problem("bad base64 payload")
-            return None
-        return self.audio_frame(audio)
+
+def mulaw_codec(start: dict[str, Any]) -> Codec:
+    """`start.mediaFormat` (absent: the default): mu-law at 8 kHz, all Twilio's framing
+    streams, or the 4400 naming what it announced instead."""
+    media_format = start.get("mediaFormat") or {}
+    if not isinstance(media_format, dict):
+        raise HandshakeError("malformed 'start' event: mediaFormat must be an object")
+    encoding = media_format.get("encoding", "audio/x-mulaw")
+    rate = media_format.get("sampleRate", SAMPLE_RATE)
+    if encoding != "audio/x-mulaw" or rate != SAMPLE_RATE:
+        raise HandshakeError(f"unsupported media format {encoding} at {rate} Hz (need 8 kHz mu-law)")
+    return Codec("ulaw", SAMPLE_RATE, internal_rate=INTERNAL_RATE)
 
 
 async def read_connected_start(given: HandshakeInput) -> dict[str, Any]:
@@ -139,15 +143,7 @@ class TwilioStyleCaller(CallerSide):
     def stop(self, who: CallerIdentity, sequence: int) -> str:
         return self._event(who, "stop", {"callSid": who.call_id}, sequence)
 
-    def read(self, data: str | bytes) -> Heard | None:
-        if not isinstance(data, str):
-            return None
-        try:
-            message = json.loads(data)
-        except ValueError:
-            return None
-        if not isinstance(message, dict):
-            return None
+    def heard(self, message: dict[str, Any]) -> Heard:
         event = message.get("event")
         if event == "media":
             payload = message.get("media", {}).get("payload", "")

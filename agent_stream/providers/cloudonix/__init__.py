@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from typing import Any, ClassVar, Final
 from xml.sax.saxutils import quoteattr
 
-import aiohttp
 from aiohttp import web
 
 from ...audio import Codec
@@ -18,9 +17,9 @@ from ..base import (
     CallerSide,
     CallStart,
     ConfigField,
+    ControlContext,
     HandshakeInput,
     LogAdapter,
-    OneTimeTokens,
     Provider,
     Snippet,
     Wire,
@@ -104,21 +103,8 @@ class CloudonixProvider(Provider):
     def wire(self, start: CallStart, *, log: LogAdapter) -> Wire:
         return TwilioStyleWire(start, log=log, stream_key="streamSid")
 
-    def control(
-        self,
-        http: aiohttp.ClientSession,
-        api_base_url: str,
-        config: TelephonyConfig,
-        start: CallStart,
-        *,
-        timeout: float,
-        public_url: str,
-        tokens: OneTimeTokens,
-    ) -> CallControl:
-        return CloudonixControl(
-            http, api_base_url, domain=config.account_id, token=config.value("bearer_token"),
-            session=start.call_id, timeout=timeout,
-        )
+    def control(self, call: ControlContext) -> CallControl:
+        return CloudonixControl(call)
 
     def webhook_log(self, request: web.Request, newer_form: bool, start: CallStart,
                     config: TelephonyConfig) -> dict[str, object]:

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Final
 from xml.sax.saxutils import escape
 
-import aiohttp
 from yarl import URL
 
-from ..base import CallControl, ProviderApiError
+from ..base import CallControl, ControlContext, ProviderApiError
 from ..identifiers import api_url
 
 # A hang-up answered 404 finds the call already over: done all the same.
@@ -25,21 +24,11 @@ class CloudonixControl(CallControl):
 
     title = "Cloudonix"
 
-    def __init__(
-        self,
-        http: aiohttp.ClientSession,
-        base_url: str,
-        *,
-        domain: str,
-        token: str,
-        session: str,
-        timeout: float,
-    ) -> None:
-        super().__init__(http, timeout=timeout)
-        self._base = base_url.rstrip("/")
-        self._domain = domain
-        self._session = session
-        self._headers = {"Authorization": f"Bearer {token}"}
+    def __init__(self, call: ControlContext) -> None:
+        super().__init__(call, headers={"Authorization": f"Bearer {call.config.value('bearer_token')}"})
+        self._base = call.api_base_url.rstrip("/")
+        self._domain = call.config.account_id
+        self._session = call.start.call_id
 
     def __repr__(self) -> str:
         return f"<CloudonixControl domain={self._domain}>"  # never the token
@@ -50,15 +39,7 @@ class CloudonixControl(CallControl):
 
     async def validate(self) -> None:
         """200 means the call is live on this domain; anything else is a 4400."""
-        try:
-            async with self._http.get(
-                self._session_url(), headers=self._headers, timeout=self._timeout
-            ) as response:
-                status = response.status
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise self.unreachable(exc) from None
-        if status != 200:
-            raise self.validation_failed(status)
+        await self.fetch_live_call(self._session_url())
 
     async def hangup(self) -> int:
         """End the call; 200, 204 and 404 (already gone) all mean done."""

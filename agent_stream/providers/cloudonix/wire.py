@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from ...audio import Codec
 from ...errors import HandshakeError
-from ..base import INTERNAL_RATE, CallStart, identifier, text_field
-from ..twilio_style import custom_parameters, start_object
+from ..base import CallStart, identifier, text_field
+from ..twilio_style import custom_parameters, mulaw_codec, start_object
 
 SAMPLE_RATE: Final = 8000
 
@@ -22,13 +21,6 @@ def parse_start(message: dict[str, Any]) -> CallStart:
     if not isinstance(session, str):
         raise HandshakeError("malformed 'start' event: session must be a string")
     session = identifier(session, "session")
-    media_format = start.get("mediaFormat") or {}
-    if not isinstance(media_format, dict):
-        raise HandshakeError("malformed 'start' event: mediaFormat must be an object")
-    encoding = media_format.get("encoding", "audio/x-mulaw")
-    rate = media_format.get("sampleRate", SAMPLE_RATE)
-    if encoding != "audio/x-mulaw" or rate != SAMPLE_RATE:
-        raise HandshakeError(f"unsupported media format {encoding} at {rate} Hz (need 8 kHz mu-law)")
     return CallStart(
         call_id=session,
         stream_id=stream_sid,
@@ -36,7 +28,7 @@ def parse_start(message: dict[str, Any]) -> CallStart:
         caller=text_field(start, "from"),
         called=text_field(start, "to"),
         custom_parameters=custom_parameters(start.get("customParameters")),
-        codec=Codec("ulaw", SAMPLE_RATE, internal_rate=INTERNAL_RATE),
+        codec=mulaw_codec(start),
         fields=start,
         gathered={
             "cloudonix_call_sid": call_sid,

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import time
 from collections.abc import Mapping
 from functools import partial
 from typing import Any, ClassVar, Final
 from xml.sax.saxutils import escape, quoteattr
 
-import aiohttp
 from aiohttp import web
 
 from ...audio import Codec
@@ -25,14 +23,13 @@ from ..base import (
     CallerSide,
     CallStart,
     ConfigField,
+    ControlContext,
     HandshakeInput,
     Heard,
     LogAdapter,
-    OneTimeTokens,
     Provider,
     Snippet,
     Wire,
-    identifier,
     receive_event,
 )
 from . import transfer
@@ -41,7 +38,6 @@ from .wire import CONFIG_HEADER, CONTENT_TYPES, PlivoWire, extra_headers_text, p
 
 __all__ = ["PlivoProvider", "parse_start"]
 
-_AUTH_ID: Final = re.compile(r"[MS]A[A-Z0-9]{18}")
 # What a simulated Plivo end streams, by the name a test or the CLI gives it.
 CALLER_CODECS: Final = {"ulaw": ("ulaw", 8000), "l16": ("l16", 16000), "l16-8000": ("l16", 8000)}
 
@@ -53,25 +49,17 @@ class PlivoProvider(Provider):
     account_label = "auth ID"
     default_api_base_url = "https://api.plivo.com"
     stand_in_account = "MA" + "0" * 18
+    start_account_key = "accountId"
     fields: ClassVar[tuple[ConfigField, ...]] = (
         ConfigField("auth_id", "Auth ID", placeholder="MA…", max_length=40,
                     help="Console, Overview: the Auth ID (MA… for an account, SA… for a subaccount).",
-                    missing="Enter the Auth ID (MA… or SA…)."),
+                    missing="Enter the Auth ID (MA… or SA…).", pattern="[MS]A[A-Z0-9]{18}",
+                    pattern_message="An Auth ID is MA (or SA for a subaccount) followed by"
+                                    " 18 capital letters and digits."),
         ConfigField("auth_token", "Auth token", secret=True, max_length=200,
                     help="The Auth Token next to it: it validates calls, hangs up and transfers.",
                     missing="Paste the account's auth token."),
     )
-
-    def check_field(self, name: str, value: str) -> str:
-        value = value.strip()
-        if name == "auth_id" and not _AUTH_ID.fullmatch(value):
-            raise ValueError(
-                "An Auth ID is MA (or SA for a subaccount) followed by 18 capital letters and digits."
-            )
-        return value
-
-    def checked_account(self, account_id: str) -> str:
-        return identifier(account_id.strip(), "accountId")
 
     async def read_start(self, given: HandshakeInput) -> CallStart:
         """Plivo sends no `connected`: `start` is the first message."""
@@ -80,22 +68,8 @@ class PlivoProvider(Provider):
     def wire(self, start: CallStart, *, log: LogAdapter) -> Wire:
         return PlivoWire(start, log=log)
 
-    def control(
-        self,
-        http: aiohttp.ClientSession,
-        api_base_url: str,
-        config: TelephonyConfig,
-        start: CallStart,
-        *,
-        timeout: float,
-        public_url: str,
-        tokens: OneTimeTokens,
-    ) -> CallControl:
-        return PlivoControl(
-            http, api_base_url, auth_id=config.value("auth_id"),
-            auth_token=config.value("auth_token"), call_id=start.call_id, timeout=timeout,
-            transfer_link=partial(transfer.transfer_link, tokens, public_url),
-        )
+    def control(self, call: ControlContext) -> CallControl:
+        return PlivoControl(call, transfer_link=partial(transfer.transfer_link, call.tokens, call.public_url))
 
     def snippets(self, stream_url: str, config: TelephonyConfig | None) -> list[Snippet]:
         wss = "wss://" + stream_url.partition("://")[2]
@@ -165,15 +139,7 @@ class PlivoCaller(CallerSide):
     def stop(self, who: CallerIdentity, sequence: int) -> None:
         return None  # Plivo sends no stop: the socket closes
 
-    def read(self, data: str | bytes) -> Heard | None:
-        if not isinstance(data, str):
-            return None
-        try:
-            message = json.loads(data)
-        except ValueError:
-            return None
-        if not isinstance(message, dict):
-            return None
+    def heard(self, message: dict[str, Any]) -> Heard:
         event = message.get("event")
         if event == "playAudio":
             media = message.get("media") or {}

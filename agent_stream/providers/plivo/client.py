@@ -12,10 +12,9 @@ from xml.sax.saxutils import escape
 import aiohttp
 from yarl import URL
 
-from ..base import CallControl, ProviderApiError
+from ..base import CallControl, ControlContext
 from ..identifiers import api_url
 
-ALREADY_OVER: Final = 404
 LIVE: Final = {"status": "live"}
 
 # Mints the one-time URL that answers the transfer's XML for a destination.
@@ -29,21 +28,15 @@ def dial_xml(destination: str) -> str:
 
 class PlivoControl(CallControl):
     title = "Plivo"
+    already_over = 404
 
-    def __init__(
-        self,
-        http: aiohttp.ClientSession,
-        base_url: str,
-        *,
-        auth_id: str,
-        auth_token: str,
-        call_id: str,
-        timeout: float,
-        transfer_link: TransferLink,
-    ) -> None:
-        super().__init__(http, timeout=timeout)
-        self._url: URL = api_url(base_url, "v1", "Account", auth_id, "Call", call_id, trailing_slash=True)
-        self._headers = {"Authorization": aiohttp.encode_basic_auth(auth_id, auth_token)}
+    def __init__(self, call: ControlContext, *, transfer_link: TransferLink) -> None:
+        auth_id = call.config.value("auth_id")
+        auth = aiohttp.encode_basic_auth(auth_id, call.config.value("auth_token"))
+        super().__init__(call, headers={"Authorization": auth})
+        self._url: URL = api_url(
+            call.api_base_url, "v1", "Account", auth_id, "Call", call.start.call_id, trailing_slash=True
+        )
         self._transfer_link = transfer_link
 
     def __repr__(self) -> str:
@@ -52,20 +45,12 @@ class PlivoControl(CallControl):
     async def validate(self) -> None:
         """200 from the live-call resource: the call is live on this account (Plivo answers
         404 for a call that is not, or not this account's)."""
-        try:
-            async with self._http.get(
-                self._url, params=LIVE, headers=self._headers, timeout=self._timeout
-            ) as response:
-                status = response.status
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise self.unreachable(exc) from None
-        if status != 200:
-            raise self.validation_failed(status)
+        await self.fetch_live_call(self._url, params=LIVE)
 
     async def hangup(self) -> int:
         """204 when hung up."""
         async with self._http.delete(self._url, headers=self._headers, timeout=self._timeout) as response:
-            return self._checked(response.status, "hangup")
+            return self.checked(response.status, "hangup")
 
     async def transfer(self, destination: str) -> int:
         """202 when Plivo will fetch the one-time URL and dial what it answers."""
@@ -73,9 +58,4 @@ class PlivoControl(CallControl):
         async with self._http.post(
             self._url, data=form, headers=self._headers, timeout=self._timeout
         ) as response:
-            return self._checked(response.status, "transfer")
-
-    def _checked(self, status: int, action: str) -> int:
-        if status >= 300 and status != ALREADY_OVER:
-            raise ProviderApiError(self.title, action, status)
-        return status
+            return self.checked(response.status, "transfer")

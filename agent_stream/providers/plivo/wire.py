@@ -6,7 +6,6 @@ the socket just closes. Out: `playAudio` in the stream's own content type and ra
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 from typing import Any, Final
 
@@ -14,7 +13,15 @@ from pipecat.frames.frames import Frame
 
 from ...audio import Codec
 from ...errors import HandshakeError
-from ..base import CONFIG_PARAMETER, INTERNAL_RATE, CallStart, LogAdapter, Wire, identifier, text_field
+from ..base import (
+    CONFIG_PARAMETER,
+    INTERNAL_RATE,
+    CallStart,
+    LogAdapter,
+    Wire,
+    call_start,
+    identifier,
+)
 
 MULAW: Final = "audio/x-mulaw"
 L16: Final = "audio/x-l16"
@@ -89,19 +96,9 @@ def parse_start(message: dict[str, Any]) -> CallStart:
     call_id = identifier(start.get("callId"), "callId")
     stream_id = identifier(start.get("streamId") or message.get("streamId"), "streamId")
     account_id = identifier(start.get("accountId"), "accountId")
-    codec = media_codec(start)
-    parameters = parse_extra_headers(message.get("extra_headers"))
-    return CallStart(
-        call_id=call_id,
-        stream_id=stream_id,
-        account_id=account_id,
-        caller=text_field(start, "from"),
-        called=text_field(start, "to"),
-        custom_parameters=parameters,
-        codec=codec,
-        fields=start,
-        gathered={"plivo_call_id": call_id, "plivo_stream_id": stream_id},
-        call_id_for_context=call_id,
+    return call_start(
+        "plivo", start, call_id=call_id, stream_id=stream_id, account_id=account_id,
+        codec=media_codec(start), custom_parameters=parse_extra_headers(message.get("extra_headers")),
     )
 
 
@@ -131,7 +128,7 @@ class PlivoWire(Wire):
             return None
         event, message = decoded
         if event == "media":
-            return self._media(message.get("media"))
+            return self.media_frame(message.get("media"))
         if event == "dtmf":
             body = message.get("dtmf")
             return self.dtmf_frame(body.get("digit") if isinstance(body, dict) else None)
@@ -142,15 +139,3 @@ class PlivoWire(Wire):
             return None
         self.problem("repeated start event" if event == "start" else "unknown event")
         return None
-
-    def _media(self, body: Any) -> Frame | None:
-        payload = body.get("payload") if isinstance(body, dict) else None
-        if not isinstance(payload, str):
-            self.problem("media without payload")
-            return None
-        try:
-            audio = base64.b64decode(payload, validate=True)
-        except (binascii.Error, ValueError):
-            self.problem("bad base64 payload")
-            return None
-        return self.audio_frame(audio)

@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from typing import Any, ClassVar, Final
 from xml.sax.saxutils import quoteattr
 
-import aiohttp
 from aiohttp import web
 
 from ...audio import Codec
@@ -25,12 +24,13 @@ from ..base import (
     CallerSide,
     CallStart,
     ConfigField,
+    ControlContext,
     HandshakeInput,
     LogAdapter,
-    OneTimeTokens,
     Provider,
     Snippet,
     Wire,
+    call_start,
     identifier,
     text_field,
 )
@@ -96,18 +96,11 @@ def parse_start(message: dict[str, Any]) -> CallStart:
     user_id = text_field(start, "user_id")
     if user_id is not None:
         user_id = identifier(user_id, "user_id")
-    codec = media_codec(start.get("media_format"))
-    return CallStart(
-        call_id=call_control_id,
-        stream_id=stream_id,
-        account_id=user_id,
-        caller=text_field(start, "from"),
-        called=text_field(start, "to"),
+    return call_start(
+        "telnyx", start, call_id=call_control_id, stream_id=stream_id, account_id=user_id,
+        codec=media_codec(start.get("media_format")),
         custom_parameters=start_parameters(start.get("custom_parameters")),
-        codec=codec,
         fields={k: v for k, v in start.items() if k not in _UNLOGGED},
-        gathered={"telnyx_call_id": call_control_id, "telnyx_stream_id": stream_id},
-        call_id_for_context=call_control_id,
     )
 
 
@@ -163,21 +156,8 @@ class TelnyxProvider(Provider):
     def wire(self, start: CallStart, *, log: LogAdapter) -> Wire:
         return TwilioStyleWire(start, log=log, stream_key=None)
 
-    def control(
-        self,
-        http: aiohttp.ClientSession,
-        api_base_url: str,
-        config: TelephonyConfig,
-        start: CallStart,
-        *,
-        timeout: float,
-        public_url: str,
-        tokens: OneTimeTokens,
-    ) -> CallControl:
-        return TelnyxControl(
-            http, api_base_url, api_key=config.value("api_key"), call_control_id=start.call_id,
-            timeout=timeout,
-        )
+    def control(self, call: ControlContext) -> CallControl:
+        return TelnyxControl(call)
 
     def webhook_log(
         self, request: web.Request, newer_form: bool, start: CallStart, config: TelephonyConfig

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-import aiohttp
 from yarl import URL
 
 from ... import strict_json
 from ...errors import HandshakeError
-from ..base import CallControl, ProviderApiError
+from ..base import CallControl, ControlContext, ProviderApiError
 from ..identifiers import api_url
 
 ALREADY_OVER: Final = 422
@@ -33,34 +32,19 @@ def names_call_ended(raw: bytes) -> bool:
 class TelnyxControl(CallControl):
     title = "Telnyx"
 
-    def __init__(
-        self,
-        http: aiohttp.ClientSession,
-        base_url: str,
-        *,
-        api_key: str,
-        call_control_id: str,
-        timeout: float,
-    ) -> None:
-        super().__init__(http, timeout=timeout)
-        self._call: URL = api_url(base_url, "v2", "calls", call_control_id)
-        self._hangup: URL = api_url(base_url, "v2", "calls", call_control_id, "actions", "hangup")
-        self._transfer: URL = api_url(base_url, "v2", "calls", call_control_id, "actions", "transfer")
-        self._headers = {"Authorization": f"Bearer {api_key}"}
+    def __init__(self, call: ControlContext) -> None:
+        super().__init__(call, headers={"Authorization": f"Bearer {call.config.value('api_key')}"})
+        base, call_control_id = call.api_base_url, call.start.call_id
+        self._call: URL = api_url(base, "v2", "calls", call_control_id)
+        self._hangup: URL = api_url(base, "v2", "calls", call_control_id, "actions", "hangup")
+        self._transfer: URL = api_url(base, "v2", "calls", call_control_id, "actions", "transfer")
 
     def __repr__(self) -> str:
         return f"<TelnyxControl {self._call.path}>"  # never the key
 
     async def validate(self) -> None:
         """200 with data.is_alive: the call is live, and this key's account may see it."""
-        try:
-            async with self._http.get(self._call, headers=self._headers, timeout=self._timeout) as response:
-                status = response.status
-                body = await response.json(content_type=None) if status == 200 else None
-        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-            raise self.unreachable(exc) from None
-        if status != 200:
-            raise self.validation_failed(status)
+        body = await self.fetch_live_call(self._call, read_json=True)
         data = body.get("data") if isinstance(body, dict) else None
         if not isinstance(data, dict) or data.get("is_alive") is not True:
             raise HandshakeError("session validation failed: the Telnyx call is not alive")

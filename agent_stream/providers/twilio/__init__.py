@@ -7,12 +7,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import re
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final
 from xml.sax.saxutils import quoteattr
 
-import aiohttp
 from aiohttp import web
 
 from ...audio import Codec
@@ -20,25 +18,25 @@ from ...errors import HandshakeError
 from ...models import TelephonyConfig
 from ..base import (
     CONFIG_PARAMETER,
-    INTERNAL_RATE,
     CallControl,
     CallerIdentity,
     CallerSide,
     CallStart,
     ConfigField,
+    ControlContext,
     HandshakeInput,
     LogAdapter,
-    OneTimeTokens,
     Provider,
     Snippet,
     Wire,
+    call_start,
     identifier,
-    text_field,
 )
 from ..twilio_style import (
     TwilioStyleCaller,
     TwilioStyleWire,
     custom_parameters,
+    mulaw_codec,
     read_connected_start,
     start_object,
 )
@@ -46,7 +44,6 @@ from .client import TwilioControl
 
 SAMPLE_RATE: Final = 8000
 SIGNATURE_HEADER: Final = "X-Twilio-Signature"
-_ACCOUNT_SID: Final = re.compile(r"AC[0-9a-fA-F]{32}")
 
 
 def signature(auth_token: str, url: str) -> str:
@@ -72,25 +69,9 @@ def parse_start(message: dict[str, Any]) -> CallStart:
     stream_sid = identifier(start.get("streamSid") or message.get("streamSid"), "streamSid")
     call_sid = identifier(start.get("callSid"), "callSid")
     account_sid = identifier(start.get("accountSid"), "accountSid")
-    media_format = start.get("mediaFormat") or {}
-    if not isinstance(media_format, dict):
-        raise HandshakeError("malformed 'start' event: mediaFormat must be an object")
-    encoding = media_format.get("encoding", "audio/x-mulaw")
-    rate = media_format.get("sampleRate", SAMPLE_RATE)
-    if encoding != "audio/x-mulaw" or rate != SAMPLE_RATE:
-        raise HandshakeError(f"unsupported media format {encoding} at {rate} Hz (need 8 kHz mu-law)")
-    parameters = custom_parameters(start.get("customParameters"))
-    return CallStart(
-        call_id=call_sid,
-        stream_id=stream_sid,
-        account_id=account_sid,
-        caller=parameters.get("from") or text_field(start, "from"),
-        called=parameters.get("to") or text_field(start, "to"),
-        custom_parameters=parameters,
-        codec=Codec("ulaw", SAMPLE_RATE, internal_rate=INTERNAL_RATE),
-        fields=start,
-        gathered={"twilio_call_id": call_sid, "twilio_stream_id": stream_sid},
-        call_id_for_context=call_sid,
+    return call_start(
+        "twilio", start, call_id=call_sid, stream_id=stream_sid, account_id=account_sid,
+        codec=mulaw_codec(start), custom_parameters=custom_parameters(start.get("customParameters")),
     )
 
 
@@ -100,23 +81,16 @@ class TwilioProvider(Provider):
     account_field = "account_sid"
     default_api_base_url = "https://api.twilio.com"
     stand_in_account = "AC" + "0" * 32
+    start_account_key = "accountSid"
     fields: ClassVar[tuple[ConfigField, ...]] = (
         ConfigField("account_sid", "Account SID", placeholder="AC…", max_length=34,
                     help="Console, Account info: the SID that starts with AC.",
-                    missing="Enter the account SID (AC…)."),
+                    missing="Enter the account SID (AC…).", pattern="AC[0-9a-fA-F]{32}",
+                    pattern_message="An account SID is AC followed by 32 hexadecimal characters."),
         ConfigField("auth_token", "Auth token", secret=True, max_length=200,
                     help="The account's auth token: it signs every stream Twilio opens.",
                     missing="Paste the account's auth token."),
     )
-
-    def check_field(self, name: str, value: str) -> str:
-        value = value.strip()
-        if name == "account_sid" and not _ACCOUNT_SID.fullmatch(value):
-            raise ValueError("An account SID is AC followed by 32 hexadecimal characters.")
-        return value
-
-    def checked_account(self, account_id: str) -> str:
-        return identifier(account_id.strip(), "accountSid")
 
     async def read_start(self, given: HandshakeInput) -> CallStart:
         return parse_start(await read_connected_start(given))
@@ -136,21 +110,8 @@ class TwilioProvider(Provider):
     def wire(self, start: CallStart, *, log: LogAdapter) -> Wire:
         return TwilioStyleWire(start, log=log, stream_key="streamSid")
 
-    def control(
-        self,
-        http: aiohttp.ClientSession,
-        api_base_url: str,
-        config: TelephonyConfig,
-        start: CallStart,
-        *,
-        timeout: float,
-        public_url: str,
-        tokens: OneTimeTokens,
-    ) -> CallControl:
-        return TwilioControl(
-            http, api_base_url, account_sid=config.value("account_sid"),
-            auth_token=config.value("auth_token"), call_sid=start.call_id, timeout=timeout,
-        )
+    def control(self, call: ControlContext) -> CallControl:
+        return TwilioControl(call)
 
     def snippets(self, stream_url: str, config: TelephonyConfig | None) -> list[Snippet]:
         wss = "wss://" + stream_url.partition("://")[2]

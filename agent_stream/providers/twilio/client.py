@@ -3,17 +3,14 @@ account), hang-up (`Status=completed`) and blind transfer (inline TwiML), Basic 
 the account SID and auth token; a 404 means the call is already over."""
 from __future__ import annotations
 
-from typing import Final
 from xml.sax.saxutils import escape
 
 import aiohttp
 from yarl import URL
 
 from ...errors import HandshakeError
-from ..base import CallControl, ProviderApiError
+from ..base import CallControl, ControlContext
 from ..identifiers import api_url
-
-ALREADY_OVER: Final = 404
 
 
 def transfer_twiml(destination: str) -> str:
@@ -23,36 +20,22 @@ def transfer_twiml(destination: str) -> str:
 
 class TwilioControl(CallControl):
     title = "Twilio"
+    already_over = 404
 
-    def __init__(
-        self,
-        http: aiohttp.ClientSession,
-        base_url: str,
-        *,
-        account_sid: str,
-        auth_token: str,
-        call_sid: str,
-        timeout: float,
-    ) -> None:
-        super().__init__(http, timeout=timeout)
+    def __init__(self, call: ControlContext) -> None:
+        account_sid = call.config.value("account_sid")
+        auth = aiohttp.encode_basic_auth(account_sid, call.config.value("auth_token"))
+        super().__init__(call, headers={"Authorization": auth})
         self._url: URL = api_url(
-            base_url, "2010-04-01", "Accounts", account_sid, "Calls", f"{call_sid}.json"
+            call.api_base_url, "2010-04-01", "Accounts", account_sid, "Calls", f"{call.start.call_id}.json"
         )
-        self._headers = {"Authorization": aiohttp.encode_basic_auth(account_sid, auth_token)}
 
     def __repr__(self) -> str:
         return f"<TwilioControl {self._url.path}>"  # never the token
 
     async def validate(self) -> None:
         """200 with status in-progress: the call is live on this account."""
-        try:
-            async with self._http.get(self._url, headers=self._headers, timeout=self._timeout) as response:
-                status = response.status
-                body = await response.json(content_type=None) if status == 200 else None
-        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-            raise self.unreachable(exc) from None
-        if status != 200:
-            raise self.validation_failed(status)
+        body = await self.fetch_live_call(self._url, read_json=True)
         call_status = body.get("status") if isinstance(body, dict) else None
         if call_status != "in-progress":
             raise HandshakeError(f"session validation failed: the Twilio call is {call_status}")
@@ -67,6 +50,4 @@ class TwilioControl(CallControl):
         async with self._http.post(
             self._url, data=form, headers=self._headers, timeout=self._timeout
         ) as response:
-            if response.status >= 300 and response.status != ALREADY_OVER:
-                raise ProviderApiError(self.title, action, response.status)
-            return response.status
+            return self.checked(response.status, action)
