@@ -11,19 +11,7 @@ from aiohttp import web
 from ...audio import Codec
 from ...errors import HandshakeError
 from ...models import TelephonyConfig
-from ..base import (
-    CallControl,
-    CallerIdentity,
-    CallerSide,
-    CallStart,
-    ConfigField,
-    ControlContext,
-    HandshakeInput,
-    LogAdapter,
-    Provider,
-    Snippet,
-    Wire,
-)
+from .. import base
 from ..identifiers import is_domain_name
 from ..twilio_style import TwilioStyleCaller, TwilioStyleWire, read_connected_start
 from .client import CloudonixControl, transfer_cxml
@@ -53,7 +41,7 @@ def parse_domain(raw: str) -> str:
     return domain
 
 
-class CloudonixProvider(Provider):
+class CloudonixProvider(base.Provider):
     name = "cloudonix"
     title = "Cloudonix"
     account_field = "domain_id"
@@ -61,13 +49,13 @@ class CloudonixProvider(Provider):
     one_per_account = True
     default_api_base_url = "https://api.cloudonix.io"
     stand_in_account = "test-call.cloudonix.net"
-    fields: ClassVar[tuple[ConfigField, ...]] = (
-        ConfigField("domain_id", "Cloudonix domain", placeholder="acme or acme.cloudonix.net",
-                    help="acme and acme.cloudonix.net are the same domain.", max_length=253,
-                    missing="Enter your Cloudonix domain, e.g. acme or acme.cloudonix.net."),
-        ConfigField("bearer_token", "Bearer token", secret=True, max_length=4096, noun="token",
-                    missing="Paste the domain's bearer token (Cloudonix cockpit, API keys)."),
-        ConfigField("application_name", "Application name", required=False),
+    fields: ClassVar[tuple[base.ConfigField, ...]] = (
+        base.ConfigField("domain_id", "Cloudonix domain", placeholder="acme or acme.cloudonix.net",
+                         help="acme and acme.cloudonix.net are the same domain.", max_length=253,
+                         missing="Enter your Cloudonix domain, e.g. acme or acme.cloudonix.net."),
+        base.ConfigField("bearer_token", "Bearer token", secret=True, max_length=4096, noun="token",
+                         missing="Paste the domain's bearer token (Cloudonix cockpit, API keys)."),
+        base.ConfigField("application_name", "Application name", required=False),
     )
 
     def normalize_account(self, value: str) -> str:
@@ -97,37 +85,37 @@ class CloudonixProvider(Provider):
         except ValueError:
             raise HandshakeError(f"malformed Domain {account_id[:40]!r}") from None
 
-    async def read_start(self, given: HandshakeInput) -> CallStart:
+    async def read_start(self, given: base.HandshakeInput) -> base.CallStart:
         return parse_start(await read_connected_start(given))
 
-    def wire(self, start: CallStart, *, log: LogAdapter) -> Wire:
+    def wire(self, start: base.CallStart, *, log: base.LogAdapter) -> base.Wire:
         return TwilioStyleWire(start, log=log, stream_key="streamSid")
 
-    def control(self, call: ControlContext) -> CallControl:
+    def control(self, call: base.ControlContext) -> base.CallControl:
         return CloudonixControl(call)
 
-    def webhook_log(self, request: web.Request, newer_form: bool, start: CallStart,
+    def webhook_log(self, request: web.Request, newer_form: bool, start: base.CallStart,
                     config: TelephonyConfig) -> dict[str, object]:
         domain = start.account_id if newer_form else request.query.get("Domain")
         return {"domain": domain, "normalized_domain": config.account_id}
 
     def caller_side(
         self, secrets: Mapping[str, str] | None = None, *, encoding: str | None = None
-    ) -> CallerSide:
+    ) -> base.CallerSide:
         return CloudonixCaller(Codec("ulaw", SAMPLE_RATE), secrets)
 
-    def snippets(self, stream_url: str, config: TelephonyConfig | None) -> list[Snippet]:
+    def snippets(self, stream_url: str, config: TelephonyConfig | None) -> list[base.Snippet]:
         """The Voice Application's CXML: the older URL form names the domain."""
         domain = config.account_id if config else "YOUR_DOMAIN.cloudonix.net"
-        base, _, agent = stream_url.rpartition("/cloudonix/")
-        query_form = f"{base}/{agent}?provider=cloudonix&Domain={domain}"
+        prefix, _, agent = stream_url.rpartition("/cloudonix/")
+        query_form = f"{prefix}/{agent}?provider=cloudonix&Domain={domain}"
         return [
-            Snippet("Stream URL", "text", query_form),
-            Snippet("What your Voice Application answers (CXML)", "xml",
-                    f"<Response><Connect><Stream url={quoteattr(query_form)}/></Connect></Response>",
-                    label="CXML"),
-            Snippet("Or the path form, which takes the domain from Cloudonix's start event",
-                    "text", stream_url, label="path-form URL"),
+            base.Snippet("Stream URL", "text", query_form),
+            base.Snippet("What your Voice Application answers (CXML)", "xml",
+                         f"<Response><Connect><Stream url={quoteattr(query_form)}/></Connect></Response>",
+                         label="CXML"),
+            base.Snippet("Or the path form, which takes the domain from Cloudonix's start event",
+                         "text", stream_url, label="path-form URL"),
         ]
 
 
@@ -135,7 +123,7 @@ class CloudonixCaller(TwilioStyleCaller):
     """Cloudonix's end of a stream: Twilio's framing, the domain as `accountSid`, the
     session token as `session`."""
 
-    def start(self, who: CallerIdentity) -> dict[str, Any]:
+    def start(self, who: base.CallerIdentity) -> dict[str, Any]:
         start: dict[str, Any] = {"streamSid": who.stream_id, "callSid": who.call_id}
         if who.session is not None:
             start["session"] = who.session

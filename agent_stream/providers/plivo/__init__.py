@@ -17,21 +17,7 @@ from aiohttp import web
 
 from ...audio import Codec
 from ...models import TelephonyConfig
-from ..base import (
-    CallControl,
-    CallerIdentity,
-    CallerSide,
-    CallStart,
-    ConfigField,
-    ControlContext,
-    HandshakeInput,
-    Heard,
-    LogAdapter,
-    Provider,
-    Snippet,
-    Wire,
-    receive_event,
-)
+from .. import base
 from . import transfer
 from .client import PlivoControl
 from .wire import CONFIG_HEADER, CONTENT_TYPES, PlivoWire, extra_headers_text, parse_start
@@ -42,7 +28,7 @@ __all__ = ["PlivoProvider", "parse_start"]
 CALLER_CODECS: Final = {"ulaw": ("ulaw", 8000), "l16": ("l16", 16000), "l16-8000": ("l16", 8000)}
 
 
-class PlivoProvider(Provider):
+class PlivoProvider(base.Provider):
     name = "plivo"
     title = "Plivo"
     account_field = "auth_id"
@@ -50,41 +36,41 @@ class PlivoProvider(Provider):
     default_api_base_url = "https://api.plivo.com"
     stand_in_account = "MA" + "0" * 18
     start_account_key = "accountId"
-    fields: ClassVar[tuple[ConfigField, ...]] = (
-        ConfigField("auth_id", "Auth ID", placeholder="MA…", max_length=40,
-                    help="Console, Overview: the Auth ID (MA… for an account, SA… for a subaccount).",
-                    missing="Enter the Auth ID (MA… or SA…).", pattern="[MS]A[A-Z0-9]{18}",
-                    pattern_message="An Auth ID is MA (or SA for a subaccount) followed by"
-                                    " 18 capital letters and digits."),
-        ConfigField("auth_token", "Auth token", secret=True, max_length=200,
-                    help="The Auth Token next to it: it validates calls, hangs up and transfers.",
-                    missing="Paste the account's auth token."),
+    fields: ClassVar[tuple[base.ConfigField, ...]] = (
+        base.ConfigField("auth_id", "Auth ID", placeholder="MA…", max_length=40,
+                         help="Console, Overview: the Auth ID (MA… for an account, SA… for a subaccount).",
+                         missing="Enter the Auth ID (MA… or SA…).", pattern="[MS]A[A-Z0-9]{18}",
+                         pattern_message="An Auth ID is MA (or SA for a subaccount) followed by"
+                                         " 18 capital letters and digits."),
+        base.ConfigField("auth_token", "Auth token", secret=True, max_length=200,
+                         help="The Auth Token next to it: it validates calls, hangs up and transfers.",
+                         missing="Paste the account's auth token."),
     )
 
-    async def read_start(self, given: HandshakeInput) -> CallStart:
+    async def read_start(self, given: base.HandshakeInput) -> base.CallStart:
         """Plivo sends no `connected`: `start` is the first message."""
-        return parse_start(await receive_event(given, "start", time.monotonic))
+        return parse_start(await base.receive_event(given, "start", time.monotonic))
 
-    def wire(self, start: CallStart, *, log: LogAdapter) -> Wire:
+    def wire(self, start: base.CallStart, *, log: base.LogAdapter) -> base.Wire:
         return PlivoWire(start, log=log)
 
-    def control(self, call: ControlContext) -> CallControl:
+    def control(self, call: base.ControlContext) -> base.CallControl:
         return PlivoControl(call, transfer_link=partial(transfer.transfer_link, call.tokens, call.public_url))
 
-    def snippets(self, stream_url: str, config: TelephonyConfig | None) -> list[Snippet]:
+    def snippets(self, stream_url: str, config: TelephonyConfig | None) -> list[base.Snippet]:
         wss = "wss://" + stream_url.partition("://")[2]
         headers = (f" extraHeaders={quoteattr(f'{CONFIG_HEADER}={config.id}')}" if config else "")
         xml = ('<Response><Stream bidirectional="true" keepCallAlive="true" '
                f'contentType="audio/x-mulaw;rate=8000"{headers}>{escape(wss)}</Stream></Response>')
         return [
-            Snippet("Stream URL (Plivo connects over wss://)", "text", wss),
-            Snippet("What your Plivo application's answer URL returns (bidirectional=\"true\" "
-                    "or the caller never hears the agent)", "xml", xml, label="Plivo XML"),
+            base.Snippet("Stream URL (Plivo connects over wss://)", "text", wss),
+            base.Snippet("What your Plivo application's answer URL returns (bidirectional=\"true\" "
+                         "or the caller never hears the agent)", "xml", xml, label="Plivo XML"),
         ]
 
     def caller_side(
         self, secrets: Mapping[str, str] | None = None, *, encoding: str | None = None
-    ) -> CallerSide:
+    ) -> base.CallerSide:
         found = CALLER_CODECS.get(encoding or "ulaw")
         if found is None:
             raise ValueError(f"Plivo streams {', '.join(CALLER_CODECS)}, not {encoding!r}")
@@ -94,14 +80,14 @@ class PlivoProvider(Provider):
         return transfer.routes()
 
 
-class PlivoCaller(CallerSide):
+class PlivoCaller(base.CallerSide):
     """Plivo's end of a stream: `start` alone opens it, numbers are numbers, the end is the
     socket closing."""
 
     def _format(self) -> dict[str, Any]:
         return {"encoding": CONTENT_TYPES[self.codec.encoding], "sampleRate": self.codec.rate}
 
-    def start(self, who: CallerIdentity) -> dict[str, Any]:
+    def start(self, who: base.CallerIdentity) -> dict[str, Any]:
         message: dict[str, Any] = {
             "event": "start", "sequenceNumber": 1,
             "start": {"callId": who.call_id, "streamId": who.stream_id,
@@ -112,41 +98,41 @@ class PlivoCaller(CallerSide):
             message["extra_headers"] = extra_headers_text(who.custom_parameters)
         return message
 
-    def opening(self, who: CallerIdentity) -> list[str | bytes]:
+    def opening(self, who: base.CallerIdentity) -> list[str | bytes]:
         return [json.dumps(self.start(who))]
 
-    def _event(self, who: CallerIdentity, event: str, sequence: int, **body: Any) -> str:
+    def _event(self, who: base.CallerIdentity, event: str, sequence: int, **body: Any) -> str:
         return json.dumps({"event": event, "sequenceNumber": sequence, "streamId": who.stream_id,
                            **body})
 
-    def media(self, who: CallerIdentity, payload: bytes, *, sequence: int, chunk: int) -> str:
+    def media(self, who: base.CallerIdentity, payload: bytes, *, sequence: int, chunk: int) -> str:
         return self._event(who, "media", sequence, media={
             "track": "inbound", "timestamp": str(int(time.time() * 1000)), "chunk": chunk,
             "payload": base64.b64encode(payload).decode("ascii"),
         })
 
-    def dtmf(self, who: CallerIdentity, digit: str, sequence: int) -> str:
+    def dtmf(self, who: base.CallerIdentity, digit: str, sequence: int) -> str:
         return self._event(who, "dtmf", sequence, dtmf={
             "track": "inbound", "digit": digit, "timestamp": str(int(time.time() * 1000)),
         })
 
-    def played(self, who: CallerIdentity, name: str, sequence: int) -> str:
+    def played(self, who: base.CallerIdentity, name: str, sequence: int) -> str:
         return self._event(who, "playedStream", sequence, name=name)
 
-    def cleared(self, who: CallerIdentity, sequence: int) -> str:
+    def cleared(self, who: base.CallerIdentity, sequence: int) -> str:
         return self._event(who, "clearedAudio", sequence)
 
-    def stop(self, who: CallerIdentity, sequence: int) -> None:
+    def stop(self, who: base.CallerIdentity, sequence: int) -> None:
         return None  # Plivo sends no stop: the socket closes
 
-    def heard(self, message: dict[str, Any]) -> Heard:
+    def heard(self, message: dict[str, Any]) -> base.Heard:
         event = message.get("event")
         if event == "playAudio":
             media = message.get("media") or {}
-            return Heard("media", base64.b64decode(media.get("payload", "")), raw=message)
+            return base.Heard("media", base64.b64decode(media.get("payload", "")), raw=message)
         if event == "checkpoint":
-            return Heard("mark", name=str(message.get("name", "")), raw=message)
+            return base.Heard("mark", name=str(message.get("name", "")), raw=message)
         if event == "clearAudio":
-            return Heard("clear", raw=message)
-        return Heard("other", raw=message)
+            return base.Heard("clear", raw=message)
+        return base.Heard("other", raw=message)
 

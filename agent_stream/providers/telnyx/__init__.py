@@ -16,24 +16,7 @@ from aiohttp import web
 from ...audio import Codec
 from ...errors import HandshakeError
 from ...models import TelephonyConfig
-from ..base import (
-    CONFIG_PARAMETER,
-    INTERNAL_RATE,
-    CallControl,
-    CallerIdentity,
-    CallerSide,
-    CallStart,
-    ConfigField,
-    ControlContext,
-    HandshakeInput,
-    LogAdapter,
-    Provider,
-    Snippet,
-    Wire,
-    call_start,
-    identifier,
-    text_field,
-)
+from .. import base
 from ..identifiers import is_identifier
 from ..twilio_style import (
     TwilioStyleCaller,
@@ -72,7 +55,7 @@ def media_codec(media_format: Any) -> Codec:
     rate = media_format.get("sample_rate", SAMPLE_RATE)
     if str(rate) != str(SAMPLE_RATE):
         raise HandshakeError(f"unsupported sample rate {str(rate)[:20]} Hz (need {SAMPLE_RATE})")
-    return Codec(ENCODINGS[encoding], SAMPLE_RATE, internal_rate=INTERNAL_RATE)
+    return Codec(ENCODINGS[encoding], SAMPLE_RATE, internal_rate=base.INTERNAL_RATE)
 
 
 def start_parameters(value: Any) -> dict[str, str]:
@@ -87,16 +70,16 @@ def start_parameters(value: Any) -> dict[str, str]:
     return custom_parameters(value)
 
 
-def parse_start(message: dict[str, Any]) -> CallStart:
+def parse_start(message: dict[str, Any]) -> base.CallStart:
     """Telnyx's start event: the top-level stream_id, the call control id, the user id, the
     custom parameters and the media format."""
     start = start_object(message)
-    stream_id = identifier(message.get("stream_id"), "stream_id")
-    call_control_id = identifier(start.get("call_control_id"), "call_control_id")
-    user_id = text_field(start, "user_id")
+    stream_id = base.identifier(message.get("stream_id"), "stream_id")
+    call_control_id = base.identifier(start.get("call_control_id"), "call_control_id")
+    user_id = base.text_field(start, "user_id")
     if user_id is not None:
-        user_id = identifier(user_id, "user_id")
-    return call_start(
+        user_id = base.identifier(user_id, "user_id")
+    return base.call_start(
         "telnyx", start, call_id=call_control_id, stream_id=stream_id, account_id=user_id,
         codec=media_codec(start.get("media_format")),
         custom_parameters=start_parameters(start.get("custom_parameters")),
@@ -104,25 +87,25 @@ def parse_start(message: dict[str, Any]) -> CallStart:
     )
 
 
-class TelnyxProvider(Provider):
+class TelnyxProvider(base.Provider):
     name = "telnyx"
     title = "Telnyx"
     account_field = "account_id"
     account_label = "user id"
     default_api_base_url = "https://api.telnyx.com"
     stand_in_account = "00000000-0000-4000-8000-000000000000"
-    fields: ClassVar[tuple[ConfigField, ...]] = (
-        ConfigField("api_key", "API key", secret=True, max_length=400, placeholder="KEY…",
-                    help="Mission Control, API keys: it validates each call, hangs up and transfers.",
-                    missing="Paste a Telnyx API key (KEY…)."),
-        ConfigField("account_id", "User id", required=False, max_length=64,
-                    placeholder="xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx",
-                    help="The user id Telnyx streams carry (start.user_id). Leave it empty when "
-                         "this is your only Telnyx configuration."),
-        ConfigField("stream_auth_token", "Stream auth token", secret=True, required=False,
-                    max_length=4000, noun="stream auth token",
-                    help="The stream_auth_token your Call Control requests set: when given, "
-                         "streams without it are refused."),
+    fields: ClassVar[tuple[base.ConfigField, ...]] = (
+        base.ConfigField("api_key", "API key", secret=True, max_length=400, placeholder="KEY…",
+                         help="Mission Control, API keys: it validates each call, hangs up and transfers.",
+                         missing="Paste a Telnyx API key (KEY…)."),
+        base.ConfigField("account_id", "User id", required=False, max_length=64,
+                         placeholder="xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx",
+                         help="The user id Telnyx streams carry (start.user_id). Leave it empty when "
+                              "this is your only Telnyx configuration."),
+        base.ConfigField("stream_auth_token", "Stream auth token", secret=True, required=False,
+                         max_length=4000, noun="stream auth token",
+                         help="The stream_auth_token your Call Control requests set: when given, "
+                              "streams without it are refused."),
     )
 
     def check_field(self, name: str, value: str) -> str:
@@ -134,9 +117,9 @@ class TelnyxProvider(Provider):
         return value
 
     def checked_account(self, account_id: str) -> str:
-        return identifier(account_id.strip(), "user_id").lower()
+        return base.identifier(account_id.strip(), "user_id").lower()
 
-    async def read_start(self, given: HandshakeInput) -> CallStart:
+    async def read_start(self, given: base.HandshakeInput) -> base.CallStart:
         return parse_start(await read_connected_start(given))
 
     def check_upgrade(
@@ -153,18 +136,18 @@ class TelnyxProvider(Provider):
         if not hmac.compare_digest(given.encode(), expected.encode()):
             raise HandshakeError(f"{AUTH_HEADER} does not match the configured stream auth token")
 
-    def wire(self, start: CallStart, *, log: LogAdapter) -> Wire:
+    def wire(self, start: base.CallStart, *, log: base.LogAdapter) -> base.Wire:
         return TwilioStyleWire(start, log=log, stream_key=None)
 
-    def control(self, call: ControlContext) -> CallControl:
+    def control(self, call: base.ControlContext) -> base.CallControl:
         return TelnyxControl(call)
 
     def webhook_log(
-        self, request: web.Request, newer_form: bool, start: CallStart, config: TelephonyConfig
+        self, request: web.Request, newer_form: bool, start: base.CallStart, config: TelephonyConfig
     ) -> dict[str, object]:
         return {"account": start.account_id, "encoding": _TELNYX_NAMES[start.codec.encoding]}
 
-    def snippets(self, stream_url: str, config: TelephonyConfig | None) -> list[Snippet]:
+    def snippets(self, stream_url: str, config: TelephonyConfig | None) -> list[base.Snippet]:
         """TeXML and Call Control, both bidirectional in RTP (the default, mp3, never plays
         the agent to the caller), with the stream's codec pinned to the one played back."""
         wss = "wss://" + stream_url.partition("://")[2]
@@ -178,17 +161,17 @@ class TelnyxProvider(Provider):
             "stream_bidirectional_codec": "PCMU",
         }
         if config is not None:
-            parameters["custom_parameters"] = [{"name": CONFIG_PARAMETER, "value": str(config.id)}]
+            parameters["custom_parameters"] = [{"name": base.CONFIG_PARAMETER, "value": str(config.id)}]
         return [
-            Snippet("Stream URL (Telnyx connects over wss:// only)", "text", wss),
-            Snippet("What your TeXML application answers", "xml", texml, label="TeXML"),
-            Snippet("Or, with Call Control, the parameters of answer or streaming_start", "json",
-                    json.dumps(parameters, indent=2), label="JSON"),
+            base.Snippet("Stream URL (Telnyx connects over wss:// only)", "text", wss),
+            base.Snippet("What your TeXML application answers", "xml", texml, label="TeXML"),
+            base.Snippet("Or, with Call Control, the parameters of answer or streaming_start", "json",
+                         json.dumps(parameters, indent=2), label="JSON"),
         ]
 
     def caller_side(
         self, secrets: Mapping[str, str] | None = None, *, encoding: str | None = None
-    ) -> CallerSide:
+    ) -> base.CallerSide:
         codec = _CALLER_ENCODINGS.get(encoding or "ulaw")
         if codec is None:
             raise ValueError(f"Telnyx streams carry PCMU or PCMA, not {encoding!r}")
@@ -205,7 +188,7 @@ class TelnyxCaller(TwilioStyleCaller):
     def connected(self) -> dict[str, Any]:
         return {"event": "connected", "version": "1.0.0"}
 
-    def start(self, who: CallerIdentity) -> dict[str, Any]:
+    def start(self, who: base.CallerIdentity) -> dict[str, Any]:
         return {
             "event": "start", "sequence_number": "1", "stream_id": who.stream_id,
             "start": {
@@ -217,7 +200,7 @@ class TelnyxCaller(TwilioStyleCaller):
             },
         }
 
-    def stop(self, who: CallerIdentity, sequence: int) -> str:
+    def stop(self, who: base.CallerIdentity, sequence: int) -> str:
         return self._event(who, "stop", {"user_id": who.account_id,
                                          "call_control_id": who.call_id}, sequence)
 

@@ -16,22 +16,7 @@ from aiohttp import web
 from ...audio import Codec
 from ...errors import HandshakeError
 from ...models import TelephonyConfig
-from ..base import (
-    CONFIG_PARAMETER,
-    CallControl,
-    CallerIdentity,
-    CallerSide,
-    CallStart,
-    ConfigField,
-    ControlContext,
-    HandshakeInput,
-    LogAdapter,
-    Provider,
-    Snippet,
-    Wire,
-    call_start,
-    identifier,
-)
+from .. import base
 from ..twilio_style import (
     TwilioStyleCaller,
     TwilioStyleWire,
@@ -63,36 +48,36 @@ def signed_url(request: web.Request, public_url: str | None) -> str:
     return f"wss://{host}{request.raw_path}"
 
 
-def parse_start(message: dict[str, Any]) -> CallStart:
+def parse_start(message: dict[str, Any]) -> base.CallStart:
     """Twilio's start event: accountSid, callSid and streamSid, custom parameters."""
     start = start_object(message)
-    stream_sid = identifier(start.get("streamSid") or message.get("streamSid"), "streamSid")
-    call_sid = identifier(start.get("callSid"), "callSid")
-    account_sid = identifier(start.get("accountSid"), "accountSid")
-    return call_start(
+    stream_sid = base.identifier(start.get("streamSid") or message.get("streamSid"), "streamSid")
+    call_sid = base.identifier(start.get("callSid"), "callSid")
+    account_sid = base.identifier(start.get("accountSid"), "accountSid")
+    return base.call_start(
         "twilio", start, call_id=call_sid, stream_id=stream_sid, account_id=account_sid,
         codec=mulaw_codec(start), custom_parameters=custom_parameters(start.get("customParameters")),
     )
 
 
-class TwilioProvider(Provider):
+class TwilioProvider(base.Provider):
     name = "twilio"
     title = "Twilio"
     account_field = "account_sid"
     default_api_base_url = "https://api.twilio.com"
     stand_in_account = "AC" + "0" * 32
     start_account_key = "accountSid"
-    fields: ClassVar[tuple[ConfigField, ...]] = (
-        ConfigField("account_sid", "Account SID", placeholder="AC…", max_length=34,
-                    help="Console, Account info: the SID that starts with AC.",
-                    missing="Enter the account SID (AC…).", pattern="AC[0-9a-fA-F]{32}",
-                    pattern_message="An account SID is AC followed by 32 hexadecimal characters."),
-        ConfigField("auth_token", "Auth token", secret=True, max_length=200,
-                    help="The account's auth token: it signs every stream Twilio opens.",
-                    missing="Paste the account's auth token."),
+    fields: ClassVar[tuple[base.ConfigField, ...]] = (
+        base.ConfigField("account_sid", "Account SID", placeholder="AC…", max_length=34,
+                         help="Console, Account info: the SID that starts with AC.",
+                         missing="Enter the account SID (AC…).", pattern="AC[0-9a-fA-F]{32}",
+                         pattern_message="An account SID is AC followed by 32 hexadecimal characters."),
+        base.ConfigField("auth_token", "Auth token", secret=True, max_length=200,
+                         help="The account's auth token: it signs every stream Twilio opens.",
+                         missing="Paste the account's auth token."),
     )
 
-    async def read_start(self, given: HandshakeInput) -> CallStart:
+    async def read_start(self, given: base.HandshakeInput) -> base.CallStart:
         return parse_start(await read_connected_start(given))
 
     def check_upgrade(
@@ -107,33 +92,33 @@ class TwilioProvider(Provider):
         if not hmac.compare_digest(given.encode(), expected.encode()):
             raise HandshakeError(f"{SIGNATURE_HEADER} does not match the stream URL and auth token")
 
-    def wire(self, start: CallStart, *, log: LogAdapter) -> Wire:
+    def wire(self, start: base.CallStart, *, log: base.LogAdapter) -> base.Wire:
         return TwilioStyleWire(start, log=log, stream_key="streamSid")
 
-    def control(self, call: ControlContext) -> CallControl:
+    def control(self, call: base.ControlContext) -> base.CallControl:
         return TwilioControl(call)
 
-    def snippets(self, stream_url: str, config: TelephonyConfig | None) -> list[Snippet]:
+    def snippets(self, stream_url: str, config: TelephonyConfig | None) -> list[base.Snippet]:
         wss = "wss://" + stream_url.partition("://")[2]
-        parameter = (f'<Parameter name="{CONFIG_PARAMETER}" value={quoteattr(str(config.id))}/>'
+        parameter = (f'<Parameter name="{base.CONFIG_PARAMETER}" value={quoteattr(str(config.id))}/>'
                      if config else "")
         twiml = (f"<Response><Connect><Stream url={quoteattr(wss)}>{parameter}</Stream>"
                  "</Connect><Hangup/></Response>")
         return [
-            Snippet("Stream URL (Twilio connects over wss:// only)", "text", wss),
-            Snippet("What your number's TwiML answers", "xml", twiml, label="TwiML"),
+            base.Snippet("Stream URL (Twilio connects over wss:// only)", "text", wss),
+            base.Snippet("What your number's TwiML answers", "xml", twiml, label="TwiML"),
         ]
 
     def caller_side(
         self, secrets: Mapping[str, str] | None = None, *, encoding: str | None = None
-    ) -> CallerSide:
+    ) -> base.CallerSide:
         return TwilioCaller(Codec("ulaw", SAMPLE_RATE), secrets)
 
 
 class TwilioCaller(TwilioStyleCaller):
     """Twilio's end of a stream: its start event, and the signature on the upgrade."""
 
-    def start(self, who: CallerIdentity) -> dict[str, Any]:
+    def start(self, who: base.CallerIdentity) -> dict[str, Any]:
         return {
             "event": "start", "sequenceNumber": "1", "streamSid": who.stream_id,
             "start": {
