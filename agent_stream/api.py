@@ -13,10 +13,10 @@ from aiohttp import web
 from . import strict_json
 from .errors import RETRY_AFTER_SECONDS, Conflict, DatabaseUnavailable, NotFound, RequestTooSlow
 from .keys import STORE
-from .models import Run, TelephonyConfig, User, Workflow
+from .models import ConfigInput, Run, TelephonyConfig, User, Workflow
 from .providers import SUPPORTED_PROVIDERS, provider_named
 from .providers.base import Provider
-from .providers.configs import ConfigInput, check_config, save_config, secret_hints
+from .providers.configs import check_config, save_config, secret_hints
 from .security import redact_path
 from .store import Store
 from .workflow import merge_secrets, redact_secrets, starter_definition, validate_definition

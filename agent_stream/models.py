@@ -84,6 +84,18 @@ class TelephonyConfig:
         return self.secrets.get(field) or self.fields.get(field) or ""
 
 
+@dataclass
+class ConfigInput:
+    """A telephony configuration as checked, to store: given fields only (an update keeps
+    what is not given; a secret is only replaced by a new one)."""
+
+    name: str | None = None
+    account_id: str | None = None
+    fields: dict[str, str] = field(default_factory=dict)
+    secrets: dict[str, str] = field(default_factory=dict)
+    from_numbers: list[str] | None = None
+
+
 @dataclass(frozen=True)
 class TranscriptLine:
     role: str

@@ -6,6 +6,7 @@ One writer connection serialised by a lock (every multi-statement write is an ex
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import secrets
@@ -15,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iter
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import aiosqlite
 
@@ -25,6 +26,7 @@ from .errors import Conflict, DatabaseUnavailable, NotFound, QuotaExceeded
 from .models import (
     AgentActivity,
     ApiKey,
+    ConfigInput,
     Organization,
     OrgApiKey,
     Rejection,
@@ -43,6 +45,9 @@ from .security import (
     verify_password,
 )
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 log = logging.getLogger(__name__)
 # aiosqlite logs every statement with its parameters at DEBUG, bearer tokens included:
 # its debug output must never be switched on by a verbose root logger.
@@ -50,6 +55,8 @@ logging.getLogger("aiosqlite").setLevel(logging.INFO)
 
 SCHEMA_PATH: Final = Path(__file__).resolve().parent.parent / "schema.sql"
 RUN_NAME_PREFIX: Final = "WR-AGS-"
+# A model the store builds from rows (`_from_row`).
+_Record = TypeVar("_Record", bound="DataclassInstance")
 # Verified against for unknown emails; its password is random and never stored anywhere.
 _DUMMY_PASSWORD_HASH: Final = hash_password(secrets.token_urlsafe(16))
 
@@ -146,70 +153,38 @@ _RUN_SELECT: Final = """
 """
 
 
+def _from_row(cls: type[_Record], row: aiosqlite.Row, **decoded: Any) -> _Record:
+    """A model from a row: each field from the column of its name, unless given `decoded`
+    (JSON, a renamed column, a flag)."""
+    names = (f.name for f in dataclasses.fields(cls))
+    return cls(**{name: decoded[name] if name in decoded else row[name] for name in names})
+
+
 def _workflow(row: aiosqlite.Row) -> Workflow:
-    return Workflow(
-        id=row["id"],
-        uuid=row["uuid"],
-        organization_id=row["organization_id"],
-        owner_user_id=row["owner_user_id"],
-        name=row["name"],
-        status=row["status"],
+    return _from_row(
+        Workflow, row,
         version=row["d_version"],
         published_version=row["p_version"],
         definition=json.loads(row["d_definition"]),
         published_definition=json.loads(row["p_definition"]) if row["p_definition"] else None,
         definition_id=row["d_id"],
-        published_definition_id=row["published_definition_id"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
     )
 
 
 def _user(row: aiosqlite.Row) -> User:
-    return User(
-        id=row["id"],
-        organization_id=row["organization_id"],
-        email=row["email"],
-        is_admin=bool(row["is_admin"]),
-        monthly_minutes_limit=row["monthly_minutes_limit"],
-        max_concurrent_calls=row["max_concurrent_calls"],
-        created_at=row["created_at"],
-    )
+    return _from_row(User, row, is_admin=bool(row["is_admin"]))
 
 
 def _api_key(row: aiosqlite.Row) -> ApiKey:
-    return ApiKey(
-        id=row["id"],
-        user_id=row["user_id"],
-        name=row["name"],
-        key_prefix=row["key_prefix"],
-        created_at=row["created_at"],
-        last_used_at=row["last_used_at"],
-        revoked_at=row["revoked_at"],
-    )
+    return _from_row(ApiKey, row)
 
 
 def _run(row: aiosqlite.Row, transcript: list[TranscriptLine] | None = None) -> Run:
-    return Run(
-        id=row["id"],
-        workflow_id=row["workflow_id"],
-        workflow_uuid=row["workflow_uuid"],
-        organization_id=row["organization_id"],
-        name=row["name"],
-        call_type=row["call_type"],
-        mode=row["mode"],
-        state=row["state"],
+    return _from_row(
+        Run, row,
         initial_context=json.loads(row["initial_context"]),
         gathered_context=json.loads(row["gathered_context"]),
         logs=json.loads(row["logs"]),
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        ended_at=row["ended_at"],
-        duration_seconds=row["duration_seconds"],
-        end_reason=row["end_reason"],
-        close_code=row["close_code"],
-        error=row["error"],
-        recording_path=row["recording_path"],
         transcript=transcript or [],
     )
 
@@ -531,29 +506,21 @@ class Store:
     # -- telephony configurations ----------------------------------------------------------
 
     async def create_telephony_config(
-        self,
-        *,
-        organization_id: int,
-        provider: str,
-        name: str,
-        account_id: str,
-        fields: dict[str, str],
-        secrets: dict[str, str],
-        from_numbers: list[str] | None = None,
-        one_per_account: bool = False,
+        self, organization_id: int, provider: str, given: ConfigInput, *, one_per_account: bool = False
     ) -> TelephonyConfig:
         """A new configuration; its secrets are sealed before they reach the database.
         `one_per_account`: a second one naming the same account is a Conflict."""
         now = utcnow()
+        account_id, secrets = given.account_id or "", given.secrets
         try:
             async with self._transaction() as db:
                 cur = await db.execute(
                     """INSERT INTO telephony_configurations (organization_id, provider, name,
                            account_id, account_key, fields, secrets, from_numbers, created_at,
                            updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                    (organization_id, provider, name, account_id,
-                     account_id if one_per_account else None, _json(fields),
-                     self._box.seal(secrets) if secrets else "", _json(from_numbers or []),
+                    (organization_id, provider, given.name or provider, account_id,
+                     account_id if one_per_account else None, _json(given.fields),
+                     self._box.seal(secrets) if secrets else "", _json(given.from_numbers or []),
                      now, now),
                 )
                 return await self._telephony_by_id(db, organization_id, cur.lastrowid or 0)
@@ -583,17 +550,11 @@ class Store:
         return self._telephony(row)
 
     def _telephony(self, row: aiosqlite.Row) -> TelephonyConfig:
-        return TelephonyConfig(
-            id=row["id"],
-            organization_id=row["organization_id"],
-            provider=row["provider"],
-            name=row["name"],
-            account_id=row["account_id"],
+        return _from_row(
+            TelephonyConfig, row,
             fields=json.loads(row["fields"]),
             secrets=self._box.open(row["secrets"]),
             from_numbers=json.loads(row["from_numbers"]),
-            created_at=row["created_at"],
-            updated_at=row["updated_at"],
         )
 
     async def find_telephony_configs(
@@ -608,22 +569,14 @@ class Store:
         return [self._telephony(r) for r in await self._all(sql + " ORDER BY id", params)]
 
     async def update_telephony_config(
-        self,
-        organization_id: int,
-        config_id: int,
-        *,
-        name: str | None = None,
-        account_id: str | None = None,
-        fields: dict[str, str] | None = None,
-        secrets: dict[str, str] | None = None,
-        from_numbers: list[str] | None = None,
-        one_per_account: bool = False,
+        self, organization_id: int, config_id: int, given: ConfigInput, *, one_per_account: bool = False
     ) -> TelephonyConfig:
         """Change what is given: `fields` and `secrets` are merged into the stored ones (a
         secret is only replaced when a new one is given)."""
+        name, fields, secrets, from_numbers = given.name, given.fields, given.secrets, given.from_numbers
         async with self._transaction() as db:
             current = await self._telephony_by_id(db, organization_id, config_id)
-            account = current.account_id if account_id is None else account_id
+            account = current.account_id if given.account_id is None else given.account_id
             try:
                 await db.execute(
                     """UPDATE telephony_configurations SET name = ?, account_id = ?,

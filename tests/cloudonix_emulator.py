@@ -42,6 +42,10 @@ class CloudonixEmulator:
         """Register a domain and the bearer token that authorizes it."""
         self.tokens[domain] = token
 
+    def add_account(self, domain: str, token: str) -> None:
+        """`add_domain`, by the name the provider contract suite uses for every emulator."""
+        self.add_domain(domain, token)
+
     def add_session(self, domain: str, session: str) -> None:
         """Make a call session live on a domain."""
         self.sessions.add((domain, session))

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from agent_stream.config import Settings
 from agent_stream.keys import STORE
-from agent_stream.models import Workflow
+from agent_stream.models import ConfigInput, Workflow
 from agent_stream.server import create_app, runner_options, server_event_loop
 from agent_stream.simulator import SimulatedCall, connect, pcm16_to_ulaw, silence_ulaw, stream_url
 from agent_stream.speech.tts import EspeakSynthesizer
@@ -92,11 +92,10 @@ async def add_cloudonix_config(
     store: Store, organization_id: int, *, domain: str, token: str, name: str = "main"
 ) -> Any:
     """A Cloudonix configuration for `domain` (normalized), stored as the API stores it."""
-    return await store.create_telephony_config(
-        organization_id=organization_id, provider="cloudonix", name=name, account_id=domain,
-        fields={"domain_id": domain}, secrets={"bearer_token": token} if token else {},
-        one_per_account=True,
-    )
+    return await store.create_telephony_config(organization_id, "cloudonix", ConfigInput(
+        name=name, account_id=domain, fields={"domain_id": domain},
+        secrets={"bearer_token": token} if token else {},
+    ), one_per_account=True)
 
 
 MakeTenant = Callable[..., Awaitable[Tenant]]
@@ -104,11 +103,13 @@ MakeTenant = Callable[..., Awaitable[Tenant]]
 
 @pytest.fixture
 def make_tenant(store: Store, emulator: CloudonixEmulator) -> MakeTenant:
-    """Create an organization with everything a call needs; the emulator knows its domain."""
+    """Create an organization with everything a call needs (its agent saying `definition`,
+    the starter by default); the emulator knows its domain."""
     counter = iter(range(1, 1000))
 
     async def make(
-        *, name: str | None = None, domain: str = DOMAIN, token: str = TOKEN, **quota: Any
+        *, name: str | None = None, domain: str = DOMAIN, token: str = TOKEN,
+        definition: dict[str, Any] | None = None, **quota: Any,
     ) -> Tenant:
         n = next(counter)
         org = await store.get_or_create_organization(name or f"Org {n}")
@@ -118,7 +119,7 @@ def make_tenant(store: Store, emulator: CloudonixEmulator) -> MakeTenant:
         _, api_key = await store.create_api_key(user.id, "tests")
         workflow = await store.create_workflow(
             organization_id=org.id, owner_user_id=user.id, name=f"Agent {n}",
-            definition=starter_definition(),
+            definition=definition or starter_definition(),
         )
         await add_cloudonix_config(store, org.id, domain=domain, token=token)
         emulator.add_domain(domain, token)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+from agent_stream.simulator import SimulatedCall
 from tests.cloudonix_emulator import CloudonixEmulator
 from tests.provider_emulators import PlivoEmulator, RestEmulator, TelnyxEmulator, TwilioEmulator
 
@@ -34,7 +35,9 @@ class Kit:
     provider: str
     emulator: Any
     base_url: str = ""
-    call_key: str = ""  # gathered_context key of the provider's call id
+    # gathered_context keys of the provider's call and stream ids ("" until __post_init__:
+    # `{provider}_call_id` and `{provider}_stream_id`)
+    call_key: str = ""
     stream_key: str = ""
     already_over: int = 404  # what "the call is already over" answers
     encoding: str | None = None  # the caller's codec, where the provider has several
@@ -45,16 +48,30 @@ class Kit:
     # Whether the provider's custom data can name a configuration by name (Plivo's extra
     # headers take letters and digits only: the id).
     names_configurations: bool = True
+    # The configuration's fields holding the account and its secret.
+    fields: tuple[str, str] = ("", "")
+
+    def __post_init__(self) -> None:
+        self.call_key = self.call_key or f"{self.provider}_call_id"
+        self.stream_key = self.stream_key or f"{self.provider}_stream_id"
 
     # configuration ---------------------------------------------------------------------
 
+    def make_account(self) -> tuple[str, str]:
+        """A fresh account id and its secret."""
+        raise NotImplementedError
+
     def new_account(self) -> tuple[str, str]:
         """A fresh account and its secret, known to the emulator."""
-        raise NotImplementedError
+        account, secret = self.make_account()
+        self.accounts.append(account)
+        self.emulator.add_account(account, secret)
+        return account, secret
 
     def config(self, account: str, secret: str) -> dict[str, Any]:
         """A configuration of that account, as the API takes it (without `provider`)."""
-        raise NotImplementedError
+        account_field, secret_field = self.fields
+        return {account_field: account, secret_field: secret}
 
     def secrets(self, secret: str) -> dict[str, str]:
         """What the provider's end signs the upgrade with (none for most)."""
@@ -71,19 +88,28 @@ class Kit:
         """The id the REST API knows the call by."""
         return str(identity["call_sid"])
 
+    def call_id_of(self, call: SimulatedCall) -> str:
+        """The id the REST API knows a simulated call by."""
+        return self.call_id({"account_sid": call.account_sid, "call_sid": call.call_sid,
+                             "session": call.session})
+
     def make_live(self, account: str, identity: dict[str, Any]) -> None:
-        raise NotImplementedError
+        self.emulator.add_call(account, self.call_id(identity))
 
     # what the API must receive ---------------------------------------------------------
 
-    def validation(self, account: str, call: str) -> Expected:
+    def expected(self, action: str, account: str, call: str, destination: str) -> Expected:
+        """The request of `action` (validation, hangup, transfer) for a call of `account`."""
         raise NotImplementedError
+
+    def validation(self, account: str, call: str) -> Expected:
+        return self.expected("validation", account, call, "")
 
     def hangup(self, account: str, call: str) -> Expected:
-        raise NotImplementedError
+        return self.expected("hangup", account, call, "")
 
     def transfer(self, account: str, call: str, destination: str) -> Expected:
-        raise NotImplementedError
+        return self.expected("transfer", account, call, destination)
 
     def requests(self) -> list[Any]:
         return list(self.emulator.requests)
@@ -95,6 +121,10 @@ class Kit:
     def refuse_all(self, status: int) -> None:
         self.emulator.status_override = status
 
+    def end_all_calls(self) -> None:
+        """Every call the provider knew ends (its API then answers "already over")."""
+        self.emulator.live.clear()
+
 
 @dataclass
 class CloudonixKit(Kit):
@@ -102,16 +132,11 @@ class CloudonixKit(Kit):
     emulator: CloudonixEmulator = field(default_factory=CloudonixEmulator)
     call_key: str = "cloudonix_session"
     stream_key: str = "cloudonix_stream_sid"
+    fields: tuple[str, str] = ("domain_id", "bearer_token")
 
-    def new_account(self) -> tuple[str, str]:
+    def make_account(self) -> tuple[str, str]:
         domain = f"d{len(self.accounts) + 1}-{secrets.token_hex(3)}.cloudonix.net"
-        token = "cx-token-" + secrets.token_hex(12)
-        self.accounts.append(domain)
-        self.emulator.add_domain(domain, token)
-        return domain, token
-
-    def config(self, account: str, secret: str) -> dict[str, Any]:
-        return {"domain_id": account, "bearer_token": secret}
+        return domain, "cx-token-" + secrets.token_hex(12)
 
     def call_id(self, identity: dict[str, Any]) -> str:
         return str(identity.get("session") or identity["call_sid"])
@@ -119,15 +144,17 @@ class CloudonixKit(Kit):
     def make_live(self, account: str, identity: dict[str, Any]) -> None:
         self.emulator.add_session(account, self.call_id(identity))
 
-    def validation(self, account: str, call: str) -> Expected:
-        return Expected("GET", f"/customers/self/domains/{account}/sessions/{call}")
+    def end_all_calls(self) -> None:
+        self.emulator.sessions.clear()
 
-    def hangup(self, account: str, call: str) -> Expected:
-        return Expected("DELETE", f"/customers/self/domains/{account}/sessions/{call}")
-
-    def transfer(self, account: str, call: str, destination: str) -> Expected:
-        return Expected("POST", f"/calls/{account}/sessions/{call}/application",
-                        {"cxml": f"<Response><Dial>{destination}</Dial></Response>"})
+    def expected(self, action: str, account: str, call: str, destination: str) -> Expected:
+        session = f"/customers/self/domains/{account}/sessions/{call}"
+        return {
+            "validation": Expected("GET", session),
+            "hangup": Expected("DELETE", session),
+            "transfer": Expected("POST", f"/calls/{account}/sessions/{call}/application",
+                                 {"cxml": f"<Response><Dial>{destination}</Dial></Response>"}),
+        }[action]
 
     def request_seen(self, request: Any) -> tuple[str, str, Any]:
         return request.method, request.path, request.json
@@ -137,111 +164,66 @@ class CloudonixKit(Kit):
 class TwilioKit(Kit):
     provider: str = "twilio"
     emulator: RestEmulator = field(default_factory=TwilioEmulator)
-    call_key: str = "twilio_call_id"
-    stream_key: str = "twilio_stream_id"
+    fields: tuple[str, str] = ("account_sid", "auth_token")
 
-    def new_account(self) -> tuple[str, str]:
-        sid, token = "AC" + secrets.token_hex(16), secrets.token_hex(16)
-        self.accounts.append(sid)
-        self.emulator.add_account(sid, token)
-        return sid, token
-
-    def config(self, account: str, secret: str) -> dict[str, Any]:
-        return {"account_sid": account, "auth_token": secret}
+    def make_account(self) -> tuple[str, str]:
+        return "AC" + secrets.token_hex(16), secrets.token_hex(16)
 
     def secrets(self, secret: str) -> dict[str, str]:
         return {"auth_token": secret}
 
-    def make_live(self, account: str, identity: dict[str, Any]) -> None:
-        self.emulator.add_call(account, self.call_id(identity))
-
-    def _call_path(self, account: str, call: str) -> str:
-        return f"/2010-04-01/Accounts/{account}/Calls/{quote(call)}.json"
-
-    def validation(self, account: str, call: str) -> Expected:
-        return Expected("GET", self._call_path(account, call))
-
-    def hangup(self, account: str, call: str) -> Expected:
-        return Expected("POST", self._call_path(account, call), {"Status": "completed"})
-
-    def transfer(self, account: str, call: str, destination: str) -> Expected:
-        return Expected("POST", self._call_path(account, call),
-                        {"Twiml": f"<Response><Dial>{destination}</Dial></Response>"})
+    def expected(self, action: str, account: str, call: str, destination: str) -> Expected:
+        path = f"/2010-04-01/Accounts/{account}/Calls/{quote(call)}.json"
+        return {
+            "validation": Expected("GET", path),
+            "hangup": Expected("POST", path, {"Status": "completed"}),
+            "transfer": Expected("POST", path, {"Twiml": f"<Response><Dial>{destination}</Dial></Response>"}),
+        }[action]
 
 
 @dataclass
 class TelnyxKit(Kit):
     provider: str = "telnyx"
     emulator: RestEmulator = field(default_factory=TelnyxEmulator)
-    call_key: str = "telnyx_call_id"
-    stream_key: str = "telnyx_stream_id"
     already_over: int = 422
+    fields: tuple[str, str] = ("account_id", "api_key")
 
-    def new_account(self) -> tuple[str, str]:
-        user_id, api_key = str(uuid.uuid4()), "KEY" + secrets.token_hex(20)
-        self.accounts.append(user_id)
-        self.emulator.add_account(user_id, api_key)
-        return user_id, api_key
-
-    def config(self, account: str, secret: str) -> dict[str, Any]:
-        return {"api_key": secret, "account_id": account}
+    def make_account(self) -> tuple[str, str]:
+        return str(uuid.uuid4()), "KEY" + secrets.token_hex(20)
 
     def identity(self, account: str) -> dict[str, Any]:
         return {"account_sid": account, "call_sid": "v3:" + secrets.token_urlsafe(24),
                 "stream_sid": str(uuid.uuid4())}
 
-    def make_live(self, account: str, identity: dict[str, Any]) -> None:
-        self.emulator.add_call(account, self.call_id(identity))
-
-    def _call_path(self, call: str, *action: str) -> str:
-        return "/".join(("/v2/calls", call, *action))
-
-    def validation(self, account: str, call: str) -> Expected:
-        return Expected("GET", self._call_path(call))
-
-    def hangup(self, account: str, call: str) -> Expected:
-        return Expected("POST", self._call_path(call, "actions", "hangup"), {})
-
-    def transfer(self, account: str, call: str, destination: str) -> Expected:
-        return Expected("POST", self._call_path(call, "actions", "transfer"), {"to": destination})
+    def expected(self, action: str, account: str, call: str, destination: str) -> Expected:
+        if action == "validation":
+            return Expected("GET", f"/v2/calls/{call}")
+        return Expected("POST", f"/v2/calls/{call}/actions/{action}",
+                        {"to": destination} if action == "transfer" else {})
 
 
 @dataclass
 class PlivoKit(Kit):
     provider: str = "plivo"
     emulator: PlivoEmulator = field(default_factory=PlivoEmulator)
-    call_key: str = "plivo_call_id"
-    stream_key: str = "plivo_stream_id"
     hang_up_close: tuple[int, str] = (1000, "")  # no stop: Plivo closes, we answer
     names_configurations: bool = False
+    fields: tuple[str, str] = ("auth_id", "auth_token")
 
-    def new_account(self) -> tuple[str, str]:
+    def make_account(self) -> tuple[str, str]:
         alphabet = string.ascii_uppercase + string.digits
-        auth_id = "MA" + "".join(secrets.choice(alphabet) for _ in range(18))
-        token = secrets.token_urlsafe(30)
-        self.accounts.append(auth_id)
-        self.emulator.add_account(auth_id, token)
-        return auth_id, token
-
-    def config(self, account: str, secret: str) -> dict[str, Any]:
-        return {"auth_id": account, "auth_token": secret}
+        return "MA" + "".join(secrets.choice(alphabet) for _ in range(18)), secrets.token_urlsafe(30)
 
     def identity(self, account: str) -> dict[str, Any]:
         return {"account_sid": account, "call_sid": str(uuid.uuid4()), "stream_sid": str(uuid.uuid4())}
 
-    def make_live(self, account: str, identity: dict[str, Any]) -> None:
-        self.emulator.add_call(account, self.call_id(identity))
+    def expected(self, action: str, account: str, call: str, destination: str) -> Expected:
+        path = f"/v1/Account/{account}/Call/{quote(call)}/"
+        if action == "validation":
+            return Expected("GET", path + "?status=live")
+        if action == "hangup":
+            return Expected("DELETE", path)
 
-    def _call_path(self, account: str, call: str) -> str:
-        return f"/v1/Account/{account}/Call/{quote(call)}/"
-
-    def validation(self, account: str, call: str) -> Expected:
-        return Expected("GET", self._call_path(account, call) + "?status=live")
-
-    def hangup(self, account: str, call: str) -> Expected:
-        return Expected("DELETE", self._call_path(account, call))
-
-    def transfer(self, account: str, call: str, destination: str) -> Expected:
         def one_time_url_to_the_dial(form: Any) -> None:
             assert isinstance(form, dict) and set(form) == {"legs", "aleg_url", "aleg_method"}
             assert (form["legs"], form["aleg_method"]) == ("aleg", "GET")
@@ -250,7 +232,7 @@ class PlivoKit(Kit):
             assert "/api/v1/providers/plivo/transfer/" in fetched[0].url
             assert fetched[0].text == f"<Response><Dial><Number>{destination}</Number></Dial></Response>"
 
-        return Expected("POST", self._call_path(account, call), check=one_time_url_to_the_dial)
+        return Expected("POST", path, check=one_time_url_to_the_dial)
 
     def request_seen(self, request: Any) -> tuple[str, str, Any]:
         """The path with its query: validation must ask for the live call."""

@@ -53,9 +53,8 @@ def llm_flow(base_url: str, **llm: Any) -> dict[str, Any]:
 async def llm_tenant(
     make_tenant: MakeTenant, store: Store, base_url: str, **llm: Any
 ) -> tuple[Tenant, dict[str, Any]]:
-    tenant = await make_tenant()
     definition = llm_flow(base_url, **llm)
-    await store.update_workflow(tenant.org_id, tenant.workflow.uuid, definition=definition)
+    tenant = await make_tenant(definition=definition)
     return tenant, definition
 
 

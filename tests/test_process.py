@@ -269,10 +269,9 @@ async def test_the_call_command_speaks_any_provider_with_no_configuration_at_all
 async def test_the_cli_test_call_leaves_live_calls_of_the_same_database_alone(
     dial: Dial, make_tenant: MakeTenant, store: Store, settings: Settings
 ) -> None:
-    tenant = await make_tenant()
     definition = starter_definition()
     definition["nodes"][0]["say"] = "Hi."
-    await store.update_workflow(tenant.org_id, tenant.workflow.uuid, definition=definition)
+    tenant = await make_tenant(definition=definition)
     live = await dial(tenant.workflow.uuid)
     live.start_reading()
     await live.handshake()

@@ -7,6 +7,7 @@ import json
 import logging
 import wave
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -16,7 +17,7 @@ from yarl import URL
 
 from agent_stream.audio import alaw_to_pcm16, pcm16_to_alaw, ulaw_to_pcm16
 from agent_stream.config import Settings
-from agent_stream.models import TelephonyConfig, Workflow
+from agent_stream.models import Run, TelephonyConfig, Workflow
 from agent_stream.providers import provider_named
 from agent_stream.providers.twilio import signature
 from agent_stream.simulator import SimulatedCall, caller_side, connect, stream_url, tone_ulaw
@@ -122,6 +123,28 @@ async def dial(client: TestClient, kit: Kit, line: Line, *, live: bool = True,
     return call
 
 
+async def changed(client: TestClient, line: Line, changes: dict[str, Any]) -> dict[str, Any]:
+    """The line's configuration after a PATCH of `changes` (which must be accepted)."""
+    response = await client.patch(f"/api/v1/telephony-configurations/{line.config_id}",
+                                  json=changes, headers=line.headers)
+    assert response.status == 200, await response.text()
+    answer: dict[str, Any] = await response.json()
+    return answer
+
+
+async def greeted(call: SimulatedCall) -> None:
+    """Through the handshake, and the greeting played (its mark echoed)."""
+    await call.handshake()
+    await until(lambda: "utt-1" in call.marks)
+
+
+async def greeted_and_hung_up(call: SimulatedCall) -> None:
+    """A call that goes through: greeted, then the caller hangs up and the server says so."""
+    await greeted(call)
+    await call.hang_up()
+    assert await call.wait_closed() == (1000, "call ended")
+
+
 async def ended(store: Store, line: Line) -> Any:
     runs, _ = await store.list_runs(line.org_id, limit=1)
     assert runs, "no run was created"
@@ -154,8 +177,7 @@ async def test_a_call_completes_with_the_run_the_contract_describes(
 ) -> None:
     line = await make_line(client, store, kit)
     call = await dial(client, kit, line)
-    await call.handshake()
-    await until(lambda: "utt-1" in call.marks)  # the greeting played, in the call's codec
+    await greeted(call)  # the greeting played, in the call's codec
     await call.send_audio(tone_ulaw(0.2), realtime=False)
     await call.press("5")
     await call.hang_up()
@@ -164,8 +186,7 @@ async def test_a_call_completes_with_the_run_the_contract_describes(
     run = await ended(store, line)
     assert (run.state, run.end_reason, run.close_code, run.mode) == (
         "completed", "caller_hangup", 1000, kit.provider)
-    call_id = kit.call_id({"account_sid": call.account_sid, "call_sid": call.call_sid,
-                           "session": call.session})
+    call_id = kit.call_id_of(call)
     assert run.gathered_context[kit.call_key] == call_id
     assert run.gathered_context[kit.stream_key] == call.stream_sid
     assert run.gathered_context["dtmf_digits"] == "5"
@@ -253,51 +274,46 @@ async def test_an_account_no_configuration_names_is_a_4400_never_another_organiz
 # -- what the agent does through the provider's API ------------------------------------------------
 
 
+async def press_after_greeting(
+    client: TestClient, store: Store, kit: Kit, key: str, before: Callable[[], object] = lambda: None
+) -> tuple[Line, SimulatedCall, tuple[int, str], Run]:
+    """A call whose caller, once greeted (and after `before`), presses `key`: 1 and the
+    agent says goodbye and hangs up, 0 and it transfers. The line, the call, how the
+    server closed it and the ended run."""
+    line = await make_line(client, store, kit)
+    call = await dial(client, kit, line)
+    await greeted(call)
+    before()
+    await call.press(key)
+    closed = await call.wait_closed(timeout=20)
+    return line, call, closed, await ended(store, line)
+
+
 async def test_the_agent_hangs_up_after_its_last_words_through_the_api(
     client: TestClient, store: Store, kit: Kit
 ) -> None:
-    line = await make_line(client, store, kit)
-    call = await dial(client, kit, line)
-    await call.handshake()
-    await until(lambda: "utt-1" in call.marks)
-    await call.press("1")
-    assert await call.wait_closed(timeout=20) == (1000, "agent hung up")
+    line, call, closed, run = await press_after_greeting(client, store, kit, "1")
+    assert closed == (1000, "agent hung up")
     assert "utt-2" in call.marks  # "Bye." was played before the hang-up
-    run = await ended(store, line)
     assert (run.state, run.end_reason) == ("completed", "agent_hangup")
-    call_id = kit.call_id({"account_sid": call.account_sid, "call_sid": call.call_sid,
-                           "session": call.session})
-    assert_sent(kit, kit.hangup(line.account, call_id))
+    assert_sent(kit, kit.hangup(line.account, kit.call_id_of(call)))
 
 
 async def test_a_transfer_goes_through_the_api(
     client: TestClient, store: Store, kit: Kit
 ) -> None:
-    line = await make_line(client, store, kit)
-    call = await dial(client, kit, line)
-    await call.handshake()
-    await until(lambda: "utt-1" in call.marks)
-    await call.press("0")
-    assert await call.wait_closed(timeout=20) == (1000, "call transferred")
-    run = await ended(store, line)
+    line, call, closed, run = await press_after_greeting(client, store, kit, "0")
+    assert closed == (1000, "call transferred")
     assert (run.state, run.end_reason) == ("completed", "transfer")
     assert run.gathered_context["transfer_destination"] == DESTINATION
-    call_id = kit.call_id({"account_sid": call.account_sid, "call_sid": call.call_sid,
-                           "session": call.session})
-    assert_sent(kit, kit.transfer(line.account, call_id, DESTINATION))
+    assert_sent(kit, kit.transfer(line.account, kit.call_id_of(call), DESTINATION))
 
 
 async def test_a_hang_up_answered_already_over_counts_as_done(
     client: TestClient, store: Store, kit: Kit
 ) -> None:
-    line = await make_line(client, store, kit)
-    call = await dial(client, kit, line)
-    await call.handshake()
-    await until(lambda: "utt-1" in call.marks)
-    kit.emulator.live.clear() if hasattr(kit.emulator, "live") else kit.emulator.sessions.clear()
-    await call.press("1")
-    assert await call.wait_closed(timeout=20) == (1000, "agent hung up")
-    run = await ended(store, line)
+    _, _, closed, run = await press_after_greeting(client, store, kit, "1", before=kit.end_all_calls)
+    assert closed == (1000, "agent hung up")
     assert (run.state, run.end_reason, run.error) == ("completed", "agent_hangup", None)
     assert kit.requests()[-1].status == kit.already_over
 
@@ -305,14 +321,9 @@ async def test_a_hang_up_answered_already_over_counts_as_done(
 async def test_a_refused_hang_up_fails_the_run_with_the_provider_s_answer(
     client: TestClient, store: Store, kit: Kit
 ) -> None:
-    line = await make_line(client, store, kit)
-    call = await dial(client, kit, line)
-    await call.handshake()
-    await until(lambda: "utt-1" in call.marks)
-    kit.refuse_all(500)
-    await call.press("1")
-    assert (await call.wait_closed(timeout=20))[0] == 1000
-    run = await ended(store, line)
+    _, _, closed, run = await press_after_greeting(
+        client, store, kit, "1", before=lambda: kit.refuse_all(500))
+    assert closed[0] == 1000
     assert (run.state, run.end_reason) == ("failed", "agent_hangup")
     assert run.error == f"hangup failed: {title(kit)} hangup failed: HTTP 500"
 
@@ -409,10 +420,7 @@ async def test_twilio_signs_the_public_url_a_proxy_in_front_received(
     ws = await client.session.ws_connect(client.make_url(path), headers=headers, autoclose=False)
     call = SimulatedCall(ws, side=caller_side("twilio"), **who)
     call.start_reading()
-    await call.handshake()
-    await until(lambda: "utt-1" in call.marks)
-    await call.hang_up()
-    assert await call.wait_closed() == (1000, "call ended")
+    await greeted_and_hung_up(call)
 
 
 @only_twilio
@@ -571,10 +579,7 @@ async def test_telnyx_a_configured_stream_auth_token_must_come_with_the_upgrade(
     telnyx = kit
     line = await make_line(client, store, telnyx)
     token = "stream-token-" + "x" * 20
-    response = await client.patch(f"/api/v1/telephony-configurations/{line.config_id}",
-                                  json={"stream_auth_token": token}, headers=line.headers)
-    assert response.status == 200, await response.text()
-    assert (await response.json())["has_stream_auth_token"] is True
+    assert (await changed(client, line, {"stream_auth_token": token}))["has_stream_auth_token"] is True
     for secrets, reason in (
         ({}, f"missing {TELNYX_TOKEN_HEADER}"),
         ({"stream_auth_token": token[:-1] + "y"},
@@ -588,21 +593,14 @@ async def test_telnyx_a_configured_stream_auth_token_must_come_with_the_upgrade(
     assert telnyx.requests() == []  # refused before anything was asked of Telnyx
 
     call = await telnyx_call(client, telnyx, line, {"stream_auth_token": token})
-    await call.handshake()
-    await until(lambda: "utt-1" in call.marks)
-    await call.hang_up()
-    assert await call.wait_closed() == (1000, "call ended")
+    await greeted_and_hung_up(call)
     run = await ended(store, line)
     assert run.state == "completed" and token not in json.dumps(run.logs)
 
-    response = await client.patch(f"/api/v1/telephony-configurations/{line.config_id}",
-                                  json={"stream_auth_token": ""}, headers=line.headers)
-    assert (await response.json())["has_stream_auth_token"] is False  # emptied: not required
+    emptied = await changed(client, line, {"stream_auth_token": ""})
+    assert emptied["has_stream_auth_token"] is False  # no longer required
     call = await telnyx_call(client, telnyx, line, {})
-    await call.handshake()
-    await until(lambda: "utt-1" in call.marks)
-    await call.hang_up()
-    assert await call.wait_closed() == (1000, "call ended")
+    await greeted_and_hung_up(call)
 
 
 @only_telnyx
@@ -611,16 +609,10 @@ async def test_telnyx_configurations_without_a_user_id_serve_as_the_organization
 ) -> None:
     telnyx = kit
     line = await make_line(client, store, telnyx)
-    response = await client.patch(f"/api/v1/telephony-configurations/{line.config_id}",
-                                  json={"account_id": ""}, headers=line.headers)
-    assert response.status == 200, await response.text()
-    assert (await response.json())["account_id"] is None
+    assert (await changed(client, line, {"account_id": ""}))["account_id"] is None
 
     call = await dial(client, telnyx, line)  # its start still names the user
-    await call.handshake()
-    await until(lambda: "utt-1" in call.marks)
-    await call.hang_up()
-    assert await call.wait_closed() == (1000, "call ended")
+    await greeted_and_hung_up(call)
     run = await ended(store, line)
     assert run.logs["inbound_webhook"]["configuration"] == {
         "id": line.config_id, "name": "main", "selected_by": "only configuration"}
@@ -635,10 +627,7 @@ async def test_telnyx_configurations_without_a_user_id_serve_as_the_organization
         "telephony_configuration parameter"))
 
     call = await dial(client, telnyx, line, custom_parameters={"telephony_configuration": "main"})
-    await call.handshake()
-    await until(lambda: "utt-1" in call.marks)
-    await call.hang_up()
-    assert await call.wait_closed() == (1000, "call ended")
+    await greeted_and_hung_up(call)
     run = await ended(store, line)
     assert run.logs["inbound_webhook"]["configuration"]["selected_by"] == "custom parameter"
 
@@ -668,8 +657,7 @@ async def test_telnyx_a_transfer_refused_for_another_reason_than_an_ended_call_f
     definition["nodes"][2]["destination"] = "front desk"  # not a number Telnyx dials
     await store.update_workflow(line.org_id, line.workflow.uuid, definition=definition)
     call = await dial(client, telnyx, line)
-    await call.handshake()
-    await until(lambda: "utt-1" in call.marks)
+    await greeted(call)
     await call.press("0")
     assert (await call.wait_closed(timeout=20))[0] == 1000
     run = await ended(store, line)
@@ -734,8 +722,7 @@ async def test_plivo_l16_at_16_khz_both_ways(client: TestClient, store: Store, k
 
     plivo.encoding = "l16"
     call = await dial(client, plivo, line)
-    await call.handshake()
-    await until(lambda: "utt-1" in call.marks)
+    await greeted(call)
     played = greeting(call)
     for heard in played:  # the stream's own content type and rate, and 20 ms a message
         assert heard.raw["media"]["contentType"] == "audio/x-l16"
@@ -819,8 +806,7 @@ async def test_plivo_fetches_the_transfer_xml_once_and_the_token_is_never_logged
     caplog.set_level(logging.DEBUG)
     line = await make_line(client, store, kit)
     call = await dial(client, kit, line)
-    await call.handshake()
-    await until(lambda: "utt-1" in call.marks)
+    await greeted(call)
     await call.press("0")
     assert await call.wait_closed(timeout=20) == (1000, "call transferred")
 

@@ -58,9 +58,7 @@ def speech_flow(**sections: dict[str, Any]) -> dict[str, Any]:
 
 
 async def speech_tenant(make_tenant: MakeTenant, store: Store, definition: dict[str, Any]) -> Tenant:
-    tenant = await make_tenant()
-    await store.update_workflow(tenant.org_id, tenant.workflow.uuid, definition=definition)
-    return tenant
+    return await make_tenant(definition=definition)
 
 
 def conversation(run: Any) -> list[tuple[str, str]]:

@@ -145,9 +145,8 @@ async def test_barge_in_clears_the_provider_and_cuts_the_transcript(
 ) -> None:
     if speech_queue_seconds is not None:  # the greeting waits for room in the speech queue
         monkeypatch.setattr(transport, "MAX_QUEUED_SPEECH_SECONDS", speech_queue_seconds)
-    tenant = await make_tenant()
     definition = starter_definition()  # the long greeting: about four seconds
-    await store.update_workflow(tenant.org_id, tenant.workflow.uuid, definition=definition)
+    tenant = await make_tenant(definition=definition)
     call = await dial(tenant.workflow.uuid)
     call.start_reading()
     await call.handshake()
@@ -209,11 +208,10 @@ async def test_a_caller_hanging_up_while_speech_waits_for_room_ends_the_call_at_
 async def test_a_non_interruptible_prompt_is_not_cut(
     dial: Dial, make_tenant: MakeTenant, store: Store, caller_voice: EspeakSynthesizer
 ) -> None:
-    tenant = await make_tenant()
     definition = short_flow()
     definition["nodes"][0]["interruptible"] = False
     definition["nodes"][0]["say"] = "Please listen carefully, as our options have changed."
-    await store.update_workflow(tenant.org_id, tenant.workflow.uuid, definition=definition)
+    tenant = await make_tenant(definition=definition)
     call = await dial(tenant.workflow.uuid)
     call.start_reading()
     await call.handshake()
@@ -307,11 +305,10 @@ async def test_an_agent_step_that_breaks_ends_the_call_with_1011_and_its_traceba
     dial: Dial, make_tenant: MakeTenant, store: Store, caller_voice: EspeakSynthesizer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    tenant = await make_tenant()
     definition = short_flow()
     # text the speech engine cannot encode (the API refuses it; the database may hold it)
     definition["nodes"][1]["say"] = "Great \ud800"
-    await store.update_workflow(tenant.org_id, tenant.workflow.uuid, definition=definition)
+    tenant = await make_tenant(definition=definition)
     call = await dial(tenant.workflow.uuid)
     call.start_reading()
     await call.handshake()

@@ -370,6 +370,8 @@ class Provider(ABC):
     stand_in_account: ClassVar[str] = "test-call"
     # What the start event calls the account id (for the 4400 when it is malformed).
     start_account_key: ClassVar[str] = "account id"
+    # What a simulated call may stream: a name (a test's or the CLI's) to (encoding, rate).
+    caller_codecs: ClassVar[Mapping[str, tuple[str, int]]] = {"ulaw": ("ulaw", 8000)}
 
     # configuration
 
@@ -428,12 +430,20 @@ class Provider(ABC):
     def snippets(self, stream_url: str, config: TelephonyConfig | None) -> list[Snippet]:
         """What to paste into the provider's own configuration to reach `stream_url`."""
 
-    @abstractmethod
     def caller_side(
         self, secrets: Mapping[str, str] | None = None, *, encoding: str | None = None
     ) -> CallerSide:
-        """The provider's end of a stream, for a simulated call (with the configuration's
-        secrets where the provider signs the upgrade; another codec where it has several)."""
+        """The provider's end of a stream, for a simulated call: with the configuration's
+        secrets where the provider signs the upgrade, streaming `encoding` (a name of
+        `caller_codecs`; the first when None)."""
+        found = self.caller_codecs.get(encoding or next(iter(self.caller_codecs)))
+        if found is None:
+            raise ValueError(f"{self.title} streams {', '.join(self.caller_codecs)}, not {encoding!r}")
+        return self.caller(Codec(*found), secrets)
+
+    @abstractmethod
+    def caller(self, codec: Codec, secrets: Mapping[str, str] | None) -> CallerSide:
+        """The provider's end of a stream in `codec`."""
 
     def routes(self) -> list[web.RouteDef]:
         """Routes the provider needs on this server (Plivo's transfer XML)."""

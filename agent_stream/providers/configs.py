@@ -6,27 +6,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import replace
 from typing import Any, Final
 
-from ..models import TelephonyConfig
+from ..models import ConfigInput, TelephonyConfig
 from ..security import mask_secret
 from ..store import Store
 from .base import Problem, Provider
 
 MAX_NAME: Final = 120
 _NUMBER_RE: Final = re.compile(r"\+?[0-9*#]{2,20}")
-
-
-@dataclass
-class ConfigInput:
-    """What to store: given fields only (an update keeps what is not given)."""
-
-    name: str | None = None
-    account_id: str | None = None
-    fields: dict[str, str] = field(default_factory=dict)
-    secrets: dict[str, str] = field(default_factory=dict)
-    from_numbers: list[str] | None = None
 
 
 def check_config(
@@ -114,22 +103,9 @@ async def save_config(
     not given stays). Conflict where the provider allows one configuration per account."""
     if config_id is None:
         return await store.create_telephony_config(
-            organization_id=organization_id,
-            provider=provider.name,
-            name=given.name or provider.title,
-            account_id=given.account_id or "",
-            fields=given.fields,
-            secrets=given.secrets,
-            from_numbers=given.from_numbers,
+            organization_id, provider.name, replace(given, name=given.name or provider.title),
             one_per_account=provider.one_per_account,
         )
     return await store.update_telephony_config(
-        organization_id,
-        config_id,
-        name=given.name,
-        account_id=given.account_id,
-        fields=given.fields,
-        secrets=given.secrets,
-        from_numbers=given.from_numbers,
-        one_per_account=provider.one_per_account,
+        organization_id, config_id, given, one_per_account=provider.one_per_account
     )

@@ -58,9 +58,6 @@ class CloudonixProvider(base.Provider):
         base.ConfigField("application_name", "Application name", required=False),
     )
 
-    def normalize_account(self, value: str) -> str:
-        return normalize_domain(value)
-
     def check_field(self, name: str, value: str) -> str:
         if name == "domain_id":
             return parse_domain(value)
@@ -99,10 +96,8 @@ class CloudonixProvider(base.Provider):
         domain = start.account_id if newer_form else request.query.get("Domain")
         return {"domain": domain, "normalized_domain": config.account_id}
 
-    def caller_side(
-        self, secrets: Mapping[str, str] | None = None, *, encoding: str | None = None
-    ) -> base.CallerSide:
-        return CloudonixCaller(Codec("ulaw", SAMPLE_RATE), secrets)
+    def caller(self, codec: Codec, secrets: Mapping[str, str] | None) -> base.CallerSide:
+        return CloudonixCaller(codec, secrets)
 
     def snippets(self, stream_url: str, config: TelephonyConfig | None) -> list[base.Snippet]:
         """The Voice Application's CXML: the older URL form names the domain."""

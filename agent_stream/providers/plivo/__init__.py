@@ -10,7 +10,7 @@ import json
 import time
 from collections.abc import Mapping
 from functools import partial
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar
 from xml.sax.saxutils import escape, quoteattr
 
 from aiohttp import web
@@ -24,8 +24,6 @@ from .wire import CONFIG_HEADER, CONTENT_TYPES, PlivoWire, extra_headers_text, p
 
 __all__ = ["PlivoProvider", "parse_start"]
 
-# What a simulated Plivo end streams, by the name a test or the CLI gives it.
-CALLER_CODECS: Final = {"ulaw": ("ulaw", 8000), "l16": ("l16", 16000), "l16-8000": ("l16", 8000)}
 
 
 class PlivoProvider(base.Provider):
@@ -35,6 +33,9 @@ class PlivoProvider(base.Provider):
     account_label = "auth ID"
     default_api_base_url = "https://api.plivo.com"
     stand_in_account = "MA" + "0" * 18
+    caller_codecs: ClassVar[Mapping[str, tuple[str, int]]] = {
+        "ulaw": ("ulaw", 8000), "l16": ("l16", 16000), "l16-8000": ("l16", 8000),
+    }
     start_account_key = "accountId"
     fields: ClassVar[tuple[base.ConfigField, ...]] = (
         base.ConfigField("auth_id", "Auth ID", placeholder="MA…", max_length=40,
@@ -68,13 +69,8 @@ class PlivoProvider(base.Provider):
                          "or the caller never hears the agent)", "xml", xml, label="Plivo XML"),
         ]
 
-    def caller_side(
-        self, secrets: Mapping[str, str] | None = None, *, encoding: str | None = None
-    ) -> base.CallerSide:
-        found = CALLER_CODECS.get(encoding or "ulaw")
-        if found is None:
-            raise ValueError(f"Plivo streams {', '.join(CALLER_CODECS)}, not {encoding!r}")
-        return PlivoCaller(Codec(*found), secrets)
+    def caller(self, codec: Codec, secrets: Mapping[str, str] | None) -> base.CallerSide:
+        return PlivoCaller(codec, secrets)
 
     def routes(self) -> list[web.RouteDef]:
         return transfer.routes()

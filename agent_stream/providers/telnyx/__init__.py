@@ -34,8 +34,7 @@ AUTH_HEADER: Final = "x-telnyx-streaming-auth-token"
 # What start.media_format.encoding may say, and the codec it means. Older Telnyx examples
 # wrote mu-law as "audio/x-mulaw"; the current documentation says "PCMU".
 ENCODINGS: Final = {"PCMU": "ulaw", "audio/x-mulaw": "ulaw", "PCMA": "alaw"}
-# The caller side's `encoding` (ours or Telnyx's name) to the codec, and back to Telnyx's.
-_CALLER_ENCODINGS: Final = {"ulaw": "ulaw", "PCMU": "ulaw", "alaw": "alaw", "PCMA": "alaw"}
+# Our codec's encoding to Telnyx's name of it.
 _TELNYX_NAMES: Final = {"ulaw": "PCMU", "alaw": "PCMA"}
 # Start fields never kept on the run (in case Telnyx ever echoes the token there).
 _UNLOGGED: Final = frozenset({"stream_auth_token"})
@@ -94,6 +93,11 @@ class TelnyxProvider(base.Provider):
     account_label = "user id"
     default_api_base_url = "https://api.telnyx.com"
     stand_in_account = "00000000-0000-4000-8000-000000000000"
+    # Our names or Telnyx's.
+    caller_codecs: ClassVar[Mapping[str, tuple[str, int]]] = {
+        "ulaw": ("ulaw", SAMPLE_RATE), "PCMU": ("ulaw", SAMPLE_RATE),
+        "alaw": ("alaw", SAMPLE_RATE), "PCMA": ("alaw", SAMPLE_RATE),
+    }
     fields: ClassVar[tuple[base.ConfigField, ...]] = (
         base.ConfigField("api_key", "API key", secret=True, max_length=400, placeholder="KEY…",
                          help="Mission Control, API keys: it validates each call, hangs up and transfers.",
@@ -169,13 +173,8 @@ class TelnyxProvider(base.Provider):
                          json.dumps(parameters, indent=2), label="JSON"),
         ]
 
-    def caller_side(
-        self, secrets: Mapping[str, str] | None = None, *, encoding: str | None = None
-    ) -> base.CallerSide:
-        codec = _CALLER_ENCODINGS.get(encoding or "ulaw")
-        if codec is None:
-            raise ValueError(f"Telnyx streams carry PCMU or PCMA, not {encoding!r}")
-        return TelnyxCaller(Codec(codec, SAMPLE_RATE), secrets)
+    def caller(self, codec: Codec, secrets: Mapping[str, str] | None) -> base.CallerSide:
+        return TelnyxCaller(codec, secrets)
 
 
 class TelnyxCaller(TwilioStyleCaller):

@@ -109,10 +109,8 @@ class TwilioProvider(base.Provider):
             base.Snippet("What your number's TwiML answers", "xml", twiml, label="TwiML"),
         ]
 
-    def caller_side(
-        self, secrets: Mapping[str, str] | None = None, *, encoding: str | None = None
-    ) -> base.CallerSide:
-        return TwilioCaller(Codec("ulaw", SAMPLE_RATE), secrets)
+    def caller(self, codec: Codec, secrets: Mapping[str, str] | None) -> base.CallerSide:
+        return TwilioCaller(codec, secrets)
 
 
 class TwilioCaller(TwilioStyleCaller):
