@@ -74,7 +74,7 @@ class TelephonyConfig:
     name: str
     account_id: str
     fields: dict[str, str]
-    secrets: dict[str, str]
+    secrets: dict[str, str] = field(repr=False)  # never in a log line or a traceback
     from_numbers: list[str]
     created_at: str
     updated_at: str
@@ -92,7 +92,7 @@ class ConfigInput:
     name: str | None = None
     account_id: str | None = None
     fields: dict[str, str] = field(default_factory=dict)
-    secrets: dict[str, str] = field(default_factory=dict)
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)
     from_numbers: list[str] | None = None
 
 

@@ -214,7 +214,7 @@ class SimulatedCall:
             await self.send(stop)
 
     async def _answer_clear(self) -> None:
-        """Like a provider that confirms a clear (Plivo's clearedAudio), where it does."""
+        """Like a provider that confirms a clear, where it sends such a confirmation."""
         answer = self.side.cleared(self.identity, self._next_sequence())
         if answer is not None:
             with contextlib.suppress(ConnectionError, RuntimeError):

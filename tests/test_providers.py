@@ -318,6 +318,15 @@ async def test_a_hang_up_answered_already_over_counts_as_done(
     assert kit.requests()[-1].status == kit.already_over
 
 
+async def test_a_transfer_answered_already_over_counts_as_done(
+    client: TestClient, store: Store, kit: Kit
+) -> None:
+    _, _, closed, run = await press_after_greeting(client, store, kit, "0", before=kit.end_all_calls)
+    assert closed == (1000, "call transferred")
+    assert (run.state, run.end_reason, run.error) == ("completed", "transfer", None)
+    assert kit.requests()[-1].status == kit.already_over
+
+
 async def test_a_refused_hang_up_fails_the_run_with_the_provider_s_answer(
     client: TestClient, store: Store, kit: Kit
 ) -> None:
@@ -326,6 +335,26 @@ async def test_a_refused_hang_up_fails_the_run_with_the_provider_s_answer(
     assert closed[0] == 1000
     assert (run.state, run.end_reason) == ("failed", "agent_hangup")
     assert run.error == f"hangup failed: {title(kit)} hangup failed: HTTP 500"
+
+
+async def test_a_secret_with_a_line_break_is_refused_by_its_field_and_nothing_is_stored(
+    client: TestClient, store: Store, kit: Kit
+) -> None:
+    """A pasted token with a line break would become a header of every request to the
+    provider: refused where it is typed, for the API as for the admin."""
+    line = await make_line(client, store, kit)
+    account, secret = kit.new_account()
+    _, secret_field = kit.fields
+    response = await client.post(
+        "/api/v1/telephony-configurations", headers=line.headers,
+        json={"provider": kit.provider, "name": "pasted"} | kit.config(account, secret + "\r\nX-Evil: 1"),
+    )
+    assert response.status == 400, await response.text()
+    problems = (await response.json())["problems"]
+    assert [p["field"] for p in problems] == [secret_field]
+    assert "line break" in problems[0]["message"] and secret not in json.dumps(problems)
+    listed = await client.get("/api/v1/telephony-configurations", headers=line.headers)
+    assert [c["name"] for c in (await listed.json())["telephony_configurations"]] == ["main"]
 
 
 async def test_validation_refused_is_a_4400(client: TestClient, store: Store, kit: Kit) -> None:

@@ -262,7 +262,7 @@ class ControlContext:
 
     http: aiohttp.ClientSession  # the app's shared session
     api_base_url: str
-    config: TelephonyConfig
+    config: TelephonyConfig = field(repr=False)  # holds the secrets
     start: CallStart
     timeout: float
     public_url: str  # with `tokens`, for URLs of ours a provider fetches (Plivo's transfer)
@@ -298,18 +298,26 @@ class CallControl(ABC):
         self, url: URL, *, params: Mapping[str, str] | None = None, read_json: bool = False
     ) -> Any:
         """GET the call's resource for validation: anything but a 200 is a 4400 naming
-        the status; returns the JSON body when asked for (a 4400 when it is none)."""
+        the status; returns the parsed JSON body when asked for (a 4400 when the body is
+        not JSON), else None."""
         try:
             async with self._http.get(
                 url, params=params, headers=self._headers, timeout=self._timeout
             ) as response:
                 status = response.status
-                body = await response.json(content_type=None) if read_json and status == 200 else None
-        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+                raw = await response.read() if read_json and status == 200 else b""
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise self.unreachable(exc) from None
         if status != 200:
             raise self.validation_failed(status)
-        return body
+        if not read_json:
+            return None
+        try:
+            return strict_json.loads(raw)
+        except ValueError:
+            raise HandshakeError(
+                f"session validation failed: {self.title} answered 200 without JSON"
+            ) from None
 
     def checked(self, status: int, action: str) -> int:
         """A hang-up's or transfer's status, or ProviderApiError when it is a refusal."""
@@ -460,16 +468,18 @@ def call_start(
     codec: Codec,
     custom_parameters: dict[str, str],
     fields: dict[str, Any] | None = None,
+    numbers: Mapping[str, Any] | None = None,
 ) -> CallStart:
-    """The CallStart of a start event: the caller and the called number from its `from`
-    and `to`, else from custom parameters of those names (Twilio's start names neither:
-    a TwiML `<Parameter>` may), the provider's ids kept under its name."""
+    """The CallStart of a start event: the caller and the called number from the `from`
+    and `to` of `numbers` (the start event itself unless given), the provider's ids kept
+    under its name."""
+    numbers = start if numbers is None else numbers
     return CallStart(
         call_id=call_id,
         stream_id=stream_id,
         account_id=account_id,
-        caller=text_field(start, "from") or custom_parameters.get("from"),
-        called=text_field(start, "to") or custom_parameters.get("to"),
+        caller=text_field(numbers, "from"),
+        called=text_field(numbers, "to"),
         custom_parameters=custom_parameters,
         codec=codec,
         fields=start if fields is None else fields,

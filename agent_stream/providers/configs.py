@@ -16,6 +16,8 @@ from .base import Problem, Provider
 
 MAX_NAME: Final = 120
 _NUMBER_RE: Final = re.compile(r"\+?[0-9*#]{2,20}")
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+_MULTILINE_CONTROL: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # line breaks and tabs allowed
 
 
 def check_config(
@@ -44,6 +46,11 @@ def check_config(
             continue
         if len(value) > spec.max_length:
             problems.append(Problem(spec.name, f"That {spec.label.lower()} is too long."))
+            continue
+        if (_MULTILINE_CONTROL if spec.multiline else _CONTROL).search(value.strip()):
+            # a token with a line break would end up in an HTTP header
+            problems.append(Problem(spec.name, f"That {spec.label.lower()} has a line break or "
+                                               "another control character: paste it again."))
             continue
         try:
             checked = provider.check_field(spec.name, value)

@@ -61,7 +61,7 @@ class CloudonixProvider(base.Provider):
     def check_field(self, name: str, value: str) -> str:
         if name == "domain_id":
             return parse_domain(value)
-        return value.strip()
+        return super().check_field(name, value)
 
     def url_account(self, request: web.Request, newer_form: bool) -> str | None:
         """The older URL form names the domain in `Domain` and must; the path form takes it

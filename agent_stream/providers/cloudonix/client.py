@@ -2,16 +2,12 @@
 section 2.3), Bearer token, every URL built from encoded segments."""
 from __future__ import annotations
 
-from typing import Final
 from xml.sax.saxutils import escape
 
 from yarl import URL
 
-from ..base import CallControl, ControlContext, ProviderApiError
+from ..base import CallControl, ControlContext
 from ..identifiers import api_url
-
-# A hang-up answered 404 finds the call already over: done all the same.
-HANGUP_DONE_STATUSES: Final = frozenset({200, 204, 404})
 
 
 def transfer_cxml(destination: str) -> str:
@@ -23,6 +19,7 @@ class CloudonixControl(CallControl):
     """The Cloudonix REST calls of one call, on the app's shared HTTP session."""
 
     title = "Cloudonix"
+    already_over = 404  # the session is gone: a hang-up or transfer is done all the same
 
     def __init__(self, call: ControlContext) -> None:
         super().__init__(call, headers={"Authorization": f"Bearer {call.config.value('bearer_token')}"})
@@ -46,9 +43,7 @@ class CloudonixControl(CallControl):
         async with self._http.delete(
             self._session_url(), headers=self._headers, timeout=self._timeout
         ) as response:
-            if response.status not in HANGUP_DONE_STATUSES:
-                raise ProviderApiError(self.title, "hangup", response.status)
-            return response.status
+            return self.checked(response.status, "hangup")
 
     async def transfer(self, destination: str) -> int:
         """Blind transfer: replace the call's application with a Dial to `destination`."""
@@ -58,6 +53,4 @@ class CloudonixControl(CallControl):
             json={"cxml": transfer_cxml(destination)},
             timeout=self._timeout,
         ) as response:
-            if response.status >= 300:
-                raise ProviderApiError(self.title, "transfer", response.status)
-            return response.status
+            return self.checked(response.status, "transfer")

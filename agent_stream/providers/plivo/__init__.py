@@ -25,7 +25,6 @@ from .wire import CONFIG_HEADER, CONTENT_TYPES, PlivoWire, extra_headers_text, p
 __all__ = ["PlivoProvider", "parse_start"]
 
 
-
 class PlivoProvider(base.Provider):
     name = "plivo"
     title = "Plivo"

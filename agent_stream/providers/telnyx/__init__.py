@@ -113,7 +113,7 @@ class TelnyxProvider(base.Provider):
     )
 
     def check_field(self, name: str, value: str) -> str:
-        value = value.strip()
+        value = super().check_field(name, value)
         if name == "account_id":
             if not is_identifier(value):
                 raise ValueError("A Telnyx user id is letters, digits and dashes (a UUID).")

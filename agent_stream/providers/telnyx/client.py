@@ -34,10 +34,10 @@ class TelnyxControl(CallControl):
 
     def __init__(self, call: ControlContext) -> None:
         super().__init__(call, headers={"Authorization": f"Bearer {call.config.value('api_key')}"})
-        base, call_control_id = call.api_base_url, call.start.call_id
-        self._call: URL = api_url(base, "v2", "calls", call_control_id)
-        self._hangup: URL = api_url(base, "v2", "calls", call_control_id, "actions", "hangup")
-        self._transfer: URL = api_url(base, "v2", "calls", call_control_id, "actions", "transfer")
+        api, call_control_id = call.api_base_url, call.start.call_id
+        self._call: URL = api_url(api, "v2", "calls", call_control_id)
+        self._hangup: URL = api_url(api, "v2", "calls", call_control_id, "actions", "hangup")
+        self._transfer: URL = api_url(api, "v2", "calls", call_control_id, "actions", "transfer")
 
     def __repr__(self) -> str:
         return f"<TelnyxControl {self._call.path}>"  # never the key

@@ -54,9 +54,12 @@ def parse_start(message: dict[str, Any]) -> base.CallStart:
     stream_sid = base.identifier(start.get("streamSid") or message.get("streamSid"), "streamSid")
     call_sid = base.identifier(start.get("callSid"), "callSid")
     account_sid = base.identifier(start.get("accountSid"), "accountSid")
+    parameters = custom_parameters(start.get("customParameters"))
     return base.call_start(
         "twilio", start, call_id=call_sid, stream_id=stream_sid, account_id=account_sid,
-        codec=mulaw_codec(start), custom_parameters=custom_parameters(start.get("customParameters")),
+        codec=mulaw_codec(start), custom_parameters=parameters,
+        # Twilio's start names neither number: a TwiML <Parameter> may
+        numbers={**start, **{k: v for k, v in parameters.items() if v}},
     )
 
 
