@@ -309,21 +309,15 @@ async def test_a_transfer_goes_through_the_api(
     assert_sent(kit, kit.transfer(line.account, kit.call_id_of(call), DESTINATION))
 
 
-async def test_a_hang_up_answered_already_over_counts_as_done(
-    client: TestClient, store: Store, kit: Kit
+@pytest.mark.parametrize(("key", "reason", "end_reason"), [
+    ("1", "agent hung up", "agent_hangup"), ("0", "call transferred", "transfer"),
+])
+async def test_a_hang_up_or_transfer_answered_already_over_counts_as_done(
+    client: TestClient, store: Store, kit: Kit, key: str, reason: str, end_reason: str
 ) -> None:
-    _, _, closed, run = await press_after_greeting(client, store, kit, "1", before=kit.end_all_calls)
-    assert closed == (1000, "agent hung up")
-    assert (run.state, run.end_reason, run.error) == ("completed", "agent_hangup", None)
-    assert kit.requests()[-1].status == kit.already_over
-
-
-async def test_a_transfer_answered_already_over_counts_as_done(
-    client: TestClient, store: Store, kit: Kit
-) -> None:
-    _, _, closed, run = await press_after_greeting(client, store, kit, "0", before=kit.end_all_calls)
-    assert closed == (1000, "call transferred")
-    assert (run.state, run.end_reason, run.error) == ("completed", "transfer", None)
+    _, _, closed, run = await press_after_greeting(client, store, kit, key, before=kit.end_all_calls)
+    assert closed == (1000, reason)
+    assert (run.state, run.end_reason, run.error) == ("completed", end_reason, None)
     assert kit.requests()[-1].status == kit.already_over
 
 
