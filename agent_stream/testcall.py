@@ -28,7 +28,7 @@ from .config import Settings
 from .keys import CONFIG_SOURCE, STORE
 from .models import Run, TelephonyConfig
 from .providers import DEFAULT_PROVIDER, PROVIDERS, provider_named
-from .providers.base import Provider
+from .providers.base import CONFIG_PARAMETER, Provider
 from .simulator import SimulatedCall, connect, pcm16_to_ulaw, silence_ulaw, stream_url
 from .speech.tts import EspeakSynthesizer
 from .store import Store, utcnow
@@ -82,8 +82,7 @@ class StandInConfigs:
 
 def stand_in_config(provider: Provider) -> TelephonyConfig:
     """A configuration of `provider` for a test call: its stand-in account, dummy secrets."""
-    fields = {f.name: provider.stand_in_account for f in provider.fields
-              if f.name == provider.account_field}
+    fields = {provider.account_field: provider.stand_in_account} if provider.account_field else {}
     secrets_ = {f.name: f"test-call-{f.name}" for f in provider.fields if f.secret and f.required}
     now = utcnow()
     return TelephonyConfig(0, 0, provider.name, "test call (stand-in)", provider.stand_in_account,
@@ -159,7 +158,7 @@ async def run_test_call(settings: Settings, agent_uuid: str, steps: list[Step],
                 http, url, provider=provider.name, secrets=config.secrets,
                 account_sid=config.account_id, call_sid=call_id, caller="+15555550100",
                 called="+15555550199",
-                custom_parameters={"telephony_configuration": str(config.id)} if stored else None,
+                custom_parameters={CONFIG_PARAMETER: str(config.id)} if stored else None,
             )
             call.start_reading()
             await call.handshake()

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from ..errors import Conflict, NotFound
 from ..models import TelephonyConfig
-from ..providers import PROVIDERS, provider_named
+from ..providers import DEFAULT_PROVIDER, PROVIDERS, provider_named
 from ..providers.base import Provider
 from ..providers.configs import check_config, numbers_from_text, save_config
 from ..security import mask_secret
@@ -17,7 +17,7 @@ from .common import form_of, int_id, page, redirect, render, store_of, url, user
 
 
 def _provider(name: str | None) -> Provider:
-    provider = provider_named(name or "") if name else next(iter(PROVIDERS.values()))
+    provider = provider_named(name or DEFAULT_PROVIDER)
     if provider is None:
         raise NotFound("no such provider")
     return provider

@@ -346,7 +346,7 @@ class Call:
                                            account_id=account, start=start)
             _check_secrets(provider, selected.config)
         config = selected.config
-        provider.check_upgrade(self.request, config, self.settings.public_url)
+        provider.check_upgrade(self.request, config)
         control = provider.control(ControlContext(
             http=self.request.app[HTTP],
             api_base_url=self.settings.api_base_url(provider.name, provider.default_api_base_url),
@@ -369,8 +369,8 @@ class Call:
         """What the first messages said goes on the run and into the agent's context."""
         run = record.run
         gathered: dict[str, Any] = dict(start.gathered)
-        if "call_id" not in run.gathered_context and start.call_id_for_context:
-            gathered["call_id"] = start.call_id_for_context
+        if "call_id" not in run.gathered_context:
+            gathered["call_id"] = start.call_id
         initial: dict[str, Any] = {}
         if self.newer_form:
             initial = {"caller_number": start.caller, "called_number": start.called}

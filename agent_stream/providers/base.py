@@ -16,6 +16,7 @@ import binascii
 import json
 import logging
 import re
+import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
@@ -105,7 +106,6 @@ class CallStart:
     codec: Codec  # what the provider sends, and so what it gets back
     fields: dict[str, Any]  # the start fields as they came (logs.inbound_webhook.start)
     gathered: dict[str, Any]  # the provider's ids the run keeps (gathered_context)
-    call_id_for_context: str | None = None  # gathered_context.call_id when the URL had none
 
 
 # -- the wire format ---------------------------------------------------------------------------
@@ -319,6 +319,14 @@ class CallControl(ABC):
                 f"session validation failed: {self.title} answered 200 without JSON"
             ) from None
 
+    async def act(self, method: str, url: URL, action: str, **body: Any) -> int:
+        """One hang-up or transfer request (`body`: its `json` or `data`): its status, or
+        ProviderApiError when it is a refusal."""
+        async with self._http.request(
+            method, url, headers=self._headers, timeout=self._timeout, **body
+        ) as response:
+            return self.checked(response.status, action)
+
     def checked(self, status: int, action: str) -> int:
         """A hang-up's or transfer's status, or ProviderApiError when it is a refusal."""
         if status >= 300 and status != self.already_over:
@@ -413,7 +421,7 @@ class Provider(ABC):
         or malformed."""
 
     def check_upgrade(  # noqa: B027 - most providers sign nothing: nothing to check
-        self, request: web.Request, config: TelephonyConfig, public_url: str | None
+        self, request: web.Request, config: TelephonyConfig
     ) -> None:
         """What the provider signed or sent on the HTTP upgrade, checked against the
         configuration (HandshakeError when it does not match)."""
@@ -484,7 +492,6 @@ def call_start(
         codec=codec,
         fields=start if fields is None else fields,
         gathered={f"{provider}_call_id": call_id, f"{provider}_stream_id": stream_id},
-        call_id_for_context=call_id,
     )
 
 
@@ -494,10 +501,10 @@ def text_field(message: Mapping[str, Any], key: str) -> str | None:
     return str(value) if value not in (None, "") else None
 
 
-async def receive_event(given: HandshakeInput, expected: str, now: Callable[[], float]) -> dict[str, Any]:
+async def receive_event(given: HandshakeInput, expected: str) -> dict[str, Any]:
     """The next handshake message as a JSON event named `expected`, or the 4400 why not."""
     try:
-        data = await given.next_message(max(given.deadline - now(), 0.0))
+        data = await given.next_message(max(given.deadline - time.monotonic(), 0.0))
     except TimeoutError:
         raise HandshakeError(f"timed out waiting for '{expected}' event") from None
     except PeerClosed:
@@ -519,6 +526,19 @@ def parse_event(data: str | bytes, expected: str) -> dict[str, Any]:
     if event != expected:
         raise HandshakeError(f"expected '{expected}' event, got {str(event)[:40]!r}")
     return message
+
+
+def start_object(message: dict[str, Any]) -> dict[str, Any]:
+    """The `start` object of a start event, or a 4400."""
+    start = message.get("start")
+    if not isinstance(start, dict):
+        raise HandshakeError("malformed 'start' event: missing 'start' object")
+    return start
+
+
+def as_wss(url: str) -> str:
+    """`url` over wss:// (Twilio, Telnyx and Plivo connect over nothing else)."""
+    return "wss://" + url.partition("://")[2]
 
 
 def identifier(value: Any, name: str, *, event: str = "start") -> str:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from typing import Any, Final
+from xml.sax.saxutils import escape
 
 from pipecat.frames.frames import Frame
 
@@ -86,16 +86,17 @@ def mulaw_codec(start: dict[str, Any]) -> Codec:
 
 async def read_connected_start(given: HandshakeInput) -> dict[str, Any]:
     """`connected`, then the `start` event (returned whole), or the 4400 why not."""
-    await receive_event(given, "connected", time.monotonic)
-    return await receive_event(given, "start", time.monotonic)
+    await receive_event(given, "connected")
+    return await receive_event(given, "start")
 
 
-def start_object(message: dict[str, Any]) -> dict[str, Any]:
-    """The `start` object of a start event, or a 4400."""
-    start = message.get("start")
-    if not isinstance(start, dict):
-        raise HandshakeError("malformed 'start' event: missing 'start' object")
-    return start
+def dial_response(destination: str) -> str:
+    """The markup Twilio (TwiML) and Cloudonix (CXML) both read as "dial `destination`"."""
+    return f"<Response><Dial>{escape(destination)}</Dial></Response>"
+
+
+# The start event's mediaFormat of every Twilio-framed mu-law stream.
+MULAW_FORMAT: Final = {"encoding": "audio/x-mulaw", "sampleRate": SAMPLE_RATE, "channels": 1}
 
 
 def custom_parameters(value: Any) -> dict[str, str]:

@@ -13,9 +13,9 @@ from ...errors import HandshakeError
 from ...models import TelephonyConfig
 from .. import base
 from ..identifiers import is_domain_name
-from ..twilio_style import TwilioStyleCaller, TwilioStyleWire, read_connected_start
+from ..twilio_style import MULAW_FORMAT, TwilioStyleCaller, TwilioStyleWire, read_connected_start
 from .client import CloudonixControl, transfer_cxml
-from .wire import SAMPLE_RATE, parse_start
+from .wire import parse_start
 
 __all__ = ["CloudonixProvider", "normalize_domain", "parse_domain", "parse_start", "transfer_cxml"]
 
@@ -71,10 +71,7 @@ class CloudonixProvider(base.Provider):
         domain = request.query.get("Domain")
         if not domain:
             raise HandshakeError("missing Domain")
-        try:
-            return parse_domain(domain)
-        except ValueError:
-            raise HandshakeError(f"malformed Domain {domain[:40]!r}") from None
+        return self.checked_account(domain)
 
     def checked_account(self, account_id: str) -> str:
         try:
@@ -125,6 +122,6 @@ class CloudonixCaller(TwilioStyleCaller):
         start.update(
             accountSid=who.account_id, **{"from": who.caller, "to": who.called},
             tracks=["inbound"], customParameters=dict(who.custom_parameters),
-            mediaFormat={"encoding": "audio/x-mulaw", "sampleRate": SAMPLE_RATE, "channels": 1},
+            mediaFormat=MULAW_FORMAT,
         )
         return {"event": "start", "sequenceNumber": "1", "streamSid": who.stream_id, "start": start}

@@ -2,17 +2,14 @@
 section 2.3), Bearer token, every URL built from encoded segments."""
 from __future__ import annotations
 
-from xml.sax.saxutils import escape
-
 from yarl import URL
 
 from ..base import CallControl, ControlContext
 from ..identifiers import api_url
+from ..twilio_style import dial_response
 
-
-def transfer_cxml(destination: str) -> str:
-    """The CXML that makes Cloudonix dial the destination (blind transfer)."""
-    return f"<Response><Dial>{escape(destination)}</Dial></Response>"
+# The CXML that makes Cloudonix dial the destination (blind transfer).
+transfer_cxml = dial_response
 
 
 class CloudonixControl(CallControl):
@@ -23,7 +20,7 @@ class CloudonixControl(CallControl):
 
     def __init__(self, call: ControlContext) -> None:
         super().__init__(call, headers={"Authorization": f"Bearer {call.config.value('bearer_token')}"})
-        self._base = call.api_base_url.rstrip("/")
+        self._base = call.api_base_url
         self._domain = call.config.account_id
         self._session = call.start.call_id
 
@@ -40,17 +37,9 @@ class CloudonixControl(CallControl):
 
     async def hangup(self) -> int:
         """End the call; 200, 204 and 404 (already gone) all mean done."""
-        async with self._http.delete(
-            self._session_url(), headers=self._headers, timeout=self._timeout
-        ) as response:
-            return self.checked(response.status, "hangup")
+        return await self.act("DELETE", self._session_url(), "hangup")
 
     async def transfer(self, destination: str) -> int:
         """Blind transfer: replace the call's application with a Dial to `destination`."""
-        async with self._http.post(
-            api_url(self._base, "calls", self._domain, "sessions", self._session, "application"),
-            headers=self._headers,
-            json={"cxml": transfer_cxml(destination)},
-            timeout=self._timeout,
-        ) as response:
-            return self.checked(response.status, "transfer")
+        url = api_url(self._base, "calls", self._domain, "sessions", self._session, "application")
+        return await self.act("POST", url, "transfer", json={"cxml": transfer_cxml(destination)})

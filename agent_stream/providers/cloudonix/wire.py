@@ -3,13 +3,11 @@ without a socket. `start.session` is the Cloudonix session token (`callSid` when
 the domain is `start.accountSid` on the path form of the URL."""
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any
 
 from ...errors import HandshakeError
-from ..base import CallStart, identifier, text_field
-from ..twilio_style import custom_parameters, mulaw_codec, start_object
-
-SAMPLE_RATE: Final = 8000
+from ..base import CallStart, identifier, start_object, text_field
+from ..twilio_style import custom_parameters, mulaw_codec
 
 
 def parse_start(message: dict[str, Any]) -> CallStart:
@@ -35,5 +33,4 @@ def parse_start(message: dict[str, Any]) -> CallStart:
             "cloudonix_stream_sid": stream_sid,
             "cloudonix_session": session,
         },
-        call_id_for_context=session,
     )

@@ -49,7 +49,7 @@ class PlivoProvider(base.Provider):
 
     async def read_start(self, given: base.HandshakeInput) -> base.CallStart:
         """Plivo sends no `connected`: `start` is the first message."""
-        return parse_start(await base.receive_event(given, "start", time.monotonic))
+        return parse_start(await base.receive_event(given, "start"))
 
     def wire(self, start: base.CallStart, *, log: base.LogAdapter) -> base.Wire:
         return PlivoWire(start, log=log)
@@ -58,7 +58,7 @@ class PlivoProvider(base.Provider):
         return PlivoControl(call, transfer_link=partial(transfer.transfer_link, call.tokens, call.public_url))
 
     def snippets(self, stream_url: str, config: TelephonyConfig | None) -> list[base.Snippet]:
-        wss = "wss://" + stream_url.partition("://")[2]
+        wss = base.as_wss(stream_url)
         headers = (f" extraHeaders={quoteattr(f'{CONFIG_HEADER}={config.id}')}" if config else "")
         xml = ('<Response><Stream bidirectional="true" keepCallAlive="true" '
                f'contentType="audio/x-mulaw;rate=8000"{headers}>{escape(wss)}</Stream></Response>')

@@ -49,13 +49,9 @@ class PlivoControl(CallControl):
 
     async def hangup(self) -> int:
         """204 when hung up."""
-        async with self._http.delete(self._url, headers=self._headers, timeout=self._timeout) as response:
-            return self.checked(response.status, "hangup")
+        return await self.act("DELETE", self._url, "hangup")
 
     async def transfer(self, destination: str) -> int:
         """202 when Plivo will fetch the one-time URL and dial what it answers."""
         form = {"legs": "aleg", "aleg_url": await self._transfer_link(destination), "aleg_method": "GET"}
-        async with self._http.post(
-            self._url, data=form, headers=self._headers, timeout=self._timeout
-        ) as response:
-            return self.checked(response.status, "transfer")
+        return await self.act("POST", self._url, "transfer", data=form)

@@ -21,6 +21,7 @@ from ..base import (
     Wire,
     call_start,
     identifier,
+    start_object,
 )
 
 MULAW: Final = "audio/x-mulaw"
@@ -90,9 +91,7 @@ def media_codec(start: dict[str, Any]) -> Codec:
 def parse_start(message: dict[str, Any]) -> CallStart:
     """Plivo's start event: callId, streamId and accountId (the auth id), the media format,
     and `extra_headers` at the top level of the message."""
-    start = message.get("start")
-    if not isinstance(start, dict):
-        raise HandshakeError("malformed 'start' event: missing 'start' object")
+    start = start_object(message)
     call_id = identifier(start.get("callId"), "callId")
     stream_id = identifier(start.get("streamId") or message.get("streamId"), "streamId")
     account_id = identifier(start.get("accountId"), "accountId")
@@ -110,7 +109,6 @@ class PlivoWire(Wire):
     def __init__(self, start: CallStart, *, log: LogAdapter) -> None:
         super().__init__(start, log=log)
         self._format = {"contentType": CONTENT_TYPES[self.codec.encoding], "sampleRate": self.codec.rate}
-        self.clears_confirmed = 0  # clearedAudio answers: expected, not a problem
 
     def media_message(self, payload: bytes) -> str:
         media = {**self._format, "payload": base64.b64encode(payload).decode()}
@@ -134,8 +132,7 @@ class PlivoWire(Wire):
             return self.dtmf_frame(body.get("digit") if isinstance(body, dict) else None)
         if event == "playedStream":
             return self.mark_echo(message.get("name"))
-        if event == "clearedAudio":
-            self.clears_confirmed += 1
+        if event == "clearedAudio":  # confirms a clear: expected, not a problem
             return None
         self.problem("repeated start event" if event == "start" else "unknown event")
         return None

@@ -23,7 +23,6 @@ from ..twilio_style import (
     TwilioStyleWire,
     custom_parameters,
     read_connected_start,
-    start_object,
 )
 from .client import TelnyxControl
 
@@ -72,7 +71,7 @@ def start_parameters(value: Any) -> dict[str, str]:
 def parse_start(message: dict[str, Any]) -> base.CallStart:
     """Telnyx's start event: the top-level stream_id, the call control id, the user id, the
     custom parameters and the media format."""
-    start = start_object(message)
+    start = base.start_object(message)
     stream_id = base.identifier(message.get("stream_id"), "stream_id")
     call_control_id = base.identifier(start.get("call_control_id"), "call_control_id")
     user_id = base.text_field(start, "user_id")
@@ -93,6 +92,7 @@ class TelnyxProvider(base.Provider):
     account_label = "user id"
     default_api_base_url = "https://api.telnyx.com"
     stand_in_account = "00000000-0000-4000-8000-000000000000"
+    start_account_key = "user_id"
     # Our names or Telnyx's.
     caller_codecs: ClassVar[Mapping[str, tuple[str, int]]] = {
         "ulaw": ("ulaw", SAMPLE_RATE), "PCMU": ("ulaw", SAMPLE_RATE),
@@ -121,14 +121,12 @@ class TelnyxProvider(base.Provider):
         return value
 
     def checked_account(self, account_id: str) -> str:
-        return base.identifier(account_id.strip(), "user_id").lower()
+        return super().checked_account(account_id).lower()
 
     async def read_start(self, given: base.HandshakeInput) -> base.CallStart:
         return parse_start(await read_connected_start(given))
 
-    def check_upgrade(
-        self, request: web.Request, config: TelephonyConfig, public_url: str | None
-    ) -> None:
+    def check_upgrade(self, request: web.Request, config: TelephonyConfig) -> None:
         """With a stream auth token configured, the upgrade must carry it: the stream URL
         alone is no secret."""
         expected = config.value("stream_auth_token")
@@ -154,7 +152,7 @@ class TelnyxProvider(base.Provider):
     def snippets(self, stream_url: str, config: TelephonyConfig | None) -> list[base.Snippet]:
         """TeXML and Call Control, both bidirectional in RTP (the default, mp3, never plays
         the agent to the caller), with the stream's codec pinned to the one played back."""
-        wss = "wss://" + stream_url.partition("://")[2]
+        wss = base.as_wss(stream_url)
         texml = (f'<Response><Connect><Stream url={quoteattr(wss)} bidirectionalMode="rtp" '
                  'bidirectionalCodec="PCMU" codec="PCMU"/></Connect></Response>')
         parameters: dict[str, Any] = {

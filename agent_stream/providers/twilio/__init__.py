@@ -16,18 +16,18 @@ from aiohttp import web
 from ...audio import Codec
 from ...errors import HandshakeError
 from ...models import TelephonyConfig
+from ...urls import public_url
 from .. import base
 from ..twilio_style import (
+    MULAW_FORMAT,
     TwilioStyleCaller,
     TwilioStyleWire,
     custom_parameters,
     mulaw_codec,
     read_connected_start,
-    start_object,
 )
 from .client import TwilioControl
 
-SAMPLE_RATE: Final = 8000
 SIGNATURE_HEADER: Final = "X-Twilio-Signature"
 
 
@@ -38,19 +38,15 @@ def signature(auth_token: str, url: str) -> str:
     return base64.b64encode(digest).decode()
 
 
-def signed_url(request: web.Request, public_url: str | None) -> str:
+def signed_url(request: web.Request) -> str:
     """The stream URL as Twilio requested it: wss:// + the public host + the path (Twilio
     only speaks wss; TLS usually ends at a proxy in front of us)."""
-    if public_url:
-        host = public_url.partition("://")[2].rstrip("/")
-    else:
-        host = request.headers.get("X-Forwarded-Host", "").split(",")[0].strip() or request.host
-    return f"wss://{host}{request.raw_path}"
+    return base.as_wss(public_url(request)) + request.raw_path
 
 
 def parse_start(message: dict[str, Any]) -> base.CallStart:
     """Twilio's start event: accountSid, callSid and streamSid, custom parameters."""
-    start = start_object(message)
+    start = base.start_object(message)
     stream_sid = base.identifier(start.get("streamSid") or message.get("streamSid"), "streamSid")
     call_sid = base.identifier(start.get("callSid"), "callSid")
     account_sid = base.identifier(start.get("accountSid"), "accountSid")
@@ -83,15 +79,13 @@ class TwilioProvider(base.Provider):
     async def read_start(self, given: base.HandshakeInput) -> base.CallStart:
         return parse_start(await read_connected_start(given))
 
-    def check_upgrade(
-        self, request: web.Request, config: TelephonyConfig, public_url: str | None
-    ) -> None:
+    def check_upgrade(self, request: web.Request, config: TelephonyConfig) -> None:
         """The upgrade must carry Twilio's signature of the stream URL with this account's
         auth token: anyone else can know the URL."""
         given = request.headers.get(SIGNATURE_HEADER)
         if not given:
             raise HandshakeError(f"missing {SIGNATURE_HEADER}")
-        expected = signature(config.value("auth_token"), signed_url(request, public_url))
+        expected = signature(config.value("auth_token"), signed_url(request))
         if not hmac.compare_digest(given.encode(), expected.encode()):
             raise HandshakeError(f"{SIGNATURE_HEADER} does not match the stream URL and auth token")
 
@@ -102,7 +96,7 @@ class TwilioProvider(base.Provider):
         return TwilioControl(call)
 
     def snippets(self, stream_url: str, config: TelephonyConfig | None) -> list[base.Snippet]:
-        wss = "wss://" + stream_url.partition("://")[2]
+        wss = base.as_wss(stream_url)
         parameter = (f'<Parameter name="{base.CONFIG_PARAMETER}" value={quoteattr(str(config.id))}/>'
                      if config else "")
         twiml = (f"<Response><Connect><Stream url={quoteattr(wss)}>{parameter}</Stream>"
@@ -125,8 +119,7 @@ class TwilioCaller(TwilioStyleCaller):
             "start": {
                 "accountSid": who.account_id, "streamSid": who.stream_id, "callSid": who.call_id,
                 "tracks": ["inbound"], "customParameters": dict(who.custom_parameters),
-                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": SAMPLE_RATE,
-                                "channels": 1},
+                "mediaFormat": MULAW_FORMAT,
             },
         }
 
@@ -134,4 +127,4 @@ class TwilioCaller(TwilioStyleCaller):
         token = self.secrets.get("auth_token")
         if not token:
             return {}
-        return {SIGNATURE_HEADER: signature(token, "wss://" + url.partition("://")[2])}
+        return {SIGNATURE_HEADER: signature(token, base.as_wss(url))}

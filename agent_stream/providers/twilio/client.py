@@ -3,19 +3,13 @@ account), hang-up (`Status=completed`) and blind transfer (inline TwiML), Basic 
 the account SID and auth token; a 404 means the call is already over."""
 from __future__ import annotations
 
-from xml.sax.saxutils import escape
-
 import aiohttp
 from yarl import URL
 
 from ...errors import HandshakeError
 from ..base import CallControl, ControlContext
 from ..identifiers import api_url
-
-
-def transfer_twiml(destination: str) -> str:
-    """The TwiML that replaces the call's document with a dial to `destination`."""
-    return f"<Response><Dial>{escape(destination)}</Dial></Response>"
+from ..twilio_style import dial_response
 
 
 class TwilioControl(CallControl):
@@ -41,13 +35,8 @@ class TwilioControl(CallControl):
             raise HandshakeError(f"session validation failed: the Twilio call is {call_status}")
 
     async def hangup(self) -> int:
-        return await self._update({"Status": "completed"}, "hangup")
+        return await self.act("POST", self._url, "hangup", data={"Status": "completed"})
 
     async def transfer(self, destination: str) -> int:
-        return await self._update({"Twiml": transfer_twiml(destination)}, "transfer")
-
-    async def _update(self, form: dict[str, str], action: str) -> int:
-        async with self._http.post(
-            self._url, data=form, headers=self._headers, timeout=self._timeout
-        ) as response:
-            return self.checked(response.status, action)
+        """Replace the call's TwiML with a dial to `destination`."""
+        return await self.act("POST", self._url, "transfer", data={"Twiml": dial_response(destination)})
