@@ -113,7 +113,8 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _text(body: dict[str, Any], key: str, *, required: bool = False, limit: int = 200) -> str | None:
+def _text(body: dict[str, Any], key: str, *, required: bool = False) -> str | None:
+    limit = 200
     value = body.get(key)
     if value is None:
         if required:

@@ -88,7 +88,7 @@ class Settings:
             host=host or os.environ.get("AGENT_STREAM_HOST") or DEFAULT_HOST,
             port=int(port or os.environ.get("AGENT_STREAM_PORT") or DEFAULT_PORT),
             api_base_urls={
-                name.removesuffix(API_BASE_URL_SUFFIX).lower(): value.rstrip("/")
+                name.removesuffix(API_BASE_URL_SUFFIX).lower(): value
                 for name, value in os.environ.items()
                 if name.endswith(API_BASE_URL_SUFFIX) and value
             },

@@ -55,6 +55,8 @@ logging.getLogger("aiosqlite").setLevel(logging.INFO)
 
 SCHEMA_PATH: Final = Path(__file__).resolve().parent.parent / "schema.sql"
 RUN_NAME_PREFIX: Final = "WR-AGS-"
+# A run in these states is a live call's (of this process or another).
+ACTIVE_STATES: Final = ("pending", "running")
 # A model the store builds from rows (`_from_row`).
 _Record = TypeVar("_Record", bound="DataclassInstance")
 # Verified against for unknown emails; its password is random and never stored anywhere.
@@ -628,8 +630,8 @@ class Store:
             if owner.max_concurrent_calls is not None:
                 active = await _scalar(
                     db,
-                    """SELECT COUNT(*) FROM workflow_runs r JOIN workflows w ON w.id = r.workflow_id
-                        WHERE w.owner_user_id = ? AND r.state IN ('pending', 'running')
+                    f"""SELECT COUNT(*) FROM workflow_runs r JOIN workflows w ON w.id = r.workflow_id
+                        WHERE w.owner_user_id = ? AND r.state IN {ACTIVE_STATES}
                           AND r.id NOT IN (SELECT value FROM json_each(?))""",
                     (owner.id, _json(sorted(over_run_ids))),
                 )
@@ -655,7 +657,10 @@ class Store:
                 (workflow.id, workflow.live_definition_id, name, mode, _json(initial_context),
                  _json(gathered_context), _json(logs), now),
             )
-            return await self._run_by_id(db, cur.lastrowid or 0)
+            # a run just made has no transcript yet: its row is all there is to read
+            row = await self._one(_RUN_SELECT + " WHERE r.id = ?", (cur.lastrowid or 0,), db=db)
+            assert row is not None  # inserted by this transaction
+            return _run(row)
 
     async def mark_run_running(
         self, run_id: int, logs: dict[str, Any] | None = None, *, started_at: str | None = None
@@ -753,13 +758,10 @@ class Store:
             )
 
     async def get_run_by_id(self, run_id: int) -> Run:
-        return await self._run_by_id(None, run_id)
-
-    async def _run_by_id(self, db: aiosqlite.Connection | None, run_id: int) -> Run:
-        row = await self._one(_RUN_SELECT + " WHERE r.id = ?", (run_id,), db=db)
+        row = await self._one(_RUN_SELECT + " WHERE r.id = ?", (run_id,))
         if row is None:
             raise NotFound("run not found")
-        return _run(row, await self._transcript(run_id, db))
+        return _run(row, await self._transcript(run_id))
 
     async def find_run_by_call_id(self, workflow_id: int, call_id: str) -> Run | None:
         """The run of one call of a workflow, by the call id its stream URL carried."""
@@ -768,7 +770,7 @@ class Store:
             " ORDER BY r.id DESC LIMIT 1",
             (workflow_id, call_id),
         )
-        return await self._run_by_id(None, row["id"]) if row else None
+        return _run(row, await self._transcript(row["id"])) if row else None
 
     async def get_run(self, organization_id: int, run_id: int) -> Run:
         run = await self.get_run_by_id(run_id)
@@ -776,12 +778,8 @@ class Store:
             raise NotFound("run not found")
         return run
 
-    async def _transcript(
-        self, run_id: int, db: aiosqlite.Connection | None = None
-    ) -> list[TranscriptLine]:
-        rows = await self._all(
-            "SELECT * FROM run_transcript_lines WHERE run_id = ? ORDER BY seq", (run_id,), db=db
-        )
+    async def _transcript(self, run_id: int) -> list[TranscriptLine]:
+        rows = await self._all("SELECT * FROM run_transcript_lines WHERE run_id = ? ORDER BY seq", (run_id,))
         return [
             TranscriptLine(r["role"], r["text"], r["start_ms"], r["end_ms"], bool(r["interrupted"]))
             for r in rows
@@ -942,11 +940,11 @@ class Store:
         async with self._transaction() as db:
             await db.execute(
                 "DELETE FROM login_failures WHERE created_at < ?",
-                ((now - timedelta(days=1)).isoformat(timespec="milliseconds"),),
+                (_iso(now - timedelta(days=1)),),
             )
             await db.execute(
                 "INSERT INTO login_failures (email, ip, created_at) VALUES (?, ?, ?)",
-                (email.strip(), ip, now.isoformat(timespec="milliseconds")),
+                (email.strip(), ip, _iso(now)),
             )
 
     async def login_failures_since(self, email: str, ip: str, since: str) -> tuple[int, str | None]:

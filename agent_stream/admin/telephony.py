@@ -37,7 +37,6 @@ def shown(config: TelephonyConfig) -> dict[str, Any]:
         "name": config.name,
         "provider": provider,
         "account": config.account_id,
-        "fields": dict(config.fields),
         "secret_hints": [(f.label, hints[f.name]) for f in secrets],
         "hints": hints,
         "from_numbers": ", ".join(config.from_numbers),
@@ -88,19 +87,29 @@ async def telephony(request: web.Request) -> web.StreamResponse:
     return await _list_page(request, _provider(request.query.get("provider")))
 
 
-@page()
-async def create(request: web.Request) -> web.StreamResponse:
-    form = await form_of(request)
-    provider = _provider(form.get("provider"))
-    given, found = check_config(provider, _form_values(provider, form), creating=True)
+async def _save(
+    request: web.Request, provider: Provider, form: dict[str, str], organization_id: int,
+    config_id: int | None = None,
+) -> dict[str, str]:
+    """Check and store a posted configuration (a new one, or the changes to `config_id`);
+    the problems by field, none when it was stored."""
+    given, found = check_config(provider, _form_values(provider, form), creating=config_id is None)
     problems = {p.field: p.message for p in found}
     if not problems:
         try:
-            await save_config(store_of(request), provider, user_of(request).organization_id, given)
+            await save_config(store_of(request), provider, organization_id, given, config_id=config_id)
         except Conflict:
             problems[provider.account_field or "name"] = (
                 f"There is already a configuration for {given.account_id}."
             )
+    return problems
+
+
+@page()
+async def create(request: web.Request) -> web.StreamResponse:
+    form = await form_of(request)
+    provider = _provider(form.get("provider"))
+    problems = await _save(request, provider, form, user_of(request).organization_id)
     if problems:
         return await _list_page(
             request, provider, status=400, form=_refilled(provider, form), problems=problems
@@ -143,17 +152,7 @@ async def update(request: web.Request) -> web.StreamResponse:
     config = await _config(request)
     provider = _provider(config.provider)
     form = await form_of(request)
-    given, found = check_config(provider, _form_values(provider, form), creating=False)
-    problems = {p.field: p.message for p in found}
-    if not problems:
-        try:
-            await save_config(
-                store_of(request), provider, config.organization_id, given, config_id=config.id
-            )
-        except Conflict:
-            problems[provider.account_field or "name"] = (
-                f"There is already a configuration for {given.account_id}."
-            )
+    problems = await _save(request, provider, form, config.organization_id, config_id=config.id)
     if problems:
         return render(
             request,

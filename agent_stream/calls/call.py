@@ -57,7 +57,7 @@ from ..urls import public_url
 from ..workflow import llm_endpoint, speech_provider, validate_definition
 from .outcome import CallOutcome, Outcome
 from .run_writes import RunRecord
-from .selection import missing_secret, select_config
+from .selection import select_config
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +75,8 @@ class CallLog(logging.LoggerAdapter[logging.Logger]):
 
 @dataclass(frozen=True)
 class Connected:
-    """A call past its handshake: what it said, its wire format and its REST calls."""
+    """A call past its handshake: its wire format (which knows its start) and its REST calls."""
 
-    start: CallStart
-    config: TelephonyConfig
     wire: Wire
     control: CallControl
 
@@ -98,7 +96,6 @@ class Call:
         self.provider: Provider | None = provider_named(self.provider_name)
         self.accepted_at = accepted_at
         self.finished = asyncio.Event()
-        self.shutting_down = False
         self.outcome = CallOutcome()
         self._workflow: Workflow | None = None
         self.context: dict[str, Any] = {}
@@ -110,7 +107,7 @@ class Call:
 
     async def shut_down(self) -> None:
         """Server shutdown: close the socket; the handler task notices and ends the run."""
-        self.shutting_down = self.outcome.shutting_down = True
+        self.outcome.shutting_down = True
         await self.close_socket(GOING_AWAY, "server shutting down")
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -336,7 +333,6 @@ class Call:
         if url_account is not None:  # the configuration is known before any event is read
             selected = await select_config(source, provider, organization_id,
                                            account_id=url_account, start=None)
-            _check_secrets(provider, selected.config)
         start = await provider.read_start(HandshakeInput(
             self.request, self.newer_form, self._next_message, began + self.settings.handshake_timeout
         ))
@@ -344,7 +340,6 @@ class Call:
             account = provider.checked_account(start.account_id) if start.account_id else None
             selected = await select_config(source, provider, organization_id,
                                            account_id=account, start=start)
-            _check_secrets(provider, selected.config)
         config = selected.config
         provider.check_upgrade(self.request, config)
         control = provider.control(ControlContext(
@@ -360,7 +355,7 @@ class Call:
         elapsed_ms = (time.monotonic() - began) * 1000
         await self._remember(record, provider, start, config, selected.by, elapsed_ms)
         self.log.info("handshake done in %.1f ms", elapsed_ms)
-        return Connected(start, config, provider.wire(start, log=self.log), control)
+        return Connected(provider.wire(start, log=self.log), control)
 
     async def _remember(
         self, record: RunRecord, provider: Provider, start: CallStart, config: TelephonyConfig,
@@ -496,11 +491,6 @@ class AgentActions:
             self._close_task = asyncio.create_task(
                 self._call.close_socket(outcome.close_code, outcome.close_reason), name="agent close"
             )
-
-
-def _check_secrets(provider: Provider, config: TelephonyConfig) -> None:
-    if (problem := missing_secret(provider, config)) is not None:
-        raise problem
 
 
 def _gap_summary(pipeline: CallPipeline) -> dict[str, Any]:

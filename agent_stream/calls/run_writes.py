@@ -80,10 +80,6 @@ class RunWriteQueue:
         self._retrier: asyncio.Task[None] | None = None
         self.over: set[int] = set()  # runs whose call is over, their end not written yet
 
-    def __len__(self) -> int:
-        """Runs with writes the database has not taken yet."""
-        return len(self._waiting)
-
     async def write(self, run_id: int, write: _Write) -> bool:
         """Write now, after the run's earlier writes; True when it landed, False when it
         waits for the database (or, being our own bug, was dropped and logged)."""

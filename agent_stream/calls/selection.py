@@ -49,7 +49,21 @@ async def select_config(
     account_id: str | None,
     start: CallStart | None,
 ) -> Selected:
-    """The configuration the call uses, or the 4400 that says why there is none."""
+    """The configuration the call uses, with the secrets it needs, or the 4400 that says
+    why there is none."""
+    selected = await _selected(source, provider, organization_id, account_id=account_id, start=start)
+    _require_secrets(provider, selected.config)
+    return selected
+
+
+async def _selected(
+    source: ConfigSource,
+    provider: Provider,
+    organization_id: int,
+    *,
+    account_id: str | None,
+    start: CallStart | None,
+) -> Selected:
     title = provider.title
     named = start.custom_parameters.get(CONFIG_PARAMETER) if start else None
     if named:
@@ -89,10 +103,9 @@ def _only(provider: Provider, configs: list[TelephonyConfig]) -> Selected:
     return Selected(configs[0], "only configuration")
 
 
-def missing_secret(provider: Provider, config: TelephonyConfig) -> HandshakeError | None:
-    """A configuration without a required secret cannot validate a call: the 4400 to say so."""
+def _require_secrets(provider: Provider, config: TelephonyConfig) -> None:
+    """A configuration without a required secret cannot validate a call: a 4400 saying so."""
     for field in provider.fields:
         if field.secret and field.required and not config.value(field.name):
             name = config.account_id or config.name
-            return HandshakeError(f"{provider.title} configuration for {name} has no {field.label.lower()}")
-    return None
+            raise HandshakeError(f"{provider.title} configuration for {name} has no {field.label.lower()}")

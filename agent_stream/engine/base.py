@@ -161,7 +161,7 @@ class VoiceAgent(FrameProcessor):
         """The call ends: cancel every step and timer and wait for them (a failure among
         them was logged by `_task_done`)."""
         self._finished = True
-        tasks = [t for t in (*self._tasks, *self._timers.values()) if t is not asyncio.current_task()]
+        tasks = [t for t in self._tasks if t is not asyncio.current_task()]  # timers too
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -32,7 +32,7 @@ from typing import BinaryIO, Final, Literal
 
 from .. import audio
 from ..errors import NotFound
-from ..store import Store
+from ..store import ACTIVE_STATES, Store
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,6 @@ AGENT_SUFFIX: Final = ".agent.pcm"
 _RAW_TRACK_NAME: Final = re.compile(
     rf"([1-9][0-9]{{0,17}})(?:{re.escape(CALLER_SUFFIX)}|{re.escape(AGENT_SUFFIX)})"
 )
-# A run in these states is still another process's call, and so are its raw tracks.
-_OPEN_RUN_STATES: Final = frozenset({"pending", "running"})
 MERGE_BLOCK_BYTES: Final = 32000
 # Audio of one track held before it goes to the writer thread: one second at 8 kHz.
 FLUSH_BYTES: Final = 16000
@@ -257,7 +255,7 @@ async def _recover_run(
         run = await store.get_run_by_id(run_id)
     except NotFound:
         run = None
-    if run is not None and run.state in _OPEN_RUN_STATES:
+    if run is not None and run.state in ACTIVE_STATES:  # another process's call: its tracks too
         return "kept"
     path = directory / f"{run_id}.wav"
     caller, agent = raw_tracks(path)
