@@ -14,9 +14,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from agent_stream.config import Settings
 from agent_stream.keys import STORE
-from agent_stream.models import ConfigInput, Workflow
+from agent_stream.models import ConfigInput, Run, User, Workflow
 from agent_stream.server import create_app, runner_options, server_event_loop
-from agent_stream.simulator import SimulatedCall, connect, pcm16_to_ulaw, silence_ulaw, stream_url
+from agent_stream.simulator import SimulatedCall, connect, pcm16_to_ulaw, silence_ulaw, stream_url, tone_ulaw
 from agent_stream.speech.tts import EspeakSynthesizer
 from agent_stream.store import Store
 from agent_stream.workflow import starter_definition
@@ -164,6 +164,32 @@ def dial(client: TestClient, emulator: CloudonixEmulator) -> Dial:
     return open_call
 
 
+def database_bytes(db_path: Path) -> bytes:
+    """Everything SQLite keeps of the database on disk (the file, its WAL and shared memory):
+    what a copy of the database would reveal."""
+    return b"".join(p.read_bytes() for p in sorted(db_path.parent.glob(db_path.name + "*")))
+
+
+async def answered(dial: Dial, agent_uuid: str, **options: Any) -> SimulatedCall:
+    """A call to the agent, its replies being read, past its handshake."""
+    call = await dial(agent_uuid, **options)
+    call.start_reading()
+    await call.handshake()
+    return call
+
+
+# The states of a run that has ended.
+ENDED = ("completed", "failed")
+
+
+async def short_call(dial: Dial, tenant: Tenant) -> tuple[int | None, str]:
+    """Connect, handshake, a little audio, hang up: the close code and reason we got."""
+    call = await answered(dial, tenant.workflow.uuid)
+    await call.send_audio(tone_ulaw(0.2), realtime=False)
+    await call.hang_up()
+    return await call.wait_closed(timeout=30)
+
+
 async def wait_for_state(store: Store, run_id: int, *states: str, timeout: float = 5.0) -> Any:
     """Poll the database until the run reaches one of `states` (runs finish after close)."""
     import asyncio
@@ -186,7 +212,6 @@ async def latest_run_id(store: Store, org_id: int, *, wait: float = 0.0) -> int 
         if runs or asyncio.get_running_loop().time() >= deadline:
             return runs[0].id if runs else None
         await asyncio.sleep(0.02)
-
 
 
 # -- helpers for tests that place calls ------------------------------------------------------
@@ -240,11 +265,12 @@ async def handshake_done(store: Store, tenant: Tenant) -> Any:
     return await wait_for_handshake(store, run_id)
 
 
-async def finished_run(store: Store, tenant: Tenant) -> Any:
-    """The tenant's newest run once it has ended (runs finish just after the close)."""
+async def finished_run(store: Store, tenant: Tenant | Any) -> Any:
+    """The newest run of the tenant's organization (`org_id`: any tenant-like object) once
+    it has ended (runs finish just after the close)."""
     run_id = await latest_run_id(store, tenant.org_id, wait=5)
     assert run_id is not None, "no run was created"
-    return await wait_for_state(store, run_id, "completed", "failed", timeout=20)
+    return await wait_for_state(store, run_id, *ENDED, timeout=20)
 
 
 def spawned_children(pid: int) -> set[int]:
@@ -273,3 +299,41 @@ def pytest_configure(config: pytest.Config) -> None:
 
     logger.remove()
     logger.add(sys.stderr, level="WARNING")
+
+
+@dataclass
+class Crash:
+    """The database and recordings folder a killed server left: runs it never finished."""
+
+    store: Store
+    owner: User
+    workflow: Workflow
+    recordings: Path
+
+    async def open_run(self, *, running: bool = True) -> Run:
+        """A run the killed server had started (and marked running, unless not `running`)."""
+        run = await self.store.start_run(self.workflow, self.owner, mode="cloudonix",
+                                         initial_context={}, gathered_context={}, logs={})
+        if running:
+            await self.store.mark_run_running(run.id)
+        return run
+
+    def tracks(self, run_id: int, *, caller: bytes | None, agent: bytes | None) -> None:
+        """The raw files a recorder was streaming to when the process died."""
+        if caller is not None:
+            (self.recordings / f"{run_id}.caller.pcm").write_bytes(caller)
+        if agent is not None:
+            (self.recordings / f"{run_id}.agent.pcm").write_bytes(agent)
+
+
+@pytest.fixture
+async def crash(settings: Settings) -> Crash:
+    """A database of `settings` with an organization, an owner and an agent, opened as the
+    killed server had it; close `crash.store` to play the crash."""
+    store = await Store.open(settings.db_path)
+    org = await store.get_or_create_organization("Crashed")
+    user = await store.create_user(organization_id=org.id, email="c@example.com", password="pw")
+    workflow = await store.create_workflow(
+        organization_id=org.id, owner_user_id=user.id, name="C", definition={"nodes": []})
+    settings.recordings_dir.mkdir(parents=True, exist_ok=True)
+    return Crash(store, await store.get_user(user.id), workflow, settings.recordings_dir)

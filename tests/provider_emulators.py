@@ -4,13 +4,12 @@ the provider answers, and records every request it got. (Cloudonix's is in
 cloudonix_emulator.py.)"""
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 from urllib.parse import parse_qs
 
 import aiohttp
@@ -27,7 +26,6 @@ class Request:
     method: str
     path: str
     raw_path: str
-    query: dict[str, str]
     authorized: bool
     body: Any  # JSON, or the form as a dict, or None
     status: int
@@ -44,7 +42,6 @@ class RestEmulator:
     live: dict[str, str] = field(default_factory=dict)  # call id -> account
     requests: list[Request] = field(default_factory=list)
     status_override: int | None = None
-    delay: float = 0.0
 
     def add_account(self, account: str, secret: str) -> None:
         self.credentials[account] = secret
@@ -63,8 +60,6 @@ class RestEmulator:
         async def wrapped(request: web.Request) -> web.StreamResponse:
             body = await _body(request)
             account = self.authorized(request)
-            if self.delay:
-                await asyncio.sleep(self.delay)
             if self.status_override is not None:
                 response = web.json_response({"error": "status override"}, status=self.status_override)
             elif account is None:
@@ -72,23 +67,13 @@ class RestEmulator:
             else:
                 response = await handler(request, body)
             self.requests.append(Request(
-                request.method, request.path, request.raw_path, dict(request.query),
-                account is not None, body, response.status,
+                request.method, request.path, request.raw_path, account is not None, body,
+                response.status,
             ))
             return response
 
         return wrapped
 
-    def basic_account(self, request: web.Request) -> str | None:
-        """HTTP Basic with an account and its secret."""
-        scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
-        if scheme != "Basic":
-            return None
-        try:
-            account, _, secret = base64.b64decode(encoded).decode().partition(":")
-        except ValueError:
-            return None
-        return account if self.credentials.get(account) == secret and secret else None
 
 
 async def _body(request: web.Request) -> Any:
@@ -104,9 +89,35 @@ async def _body(request: web.Request) -> Any:
 
 
 @dataclass
-class TwilioEmulator(RestEmulator):
+class BasicAuthEmulator(RestEmulator):
+    """A provider whose call URLs name the account (path variable `account_param`) and
+    which takes HTTP Basic with that account and its secret (Twilio, Plivo)."""
+
+    account_param: ClassVar[str]
+
+    def authorized(self, request: web.Request) -> str | None:
+        scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
+        if scheme != "Basic":
+            return None
+        try:
+            account, _, secret = base64.b64decode(encoded).decode().partition(":")
+        except ValueError:
+            return None
+        known = self.credentials.get(account) == secret and secret
+        return account if known and account == request.match_info[self.account_param] else None
+
+    def _call(self, request: web.Request) -> str | None:
+        """The call of the URL, if it is live on the URL's account."""
+        call = request.match_info["call"]
+        return call if self.live.get(call) == request.match_info[self.account_param] else None
+
+
+@dataclass
+class TwilioEmulator(BasicAuthEmulator):
     """The Call resource: GET answers the call's status; POST `Status=completed` ends it,
     POST `Twiml=` replaces its document; an unknown or ended call is 404 (code 20404)."""
+
+    account_param: ClassVar[str] = "sid"
 
     def make_app(self) -> web.Application:
         app = web.Application()
@@ -114,14 +125,6 @@ class TwilioEmulator(RestEmulator):
         app.router.add_get(path, self._guarded(self._get))
         app.router.add_post(path, self._guarded(self._update))
         return app
-
-    def authorized(self, request: web.Request) -> str | None:
-        account = self.basic_account(request)
-        return account if account == request.match_info["sid"] else None
-
-    def _call(self, request: web.Request) -> str | None:
-        call = request.match_info["call"]
-        return call if self.live.get(call) == request.match_info["sid"] else None
 
     async def _get(self, request: web.Request, body: Any) -> web.Response:
         call = self._call(request)
@@ -189,24 +192,27 @@ class TelnyxEmulator(RestEmulator):
                                                "record_type": "call"}})
         return self._not_found()
 
-    async def _hangup(self, request: web.Request, body: Any) -> web.Response:
+    def _refusal(self, request: web.Request) -> web.Response | None:
+        """Why an action on the URL's call is refused: another account's call (404) or a
+        call that is over (422, 90018); None when it is this account's live call."""
         call = request.match_info["call"]
         if call in self.live and self._owner(request) is None:
             return self._not_found()
-        if call not in self.live:
-            return self._over()
+        return None if call in self.live else self._over()
+
+    async def _hangup(self, request: web.Request, body: Any) -> web.Response:
+        call = request.match_info["call"]
+        if (refused := self._refusal(request)) is not None:
+            return refused
         del self.live[call]
         self.ended.add(call)
         return web.json_response({"data": {"result": "ok"}})
 
     async def _transfer(self, request: web.Request, body: Any) -> web.Response:
-        call = request.match_info["call"]
         if not isinstance(body, dict) or not isinstance(body.get("to"), str):
             return self._error(400, "Bad Request")
-        if call in self.live and self._owner(request) is None:
-            return self._not_found()
-        if call not in self.live:
-            return self._over()
+        if (refused := self._refusal(request)) is not None:
+            return refused
         if not TRANSFER_DESTINATION.fullmatch(body["to"]):
             # Telnyx's catalog names 10002 "Invalid phone number" (its status here: a guess)
             return self._error(422, "Invalid phone number", "10002")
@@ -224,12 +230,13 @@ class Fetched:
 
 
 @dataclass
-class PlivoEmulator(RestEmulator):
+class PlivoEmulator(BasicAuthEmulator):
     """The Call resource (every URL ends with a slash): GET with `status=live` answers a
     live call of the account, DELETE hangs it up (204), POST `legs=aleg` with `aleg_url`
     and `aleg_method=GET` transfers it: like Plivo, the emulator then fetches `aleg_url`
     and keeps the XML it got. A call that is not live is 404."""
 
+    account_param: ClassVar[str] = "auth_id"
     fetched: list[Fetched] = field(default_factory=list)
     _session: aiohttp.ClientSession | None = field(default=None, init=False, repr=False)
 
@@ -246,14 +253,6 @@ class PlivoEmulator(RestEmulator):
         async with aiohttp.ClientSession() as session:
             self._session = session
             yield
-
-    def authorized(self, request: web.Request) -> str | None:
-        account = self.basic_account(request)
-        return account if account == request.match_info["auth_id"] else None
-
-    def _call(self, request: web.Request) -> str | None:
-        call = request.match_info["call"]
-        return call if self.live.get(call) == request.match_info["auth_id"] else None
 
     @staticmethod
     def _not_found() -> web.Response:
@@ -287,7 +286,7 @@ class PlivoEmulator(RestEmulator):
         return web.json_response({"api_id": "emulated", "message": "call transferred"}, status=202)
 
 
-async def start_rest_emulator(aiohttp_server: Any, emulator: RestEmulator) -> str:
-    """Serve `emulator`; returns its base URL (no trailing slash)."""
+async def start_rest_emulator(aiohttp_server: Any, emulator: Any) -> str:
+    """Serve `emulator` (anything with `make_app`); returns its base URL (no trailing slash)."""
     server = await aiohttp_server(emulator.make_app())
     return str(server.make_url("")).rstrip("/")

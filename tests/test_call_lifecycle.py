@@ -15,14 +15,12 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from agent_stream.simulator import tone_ulaw
 from agent_stream.store import Store
 from tests.admin_fixtures import Operator, operator
-from tests.conftest import Dial, Tenant, wait_for_state
+from tests.conftest import ENDED, Dial, Tenant, short_call, wait_for_state
 
 __all__ = ["operator"]  # fixtures
 
-ENDED = ("completed", "failed")
 
 
 @contextlib.asynccontextmanager
@@ -46,29 +44,24 @@ async def polling(request: Callable[[], Awaitable[Any]], workers: int = 3) -> As
         await asyncio.gather(*tasks)
 
 
-async def short_call(dial: Dial, tenant: Tenant) -> tuple[int | None, str]:
-    """Connect, handshake, a little audio, hang up: the close code and reason we got."""
-    call = await dial(tenant.workflow.uuid)
-    call.start_reading()
-    await call.handshake()
-    await call.send_audio(tone_ulaw(0.2), realtime=False)
-    await call.hang_up()
-    return await call.wait_closed(timeout=30)
+def reading_runs(client: TestClient, tenant: Tenant, query: str = "") -> Callable[[], Awaitable[None]]:
+    """An API client reading the runs list (filtered by `query`), as a dashboard does."""
+
+    async def read() -> None:
+        response = await client.get(f"/api/v1/workflow-runs{query}", headers=tenant.headers)
+        assert response.status == 200, await response.text()
+
+    return read
 
 
 async def test_forty_calls_at_once_while_the_runs_list_is_polled_all_complete(
     client: TestClient, dial: Dial, tenant: Tenant, store: Store, operator: Operator
 ) -> None:
-    async def list_runs() -> None:
-        response = await client.get(
-            f"/api/v1/workflow-runs?workflow_uuid={tenant.workflow.uuid}", headers=tenant.headers
-        )
-        assert response.status == 200, await response.text()
-
     async def runs_tab() -> None:  # an operator with the agent's Runs tab open
         page = await operator.get(f"/agents/{tenant.workflow.uuid}/runs")
         assert page.status == 200
 
+    list_runs = reading_runs(client, tenant, f"?workflow_uuid={tenant.workflow.uuid}")
     async with polling(list_runs) as reads, polling(runs_tab, workers=2) as page_reads:
         closes = await asyncio.gather(*(short_call(dial, tenant) for _ in range(40)))
     assert reads[0] > 0 and page_reads[0] > 0
@@ -84,10 +77,6 @@ async def test_forty_calls_at_once_while_the_runs_list_is_polled_all_complete(
 async def test_objects_created_through_the_api_are_answered_while_others_read(
     client: TestClient, tenant: Tenant
 ) -> None:
-    async def list_runs() -> None:
-        response = await client.get("/api/v1/workflow-runs", headers=tenant.headers)
-        assert response.status == 200
-
     async def create(n: int) -> tuple[int, int]:
         workflow = await client.post(
             "/api/v1/workflows", json={"name": f"Agent {n}"}, headers=tenant.headers
@@ -99,7 +88,7 @@ async def test_objects_created_through_the_api_are_answered_while_others_read(
         )
         return workflow.status, config.status
 
-    async with polling(list_runs, workers=4):
+    async with polling(reading_runs(client, tenant), workers=4):
         answers = await asyncio.gather(*(create(n) for n in range(30)))
     assert answers == [(201, 201)] * 30
 
@@ -124,28 +113,17 @@ async def test_a_flood_of_junk_connections_leaves_no_run_open_and_no_garbage_aft
             await call.ws.send_str("x" * (70 * 1024))  # over the 64 KiB message limit
         return await call.wait_closed(timeout=30)
 
-    async def list_runs() -> None:
-        response = await client.get("/api/v1/workflow-runs", headers=tenant.headers)
-        assert response.status == 200
-
-    async with polling(list_runs):
+    async with polling(reading_runs(client, tenant)):
         closes = await asyncio.gather(*(junk(n % 5) for n in range(60)))
     # every connection got a close frame from the server (never 1002: no HTTP after the 101)
     assert {code for code, _ in closes} <= {1000, 1009, 4400}, closes
     assert all(code == 4400 for code, _ in closes[1::5] + closes[2::5] + closes[3::5])
     assert all(code == 1009 for code, _ in closes[4::5])
 
-    async def open_runs() -> int:
-        _, pending = await store.list_runs(tenant.org_id, state="pending")
-        _, running = await store.list_runs(tenant.org_id, state="running")
-        return pending + running
-
-    for _ in range(200):  # the last runs end just after their sockets closed
-        if not await open_runs():
-            break
-        await asyncio.sleep(0.05)
     runs, total = await store.list_runs(tenant.org_id, limit=100)
     assert total == 60
+    # the last runs end just after their sockets closed
+    runs = [await wait_for_state(store, r.id, *ENDED) for r in runs]
     assert all(r.state == "failed" and r.end_reason and r.close_code for r in runs)
     assert await short_call(dial, tenant) == (1000, "call ended")
     # the callers' mistakes are theirs: no traceback, and never the agent's full uuid

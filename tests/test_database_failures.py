@@ -18,23 +18,26 @@ from agent_stream.config import Settings
 from agent_stream.errors import DatabaseUnavailable
 from agent_stream.keys import STORE
 from agent_stream.simulator import SimulatedCall, connect, stream_url, tone_ulaw
-from agent_stream.store import Store
+from agent_stream.store import Store, open_store
 from agent_stream.workflow import starter_definition
 from tests.cloudonix_emulator import CloudonixEmulator
 from tests.conftest import (
     DOMAIN,
+    ENDED,
     TOKEN,
     Dial,
     MakeTenant,
     ServeApp,
     Tenant,
     add_cloudonix_config,
+    answered,
     finished_run,
+    handshake_done,
     latest_run_id,
+    short_call,
     until,
     wait_for_state,
 )
-from tests.test_call_lifecycle import ENDED, short_call
 
 # -- a database that another process holds locked ----------------------------------------------
 
@@ -62,12 +65,10 @@ async def test_a_caller_who_hangs_up_while_the_database_is_locked_ends_its_run_a
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     tenant = await make_tenant(max_concurrent_calls=1)
-    call = await dial(tenant.workflow.uuid)
-    call.start_reading()
-    await call.handshake()
-    run_id = await latest_run_id(store, tenant.org_id, wait=5)
-    assert run_id is not None
-    assert (await wait_for_state(store, run_id, "running")).state == "running"
+    call = await answered(dial, tenant.workflow.uuid)
+    run = await handshake_done(store, tenant)
+    assert run.state == "running"
+    run_id = run.id
 
     async with database_locked(settings):
         await call.hang_up()
@@ -76,9 +77,7 @@ async def test_a_caller_who_hangs_up_while_the_database_is_locked_ends_its_run_a
                                 for r in caplog.records))
         assert (await store.get_run_by_id(run_id)).state == "running"  # the end is queued
         # the owner's next call arrives while the end of the last one is still queued
-        second = await dial(tenant.workflow.uuid)
-        second.start_reading()
-        await second.handshake()
+        second = await answered(dial, tenant.workflow.uuid)
     # once the database takes writes, the queued end goes first: the slot is free for it
     await second.send_audio(tone_ulaw(0.2), realtime=False)
     await second.hang_up()
@@ -92,9 +91,7 @@ async def test_a_call_arriving_while_the_database_is_locked_is_refused_with_1011
     dial: Dial, tenant: Tenant, store: Store, settings: Settings
 ) -> None:
     async with database_locked(settings):
-        call = await dial(tenant.workflow.uuid)
-        call.start_reading()
-        await call.handshake()
+        call = await answered(dial, tenant.workflow.uuid)
         code, reason = await call.wait_closed()
     assert code == 1011
     assert reason.startswith("database unavailable")
@@ -157,7 +154,7 @@ def fill(disk: Path) -> Path:
 
 async def test_a_full_disk_refuses_new_calls_with_1011_and_ends_live_runs_once_there_is_room(
     serve_app: ServeApp, full_disk_settings: Settings, small_disk: Path,
-    emulator: CloudonixEmulator,
+    emulator: CloudonixEmulator, caplog: pytest.LogCaptureFixture,
 ) -> None:
     client = await serve_app(full_disk_settings)
     store: Store = client.app[STORE]
@@ -196,6 +193,8 @@ async def test_a_full_disk_refuses_new_calls_with_1011_and_ends_live_runs_once_t
 
     await live.hang_up()
     assert await live.wait_closed() == (1000, "call ended")
+    await until(lambda: any("the end of the run not written yet" in r.getMessage()
+                            for r in caplog.records))
     assert (await store.get_run_by_id(run_id)).state == "running"  # its end waits for room
     await asyncio.to_thread(filler.unlink)
     run = await wait_for_state(store, run_id, *ENDED, timeout=10)
@@ -221,17 +220,24 @@ async def test_only_a_database_that_cannot_take_a_statement_counts_as_unavailabl
 async def test_a_write_cancelled_while_waiting_for_the_lock_leaves_no_transaction_open(
     store: Store, tenant: Tenant, settings: Settings
 ) -> None:
-    async with database_locked(settings):
-        write = asyncio.create_task(store.create_workflow(
-            organization_id=tenant.org_id, owner_user_id=tenant.user_id, name="cancelled",
-            definition=starter_definition()))
-        await asyncio.sleep(0.1)  # sets the scene: the write now waits in BEGIN for the lock
-        write.cancel()
-        with contextlib.suppress(asyncio.CancelledError, DatabaseUnavailable):
+    # a store that waits long enough in BEGIN for the cancel to find it there
+    patient = await open_store(replace(settings, db_busy_timeout=10.0))
+    try:
+        async with database_locked(settings):
+            write = asyncio.create_task(patient.create_workflow(
+                organization_id=tenant.org_id, owner_user_id=tenant.user_id, name="cancelled",
+                definition=starter_definition()))
+            await until(patient._write_lock.locked)  # the write now waits in BEGIN for the lock
+            assert not write.done()
+            write.cancel()
+        # the lock is gone: the BEGIN that was waiting opens a transaction, which is rolled back
+        with pytest.raises(asyncio.CancelledError):
             await write
-    created = await store.create_workflow(
-        organization_id=tenant.org_id, owner_user_id=tenant.user_id, name="after",
-        definition=starter_definition())
+        created = await patient.create_workflow(
+            organization_id=tenant.org_id, owner_user_id=tenant.user_id, name="after",
+            definition=starter_definition())
+    finally:
+        await patient.close()
     assert created.name == "after"
     assert [w.name for w in await store.list_workflows(tenant.org_id)] == ["after", tenant.workflow.name]
 

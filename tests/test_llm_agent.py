@@ -23,7 +23,7 @@ from agent_stream.workflow import (
     validate_definition,
 )
 from tests.cloudonix_emulator import CloudonixEmulator
-from tests.conftest import Dial, MakeTenant, Tenant, finished_run, say, until
+from tests.conftest import Dial, MakeTenant, Tenant, answered, finished_run, say, until
 from tests.openai_emulator import MODEL, OpenAIEmulator, failure, start_openai_emulator, text, tool_call
 
 API_KEY = "sk-llm-TEST-secret-0123456789abcdef"
@@ -51,7 +51,7 @@ def llm_flow(base_url: str, **llm: Any) -> dict[str, Any]:
 
 
 async def llm_tenant(
-    make_tenant: MakeTenant, store: Store, base_url: str, **llm: Any
+    make_tenant: MakeTenant, base_url: str, **llm: Any
 ) -> tuple[Tenant, dict[str, Any]]:
     definition = llm_flow(base_url, **llm)
     tenant = await make_tenant(definition=definition)
@@ -59,10 +59,8 @@ async def llm_tenant(
 
 
 @pytest.fixture
-async def agent(
-    make_tenant: MakeTenant, store: Store, openai_server: tuple[OpenAIEmulator, str]
-) -> Tenant:
-    return (await llm_tenant(make_tenant, store, openai_server[1]))[0]
+async def agent(make_tenant: MakeTenant, openai_server: tuple[OpenAIEmulator, str]) -> Tenant:
+    return (await llm_tenant(make_tenant, openai_server[1]))[0]
 
 
 @pytest.fixture
@@ -198,13 +196,11 @@ async def test_a_node_with_only_a_prompt_lets_the_model_speak_first(
     dial: Dial, make_tenant: MakeTenant, store: Store, model: OpenAIEmulator,
     openai_server: tuple[OpenAIEmulator, str],
 ) -> None:
-    tenant, definition = await llm_tenant(make_tenant, store, openai_server[1])
+    tenant, definition = await llm_tenant(make_tenant, openai_server[1])
     definition["nodes"][0]["say"] = None
     await store.update_workflow(tenant.org_id, tenant.workflow.uuid, definition=definition)
     model.answer(text("Good morning, Acme Dental here."))
-    call = await dial(tenant.workflow.uuid)
-    call.start_reading()
-    await call.handshake()
+    call = await answered(dial, tenant.workflow.uuid)
     request = await model.wait_for_requests(1)
     assert request.messages == [
         {"role": "system", "content": system_prompt("Find out what +15555550100 wants.")}]
@@ -261,10 +257,8 @@ async def test_a_refused_api_key_apologises_hangs_up_and_fails_the_run(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     wrong_key = "sk-WRONG-key-that-the-endpoint-refuses-42"
-    tenant, _ = await llm_tenant(make_tenant, store, openai_server[1], api_key=wrong_key)
-    call = await dial(tenant.workflow.uuid)
-    call.start_reading()
-    await call.handshake()
+    tenant, _ = await llm_tenant(make_tenant, openai_server[1], api_key=wrong_key)
+    call = await answered(dial, tenant.workflow.uuid)
     await until(lambda: "utt-1" in call.marks)
     await call.press("5")
     request = await model.wait_for_requests(1)
@@ -412,12 +406,10 @@ async def test_calls_stay_scripted_without_an_llm_endpoint(
     dial: Dial, make_tenant: MakeTenant, store: Store, model: OpenAIEmulator,
     openai_server: tuple[OpenAIEmulator, str],
 ) -> None:
-    tenant, definition = await llm_tenant(make_tenant, store, openai_server[1])
+    tenant, definition = await llm_tenant(make_tenant, openai_server[1])
     definition["settings"]["engine"] = "scripted"
     await store.update_workflow(tenant.org_id, tenant.workflow.uuid, definition=definition)
-    call = await dial(tenant.workflow.uuid)
-    call.start_reading()
-    await call.handshake()
+    call = await answered(dial, tenant.workflow.uuid)
     await until(lambda: "utt-1" in call.marks)
     await call.press("5")  # the scripted engine re-prompts; no model is asked
     await until(lambda: "utt-2" in call.marks)

@@ -12,9 +12,8 @@ from aiohttp.test_utils import TestClient
 
 from agent_stream.keys import CALLS
 from agent_stream.memory import CallGarbage, keep_collections_short
-from agent_stream.simulator import tone_ulaw
 from agent_stream.store import Store
-from tests.conftest import Dial, Tenant, finished_run, until
+from tests.conftest import Dial, Tenant, finished_run, short_call, until
 
 
 class Part:
@@ -98,12 +97,7 @@ async def test_a_real_call_ending_as_the_last_one_is_collected(
     client: TestClient, dial: Dial, tenant: Tenant, store: Store
 ) -> None:
     garbage = client.app[CALLS].garbage
-    call = await dial(tenant.workflow.uuid)
-    call.start_reading()
-    await call.handshake()
-    await call.send_audio(tone_ulaw(0.2), realtime=False)
-    await call.hang_up()
-    assert await call.wait_closed() == (1000, "call ended")
+    assert await short_call(dial, tenant) == (1000, "call ended")
     assert (await finished_run(store, tenant)).state == "completed"
     await until(lambda: garbage.collections == 1)  # it was the only live call
     assert garbage.ended_since_collection == 0

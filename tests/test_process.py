@@ -25,8 +25,10 @@ from tests.conftest import (
     Dial,
     MakeTenant,
     add_cloudonix_config,
-    latest_run_id,
+    answered,
+    handshake_done,
     spawned_children,
+    until,
     wait_for_state,
 )
 
@@ -177,10 +179,8 @@ async def test_restart_after_a_crash_fails_open_runs(
             await call.send_audio(tone_ulaw(1.2))  # a second of it is handed to the disk
             recordings = tmp_path / "recordings"
             caller_track = recordings / "1.caller.pcm"
-            for _ in range(100):  # the writer thread appends the caller's first second
-                if caller_track.exists() and caller_track.stat().st_size > 0:
-                    break
-                await asyncio.sleep(0.05)
+            # the writer thread appends the caller's first second
+            await until(lambda: caller_track.exists() and caller_track.stat().st_size > 0, timeout=5)
             assert sorted(p.name for p in recordings.iterdir()) == ["1.agent.pcm", "1.caller.pcm"]
             assert caller_track.stat().st_size > 0
             decoders = spawned_children(proc.pid)
@@ -272,12 +272,8 @@ async def test_the_cli_test_call_leaves_live_calls_of_the_same_database_alone(
     definition = starter_definition()
     definition["nodes"][0]["say"] = "Hi."
     tenant = await make_tenant(definition=definition)
-    live = await dial(tenant.workflow.uuid)
-    live.start_reading()
-    await live.handshake()
-    live_id = await latest_run_id(store, tenant.org_id, wait=5)
-    assert live_id is not None
-    live_run = await wait_for_state(store, live_id, "running")
+    live = await answered(dial, tenant.workflow.uuid)
+    live_run = await handshake_done(store, tenant)
     assert live_run.state == "running"
 
     cli = await asyncio.create_subprocess_exec(
@@ -289,11 +285,11 @@ async def test_the_cli_test_call_leaves_live_calls_of_the_same_database_alone(
     summary = out.decode().splitlines()[0]
     assert summary.startswith("WR-AGS-") and live_run.name not in summary
     assert ": completed, caller_hangup (close 1000 'call ended')" in summary
-    assert (await store.get_run_by_id(live_id)).state == "running"  # untouched
+    assert (await store.get_run_by_id(live_run.id)).state == "running"  # untouched
 
     await live.hang_up()
     assert await live.wait_closed() == (1000, "call ended")
-    ended = await wait_for_state(store, live_id, "completed", "failed")
+    ended = await wait_for_state(store, live_run.id, "completed", "failed")
     assert (ended.state, ended.end_reason) == ("completed", "caller_hangup")
 
 

@@ -22,7 +22,8 @@ from agent_stream.providers import provider_named
 from agent_stream.providers.twilio import signature
 from agent_stream.simulator import SimulatedCall, caller_side, connect, stream_url, tone_ulaw
 from agent_stream.store import Store
-from tests.conftest import until, wait_for_state
+from tests.conftest import database_bytes, finished_run, until
+from tests.provider_emulators import start_rest_emulator
 from tests.provider_kits import KITS, Expected, Kit
 
 DESTINATION = "+15555550123"
@@ -49,8 +50,7 @@ def quick_agent() -> dict[str, Any]:
 @pytest.fixture(params=sorted(KITS))
 async def kit(request: pytest.FixtureRequest, aiohttp_server: Any) -> Kit:
     kit = KITS[request.param]()
-    server = await aiohttp_server(kit.emulator.make_app())
-    kit.base_url = str(server.make_url("")).rstrip("/")
+    kit.base_url = await start_rest_emulator(aiohttp_server, kit.emulator)
     return kit
 
 
@@ -110,15 +110,18 @@ async def add_config(client: TestClient, kit: Kit, line: Line, name: str, accoun
 
 
 async def dial(client: TestClient, kit: Kit, line: Line, *, live: bool = True,
-               secret: str | None = None, **identity: Any) -> SimulatedCall:
-    """A call of the line's account, as the provider opens it (signing where it signs)."""
+               secret: str | None = None, upgrade_secrets: dict[str, str] | None = None,
+               **identity: Any) -> SimulatedCall:
+    """A call of the line's account, as the provider opens it (signing where it signs, with
+    `secret` or the line's; `upgrade_secrets` instead: exactly what the upgrade carries)."""
     who = kit.identity(line.account) | identity
     if live:
         kit.make_live(who["account_sid"], who)
     url = stream_url(str(client.make_url("/")), line.workflow.uuid, provider=kit.provider,
                      newer_form=True)
     call = await connect(client.session, url, provider=kit.provider, encoding=kit.encoding,
-                         secrets=kit.secrets(secret or line.secret), **who)
+                         secrets=kit.secrets(secret or line.secret) if upgrade_secrets is None
+                         else upgrade_secrets, **who)
     call.start_reading()
     return call
 
@@ -143,12 +146,6 @@ async def greeted_and_hung_up(call: SimulatedCall) -> None:
     await greeted(call)
     await call.hang_up()
     assert await call.wait_closed() == (1000, "call ended")
-
-
-async def ended(store: Store, line: Line) -> Any:
-    runs, _ = await store.list_runs(line.org_id, limit=1)
-    assert runs, "no run was created"
-    return await wait_for_state(store, runs[0].id, "completed", "failed", timeout=20)
 
 
 def seen(kit: Kit) -> list[tuple[str, str, Any]]:
@@ -183,7 +180,7 @@ async def test_a_call_completes_with_the_run_the_contract_describes(
     await call.hang_up()
     assert await call.wait_closed() == kit.hang_up_close
 
-    run = await ended(store, line)
+    run = await finished_run(store, line)
     assert (run.state, run.end_reason, run.close_code, run.mode) == (
         "completed", "caller_hangup", 1000, kit.provider)
     call_id = kit.call_id_of(call)
@@ -209,7 +206,7 @@ async def test_first_messages_the_provider_would_not_send_are_a_4400(
     await call.send(first)
     code, said = await call.wait_closed()
     assert code == 4400 and reason in said
-    run = await ended(store, line)
+    run = await finished_run(store, line)
     assert (run.state, run.end_reason) == ("failed", "handshake_failed")
     assert kit.requests() == []
 
@@ -241,7 +238,7 @@ async def test_a_custom_parameter_names_the_configuration_by_id_or_name(
         await until(lambda call=call: call.received_media_bytes > 0)
         await call.hang_up()
         assert await call.wait_closed() == kit.hang_up_close
-        run = await ended(store, line)
+        run = await finished_run(store, line)
         assert (run.state, run.end_reason) == ("completed", "caller_hangup")
         assert run.logs["inbound_webhook"]["configuration"] == {
             "id": second, "name": "second line", "selected_by": "custom parameter"}
@@ -286,7 +283,7 @@ async def press_after_greeting(
     before()
     await call.press(key)
     closed = await call.wait_closed(timeout=20)
-    return line, call, closed, await ended(store, line)
+    return line, call, closed, await finished_run(store, line)
 
 
 async def test_the_agent_hangs_up_after_its_last_words_through_the_api(
@@ -371,7 +368,7 @@ async def test_barge_in_sends_the_provider_s_clear(client: TestClient, store: St
     await until(lambda: call.clears == 1)
     await call.hang_up()
     await call.wait_closed()
-    run = await ended(store, line)
+    run = await finished_run(store, line)
     assert run.transcript[0].interrupted
     assert run.logs["protocol_errors"] == {}  # what answers a clear (Plivo's) is no error
 
@@ -390,7 +387,7 @@ async def test_secrets_never_reach_answers_pages_or_logs(
     await call.wait_closed()
     listed = await client.get("/api/v1/telephony-configurations", headers=line.headers)
     one = await client.get(f"/api/v1/telephony-configurations/{line.config_id}", headers=line.headers)
-    run = await ended(store, line)
+    run = await finished_run(store, line)
     detail = await client.get(f"/api/v1/workflow-runs/{run.id}", headers=line.headers)
     for answer in (listed, one, detail):
         assert answer.status == 200
@@ -411,12 +408,11 @@ only_twilio = pytest.mark.parametrize("kit", ["twilio"], indirect=True)
 async def test_twilio_upgrades_without_a_valid_signature_are_refused(
     client: TestClient, store: Store, kit: Kit
 ) -> None:
-    twilio = kit
-    line = await make_line(client, store, twilio)
+    line = await make_line(client, store, kit)
     url = stream_url(str(client.make_url("/")), line.workflow.uuid, provider="twilio",
                      newer_form=True)
-    who = twilio.identity(line.account)
-    twilio.make_live(line.account, who)
+    who = kit.identity(line.account)
+    kit.make_live(line.account, who)
     for headers, reason in (
         ({}, "missing X-Twilio-Signature"),
         ({"X-Twilio-Signature": signature("another-token", "wss://" + url.partition("://")[2])},
@@ -426,7 +422,7 @@ async def test_twilio_upgrades_without_a_valid_signature_are_refused(
         call = SimulatedCall(ws, side=caller_side("twilio"), **who)
         await call.handshake()
         assert await call.wait_closed() == (4400, reason)
-    assert twilio.requests() == []  # refused before anything was asked of Twilio
+    assert kit.requests() == []  # refused before anything was asked of Twilio
 
 
 @only_twilio
@@ -434,11 +430,10 @@ async def test_twilio_upgrades_without_a_valid_signature_are_refused(
 async def test_twilio_signs_the_public_url_a_proxy_in_front_received(
     client: TestClient, store: Store, kit: Kit
 ) -> None:
-    twilio = kit
-    line = await make_line(client, store, twilio)
+    line = await make_line(client, store, kit)
     path = f"/api/v1/agent-stream/twilio/{line.workflow.uuid}"
-    who = twilio.identity(line.account)
-    twilio.make_live(line.account, who)
+    who = kit.identity(line.account)
+    kit.make_live(line.account, who)
     headers = {"X-Twilio-Signature": signature(line.secret, f"wss://voice.example.com{path}")}
     ws = await client.session.ws_connect(client.make_url(path), headers=headers, autoclose=False)
     call = SimulatedCall(ws, side=caller_side("twilio"), **who)
@@ -450,10 +445,9 @@ async def test_twilio_signs_the_public_url_a_proxy_in_front_received(
 async def test_twilio_two_configurations_of_one_account_need_the_parameter(
     client: TestClient, store: Store, kit: Kit
 ) -> None:
-    twilio = kit
-    line = await make_line(client, store, twilio)
-    await add_config(client, twilio, line, "night line", line.account, line.secret)
-    call = await dial(client, twilio, line)
+    line = await make_line(client, store, kit)
+    await add_config(client, kit, line, "night line", line.account, line.secret)
+    call = await dial(client, kit, line)
     await call.handshake()
     assert await call.wait_closed() == (4400, (
         f"2 Twilio configurations for account {line.account}: name one with the "
@@ -496,18 +490,6 @@ def caller_track(path: str) -> bytes:
     return frames[0::2].tobytes()
 
 
-async def telnyx_call(client: TestClient, kit: Kit, line: Line, secrets: dict[str, str],
-                      **identity: Any) -> SimulatedCall:
-    """A live Telnyx call of the line's user whose upgrade carries `secrets`' token."""
-    who = kit.identity(line.account) | identity
-    kit.make_live(who["account_sid"], who)
-    url = stream_url(str(client.make_url("/")), line.workflow.uuid, provider="telnyx",
-                     newer_form=True)
-    call = await connect(client.session, url, provider="telnyx", secrets=secrets, **who)
-    call.start_reading()
-    return call
-
-
 async def start_announcing(call: SimulatedCall, **media_format: Any) -> None:
     """Telnyx's first messages, the start announcing `media_format` instead."""
     connected, start = call.side.opening(call.identity)
@@ -521,19 +503,18 @@ async def start_announcing(call: SimulatedCall, **media_format: Any) -> None:
 async def test_telnyx_a_pcma_leg_is_heard_and_answered_in_a_law(
     client: TestClient, store: Store, kit: Kit
 ) -> None:
-    telnyx = kit
-    line = await make_line(client, store, telnyx)
+    line = await make_line(client, store, kit)
     greetings: dict[str, bytes] = {}
     for encoding in ("ulaw", "alaw"):
-        telnyx.encoding = encoding
-        call = await dial(client, telnyx, line)
+        kit.encoding = encoding
+        call = await dial(client, kit, line)
         await call.handshake()
         await until(lambda call=call: "utt-1" in call.marks)
         await call.send_audio(tone_ulaw(0.2), realtime=False)
         await call.hang_up()
         assert await call.wait_closed() == (1000, "call ended")
         greetings[encoding] = b"".join(h.payload for h in greeting(call))
-        run = await ended(store, line)
+        run = await finished_run(store, line)
     assert run.logs["inbound_webhook"]["start"]["media_format"]["encoding"] == "PCMA"
     assert run.logs["inbound_webhook"]["encoding"] == "PCMA"
 
@@ -558,9 +539,8 @@ async def test_telnyx_a_pcma_leg_is_heard_and_answered_in_a_law(
 async def test_telnyx_older_mu_law_name_is_accepted_and_error_frames_are_counted(
     client: TestClient, store: Store, kit: Kit
 ) -> None:
-    telnyx = kit
-    line = await make_line(client, store, telnyx)
-    call = await dial(client, telnyx, line)
+    line = await make_line(client, store, kit)
+    call = await dial(client, kit, line)
     await start_announcing(call, encoding="audio/x-mulaw")
     await until(lambda: "utt-1" in call.marks)
     await call.send_json({"event": "error", "sequence_number": "3", "stream_id": call.stream_sid,
@@ -568,7 +548,7 @@ async def test_telnyx_older_mu_law_name_is_accepted_and_error_frames_are_counted
     await call.press("5")
     await call.hang_up()
     assert await call.wait_closed() == (1000, "call ended")
-    run = await ended(store, line)
+    run = await finished_run(store, line)
     assert (run.state, run.gathered_context["dtmf_digits"]) == ("completed", "5")
     assert run.logs["protocol_errors"] == {"error event from the provider": 1}
     for event in ("media", "mark"):  # what the server sends names no stream (as pipecat's)
@@ -585,22 +565,20 @@ async def test_telnyx_older_mu_law_name_is_accepted_and_error_frames_are_counted
 async def test_telnyx_a_codec_we_do_not_speak_is_a_4400_naming_it(
     client: TestClient, store: Store, kit: Kit, media_format: dict[str, Any], reason: str
 ) -> None:
-    telnyx = kit
-    line = await make_line(client, store, telnyx)
-    call = await dial(client, telnyx, line)
+    line = await make_line(client, store, kit)
+    call = await dial(client, kit, line)
     await start_announcing(call, **media_format)
     assert await call.wait_closed() == (4400, reason)
-    run = await ended(store, line)
+    run = await finished_run(store, line)
     assert (run.state, run.end_reason, run.error) == ("failed", "handshake_failed", reason)
-    assert telnyx.requests() == []
+    assert kit.requests() == []
 
 
 @only_telnyx
 async def test_telnyx_a_configured_stream_auth_token_must_come_with_the_upgrade(
     client: TestClient, store: Store, kit: Kit
 ) -> None:
-    telnyx = kit
-    line = await make_line(client, store, telnyx)
+    line = await make_line(client, store, kit)
     token = "stream-token-" + "x" * 20
     assert (await changed(client, line, {"stream_auth_token": token}))["has_stream_auth_token"] is True
     for secrets, reason in (
@@ -608,21 +586,21 @@ async def test_telnyx_a_configured_stream_auth_token_must_come_with_the_upgrade(
         ({"stream_auth_token": token[:-1] + "y"},
          f"{TELNYX_TOKEN_HEADER} does not match the configured stream auth token"),
     ):
-        call = await telnyx_call(client, telnyx, line, secrets)
+        call = await dial(client, kit, line, upgrade_secrets=secrets)
         await call.handshake()
         assert await call.wait_closed() == (4400, reason)
-        run = await ended(store, line)
+        run = await finished_run(store, line)
         assert (run.state, run.error) == ("failed", reason)
-    assert telnyx.requests() == []  # refused before anything was asked of Telnyx
+    assert kit.requests() == []  # refused before anything was asked of Telnyx
 
-    call = await telnyx_call(client, telnyx, line, {"stream_auth_token": token})
+    call = await dial(client, kit, line, upgrade_secrets={"stream_auth_token": token})
     await greeted_and_hung_up(call)
-    run = await ended(store, line)
+    run = await finished_run(store, line)
     assert run.state == "completed" and token not in json.dumps(run.logs)
 
     emptied = await changed(client, line, {"stream_auth_token": ""})
     assert emptied["has_stream_auth_token"] is False  # no longer required
-    call = await telnyx_call(client, telnyx, line, {})
+    call = await dial(client, kit, line, upgrade_secrets={})
     await greeted_and_hung_up(call)
 
 
@@ -630,28 +608,27 @@ async def test_telnyx_a_configured_stream_auth_token_must_come_with_the_upgrade(
 async def test_telnyx_configurations_without_a_user_id_serve_as_the_organization_s_only_one(
     client: TestClient, store: Store, kit: Kit
 ) -> None:
-    telnyx = kit
-    line = await make_line(client, store, telnyx)
+    line = await make_line(client, store, kit)
     assert (await changed(client, line, {"account_id": ""}))["account_id"] is None
 
-    call = await dial(client, telnyx, line)  # its start still names the user
+    call = await dial(client, kit, line)  # its start still names the user
     await greeted_and_hung_up(call)
-    run = await ended(store, line)
+    run = await finished_run(store, line)
     assert run.logs["inbound_webhook"]["configuration"] == {
         "id": line.config_id, "name": "main", "selected_by": "only configuration"}
 
     response = await client.post("/api/v1/telephony-configurations", headers=line.headers,
                                  json={"provider": "telnyx", "name": "second", "api_key": "KEYother"})
     assert response.status == 201, await response.text()
-    call = await dial(client, telnyx, line)
+    call = await dial(client, kit, line)
     await call.handshake()
     assert await call.wait_closed() == (4400, (
         "2 Telnyx configurations and nothing to choose: name one with the "
         "telephony_configuration parameter"))
 
-    call = await dial(client, telnyx, line, custom_parameters={"telephony_configuration": "main"})
+    call = await dial(client, kit, line, custom_parameters={"telephony_configuration": "main"})
     await greeted_and_hung_up(call)
-    run = await ended(store, line)
+    run = await finished_run(store, line)
     assert run.logs["inbound_webhook"]["configuration"]["selected_by"] == "custom parameter"
 
 
@@ -659,38 +636,35 @@ async def test_telnyx_configurations_without_a_user_id_serve_as_the_organization
 async def test_telnyx_a_call_that_is_no_longer_alive_fails_validation(
     client: TestClient, store: Store, kit: Kit
 ) -> None:
-    telnyx = kit
-    line = await make_line(client, store, telnyx)
-    who = telnyx.identity(line.account)
-    telnyx.emulator.ended.add(who["call_sid"])  # Telnyx still answers for it: is_alive false
-    call = await dial(client, telnyx, line, live=False, **who)
+    line = await make_line(client, store, kit)
+    who = kit.identity(line.account)
+    kit.emulator.ended.add(who["call_sid"])  # Telnyx still answers for it: is_alive false
+    call = await dial(client, kit, line, live=False, **who)
     await call.handshake()
     assert await call.wait_closed() == (
         4400, "session validation failed: the Telnyx call is not alive")
-    assert [r.status for r in telnyx.requests()] == [200]
+    assert [r.status for r in kit.requests()] == [200]
 
 
 @only_telnyx
 async def test_telnyx_a_transfer_refused_for_another_reason_than_an_ended_call_fails_the_run(
     client: TestClient, store: Store, kit: Kit
 ) -> None:
-    telnyx = kit
-    line = await make_line(client, store, telnyx)
+    line = await make_line(client, store, kit)
     definition = quick_agent()
     definition["nodes"][2]["destination"] = "front desk"  # not a number Telnyx dials
     await store.update_workflow(line.org_id, line.workflow.uuid, definition=definition)
-    call = await dial(client, telnyx, line)
+    call = await dial(client, kit, line)
     await greeted(call)
     await call.press("0")
     assert (await call.wait_closed(timeout=20))[0] == 1000
-    run = await ended(store, line)
+    run = await finished_run(store, line)
     assert (run.state, run.end_reason) == ("failed", "transfer")
     assert run.error == "transfer failed: Telnyx transfer failed: HTTP 422"
-    assert telnyx.requests()[-1].body == {"to": "front desk"}
+    assert kit.requests()[-1].body == {"to": "front desk"}
 
 
-@only_telnyx
-def test_telnyx_snippets_stream_both_ways_in_rtp_and_name_the_configuration(kit: Kit) -> None:
+def test_telnyx_snippets_stream_both_ways_in_rtp_and_name_the_configuration() -> None:
     telnyx = provider_named("telnyx")
     assert telnyx is not None
     url = "https://voice.example.com/api/v1/agent-stream/telnyx/AGENT"
@@ -732,10 +706,9 @@ def dominant_hz(samples: array[int], rate: int) -> float:
 
 @only_plivo
 async def test_plivo_l16_at_16_khz_both_ways(client: TestClient, store: Store, kit: Kit) -> None:
-    plivo = kit
-    line = await make_line(client, store, plivo)
+    line = await make_line(client, store, kit)
     # the same greeting on a mu-law stream, for its length (one byte a sample at 8 kHz)
-    reference = await dial(client, plivo, line)
+    reference = await dial(client, kit, line)
     await reference.handshake()
     await until(lambda: "utt-1" in reference.marks)
     ulaw_bytes = sum(len(h.payload) for h in greeting(reference))
@@ -743,8 +716,8 @@ async def test_plivo_l16_at_16_khz_both_ways(client: TestClient, store: Store, k
     await reference.wait_closed()
     assert ulaw_bytes > 2000  # "Hi." is a few hundred milliseconds
 
-    plivo.encoding = "l16"
-    call = await dial(client, plivo, line)
+    kit.encoding = "l16"
+    call = await dial(client, kit, line)
     await greeted(call)
     played = greeting(call)
     for heard in played:  # the stream's own content type and rate, and 20 ms a message
@@ -757,8 +730,7 @@ async def test_plivo_l16_at_16_khz_both_ways(client: TestClient, store: Store, k
     await call.hang_up()
     await call.wait_closed()
 
-    runs, _ = await store.list_runs(line.org_id, limit=1)
-    run = await wait_for_state(store, runs[0].id, "completed", "failed", timeout=20)
+    run = await finished_run(store, line)
     assert (run.state, run.end_reason) == ("completed", "caller_hangup")
     assert run.logs["media_frames_in"] == 50
     assert run.logs["inbound_webhook"]["start"]["mediaFormat"] == {"encoding": "audio/x-l16",
@@ -795,25 +767,24 @@ async def test_plivo_media_formats_it_does_not_stream_are_a_4400_naming_them(
 async def test_plivo_extra_headers_name_the_configuration(
     client: TestClient, store: Store, kit: Kit
 ) -> None:
-    plivo = kit
-    line = await make_line(client, store, plivo)
-    night = await add_config(client, plivo, line, "night line", line.account, line.secret)
-    who = plivo.identity(line.account)
-    plivo.make_live(line.account, who)
+    line = await make_line(client, store, kit)
+    night = await add_config(client, kit, line, "night line", line.account, line.secret)
+    who = kit.identity(line.account)
+    kit.make_live(line.account, who)
 
-    call = await dial(client, plivo, line, live=False)  # two configurations of one auth id
+    call = await dial(client, kit, line, live=False)  # two configurations of one auth id
     await call.send_json(plivo_start(who, line.account))
     assert await call.wait_closed() == (4400, (
         f"2 Plivo configurations for auth ID {line.account}: name one with the "
         "telephony_configuration parameter"))
 
-    call = await dial(client, plivo, line, live=False)
+    call = await dial(client, kit, line, live=False)
     await call.send_json(plivo_start(who, line.account,
                                      extra_headers=f"userId=42;telephonyconfiguration={night}"))
     await until(lambda: call.received_media_bytes > 0)
     await call.hang_up()
     await call.wait_closed()
-    run = await ended(store, line)
+    run = await finished_run(store, line)
     assert run.logs["inbound_webhook"]["configuration"] == {
         "id": night, "name": "night line", "selected_by": "custom parameter"}
     assert run.initial_context["custom_parameters"] == {"userId": "42",
@@ -876,9 +847,7 @@ async def test_one_time_tokens_are_stored_hashed_and_used_once(
     assert await store.use_one_time_token("web-call", token) is None  # another purpose
     assert await store.use_one_time_token(TRANSFER_PURPOSE, token) == {"destination": "+1555"}
     assert await store.use_one_time_token(TRANSFER_PURPOSE, token) is None
-    database = settings.db_path.read_bytes() + settings.db_path.with_name(
-        settings.db_path.name + "-wal").read_bytes()
-    assert token.encode() not in database
+    assert token.encode() not in database_bytes(settings.db_path)
 
 
 @only_plivo

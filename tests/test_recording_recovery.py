@@ -7,16 +7,14 @@ import dataclasses
 import logging
 import wave
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from agent_stream.config import Settings
 from agent_stream.keys import STORE
-from agent_stream.models import Run, User, Workflow
 from agent_stream.pipeline.recorder import recover_recordings
-from agent_stream.server import create_app
 from agent_stream.store import Store
+from tests.conftest import Crash, ServeApp
 
 
 def pcm(samples: list[int]) -> bytes:
@@ -31,52 +29,18 @@ def read_stereo(path: Path) -> tuple[list[int], list[int]]:
     return list(frames[0::2]), list(frames[1::2])
 
 
-@dataclasses.dataclass
-class Crash:
-    """The database and recordings folder a killed server left: runs it never finished."""
-
-    store: Store
-    owner: User
-    workflow: Workflow
-    recordings: Path
-
-    async def running_run(self) -> Run:
-        run = await self.store.start_run(self.workflow, self.owner, mode="cloudonix",
-                                         initial_context={}, gathered_context={}, logs={})
-        await self.store.mark_run_running(run.id)
-        return run
-
-    def tracks(self, run_id: int, *, caller: bytes | None, agent: bytes | None) -> None:
-        """The raw files a recorder was streaming to when the process died."""
-        if caller is not None:
-            (self.recordings / f"{run_id}.caller.pcm").write_bytes(caller)
-        if agent is not None:
-            (self.recordings / f"{run_id}.agent.pcm").write_bytes(agent)
-
-
-@pytest.fixture
-async def crash(settings: Settings) -> Crash:
-    store = await Store.open(settings.db_path)
-    org = await store.get_or_create_organization("Crashed")
-    user = await store.create_user(organization_id=org.id, email="c@example.com", password="pw")
-    workflow = await store.create_workflow(
-        organization_id=org.id, owner_user_id=user.id, name="C", definition={"nodes": []})
-    settings.recordings_dir.mkdir(parents=True)
-    return Crash(store, await store.get_user(user.id), workflow, settings.recordings_dir)
-
-
 async def test_a_killed_calls_tracks_become_its_runs_recording(
-    aiohttp_client: Any, settings: Settings, crash: Crash, caplog: pytest.LogCaptureFixture
+    serve_app: ServeApp, settings: Settings, crash: Crash, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="agent_stream")
-    run = await crash.running_run()
+    run = await crash.open_run()
     _, api_key = await crash.store.create_api_key(crash.owner.id, "tests")
     caller = [i % 2000 - 1000 for i in range(20000)]  # 2.5 s: more than one merge block
     agent = [7 - i % 300 for i in range(12000)]  # 1.5 s: the agent fell silent before
     crash.tracks(run.id, caller=pcm(caller), agent=pcm(agent))
     await crash.store.close()
 
-    client = await aiohttp_client(create_app(settings))
+    client = await serve_app(settings)
     recovered = await client.app[STORE].get_run_by_id(run.id)
     assert (recovered.state, recovered.end_reason) == ("failed", "server_restarted")
     wav = crash.recordings / f"{run.id}.wav"
@@ -97,10 +61,10 @@ async def test_a_killed_calls_tracks_become_its_runs_recording(
 
 
 async def test_leftovers_no_run_can_use_are_removed_and_a_recording_stays(
-    aiohttp_client: Any, settings: Settings, crash: Crash, caplog: pytest.LogCaptureFixture
+    serve_app: ServeApp, settings: Settings, crash: Crash, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="agent_stream")
-    recorded = await crash.running_run()
+    recorded = await crash.open_run()
     wav = crash.recordings / f"{recorded.id}.wav"
     with wave.open(str(wav), "wb") as out:  # its call ended and was merged...
         out.setnchannels(2)
@@ -115,7 +79,7 @@ async def test_leftovers_no_run_can_use_are_removed_and_a_recording_stays(
     (crash.recordings / "notes.txt").write_text("not ours")
     await crash.store.close()
 
-    client = await aiohttp_client(create_app(settings))
+    client = await serve_app(settings)
     run = await client.app[STORE].get_run_by_id(recorded.id)
     assert (run.state, run.recording_path) == ("completed", str(wav))
     assert "recording_recovered" not in run.logs
@@ -125,20 +89,20 @@ async def test_leftovers_no_run_can_use_are_removed_and_a_recording_stays(
 
 
 async def test_a_start_that_may_not_recover_leaves_everything_for_the_next(
-    aiohttp_client: Any, settings: Settings, crash: Crash
+    serve_app: ServeApp, settings: Settings, crash: Crash
 ) -> None:
-    run = await crash.running_run()
+    run = await crash.open_run()
     crash.tracks(run.id, caller=pcm([9] * 160), agent=pcm([8] * 160))
     await crash.store.close()
     before = sorted(p.name for p in crash.recordings.iterdir())
 
-    cli_call = await aiohttp_client(create_app(dataclasses.replace(settings, recover_at_start=False)))
+    cli_call = await serve_app(dataclasses.replace(settings, recover_at_start=False))
     untouched = await cli_call.app[STORE].get_run_by_id(run.id)
     assert (untouched.state, untouched.recording_path) == ("running", None)
     assert sorted(p.name for p in crash.recordings.iterdir()) == before
     await cli_call.close()
 
-    server = await aiohttp_client(create_app(settings))
+    server = await serve_app(settings)
     recovered = await server.app[STORE].get_run_by_id(run.id)
     assert (recovered.state, recovered.recording_path) == ("failed", str(crash.recordings / f"{run.id}.wav"))
     assert read_stereo(crash.recordings / f"{run.id}.wav") == ([9] * 160, [8] * 160)
@@ -146,15 +110,15 @@ async def test_a_start_that_may_not_recover_leaves_everything_for_the_next(
 
 
 async def test_a_track_cut_mid_sample_or_missing_still_gives_a_recording(
-    aiohttp_client: Any, settings: Settings, crash: Crash
+    serve_app: ServeApp, settings: Settings, crash: Crash
 ) -> None:
-    cut = await crash.running_run()
+    cut = await crash.open_run()
     crash.tracks(cut.id, caller=pcm([11, -12, 13]) + b"\x7f", agent=pcm([21, 22]) + b"\x01")
-    agent_only = await crash.running_run()
+    agent_only = await crash.open_run()
     crash.tracks(agent_only.id, caller=None, agent=pcm([31, 32, 33, 34]))
     await crash.store.close()
 
-    client = await aiohttp_client(create_app(settings))
+    client = await serve_app(settings)
     store: Store = client.app[STORE]
     assert read_stereo(crash.recordings / f"{cut.id}.wav") == ([11, -12, 13], [21, 22, 0])
     assert read_stereo(crash.recordings / f"{agent_only.id}.wav") == ([0] * 4, [31, 32, 33, 34])
@@ -167,17 +131,17 @@ async def test_a_track_cut_mid_sample_or_missing_still_gives_a_recording(
 
 
 async def test_a_recording_that_cannot_be_merged_is_logged_and_the_start_goes_on(
-    aiohttp_client: Any, settings: Settings, crash: Crash, caplog: pytest.LogCaptureFixture
+    serve_app: ServeApp, settings: Settings, crash: Crash, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="agent_stream")
-    blocked = await crash.running_run()
+    blocked = await crash.open_run()
     crash.tracks(blocked.id, caller=pcm([1] * 80), agent=pcm([2] * 80))
     (crash.recordings / f"{blocked.id}.wav").mkdir()  # the WAV cannot be written
-    fine = await crash.running_run()
+    fine = await crash.open_run()
     crash.tracks(fine.id, caller=pcm([3] * 80), agent=pcm([4] * 80))
     await crash.store.close()
 
-    client = await aiohttp_client(create_app(settings))
+    client = await serve_app(settings)
     store: Store = client.app[STORE]
     failed = await store.get_run_by_id(blocked.id)
     assert (failed.state, failed.recording_path) == ("failed", None)
@@ -195,7 +159,7 @@ async def test_the_tracks_of_a_run_still_open_are_never_touched(
     settings: Settings, crash: Crash
 ) -> None:
     """Without the crash sweep (another process may be mid-call), an open run's tracks stay."""
-    live = await crash.running_run()
+    live = await crash.open_run()
     crash.tracks(live.id, caller=pcm([1] * 80), agent=pcm([2] * 80))
     crash.tracks(4242, caller=pcm([3] * 80), agent=None)
     try:
@@ -210,13 +174,13 @@ async def test_the_tracks_of_a_run_still_open_are_never_touched(
 
 
 async def test_tracks_with_no_audio_yet_are_removed_not_recovered(
-    aiohttp_client: Any, settings: Settings, crash: Crash
+    serve_app: ServeApp, settings: Settings, crash: Crash
 ) -> None:
-    run = await crash.running_run()
+    run = await crash.open_run()
     crash.tracks(run.id, caller=b"", agent=b"\x01")  # killed before a sample reached the disk
     await crash.store.close()
 
-    client = await aiohttp_client(create_app(settings))
+    client = await serve_app(settings)
     ended = await client.app[STORE].get_run_by_id(run.id)
     assert (ended.state, ended.recording_path) == ("failed", None)
     assert "recording_recovered" not in ended.logs

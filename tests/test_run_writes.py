@@ -8,8 +8,17 @@ from aiohttp.test_utils import TestClient
 from agent_stream.calls.run_writes import RunRecord, RunWriteQueue
 from agent_stream.errors import QuotaExceeded
 from agent_stream.keys import RUN_WRITES
+from agent_stream.models import User, Workflow
 from agent_stream.store import Store
 from tests.conftest import MakeTenant
+
+
+async def open_record(store: Store, queue: RunWriteQueue, workflow: Workflow, owner: User) -> RunRecord:
+    """A new run of `workflow`, created as a call creates it (quota checked)."""
+    return await RunRecord.create(
+        store, queue, workflow, owner, retry_seconds=1, mode="cloudonix",
+        initial_context={}, gathered_context={}, logs={},
+    )
 
 
 async def test_an_end_that_cannot_be_stored_in_full_still_ends_the_run(
@@ -17,10 +26,7 @@ async def test_an_end_that_cannot_be_stored_in_full_still_ends_the_run(
 ) -> None:
     tenant = await make_tenant()
     owner = await store.get_user(tenant.user_id)
-    record = await RunRecord.create(
-        store, client.app[RUN_WRITES], tenant.workflow, owner, retry_seconds=1, mode="cloudonix",
-        initial_context={}, gathered_context={}, logs={},
-    )
+    record = await open_record(store, client.app[RUN_WRITES], tenant.workflow, owner)
     assert await record.running({})
     written = await record.finish(
         state="completed", end_reason="caller_hangup", close_code=1000, error=None,
@@ -41,16 +47,11 @@ async def test_a_run_whose_call_is_over_holds_no_quota_slot_while_its_end_waits(
     tenant = await make_tenant(max_concurrent_calls=1)
     owner = await store.get_user(tenant.user_id)
     queue = RunWriteQueue(store)  # this process's knowledge of which calls are over
-    first = await RunRecord.create(
-        store, queue, tenant.workflow, owner, retry_seconds=1, mode="cloudonix",
-        initial_context={}, gathered_context={}, logs={},
-    )
+    first = await open_record(store, queue, tenant.workflow, owner)
     with pytest.raises(QuotaExceeded):  # one call at a time
-        await RunRecord.create(store, queue, tenant.workflow, owner, retry_seconds=1,
-                               mode="cloudonix", initial_context={}, gathered_context={}, logs={})
+        await open_record(store, queue, tenant.workflow, owner)
     queue.over.add(first.run.id)  # its call is over; the end is on its way to the database
-    second = await RunRecord.create(
-        store, queue, tenant.workflow, owner, retry_seconds=1, mode="cloudonix",
-        initial_context={}, gathered_context={}, logs={},
-    )
+    second = await open_record(store, queue, tenant.workflow, owner)
     assert second.run.id != first.run.id
+    # the slot came from the queue's knowledge, not from the database: the first run is open there
+    assert (await store.get_run_by_id(first.run.id)).state in ("pending", "running")

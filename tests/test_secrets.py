@@ -22,7 +22,7 @@ from agent_stream.security import (
 )
 from agent_stream.store import Store
 from tests.cloudonix_emulator import CloudonixEmulator
-from tests.conftest import TOKEN, Dial, Tenant, add_cloudonix_config
+from tests.conftest import TOKEN, Dial, Tenant, add_cloudonix_config, database_bytes
 
 
 async def test_logs_of_calls_and_api_use_hold_no_secret(
@@ -86,7 +86,7 @@ def test_passwords_are_salted_scrypt_hashes() -> None:
 
 async def test_database_stores_api_keys_and_passwords_hashed(tenant: Tenant, store: Store,
                                                             settings: Any) -> None:
-    raw = b"".join(p.read_bytes() for p in settings.db_path.parent.glob("agent_stream.db*"))
+    raw = database_bytes(settings.db_path)
     assert tenant.api_key.encode() not in raw
     assert re.search(rb"scrypt\$16384\$8\$1\$", raw), "password hash not found"
 
@@ -97,7 +97,7 @@ async def test_database_stores_api_keys_and_passwords_hashed(tenant: Tenant, sto
 async def test_provider_secrets_are_encrypted_at_rest_with_a_key_file_made_0600(
     tenant: Tenant, store: Store, settings: Any
 ) -> None:
-    raw = b"".join(p.read_bytes() for p in settings.db_path.parent.glob("agent_stream.db*"))
+    raw = database_bytes(settings.db_path)
     assert tenant.token.encode() not in raw  # a copy of the database alone reveals nothing
     assert (await store.get_telephony_config(tenant.org_id, 1)).value("bearer_token") == tenant.token
     key_file = settings.secret_key_file
@@ -165,5 +165,5 @@ async def test_cloudonix_rows_of_an_older_database_move_over_with_their_tokens_s
     assert config.fields == {"domain_id": "acme.cloudonix.net", "application_name": "app"}
     assert config.from_numbers == ["+15550001111"]
     await store.close()
-    raw = b"".join(p.read_bytes() for p in tmp_path.glob("agent_stream.db*"))
+    raw = database_bytes(db)
     assert b"cx-old-token-9876" not in raw

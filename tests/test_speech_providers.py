@@ -21,7 +21,7 @@ from agent_stream.workflow import (
     starter_definition,
     validate_definition,
 )
-from tests.conftest import Dial, MakeTenant, Tenant, finished_run, say, until
+from tests.conftest import Dial, MakeTenant, Tenant, answered, finished_run, say, until
 from tests.openai_emulator import (
     SPEECH_RATE,
     SPEECH_SECONDS,
@@ -57,10 +57,6 @@ def speech_flow(**sections: dict[str, Any]) -> dict[str, Any]:
     return definition
 
 
-async def speech_tenant(make_tenant: MakeTenant, store: Store, definition: dict[str, Any]) -> Tenant:
-    return await make_tenant(definition=definition)
-
-
 def conversation(run: Any) -> list[tuple[str, str]]:
     return [(line.role, line.text) for line in run.transcript]
 
@@ -80,11 +76,9 @@ async def test_caller_turns_are_transcribed_by_the_provider(
     caplog.set_level(logging.DEBUG)
     provider, base_url = speech_server
     stt = {"provider": "openai", "base_url": base_url, "model": "emulated-stt", "api_key": STT_KEY}
-    tenant = await speech_tenant(make_tenant, store, speech_flow(stt=stt))
+    tenant = await make_tenant(definition=speech_flow(stt=stt))
     provider.transcribe("Yes, please.", "Goodbye!")
-    call = await dial(tenant.workflow.uuid)
-    call.start_reading()
-    await call.handshake()
+    call = await answered(dial, tenant.workflow.uuid)
     await until(lambda: "utt-1" in call.marks)
     await say(call, caller_voice, "hello there")  # what is said is the provider's to decide
     await until(lambda: "utt-2" in call.marks)  # the "yes" edge: "book" speaks
@@ -117,10 +111,8 @@ async def test_agent_speech_comes_from_the_provider(
     caplog.set_level(logging.DEBUG)
     provider, base_url = speech_server
     tts = {"provider": "openai", "base_url": base_url, "voice": "nova", "api_key": STT_KEY}
-    tenant = await speech_tenant(make_tenant, store, speech_flow(tts=tts))
-    call = await dial(tenant.workflow.uuid)
-    call.start_reading()
-    await call.handshake()
+    tenant = await make_tenant(definition=speech_flow(tts=tts))
+    call = await answered(dial, tenant.workflow.uuid)
     await until(lambda: "utt-1" in call.marks)
     assert call.received_media_bytes == TONE_BYTES  # the emulator's tone, at 8 kHz
     await call.press("1")
@@ -154,10 +146,8 @@ async def test_refused_providers_fall_back_and_the_call_completes(
     wrong = "sk-WRONG-key-the-provider-refuses-42"
     stt = {"provider": "openai", "base_url": base_url, "api_key": wrong}
     tts = {"provider": "openai", "base_url": base_url, "api_key": TTS_KEY}  # not the server's
-    tenant = await speech_tenant(make_tenant, store, speech_flow(stt=stt, tts=tts))
-    call = await dial(tenant.workflow.uuid)
-    call.start_reading()
-    await call.handshake()
+    tenant = await make_tenant(definition=speech_flow(stt=stt, tts=tts))
+    call = await answered(dial, tenant.workflow.uuid)
     await until(lambda: "utt-1" in call.marks)
     espeak_greeting = call.received_media_bytes
     assert espeak_greeting > 0 and espeak_greeting != TONE_BYTES  # espeak spoke instead
@@ -203,11 +193,9 @@ async def test_deepgram_hears_and_elevenlabs_speaks(
     vendors, base_url = await start_speech_vendors(aiohttp_server, STT_KEY, TTS_KEY)
     stt = {"provider": "deepgram", "base_url": base_url, "api_key": STT_KEY}
     tts = {"provider": "elevenlabs", "base_url": base_url, "voice": "voice-42", "api_key": TTS_KEY}
-    tenant = await speech_tenant(make_tenant, store, speech_flow(stt=stt, tts=tts))
+    tenant = await make_tenant(definition=speech_flow(stt=stt, tts=tts))
     vendors.transcribe("yes", "goodbye")
-    call = await dial(tenant.workflow.uuid)
-    call.start_reading()
-    await call.handshake()
+    call = await answered(dial, tenant.workflow.uuid)
     await until(lambda: "utt-1" in call.marks)
     assert call.received_media_bytes == int(VOICE_SECONDS * 8000)  # ElevenLabs' mu-law tone
     await say(call, caller_voice, "hello there")
@@ -241,10 +229,8 @@ async def test_refused_vendor_keys_fall_back_too(
     vendors, base_url = await start_speech_vendors(aiohttp_server, "dg-other", "xi-other")
     stt = {"provider": "deepgram", "base_url": base_url, "api_key": STT_KEY}
     tts = {"provider": "elevenlabs", "base_url": base_url, "api_key": TTS_KEY}
-    tenant = await speech_tenant(make_tenant, store, speech_flow(stt=stt, tts=tts))
-    call = await dial(tenant.workflow.uuid)
-    call.start_reading()
-    await call.handshake()
+    tenant = await make_tenant(definition=speech_flow(stt=stt, tts=tts))
+    call = await answered(dial, tenant.workflow.uuid)
     await until(lambda: "utt-1" in call.marks)
     assert call.received_media_bytes != int(VOICE_SECONDS * 8000)  # espeak spoke instead
     await say(call, caller_voice, "yes")

@@ -22,11 +22,13 @@ from tests.cloudonix_emulator import CloudonixEmulator
 from tests.conftest import (
     DOMAIN,
     TOKEN,
+    Crash,
     Dial,
     MakeTenant,
     ServeApp,
     Tenant,
     add_cloudonix_config,
+    answered,
     finished_run,
     handshake_done,
     latest_run_id,
@@ -88,9 +90,7 @@ async def test_a_disk_that_refuses_the_recording_still_finishes_the_run(
 ) -> None:
     settings.recordings_dir.parent.mkdir(parents=True, exist_ok=True)
     settings.recordings_dir.write_text("a file where the recordings folder should be")
-    call = await dial(tenant.workflow.uuid)
-    call.start_reading()
-    await call.handshake()
+    call = await answered(dial, tenant.workflow.uuid)
     await call.send_audio(tone_ulaw(0.5), realtime=False)
     await call.hang_up()
     assert await call.wait_closed() == (1000, "call ended")
@@ -275,7 +275,7 @@ async def test_an_identifier_that_could_bend_a_provider_url_is_a_4400_and_nothin
 
 
 async def test_provider_identifiers_as_providers_send_them_pass(
-    dial: Dial, tenant: Tenant, store: Store, emulator: CloudonixEmulator
+    dial: Dial, tenant: Tenant, emulator: CloudonixEmulator
 ) -> None:
     call = await dial(tenant.workflow.uuid)
     call.session = "v3:Ab-9_x.7:1700000000.42"
@@ -490,9 +490,7 @@ async def test_session_defaults_to_call_sid(
 async def test_bad_frames_after_the_handshake_are_counted_not_fatal(
     dial: Dial, tenant: Tenant, store: Store
 ) -> None:
-    call = await dial(tenant.workflow.uuid)
-    call.start_reading()
-    await call.handshake()
+    call = await answered(dial, tenant.workflow.uuid)
     await call.ws.send_bytes(b"\x00" * 320)
     await call.send_json({"event": "media", "streamSid": call.stream_sid,
                           "media": {"payload": "!!!not base64!!!"}})
@@ -517,9 +515,7 @@ async def test_bad_frames_after_the_handshake_are_counted_not_fatal(
 async def test_one_megabyte_message_closes_1009_and_fails_the_run(
     dial: Dial, tenant: Tenant, store: Store, client: Any
 ) -> None:
-    call = await dial(tenant.workflow.uuid)
-    call.start_reading()
-    await call.handshake()
+    call = await answered(dial, tenant.workflow.uuid)
     await call.ws.send_str("x" * (1024 * 1024))
     code, reason = await call.wait_closed()
     assert (code, reason) == (1009, "message too big")
@@ -586,20 +582,11 @@ async def test_shutdown_closes_live_calls_with_1001_and_finishes_their_runs(
 
 
 async def test_restart_fails_runs_left_open_by_a_crash(
-    serve_app: ServeApp, settings: Settings
+    serve_app: ServeApp, settings: Settings, crash: Crash
 ) -> None:
-    store = await Store.open(settings.db_path)
-    org = await store.get_or_create_organization("R")
-    user = await store.create_user(organization_id=org.id, email="r@example.com", password="pw")
-    owner = await store.get_user(user.id)
-    workflow = await store.create_workflow(
-        organization_id=org.id, owner_user_id=user.id, name="R", definition={"nodes": []})
-    pending = await store.start_run(workflow, owner, mode="cloudonix", initial_context={},
-                                    gathered_context={}, logs={})
-    running = await store.start_run(workflow, owner, mode="cloudonix", initial_context={},
-                                    gathered_context={}, logs={})
-    await store.mark_run_running(running.id)
-    await store.close()  # the "crash": nobody finished these runs
+    pending = await crash.open_run(running=False)
+    running = await crash.open_run()
+    await crash.store.close()  # the "crash": nobody finished these runs
 
     client = await serve_app(settings)
     restarted: Store = client.app[STORE]

@@ -23,6 +23,7 @@ from tests.conftest import (
     Dial,
     MakeTenant,
     Tenant,
+    answered,
     finished_run,
     keep_line_open,
     say,
@@ -147,9 +148,7 @@ async def test_barge_in_clears_the_provider_and_cuts_the_transcript(
         monkeypatch.setattr(transport, "MAX_QUEUED_SPEECH_SECONDS", speech_queue_seconds)
     definition = starter_definition()  # the long greeting: about four seconds
     tenant = await make_tenant(definition=definition)
-    call = await dial(tenant.workflow.uuid)
-    call.start_reading()
-    await call.handshake()
+    call = await answered(dial, tenant.workflow.uuid)
     await until(lambda: call.received_media_bytes > 8000)  # a second of greeting played
     speaking = asyncio.create_task(say(call, caller_voice, "talk to a human"))
     await until(lambda: call.clears == 1)
@@ -170,14 +169,12 @@ async def test_barge_in_clears_the_provider_and_cuts_the_transcript(
 
 
 async def test_an_utterance_longer_than_the_speech_queue_plays_whole(
-    dial: Dial, make_tenant: MakeTenant, store: Store, monkeypatch: pytest.MonkeyPatch
+    dial: Dial, make_tenant: MakeTenant, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tenant = await make_tenant()  # the starter's greeting: about four seconds
 
     async def greeting_bytes() -> int:
-        call = await dial(tenant.workflow.uuid)
-        call.start_reading()
-        await call.handshake()
+        call = await answered(dial, tenant.workflow.uuid)
         await until(lambda: "utt-1" in call.marks)
         heard = call.received_media_bytes
         await call.hang_up()
@@ -194,9 +191,7 @@ async def test_a_caller_hanging_up_while_speech_waits_for_room_ends_the_call_at_
 ) -> None:
     monkeypatch.setattr(transport, "MAX_QUEUED_SPEECH_SECONDS", 0.1)
     tenant = await make_tenant()  # the starter's greeting: about four seconds, 0.1 s queued
-    call = await dial(tenant.workflow.uuid)
-    call.start_reading()
-    await call.handshake()
+    call = await answered(dial, tenant.workflow.uuid)
     await until(lambda: call.received_media_bytes > 8000)  # a second of it has played
     await call.hang_up()
     assert await call.wait_closed(timeout=5) == (1000, "call ended")
@@ -212,9 +207,7 @@ async def test_a_non_interruptible_prompt_is_not_cut(
     definition["nodes"][0]["interruptible"] = False
     definition["nodes"][0]["say"] = "Please listen carefully, as our options have changed."
     tenant = await make_tenant(definition=definition)
-    call = await dial(tenant.workflow.uuid)
-    call.start_reading()
-    await call.handshake()
+    call = await answered(dial, tenant.workflow.uuid)
     await until(lambda: call.received_media_bytes > 4000)
     await say(call, caller_voice, "representative")
     assert (await call.wait_closed(timeout=20))[0] == 1000
@@ -233,9 +226,7 @@ async def test_silence_reprompts_then_ends_with_silence_timeout(
     tenant = await make_tenant()
     await store.update_workflow(tenant.org_id, tenant.workflow.uuid,
                                 definition=short_flow(silence_timeout_seconds=1))
-    call = await dial(tenant.workflow.uuid)
-    call.start_reading()
-    await call.handshake()
+    call = await answered(dial, tenant.workflow.uuid)
     line = asyncio.create_task(keep_line_open(call, 30))
     try:
         assert await call.wait_closed(timeout=30) == (1000, "silence timeout")
@@ -257,9 +248,7 @@ async def test_max_duration_hangs_up(
     tenant = await make_tenant()
     await store.update_workflow(tenant.org_id, tenant.workflow.uuid,
                                 definition=short_flow(max_duration_seconds=1.5))
-    call = await dial(tenant.workflow.uuid)
-    call.start_reading()
-    await call.handshake()
+    call = await answered(dial, tenant.workflow.uuid)
     line = asyncio.create_task(keep_line_open(call, 10))
     try:
         assert await call.wait_closed(timeout=15) == (1000, "maximum call duration reached")
@@ -302,16 +291,13 @@ async def test_failed_hangup_fails_the_run_with_the_reason(
 
 
 async def test_an_agent_step_that_breaks_ends_the_call_with_1011_and_its_traceback_logged(
-    dial: Dial, make_tenant: MakeTenant, store: Store, caller_voice: EspeakSynthesizer,
-    caplog: pytest.LogCaptureFixture,
+    dial: Dial, make_tenant: MakeTenant, store: Store, caplog: pytest.LogCaptureFixture,
 ) -> None:
     definition = short_flow()
     # text the speech engine cannot encode (the API refuses it; the database may hold it)
     definition["nodes"][1]["say"] = "Great \ud800"
     tenant = await make_tenant(definition=definition)
-    call = await dial(tenant.workflow.uuid)
-    call.start_reading()
-    await call.handshake()
+    call = await answered(dial, tenant.workflow.uuid)
     await until(lambda: "utt-1" in call.marks)
     await call.press("1")  # to the "book" node, whose prompt breaks the agent
     assert await call.wait_closed(timeout=20) == (1011, "internal server error")
