@@ -101,29 +101,35 @@ async def add_cloudonix_config(
 MakeTenant = Callable[..., Awaitable[Tenant]]
 
 
+async def create_tenant(
+    store: Store, emulator: CloudonixEmulator, n: int = 1, *, name: str | None = None,
+    domain: str = DOMAIN, token: str = TOKEN, definition: dict[str, Any] | None = None,
+    **quota: Any,
+) -> Tenant:
+    """An organization with everything a call needs (its agent saying `definition`, the
+    starter by default); the emulator knows its domain. `n` tells tenants of one database
+    apart."""
+    org = await store.get_or_create_organization(name or f"Org {n}")
+    user = await store.create_user(
+        organization_id=org.id, email=f"user{n}@example.com", password="pw", **quota
+    )
+    _, api_key = await store.create_api_key(user.id, "tests")
+    workflow = await store.create_workflow(
+        organization_id=org.id, owner_user_id=user.id, name=f"Agent {n}",
+        definition=definition or starter_definition(),
+    )
+    await add_cloudonix_config(store, org.id, domain=domain, token=token)
+    emulator.add_domain(domain, token)
+    return Tenant(org.id, user.id, api_key, workflow, domain, token)
+
+
 @pytest.fixture
 def make_tenant(store: Store, emulator: CloudonixEmulator) -> MakeTenant:
-    """Create an organization with everything a call needs (its agent saying `definition`,
-    the starter by default); the emulator knows its domain."""
+    """`create_tenant` on the test's database, a new tenant each time."""
     counter = iter(range(1, 1000))
 
-    async def make(
-        *, name: str | None = None, domain: str = DOMAIN, token: str = TOKEN,
-        definition: dict[str, Any] | None = None, **quota: Any,
-    ) -> Tenant:
-        n = next(counter)
-        org = await store.get_or_create_organization(name or f"Org {n}")
-        user = await store.create_user(
-            organization_id=org.id, email=f"user{n}@example.com", password="pw", **quota
-        )
-        _, api_key = await store.create_api_key(user.id, "tests")
-        workflow = await store.create_workflow(
-            organization_id=org.id, owner_user_id=user.id, name=f"Agent {n}",
-            definition=definition or starter_definition(),
-        )
-        await add_cloudonix_config(store, org.id, domain=domain, token=token)
-        emulator.add_domain(domain, token)
-        return Tenant(org.id, user.id, api_key, workflow, domain, token)
+    async def make(**options: Any) -> Tenant:
+        return await create_tenant(store, emulator, next(counter), **options)
 
     return make
 
@@ -136,32 +142,40 @@ async def tenant(make_tenant: MakeTenant) -> Tenant:
 Dial = Callable[..., Awaitable[SimulatedCall]]
 
 
+async def open_call(
+    http: aiohttp.ClientSession,
+    base_url: str,
+    emulator: CloudonixEmulator,
+    agent_uuid: str,
+    *,
+    domain: str | None = "acme",
+    provider: str | None = "cloudonix",
+    newer_form: bool = False,
+    live_session: bool = True,
+    session_domain: str = DOMAIN,
+    **url: Any,
+) -> SimulatedCall:
+    """Open an Agent Stream socket of the server at `base_url` like Cloudonix would; the
+    session is live by default."""
+    target = stream_url(base_url, agent_uuid, provider=provider, domain=domain,
+                        newer_form=newer_form, **url)
+    call = await connect(http, target)
+    call.account_sid = session_domain  # Cloudonix puts the domain in accountSid
+    if live_session:
+        emulator.add_session(session_domain, call.session)
+    return call
+
+
 @pytest.fixture
 def dial(client: TestClient, emulator: CloudonixEmulator) -> Dial:
-    """Open an Agent Stream socket like Cloudonix would; the session is live by default."""
+    """`open_call` to the test's server, with the numbers and call id of the query form."""
 
-    async def open_call(
-        agent_uuid: str,
-        *,
-        domain: str | None = "acme",
-        provider: str | None = "cloudonix",
-        newer_form: bool = False,
-        live_session: bool = True,
-        session_domain: str = DOMAIN,
-        **url: Any,
-    ) -> SimulatedCall:
-        base = str(client.make_url("/"))
-        target = stream_url(
-            base, agent_uuid, provider=provider, domain=domain, newer_form=newer_form,
-            **({"call_id": "C-1", "caller": "+15555550100", "called": "+15555550199"} | url),
-        )
-        call = await connect(client.session, target)
-        call.account_sid = session_domain  # Cloudonix puts the domain in accountSid
-        if live_session:
-            emulator.add_session(session_domain, call.session)
-        return call
+    async def dial_agent(agent_uuid: str, **options: Any) -> SimulatedCall:
+        url = {"call_id": "C-1", "caller": "+15555550100", "called": "+15555550199"}
+        return await open_call(client.session, str(client.make_url("/")), emulator, agent_uuid,
+                               **(url | options))
 
-    return open_call
+    return dial_agent
 
 
 def database_bytes(db_path: Path) -> bytes:

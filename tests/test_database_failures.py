@@ -17,23 +17,22 @@ from aiohttp.test_utils import TestClient
 from agent_stream.config import Settings
 from agent_stream.errors import DatabaseUnavailable
 from agent_stream.keys import STORE
-from agent_stream.simulator import SimulatedCall, connect, stream_url, tone_ulaw
+from agent_stream.simulator import SimulatedCall, tone_ulaw
 from agent_stream.store import Store, open_store
 from agent_stream.workflow import starter_definition
 from tests.cloudonix_emulator import CloudonixEmulator
 from tests.conftest import (
-    DOMAIN,
     ENDED,
-    TOKEN,
     Dial,
     MakeTenant,
     ServeApp,
     Tenant,
-    add_cloudonix_config,
     answered,
+    create_tenant,
     finished_run,
     handshake_done,
     latest_run_id,
+    open_call,
     short_call,
     until,
     wait_for_state,
@@ -158,35 +157,25 @@ async def test_a_full_disk_refuses_new_calls_with_1011_and_ends_live_runs_once_t
 ) -> None:
     client = await serve_app(full_disk_settings)
     store: Store = client.app[STORE]
-    org = await store.get_or_create_organization("Full disk")
-    user = await store.create_user(organization_id=org.id, email="d@example.com", password="pw")
-    _, api_key = await store.create_api_key(user.id, "tests")
-    workflow = await store.create_workflow(
-        organization_id=org.id, owner_user_id=user.id, name="Agent", definition=starter_definition()
-    )
-    await add_cloudonix_config(store, org.id, domain=DOMAIN, token=TOKEN)
-    emulator.add_domain(DOMAIN, TOKEN)
+    tenant = await create_tenant(store, emulator)
     base = str(client.make_url("/"))
 
     async def dial() -> SimulatedCall:
-        call = await connect(client.session, stream_url(base, workflow.uuid, domain="acme"))
-        call.account_sid = DOMAIN
-        emulator.add_session(DOMAIN, call.session)
+        call = await open_call(client.session, base, emulator, tenant.workflow.uuid)
         call.start_reading()
         await call.handshake()
         return call
 
     live = await dial()
-    run_id = await latest_run_id(store, org.id, wait=5)
-    assert run_id is not None
-    assert (await wait_for_state(store, run_id, "running")).state == "running"
+    run_id = (await handshake_done(store, tenant)).id
+    assert (await store.get_run_by_id(run_id)).state == "running"
 
     filler = await asyncio.to_thread(fill, small_disk)
     refused = await dial()
     code, reason = await refused.wait_closed()
     assert (code, reason) == (1011, "database unavailable: database or disk is full")
     response = await client.post(
-        "/api/v1/workflows", json={"name": "x"}, headers={"Authorization": f"Bearer {api_key}"}
+        "/api/v1/workflows", json={"name": "x"}, headers={"Authorization": f"Bearer {tenant.api_key}"}
     )
     assert response.status == 503
     assert await response.json() == {"error": "database unavailable: database or disk is full"}
@@ -199,7 +188,7 @@ async def test_a_full_disk_refuses_new_calls_with_1011_and_ends_live_runs_once_t
     await asyncio.to_thread(filler.unlink)
     run = await wait_for_state(store, run_id, *ENDED, timeout=10)
     assert (run.state, run.end_reason, run.close_code) == ("completed", "caller_hangup", 1000)
-    runs, total = await store.list_runs(org.id)
+    runs, total = await store.list_runs(tenant.org_id)
     assert total == 1  # the refused call made no run
 
 

@@ -78,6 +78,12 @@ class Line:
     config_id: int
 
 
+@pytest.fixture
+async def line(client: TestClient, store: Store, kit: Kit) -> Line:
+    """The organization's line of the provider under test."""
+    return await make_line(client, store, kit)
+
+
 async def make_line(client: TestClient, store: Store, kit: Kit, name: str = "Org") -> Line:
     org = await store.get_or_create_organization(name)
     user = await store.create_user(
@@ -170,9 +176,8 @@ def assert_sent(kit: Kit, expected: Expected) -> None:
 
 
 async def test_a_call_completes_with_the_run_the_contract_describes(
-    client: TestClient, store: Store, kit: Kit
+    client: TestClient, store: Store, kit: Kit, line: Line
 ) -> None:
-    line = await make_line(client, store, kit)
     call = await dial(client, kit, line)
     await greeted(call)  # the greeting played, in the call's codec
     await call.send_audio(tone_ulaw(0.2), realtime=False)
@@ -199,9 +204,8 @@ async def test_a_call_completes_with_the_run_the_contract_describes(
     [(b"\x00\x01", "got a binary frame"), ("not json", "not JSON"), ('{"event": "media"}', "got 'media'")],
 )
 async def test_first_messages_the_provider_would_not_send_are_a_4400(
-    client: TestClient, store: Store, kit: Kit, first: str | bytes, reason: str
+    client: TestClient, store: Store, kit: Kit, line: Line, first: str | bytes, reason: str
 ) -> None:
-    line = await make_line(client, store, kit)
     call = await dial(client, kit, line)
     await call.send(first)
     code, said = await call.wait_closed()
@@ -212,9 +216,8 @@ async def test_first_messages_the_provider_would_not_send_are_a_4400(
 
 
 async def test_an_identifier_that_could_bend_a_url_is_a_4400_and_nothing_is_sent(
-    client: TestClient, store: Store, kit: Kit
+    client: TestClient, kit: Kit, line: Line
 ) -> None:
-    line = await make_line(client, store, kit)
     call = await dial(client, kit, line, call_sid="..", session="..")
     await call.handshake()
     code, reason = await call.wait_closed()
@@ -226,9 +229,8 @@ async def test_an_identifier_that_could_bend_a_url_is_a_4400_and_nothing_is_sent
 
 
 async def test_a_custom_parameter_names_the_configuration_by_id_or_name(
-    client: TestClient, store: Store, kit: Kit
+    client: TestClient, store: Store, kit: Kit, line: Line
 ) -> None:
-    line = await make_line(client, store, kit)
     other, other_secret = kit.new_account()
     second = await add_config(client, kit, line, "second line", other, other_secret)
     for reference in (str(second), "second line") if kit.names_configurations else (str(second),):
@@ -329,11 +331,10 @@ async def test_a_refused_hang_up_fails_the_run_with_the_provider_s_answer(
 
 
 async def test_a_secret_with_a_line_break_is_refused_by_its_field_and_nothing_is_stored(
-    client: TestClient, store: Store, kit: Kit
+    client: TestClient, kit: Kit, line: Line
 ) -> None:
     """A pasted token with a line break would become a header of every request to the
     provider: refused where it is typed, for the API as for the admin."""
-    line = await make_line(client, store, kit)
     account, secret = kit.new_account()
     _, secret_field = kit.fields
     response = await client.post(
@@ -348,16 +349,16 @@ async def test_a_secret_with_a_line_break_is_refused_by_its_field_and_nothing_is
     assert [c["name"] for c in (await listed.json())["telephony_configurations"]] == ["main"]
 
 
-async def test_validation_refused_is_a_4400(client: TestClient, store: Store, kit: Kit) -> None:
-    line = await make_line(client, store, kit)
+async def test_validation_refused_is_a_4400(client: TestClient, kit: Kit, line: Line) -> None:
     call = await dial(client, kit, line, live=False)  # the provider knows no such call
     await call.handshake()
     code, reason = await call.wait_closed()
     assert code == 4400 and reason.startswith("session validation failed")
 
 
-async def test_barge_in_sends_the_provider_s_clear(client: TestClient, store: Store, kit: Kit) -> None:
-    line = await make_line(client, store, kit)
+async def test_barge_in_sends_the_provider_s_clear(
+    client: TestClient, store: Store, kit: Kit, line: Line
+) -> None:
     definition = quick_agent()
     definition["nodes"][0]["say"] = "Hello, thanks for calling Acme. Would you like to book an appointment?"
     await store.update_workflow(line.org_id, line.workflow.uuid, definition=definition)
@@ -406,9 +407,8 @@ only_twilio = pytest.mark.parametrize("kit", ["twilio"], indirect=True)
 
 @only_twilio
 async def test_twilio_upgrades_without_a_valid_signature_are_refused(
-    client: TestClient, store: Store, kit: Kit
+    client: TestClient, kit: Kit, line: Line
 ) -> None:
-    line = await make_line(client, store, kit)
     url = stream_url(str(client.make_url("/")), line.workflow.uuid, provider="twilio",
                      newer_form=True)
     who = kit.identity(line.account)
@@ -428,9 +428,8 @@ async def test_twilio_upgrades_without_a_valid_signature_are_refused(
 @only_twilio
 @pytest.mark.parametrize("public_url", ["https://voice.example.com"])
 async def test_twilio_signs_the_public_url_a_proxy_in_front_received(
-    client: TestClient, store: Store, kit: Kit
+    client: TestClient, kit: Kit, line: Line
 ) -> None:
-    line = await make_line(client, store, kit)
     path = f"/api/v1/agent-stream/twilio/{line.workflow.uuid}"
     who = kit.identity(line.account)
     kit.make_live(line.account, who)
@@ -443,9 +442,8 @@ async def test_twilio_signs_the_public_url_a_proxy_in_front_received(
 
 @only_twilio
 async def test_twilio_two_configurations_of_one_account_need_the_parameter(
-    client: TestClient, store: Store, kit: Kit
+    client: TestClient, kit: Kit, line: Line
 ) -> None:
-    line = await make_line(client, store, kit)
     await add_config(client, kit, line, "night line", line.account, line.secret)
     call = await dial(client, kit, line)
     await call.handshake()
@@ -501,9 +499,8 @@ async def start_announcing(call: SimulatedCall, **media_format: Any) -> None:
 
 @only_telnyx
 async def test_telnyx_a_pcma_leg_is_heard_and_answered_in_a_law(
-    client: TestClient, store: Store, kit: Kit
+    client: TestClient, store: Store, kit: Kit, line: Line
 ) -> None:
-    line = await make_line(client, store, kit)
     greetings: dict[str, bytes] = {}
     for encoding in ("ulaw", "alaw"):
         kit.encoding = encoding
@@ -537,9 +534,8 @@ async def test_telnyx_a_pcma_leg_is_heard_and_answered_in_a_law(
 
 @only_telnyx
 async def test_telnyx_older_mu_law_name_is_accepted_and_error_frames_are_counted(
-    client: TestClient, store: Store, kit: Kit
+    client: TestClient, store: Store, kit: Kit, line: Line
 ) -> None:
-    line = await make_line(client, store, kit)
     call = await dial(client, kit, line)
     await start_announcing(call, encoding="audio/x-mulaw")
     await until(lambda: "utt-1" in call.marks)
@@ -563,9 +559,8 @@ async def test_telnyx_older_mu_law_name_is_accepted_and_error_frames_are_counted
     ({"sample_rate": 16000}, "unsupported sample rate 16000 Hz (need 8000)"),
 ])
 async def test_telnyx_a_codec_we_do_not_speak_is_a_4400_naming_it(
-    client: TestClient, store: Store, kit: Kit, media_format: dict[str, Any], reason: str
+    client: TestClient, store: Store, kit: Kit, line: Line, media_format: dict[str, Any], reason: str
 ) -> None:
-    line = await make_line(client, store, kit)
     call = await dial(client, kit, line)
     await start_announcing(call, **media_format)
     assert await call.wait_closed() == (4400, reason)
@@ -576,9 +571,8 @@ async def test_telnyx_a_codec_we_do_not_speak_is_a_4400_naming_it(
 
 @only_telnyx
 async def test_telnyx_a_configured_stream_auth_token_must_come_with_the_upgrade(
-    client: TestClient, store: Store, kit: Kit
+    client: TestClient, store: Store, kit: Kit, line: Line
 ) -> None:
-    line = await make_line(client, store, kit)
     token = "stream-token-" + "x" * 20
     assert (await changed(client, line, {"stream_auth_token": token}))["has_stream_auth_token"] is True
     for secrets, reason in (
@@ -606,9 +600,8 @@ async def test_telnyx_a_configured_stream_auth_token_must_come_with_the_upgrade(
 
 @only_telnyx
 async def test_telnyx_configurations_without_a_user_id_serve_as_the_organization_s_only_one(
-    client: TestClient, store: Store, kit: Kit
+    client: TestClient, store: Store, kit: Kit, line: Line
 ) -> None:
-    line = await make_line(client, store, kit)
     assert (await changed(client, line, {"account_id": ""}))["account_id"] is None
 
     call = await dial(client, kit, line)  # its start still names the user
@@ -634,9 +627,8 @@ async def test_telnyx_configurations_without_a_user_id_serve_as_the_organization
 
 @only_telnyx
 async def test_telnyx_a_call_that_is_no_longer_alive_fails_validation(
-    client: TestClient, store: Store, kit: Kit
+    client: TestClient, kit: Kit, line: Line
 ) -> None:
-    line = await make_line(client, store, kit)
     who = kit.identity(line.account)
     kit.emulator.ended.add(who["call_sid"])  # Telnyx still answers for it: is_alive false
     call = await dial(client, kit, line, live=False, **who)
@@ -648,9 +640,8 @@ async def test_telnyx_a_call_that_is_no_longer_alive_fails_validation(
 
 @only_telnyx
 async def test_telnyx_a_transfer_refused_for_another_reason_than_an_ended_call_fails_the_run(
-    client: TestClient, store: Store, kit: Kit
+    client: TestClient, store: Store, kit: Kit, line: Line
 ) -> None:
-    line = await make_line(client, store, kit)
     definition = quick_agent()
     definition["nodes"][2]["destination"] = "front desk"  # not a number Telnyx dials
     await store.update_workflow(line.org_id, line.workflow.uuid, definition=definition)
@@ -705,8 +696,7 @@ def dominant_hz(samples: array[int], rate: int) -> float:
 
 
 @only_plivo
-async def test_plivo_l16_at_16_khz_both_ways(client: TestClient, store: Store, kit: Kit) -> None:
-    line = await make_line(client, store, kit)
+async def test_plivo_l16_at_16_khz_both_ways(client: TestClient, store: Store, kit: Kit, line: Line) -> None:
     # the same greeting on a mu-law stream, for its length (one byte a sample at 8 kHz)
     reference = await dial(client, kit, line)
     await reference.handshake()
@@ -750,9 +740,8 @@ async def test_plivo_l16_at_16_khz_both_ways(client: TestClient, store: Store, k
 @pytest.mark.parametrize(("encoding", "rate"), [("audio/x-alaw", 8000), ("audio/x-l16", 24000),
                                                 ("audio/x-mulaw", 16000)])
 async def test_plivo_media_formats_it_does_not_stream_are_a_4400_naming_them(
-    client: TestClient, store: Store, kit: Kit, encoding: str, rate: int
+    client: TestClient, kit: Kit, line: Line, encoding: str, rate: int
 ) -> None:
-    line = await make_line(client, store, kit)
     call = await dial(client, kit, line)
     message = plivo_start(kit.identity(line.account), line.account)
     message["start"]["mediaFormat"] = {"encoding": encoding, "sampleRate": rate}
@@ -765,9 +754,8 @@ async def test_plivo_media_formats_it_does_not_stream_are_a_4400_naming_them(
 
 @only_plivo
 async def test_plivo_extra_headers_name_the_configuration(
-    client: TestClient, store: Store, kit: Kit
+    client: TestClient, store: Store, kit: Kit, line: Line
 ) -> None:
-    line = await make_line(client, store, kit)
     night = await add_config(client, kit, line, "night line", line.account, line.secret)
     who = kit.identity(line.account)
     kit.make_live(line.account, who)
@@ -852,9 +840,8 @@ async def test_one_time_tokens_are_stored_hashed_and_used_once(
 
 @only_plivo
 async def test_plivo_configurations_need_an_auth_id_and_show_the_xml(
-    client: TestClient, store: Store, kit: Kit
+    client: TestClient, store: Store, kit: Kit, line: Line
 ) -> None:
-    line = await make_line(client, store, kit)
     response = await client.post(
         "/api/v1/telephony-configurations",
         json={"provider": "plivo", "auth_id": "ma123", "auth_token": "t"}, headers=line.headers,

@@ -15,13 +15,11 @@ from agent_stream.config import Settings
 from agent_stream.keys import STORE
 from agent_stream.providers import UNSUPPORTED_PROVIDERS
 from agent_stream.server import create_app, runner_options
-from agent_stream.simulator import connect, silence_ulaw, stream_url, tone_ulaw
+from agent_stream.simulator import silence_ulaw, tone_ulaw
 from agent_stream.store import Store
-from agent_stream.workflow import starter_definition
 from tests.cloudonix_emulator import CloudonixEmulator
 from tests.conftest import (
     DOMAIN,
-    TOKEN,
     Crash,
     Dial,
     MakeTenant,
@@ -29,9 +27,11 @@ from tests.conftest import (
     Tenant,
     add_cloudonix_config,
     answered,
+    create_tenant,
     finished_run,
     handshake_done,
     latest_run_id,
+    open_call,
     until,
     wait_for_state,
 )
@@ -440,18 +440,8 @@ async def test_session_validation_timeout(
 
 
 async def _quick_call(client: Any, emulator: CloudonixEmulator) -> tuple[Tenant, Any]:
-    store: Store = client.app[STORE]
-    org = await store.get_or_create_organization("Quick")
-    user = await store.create_user(organization_id=org.id, email="q@example.com", password="pw")
-    workflow = await store.create_workflow(
-        organization_id=org.id, owner_user_id=user.id, name="Q", definition={"nodes": []})
-    await add_cloudonix_config(store, org.id, name="q", domain=DOMAIN, token=TOKEN)
-    emulator.add_domain(DOMAIN, TOKEN)
-    tenant = Tenant(org.id, user.id, "", workflow, DOMAIN, TOKEN)
-    call = await connect(client.session, stream_url(str(client.make_url("/")), workflow.uuid,
-                                                    domain="acme"))
-    call.account_sid = DOMAIN
-    emulator.add_session(DOMAIN, call.session)
+    tenant = await create_tenant(client.app[STORE], emulator, definition={"nodes": []})
+    call = await open_call(client.session, str(client.make_url("/")), emulator, tenant.workflow.uuid)
     return tenant, call
 
 
@@ -543,22 +533,13 @@ async def test_shutdown_closes_live_calls_with_1001_and_finishes_their_runs(
     aiohttp_server: Any, settings: Settings, emulator: CloudonixEmulator, tmp_path: Path
 ) -> None:
     server = await aiohttp_server(create_app(settings), **runner_options(settings))
-    store: Store = server.app[STORE]
-    org = await store.get_or_create_organization("S")
-    user = await store.create_user(organization_id=org.id, email="s@example.com", password="pw")
-    workflow = await store.create_workflow(
-        organization_id=org.id, owner_user_id=user.id, name="S", definition=starter_definition())
-    await add_cloudonix_config(store, org.id, name="s", domain=DOMAIN, token=TOKEN)
-    emulator.add_domain(DOMAIN, TOKEN)
+    tenant = await create_tenant(server.app[STORE], emulator)
     import aiohttp
 
     async with aiohttp.ClientSession() as http:
         calls = []
         for _ in range(2):
-            call = await connect(http, stream_url(str(server.make_url("/")), workflow.uuid,
-                                                  domain="acme"))
-            call.account_sid = DOMAIN
-            emulator.add_session(DOMAIN, call.session)
+            call = await open_call(http, str(server.make_url("/")), emulator, tenant.workflow.uuid)
             call.start_reading()
             await call.handshake()
             await call.send_audio(tone_ulaw(0.1), realtime=False)
@@ -571,7 +552,7 @@ async def test_shutdown_closes_live_calls_with_1001_and_finishes_their_runs(
 
     reopened = await Store.open(settings.db_path)
     try:
-        runs, total = await reopened.list_runs(org.id)
+        runs, total = await reopened.list_runs(tenant.org_id)
         assert total == 2
         for run in runs:
             assert (run.state, run.end_reason, run.close_code) == (

@@ -51,25 +51,12 @@ async def select_config(
 ) -> Selected:
     """The configuration the call uses, with the secrets it needs, or the 4400 that says
     why there is none."""
-    selected = await _selected(source, provider, organization_id, account_id=account_id, start=start)
-    _require_secrets(provider, selected.config)
-    return selected
-
-
-async def _selected(
-    source: ConfigSource,
-    provider: Provider,
-    organization_id: int,
-    *,
-    account_id: str | None,
-    start: CallStart | None,
-) -> Selected:
     title = provider.title
     named = start.custom_parameters.get(CONFIG_PARAMETER) if start else None
     if named:
         for config in await source.configs(organization_id, provider.name):
             if str(config.id) == named or config.name == named:
-                return Selected(config, "custom parameter")
+                return _chosen(provider, config, "custom parameter")
         raise HandshakeError(f"no {title} telephony configuration {named[:40]!r}")
     if account_id is not None and provider.account_field is not None:
         configs = await source.configs(organization_id, provider.name, account_id=account_id)
@@ -87,7 +74,7 @@ async def _selected(
                 f"{len(configs)} {title} configurations for {provider.account_label} {account_id}:"
                 f" name one with the {CONFIG_PARAMETER} parameter"
             )
-        return Selected(configs[0], provider.account_field or "account")
+        return _chosen(provider, configs[0], provider.account_field or "account")
     return _only(provider, await source.configs(organization_id, provider.name))
 
 
@@ -100,12 +87,14 @@ def _only(provider: Provider, configs: list[TelephonyConfig]) -> Selected:
             f"{len(configs)} {provider.title} configurations and nothing to choose: name one "
             f"with the {CONFIG_PARAMETER} parameter"
         )
-    return Selected(configs[0], "only configuration")
+    return _chosen(provider, configs[0], "only configuration")
 
 
-def _require_secrets(provider: Provider, config: TelephonyConfig) -> None:
-    """A configuration without a required secret cannot validate a call: a 4400 saying so."""
+def _chosen(provider: Provider, config: TelephonyConfig, by: str) -> Selected:
+    """The configuration chosen, if it has the secrets a call needs: a configuration
+    without a required secret cannot validate a call, and the 4400 says so."""
     for field in provider.fields:
         if field.secret and field.required and not config.value(field.name):
             name = config.account_id or config.name
             raise HandshakeError(f"{provider.title} configuration for {name} has no {field.label.lower()}")
+    return Selected(config, by)
