@@ -59,6 +59,8 @@ def pcm16_to_alaw(pcm: bytes) -> bytes:
 
 
 ENCODINGS: Final = ("ulaw", "alaw", "l16")
+# One byte of silence in each encoding (what pads a provider's last partial frame).
+SILENCE_BYTE: Final = {"ulaw": b"\xff", "alaw": b"\xd5", "l16": b"\x00"}
 # audioop.ratecv's filter state, carried from one frame to the next.
 _RateState = tuple[int, tuple[tuple[int, int], ...]] | None
 
@@ -80,6 +82,14 @@ class Codec:
 
     def __repr__(self) -> str:
         return f"<Codec {self.encoding}/{self.rate}>"
+
+    @property
+    def bytes_per_second(self) -> int:
+        return self.rate * (SAMPLE_WIDTH if self.encoding == "l16" else 1)
+
+    def silence(self, size: int) -> bytes:
+        """`size` bytes of silence on the wire."""
+        return SILENCE_BYTE[self.encoding] * size
 
     def decode(self, payload: bytes) -> bytes:
         """What the provider sent, as pipeline PCM."""

@@ -294,6 +294,6 @@ async def connect(
     side = caller_side(provider, secrets, encoding=encoding)
     ws = await http.ws_connect(
         url, autoclose=False, autoping=True, max_msg_size=MAX_MSG_SIZE,
-        headers=side.upgrade_headers(url),
+        headers=side.upgrade_headers(url), protocols=side.subprotocols,
     )
     return SimulatedCall(ws, side=side, **identity)

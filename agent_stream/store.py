@@ -618,6 +618,7 @@ class Store:
         owner: User,
         *,
         mode: str,
+        call_type: str = "inbound",
         initial_context: dict[str, Any],
         gathered_context: dict[str, Any],
         logs: dict[str, Any],
@@ -653,8 +654,8 @@ class Store:
             cur = await db.execute(
                 """INSERT INTO workflow_runs (workflow_id, definition_id, name, call_type, mode,
                        state, initial_context, gathered_context, logs, created_at)
-                   VALUES (?, ?, ?, 'inbound', ?, 'pending', ?, ?, ?, ?)""",
-                (workflow.id, workflow.live_definition_id, name, mode, _json(initial_context),
+                   VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)""",
+                (workflow.id, workflow.live_definition_id, name, call_type, mode, _json(initial_context),
                  _json(gathered_context), _json(logs), now),
             )
             # a run just made has no transcript yet: its row is all there is to read

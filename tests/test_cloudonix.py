@@ -181,10 +181,14 @@ async def cx_client(cloudonix: tuple[CloudonixEmulator, str]) -> Any:
                 "streamSid": "MZ1", "callSid": "CA1", "session": session}})
             return CloudonixProvider().control(ControlContext(
                 http=http, api_base_url=base_url, config=config, start=start, timeout=1.0,
-                public_url="http://127.0.0.1", tokens=NO_TOKENS,
+                public_url="http://127.0.0.1", tokens=NO_TOKENS, send_text=no_socket,
             ))
 
         yield emulator, control
+
+
+async def no_socket(message: str) -> bool:
+    return False
 
 
 async def test_hangup_deletes_the_session_and_404_counts_as_done(cx_client: Any) -> None:

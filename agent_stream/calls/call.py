@@ -47,6 +47,7 @@ from ..providers.base import (
     HandshakeInput,
     Provider,
     ProviderApiError,
+    TransferUnsupported,
     Wire,
 )
 from ..security import short_uuid
@@ -57,7 +58,7 @@ from ..urls import public_url
 from ..workflow import llm_endpoint, speech_provider, validate_definition
 from .outcome import CallOutcome, Outcome
 from .run_writes import RunRecord
-from .selection import select_config
+from .selection import Selected, select_config
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ class Call:
         self.ran_pipeline = False
         self._last_message_at = 0.0
         self.agent_gathered: dict[str, Any] = {}
+        self.agent_logs: dict[str, Any] = {}
         self._speech_providers: list[ProviderRecognizer | ProviderSynthesizer] = []
         self.log = CallLog(log, {"call": f"agent {short_uuid(self.agent_uuid)}"})
 
@@ -155,7 +157,8 @@ class Call:
             workflow,
             owner,
             retry_seconds=self.settings.run_write_retry_seconds,
-            mode=self.provider_name,
+            mode=self.provider.name if self.provider else self.provider_name,
+            call_type=self.provider.call_type if self.provider else "inbound",
             initial_context=self._initial_context(),
             gathered_context=self._gathered_context(),
             logs={"inbound_webhook": {"url_form": "path" if self.newer_form else "query"}},
@@ -268,6 +271,7 @@ class Call:
             except Exception:
                 self.log.exception("stopping the call pipeline failed")
         gathered.update(self.agent_gathered)
+        logs.update(self.agent_logs)
         for provider in self._speech_providers:
             try:
                 await provider.close()
@@ -329,8 +333,10 @@ class Call:
         organization_id = self._workflow.organization_id
         source = self.request.app[CONFIG_SOURCE]
         url_account = provider.url_account(self.request, self.newer_form)
-        selected = None
-        if url_account is not None:  # the configuration is known before any event is read
+        selected: Selected | None = None
+        if not provider.needs_configuration:  # the browser's call: its session is its credential
+            selected = Selected(_no_configuration(provider, organization_id), "none needed")
+        elif url_account is not None:  # the configuration is known before any event is read
             selected = await select_config(source, provider, organization_id,
                                            account_id=url_account, start=None)
         start = await provider.read_start(HandshakeInput(
@@ -350,6 +356,7 @@ class Call:
             timeout=self.settings.provider_api_timeout,
             public_url=public_url(self.request),
             tokens=self.store,
+            send_text=self._send_text,
         ))
         await control.validate()
         elapsed_ms = (time.monotonic() - began) * 1000
@@ -375,13 +382,24 @@ class Call:
         webhook: dict[str, Any] = {
             **provider.webhook_log(self.request, self.newer_form, start, config),
             "start": start.fields,
-            "configuration": {"id": config.id, "name": config.name, "selected_by": selected_by},
         }
+        if provider.needs_configuration:
+            webhook["configuration"] = {"id": config.id, "name": config.name, "selected_by": selected_by}
         await record.merge(
             initial_context=initial,
             gathered_context=gathered,
             logs={"inbound_webhook": webhook, "timing": {"handshake_ms": round(elapsed_ms, 1)}},
         )
+
+    async def _send_text(self, message: str) -> bool:
+        """A text message on the call's socket (a provider's command); False once it is closed."""
+        if self.ws.closed:
+            return False
+        try:
+            await self.ws.send_str(message)
+        except (ConnectionError, RuntimeError):
+            return False
+        return True
 
     async def _next_message(self, timeout: float | None) -> str | bytes:
         """The next data frame, or why there is none (timeout, close, oversized)."""
@@ -448,6 +466,7 @@ class AgentActions:
         self._call = call
         self._control = control
         self._failure: str | None = None
+        self._unsupported: str | None = None  # why the provider could not transfer
         self._close_task: asyncio.Task[None] | None = None
 
     @property
@@ -464,7 +483,7 @@ class AgentActions:
     async def hangup(self) -> None:
         try:
             status = await self._control.hangup()
-            self._call.log.info("hung up through %s (HTTP %d)", self._control.title, status)
+            self._call.log.info("hung up through %s (%s)", self._control.title, _how(status))
         except (ProviderApiError, aiohttp.ClientError, TimeoutError) as exc:
             self.failure = f"hangup failed: {exc or type(exc).__name__}"
             self._call.log.warning(self.failure)
@@ -472,14 +491,21 @@ class AgentActions:
     async def transfer(self, destination: str) -> None:
         try:
             status = await self._control.transfer(destination)
-            self._call.log.info("transferred through %s (HTTP %d)", self._control.title, status)
+            self._call.log.info("transferred through %s (%s)", self._control.title, _how(status))
+        except TransferUnsupported as exc:
+            self._unsupported = str(exc)
+            self._call.log.info("no transfer: %s", exc)
         except (ProviderApiError, aiohttp.ClientError, TimeoutError) as exc:
             self.failure = f"transfer failed: {exc or type(exc).__name__}"
             self._call.log.warning(self.failure)
 
     def finish(self, end_reason: str, gathered: dict[str, Any] | None = None) -> None:
-        """The agent ended the call: close the stream with 1000 and why."""
+        """The agent ended the call: close the stream with 1000 and why (a transfer the
+        provider does not offer ends `transfer_unsupported`, the reason in the run's logs)."""
         self._call.agent_gathered.update(gathered or {})
+        if end_reason == "transfer" and self._unsupported is not None:
+            end_reason = "transfer_unsupported"
+            self._call.agent_logs["transfer_unsupported"] = self._unsupported
         self._close(self._call.outcome.agent_ended(end_reason))
 
     def fail(self, error: str) -> None:
@@ -491,6 +517,18 @@ class AgentActions:
             self._close_task = asyncio.create_task(
                 self._call.close_socket(outcome.close_code, outcome.close_reason), name="agent close"
             )
+
+
+def _how(status: int) -> str:
+    return f"HTTP {status}" if status else "on the stream"
+
+
+def _no_configuration(provider: Provider, organization_id: int) -> TelephonyConfig:
+    """What a provider that needs no stored configuration (the browser) is given instead."""
+    return TelephonyConfig(
+        id=0, organization_id=organization_id, provider=provider.name, name="", account_id="",
+        fields={}, secrets={}, from_numbers=[], created_at="", updated_at="",
+    )
 
 
 def _gap_summary(pipeline: CallPipeline) -> dict[str, Any]:

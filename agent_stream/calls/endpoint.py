@@ -36,6 +36,7 @@ async def agent_stream(request: web.Request) -> web.StreamResponse:
         autoping=True,
         timeout=CLOSE_TIMEOUT,
         compress=False,  # base64 mu-law barely compresses; deflate would only cost CPU
+        protocols=("media",),  # Asterisk's chan_websocket asks for it and needs it echoed
     )
     await ws.prepare(request)
     if not registry.accepting:

@@ -25,6 +25,7 @@ from ..errors import (
 CLOSE_REASONS: Final = {
     "agent_hangup": "agent hung up",
     "transfer": "call transferred",
+    "transfer_unsupported": "transfer not offered by the provider",
     "silence_timeout": "silence timeout",
     "max_duration": "maximum call duration reached",
 }

@@ -199,20 +199,28 @@ class OutputTransport(BaseOutputTransport):
         self._speech_ready.set()
 
     async def _speak(self) -> None:
-        """Send queued speech one 20 ms message at a time on an absolute clock."""
+        """Send queued speech one 20 ms chunk at a time on an absolute clock; hold it while
+        the provider asks us to stop sending (nothing is dropped or sent twice)."""
+        assert self._serializer is not None
+        serializer = self._serializer
         while True:
             if not self._speech:
                 self._speech_ready.clear()
                 self._last_send = 0.0
                 await self._speech_ready.wait()
                 continue
+            if not serializer.may_send.is_set():
+                await serializer.may_send.wait()
+                self._last_send = self._next_send_time = 0.0  # a pause is not a gap
+                continue  # a clear may have emptied the queue meanwhile
             pcm, mark = self._speech.popleft()
             self._speech_room.set()
             if pcm is None:
-                assert self._serializer is not None
-                message = self._serializer.mark_frame(mark or "")
-                if await self._write(message):
-                    self._transcript.mark_sent(mark or "")
+                # a packetizing provider's last partial packet plays before the mark
+                if await self._send_all(serializer.flush_messages()):
+                    message = serializer.mark_frame(mark or "")
+                    if await self._write(message):
+                        self._transcript.mark_sent(mark or "")
                 continue
             await self.write_audio_frame(
                 OutputAudioRawFrame(audio=pcm, sample_rate=self.sample_rate, num_channels=1)
@@ -233,12 +241,17 @@ class OutputTransport(BaseOutputTransport):
         await self._write(frame)  # marks travel in SpeechFrames, see _speak
 
     async def write_audio_frame(self, frame: OutputAudioRawFrame) -> bool:
-        if not await self._write(frame):
+        serializer = self._serializer
+        if serializer is None or self._ws.closed:
             return False
-        now = time.monotonic()
-        if self._last_send and len(self.gaps) < 100_000:
-            self.gaps.append(now - self._last_send)
-        self._last_send = now
+        messages = serializer.audio_messages(frame.audio, frame.sample_rate)
+        if not await self._send_all(messages):
+            return False
+        if messages:  # a packetizing provider sends every few chunks: gaps are between sends
+            now = time.monotonic()
+            if self._last_send and len(self.gaps) < 100_000:
+                self.gaps.append(now - self._last_send)
+            self._last_send = now
         self._recorder.write_agent(frame.audio)
         self._transcript.audio_sent(len(frame.audio))
         await self._pace()
@@ -249,13 +262,16 @@ class OutputTransport(BaseOutputTransport):
         if serializer is None or self._ws.closed:
             return False
         payload = await serializer.serialize(frame)
-        if not payload:
-            return True
+        return await self._send_all([payload] if payload else [])
+
+    async def _send_all(self, messages: list[str | bytes]) -> bool:
+        """Send each message, in order; False when the socket refuses one."""
         try:
-            if isinstance(payload, bytes):
-                await self._ws.send_bytes(payload)
-            else:
-                await self._ws.send_str(payload)
+            for payload in messages:
+                if isinstance(payload, bytes):
+                    await self._ws.send_bytes(payload)
+                else:
+                    await self._ws.send_str(payload)
         except (ConnectionError, RuntimeError) as exc:
             self.send_failures += 1
             if self.send_failures == 1:

@@ -15,7 +15,9 @@ PROVIDERS: Final[dict[str, Provider]] = {
     provider.name: provider
     for provider in (CloudonixProvider(), TwilioProvider(), TelnyxProvider(), PlivoProvider())
 }
-SUPPORTED_PROVIDERS: Final = frozenset(PROVIDERS)
+SUPPORTED_PROVIDERS: Final = frozenset(PROVIDERS) | {
+    alias for provider in PROVIDERS.values() for alias in provider.aliases
+}
 # What the CLI test call and the call simulator speak unless told otherwise: the first.
 DEFAULT_PROVIDER: Final = next(iter(PROVIDERS))
 # Known providers whose media streams are not implemented yet: 1011, never 1008.
@@ -24,6 +26,12 @@ UNSUPPORTED_PROVIDERS: Final = frozenset(
 ) - SUPPORTED_PROVIDERS
 
 
+ALIASES: Final[dict[str, Provider]] = {
+    alias: provider for provider in PROVIDERS.values() for alias in provider.aliases
+}
+
+
 def provider_named(name: str) -> Provider | None:
-    """The provider a stream URL or a configuration names, if Agent Stream streams for it."""
-    return PROVIDERS.get(name)
+    """The provider a stream URL or a configuration names (or an alias of it, like "ari"),
+    if Agent Stream streams for it."""
+    return PROVIDERS.get(name) or ALIASES.get(name)

@@ -11,6 +11,7 @@ and 16-bit PCM at `INTERNAL_RATE`.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -123,10 +124,50 @@ class ProtocolTally:
         return self.counts[kind] == 1
 
 
+class Packetizer:
+    """Outbound audio cut into messages of exactly `size` bytes, for providers that play
+    nothing else (Vonage's 20 ms frames, multiples of Asterisk's optimal frame size,
+    Exotel's 100 ms chunks). What is left before a mark or at the end is padded with the
+    codec's silence; a clear drops it."""
+
+    def __init__(self, size: int, silence: bytes) -> None:
+        if size <= 0:
+            raise ValueError("a packet holds at least one byte")
+        self.size = size
+        self._silence = silence
+        self._pending = bytearray()
+
+    def add(self, payload: bytes) -> list[bytes]:
+        """The whole packets `payload` completes (the rest waits for the next call)."""
+        self._pending += payload
+        whole = len(self._pending) - len(self._pending) % self.size
+        if not whole:
+            return []
+        packets = [bytes(self._pending[i:i + self.size]) for i in range(0, whole, self.size)]
+        del self._pending[:whole]
+        return packets
+
+    def flush(self) -> bytes | None:
+        """What is left, padded to a whole packet (None when nothing is)."""
+        if not self._pending:
+            return None
+        packet = bytes(self._pending) + self._silence * (self.size - len(self._pending))
+        self._pending.clear()
+        return packet
+
+    def drop(self) -> None:
+        self._pending.clear()
+
+
 class Wire(FrameSerializer):
     """A provider's media-stream framing for one call: decodes what it sends into pipeline
     frames (PCM at INTERNAL_RATE) and encodes pipeline output in the call's own codec.
-    Malformed messages are counted and dropped, never fatal."""
+    Malformed messages are counted and dropped, never fatal.
+
+    Audio goes out one message per pipeline chunk (20 ms), unless the provider sets a
+    `packetizer` in its constructor; then in messages of exactly that many bytes. A
+    provider that asks us to stop sending (Asterisk's MEDIA_XOFF) clears `may_send`; the
+    output transport holds its audio until it is set again."""
 
     def __init__(self, start: CallStart, *, log: LogAdapter) -> None:
         super().__init__()
@@ -135,6 +176,9 @@ class Wire(FrameSerializer):
         self._log = log
         self.problems = ProtocolTally()
         self.media_frames = 0
+        self.packetizer: Packetizer | None = None
+        self.may_send = asyncio.Event()
+        self.may_send.set()
 
     # what subclasses define
 
@@ -161,6 +205,8 @@ class Wire(FrameSerializer):
         if isinstance(frame, AudioRawFrame):
             return self.audio_message(frame.audio, frame.sample_rate)
         if isinstance(frame, InterruptionFrame):
+            if self.packetizer is not None:
+                self.packetizer.drop()
             return self.clear_message()
         if isinstance(frame, (OutputTransportMessageFrame, OutputTransportMessageUrgentFrame)):
             return None if self.should_ignore_frame(frame) else json.dumps(frame.message)
@@ -174,10 +220,26 @@ class Wire(FrameSerializer):
         return OutputTransportMessageFrame(message=self.mark_message(name))
 
     def audio_message(self, pcm: bytes, sample_rate: int) -> str | bytes | None:
-        """16-bit PCM from the pipeline to one outbound media message in the call's codec."""
+        """16-bit PCM from the pipeline to one outbound media message in the call's codec
+        (for a packetizing provider: the first whole packet, if any; see audio_messages)."""
+        messages = self.audio_messages(pcm, sample_rate)
+        return messages[0] if messages else None
+
+    def audio_messages(self, pcm: bytes, sample_rate: int) -> list[str | bytes]:
+        """16-bit PCM from the pipeline to the outbound media messages it makes, in the
+        call's codec: one, or as many whole packets as it completes."""
         if not pcm:
-            return None
-        return self.media_message(self.codec.encode(pcm, sample_rate))
+            return []
+        payload = self.codec.encode(pcm, sample_rate)
+        if self.packetizer is None:
+            return [self.media_message(payload)]
+        return [self.media_message(packet) for packet in self.packetizer.add(payload)]
+
+    def flush_messages(self) -> list[str | bytes]:
+        """Before a mark: the packetizer's last, padded packet (it must play before the
+        mark is reached)."""
+        packet = self.packetizer.flush() if self.packetizer is not None else None
+        return [self.media_message(packet)] if packet else []
 
     def audio_frame(self, payload: bytes) -> Frame | None:
         """An inbound payload in the call's codec to pipeline audio (empty: nothing)."""
@@ -240,6 +302,11 @@ class Wire(FrameSerializer):
 # -- the REST API of one call --------------------------------------------------------------
 
 
+class TransferUnsupported(Exception):
+    """The provider offers no transfer of this call (Exotel, the browser): the call ends
+    `transfer_unsupported`, and the message says why in the run."""
+
+
 class ProviderApiError(Exception):
     """A provider REST call answered with an error status."""
 
@@ -267,6 +334,9 @@ class ControlContext:
     timeout: float
     public_url: str  # with `tokens`, for URLs of ours a provider fetches (Plivo's transfer)
     tokens: OneTimeTokens
+    # A text message on the call's own socket (Asterisk hangs up with a command there);
+    # False when the socket is already closed.
+    send_text: Callable[[str], Awaitable[bool]]
 
 
 class CallControl(ABC):
@@ -288,11 +358,13 @@ class CallControl(ABC):
 
     @abstractmethod
     async def hangup(self) -> int:
-        """End the call; returns the HTTP status. ProviderApiError when refused."""
+        """End the call; returns the HTTP status (0: done on the socket, no request).
+        ProviderApiError when refused."""
 
     @abstractmethod
     async def transfer(self, destination: str) -> int:
-        """Blind transfer to `destination`; returns the HTTP status."""
+        """Blind transfer to `destination`; returns the HTTP status (0: no request).
+        TransferUnsupported where the provider offers none."""
 
     async def fetch_live_call(
         self, url: URL, *, params: Mapping[str, str] | None = None, read_json: bool = False
@@ -388,6 +460,12 @@ class Provider(ABC):
     start_account_key: ClassVar[str] = "account id"
     # What a simulated call may stream: a name (a test's or the CLI's) to (encoding, rate).
     caller_codecs: ClassVar[Mapping[str, tuple[str, int]]] = {"ulaw": ("ulaw", 8000)}
+    # Other names stream URLs may use for it ("ari" for Asterisk).
+    aliases: ClassVar[tuple[str, ...]] = ()
+    # False for a provider that needs no stored configuration (the browser's test call).
+    needs_configuration: ClassVar[bool] = True
+    # The run's call_type.
+    call_type: ClassVar[str] = "inbound"
 
     # configuration
 
@@ -580,6 +658,9 @@ class CallerSide(ABC):
     """The provider's end of a media stream, pure: what a simulated call (the tests, the
     benchmarks, the CLI test call) sends, and how it reads what the server answers."""
 
+    # The WebSocket subprotocols the provider asks for on the upgrade (Asterisk: "media").
+    subprotocols: ClassVar[tuple[str, ...]] = ()
+
     def __init__(self, codec: Codec, secrets: Mapping[str, str] | None = None) -> None:
         self.codec = codec  # what the simulated phone sends, and expects back
         self.secrets = dict(secrets or {})
@@ -611,7 +692,7 @@ class CallerSide(ABC):
     def read(self, data: str | bytes) -> Heard | None:
         """A server message as the provider reads it (None: not a JSON object)."""
         if not isinstance(data, str):
-            return None
+            return self.heard_binary(data)
         try:
             message = json.loads(data)
         except ValueError:
@@ -621,6 +702,10 @@ class CallerSide(ABC):
     @abstractmethod
     def heard(self, message: dict[str, Any]) -> Heard:
         """A server's JSON message as the provider reads it."""
+
+    def heard_binary(self, data: bytes) -> Heard | None:
+        """A server's binary message (audio, where the provider streams it so)."""
+        return None
 
     def upgrade_headers(self, url: str) -> dict[str, str]:
         """Headers of the HTTP upgrade to `url` (a signature, a stream token)."""
