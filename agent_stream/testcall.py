@@ -15,9 +15,10 @@ import contextlib
 import shutil
 import time
 import uuid as uuidlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote_plus
 
 import aiohttp
@@ -39,9 +40,10 @@ QUIET_SECONDS = 0.8  # the agent has finished its turn after this long without a
 
 @dataclass
 class LoopbackProviderApi:
-    """Answers whatever a provider's REST API is asked: every call is live and in progress
-    (each provider's validation reads its own key of the answer), every action done."""
+    """Answers whatever a provider's REST API is asked: every call is live (in the words of
+    the provider's `live_call_answer`), every action done."""
 
+    live_call_answer: Mapping[str, Any]
     actions: list[str] = field(default_factory=list)
 
     def make_app(self) -> web.Application:
@@ -51,7 +53,7 @@ class LoopbackProviderApi:
 
     async def _answer(self, request: web.Request) -> web.Response:
         if request.method == "GET":
-            return web.json_response({"status": "in-progress", "data": {"is_alive": True}})
+            return web.json_response(dict(self.live_call_answer))
         body = await request.text()
         if request.content_type == "application/x-www-form-urlencoded":
             body = unquote_plus(body)
@@ -83,10 +85,9 @@ class StandInConfigs:
 def stand_in_config(provider: Provider) -> TelephonyConfig:
     """A configuration of `provider` for a test call: its stand-in account, dummy secrets."""
     fields = {provider.account_field: provider.stand_in_account} if provider.account_field else {}
-    secrets_ = {f.name: f"test-call-{f.name}" for f in provider.fields if f.secret and f.required}
     now = utcnow()
     return TelephonyConfig(0, 0, provider.name, "test call (stand-in)", provider.stand_in_account,
-                           fields, secrets_, [], now, now)
+                           fields, provider.stand_in_secrets(), [], now, now)
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ async def run_test_call(settings: Settings, agent_uuid: str, steps: list[Step],
     if provider is None:
         print(f"error: no provider {provider_name!r}; one of: {', '.join(PROVIDERS)}")
         return 2
-    loopback = LoopbackProviderApi()
+    loopback = LoopbackProviderApi(provider.live_call_answer)
     provider_api = web.AppRunner(loopback.make_app(), access_log=None)
     await provider_api.setup()
     provider_site = web.TCPSite(provider_api, "127.0.0.1", 0)

@@ -1,4 +1,4 @@
-"""Local stand-ins for the providers' REST APIs (Twilio, Telnyx, Plivo), so tests exercise
+"""Local stand-ins for the providers' REST APIs (Twilio, Telnyx, Plivo, Vonage), so tests exercise
 real HTTP: each checks credentials as the provider does, keeps its live calls, answers like
 the provider answers, and records every request it got. (Cloudonix's is in
 cloudonix_emulator.py.)"""
@@ -13,8 +13,13 @@ from typing import Any, ClassVar, Final
 from urllib.parse import parse_qs
 
 import aiohttp
+import jwt
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+# The Vonage application a request's JWT opened.
+APPLICATION: Final = web.RequestKey("application", str)
 # What the Telnyx emulator transfers to: E.164 or a SIP URI.
 TRANSFER_DESTINATION: Final = re.compile(r"\+[1-9][0-9]{6,14}|sips?:\S+")
 
@@ -217,6 +222,92 @@ class TelnyxEmulator(RestEmulator):
             # Telnyx's catalog names 10002 "Invalid phone number" (its status here: a guess)
             return self._error(422, "Invalid phone number", "10002")
         return web.json_response({"data": {"result": "ok"}})
+
+
+@dataclass
+class VonageEmulator(RestEmulator):
+    """The Voice API's call resource: every request needs a JWT (RS256) that verifies with
+    the public key of the application it claims and carries iat, exp and jti. GET answers a
+    live call `answered`; PUT `{"action":"hangup"}` ends it (204), PUT a transfer to an NCCO
+    that connects a phone or SIP endpoint is 204; another application's or an ended call
+    is 404, as Vonage answers."""
+
+    public_keys: dict[str, Any] = field(default_factory=dict)  # application id -> key
+    tokens_seen: set[str] = field(default_factory=set)  # jti of every token (never reused)
+
+    def add_account(self, account: str, secret: str) -> None:
+        """`secret` is the application's private key: only its public half is kept."""
+        super().add_account(account, secret)
+        private = load_pem_private_key(secret.encode(), password=None)
+        assert isinstance(private, RSAPrivateKey)
+        self.public_keys[account] = private.public_key()
+
+    def make_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/v1/calls/{call}", self._guarded(self._get))
+        app.router.add_put("/v1/calls/{call}", self._guarded(self._update))
+        return app
+
+    def authorized(self, request: web.Request) -> str | None:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme != "Bearer" or not token:
+            return None
+        try:
+            claimed = jwt.decode(token, options={"verify_signature": False}).get("application_id")
+            key = self.public_keys.get(str(claimed))
+            if key is None:
+                return None
+            claims = jwt.decode(token, key, algorithms=["RS256"],
+                                options={"require": ["application_id", "iat", "exp", "jti"]})
+        except jwt.PyJWTError:
+            return None
+        if claims["jti"] in self.tokens_seen:
+            return None
+        self.tokens_seen.add(claims["jti"])
+        request[APPLICATION] = str(claimed)  # whose calls the handler may touch
+        return str(claimed)
+
+    def _call(self, request: web.Request) -> str | None:
+        """The URL's call, if it is live and the requesting application's."""
+        call = request.match_info["call"]
+        return call if self.live.get(call) == request.get(APPLICATION) else None
+
+    @staticmethod
+    def _not_found() -> web.Response:
+        return web.json_response({"type": "https://developer.nexmo.com/api-errors#not-found",
+                                  "title": "Not Found"}, status=404)
+
+    async def _get(self, request: web.Request, body: Any) -> web.Response:
+        call = self._call(request)
+        if call is None:
+            return self._not_found()
+        return web.json_response({"uuid": call, "status": "answered", "direction": "inbound"})
+
+    async def _update(self, request: web.Request, body: Any) -> web.Response:
+        call = self._call(request)
+        if call is None:
+            return self._not_found()
+        action = body.get("action") if isinstance(body, dict) else None
+        if action == "hangup":
+            del self.live[call]
+            return web.Response(status=204)
+        if action == "transfer" and _connects_somewhere(body.get("destination")):
+            return web.Response(status=204)
+        return web.json_response({"title": "Bad Request"}, status=400)
+
+
+def _connects_somewhere(destination: Any) -> bool:
+    """A transfer destination Vonage takes: an NCCO whose connect names a phone (digits,
+    no +) or a SIP URI."""
+    try:
+        endpoint = destination["ncco"][0]["endpoint"][0]
+        if destination["type"] != "ncco" or destination["ncco"][0]["action"] != "connect":
+            return False
+    except (KeyError, IndexError, TypeError):
+        return False
+    if endpoint.get("type") == "phone":
+        return bool(re.fullmatch(r"[1-9][0-9]{6,14}", str(endpoint.get("number"))))
+    return endpoint.get("type") == "sip" and str(endpoint.get("uri", "")).startswith("sip")
 
 
 @dataclass(frozen=True)

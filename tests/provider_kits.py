@@ -12,9 +12,18 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
 from agent_stream.simulator import SimulatedCall
 from tests.cloudonix_emulator import CloudonixEmulator
-from tests.provider_emulators import PlivoEmulator, RestEmulator, TelnyxEmulator, TwilioEmulator
+from tests.provider_emulators import (
+    PlivoEmulator,
+    RestEmulator,
+    TelnyxEmulator,
+    TwilioEmulator,
+    VonageEmulator,
+)
 
 
 @dataclass
@@ -50,6 +59,9 @@ class Kit:
     names_configurations: bool = True
     # The configuration's fields holding the account and its secret.
     fields: tuple[str, str] = ("", "")
+    # A secret field that must be one line (the secret of `fields` unless that one is a
+    # multi-line key), and a value for it.
+    one_line_secret: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
         self.call_key = self.call_key or f"{self.provider}_call_id"
@@ -239,6 +251,50 @@ class PlivoKit(Kit):
         return request.method, request.raw_path, request.body
 
 
+def new_private_key() -> str:
+    """A fresh RSA private key in PEM, as Vonage hands an application's private.key."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
+
+
+@dataclass
+class VonageKit(Kit):
+    """Vonage's stream names no account but its upgrade's JWT claims the application (the
+    simulated Vonage signs with a signature secret no configuration here knows, as when an
+    operator leaves it out); the call and its stream are the NCCO's `call_uuid`."""
+
+    provider: str = "vonage"
+    emulator: VonageEmulator = field(default_factory=VonageEmulator)
+    hang_up_close: tuple[int, str] = (1000, "")  # no stop: Vonage closes, we answer
+    fields: tuple[str, str] = ("application_id", "private_key")
+    one_line_secret: tuple[str, str] | None = ("signature_secret", "sig-" + secrets.token_hex(16))
+    applications: dict[str, str] = field(default_factory=dict)  # private key -> application
+
+    def make_account(self) -> tuple[str, str]:
+        account, key = str(uuid.uuid4()), new_private_key()
+        self.applications[key] = account
+        return account, key
+
+    def secrets(self, secret: str) -> dict[str, str]:
+        return {"application_id": self.applications[secret],
+                "signature_secret": "unknown-here-" + secrets.token_hex(16)}
+
+    def identity(self, account: str) -> dict[str, Any]:
+        call = str(uuid.uuid4())
+        return {"account_sid": account, "call_sid": call, "stream_sid": call}
+
+    def expected(self, action: str, account: str, call: str, destination: str) -> Expected:
+        path = f"/v1/calls/{call}"
+        if action == "validation":
+            return Expected("GET", path)
+        if action == "hangup":
+            return Expected("PUT", path, {"action": "hangup"})
+        ncco = [{"action": "connect", "endpoint": [{"type": "phone", "number": destination.lstrip("+")}]}]
+        return Expected("PUT", path, {"action": "transfer", "destination": {"type": "ncco", "ncco": ncco}})
+
+
 KITS: dict[str, type[Kit]] = {
     "cloudonix": CloudonixKit, "twilio": TwilioKit, "telnyx": TelnyxKit, "plivo": PlivoKit,
+    "vonage": VonageKit,
 }

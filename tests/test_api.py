@@ -444,7 +444,6 @@ async def test_same_domain_in_another_organization_is_fine(
     ("change", "field"),
     [
         ({"provider": "skype"}, "provider"),
-        ({"provider": "vonage"}, "provider"),
         ({"provider": None}, "provider"),
         ({"bearer_token": None}, "bearer_token"),
         ({"bearer_token": ""}, "bearer_token"),
@@ -728,14 +727,15 @@ async def test_runs_of_the_whole_organization_and_unknown_workflow(
 async def test_run_without_recording_is_404(
     client: TestClient, tenant: Tenant, store: Store, dial: Dial
 ) -> None:
-    call = await dial(tenant.workflow.uuid, provider="vonage")  # known, unsupported: failed run
-    assert (await call.wait_closed())[0] == 1011
+    call = await dial(tenant.workflow.uuid)
+    await call.send(b"\x00")  # no handshake: a failed run, with nothing recorded
+    assert (await call.wait_closed())[0] == 4400
     run_id = await latest_run_id(store, tenant.org_id, wait=5)
     assert run_id is not None
     await wait_for_state(store, run_id, "failed")
     response = await client.get(f"/api/v1/workflow-runs/{run_id}", headers=tenant.headers)
     detail = await body_of(response, 200)
-    assert (detail["state"], detail["mode"], detail["has_recording"]) == ("failed", "vonage", False)
+    assert (detail["state"], detail["mode"], detail["has_recording"]) == ("failed", "cloudonix", False)
     response = await client.get(f"/api/v1/workflow-runs/{run_id}/recording", headers=tenant.headers)
     assert "recording" in (await body_of(response, 404))["error"]
 

@@ -15,11 +15,12 @@ import pytest
 from aiohttp.test_utils import TestClient
 from yarl import URL
 
-from agent_stream.audio import alaw_to_pcm16, pcm16_to_alaw, ulaw_to_pcm16
+from agent_stream.audio import alaw_to_pcm16, pcm16_to_alaw, rms, ulaw_to_pcm16
 from agent_stream.config import Settings
 from agent_stream.models import Run, TelephonyConfig, Workflow
 from agent_stream.providers import provider_named
 from agent_stream.providers.twilio import signature
+from agent_stream.providers.vonage.client import destination_endpoint
 from agent_stream.simulator import SimulatedCall, caller_side, connect, stream_url, tone_ulaw
 from agent_stream.store import Store
 from tests.conftest import database_bytes, finished_run, until
@@ -252,8 +253,8 @@ async def test_a_custom_parameter_names_the_configuration_by_id_or_name(
 
 
 def title(kit: Kit) -> str:
-    return {"cloudonix": "Cloudonix", "twilio": "Twilio", "telnyx": "Telnyx", "plivo": "Plivo"}[
-        kit.provider]
+    return {"cloudonix": "Cloudonix", "twilio": "Twilio", "telnyx": "Telnyx", "plivo": "Plivo",
+            "vonage": "Vonage"}[kit.provider]
 
 
 async def test_an_account_no_configuration_names_is_a_4400_never_another_organization_s(
@@ -336,15 +337,16 @@ async def test_a_secret_with_a_line_break_is_refused_by_its_field_and_nothing_is
     """A pasted token with a line break would become a header of every request to the
     provider: refused where it is typed, for the API as for the admin."""
     account, secret = kit.new_account()
-    _, secret_field = kit.fields
+    secret_field, value = kit.one_line_secret or (kit.fields[1], secret)
     response = await client.post(
         "/api/v1/telephony-configurations", headers=line.headers,
-        json={"provider": kit.provider, "name": "pasted"} | kit.config(account, secret + "\r\nX-Evil: 1"),
+        json={"provider": kit.provider, "name": "pasted"} | kit.config(account, secret)
+        | {secret_field: value + "\r\nX-Evil: 1"},
     )
     assert response.status == 400, await response.text()
     problems = (await response.json())["problems"]
     assert [p["field"] for p in problems] == [secret_field]
-    assert "line break" in problems[0]["message"] and secret not in json.dumps(problems)
+    assert "line break" in problems[0]["message"] and value not in json.dumps(problems)
     listed = await client.get("/api/v1/telephony-configurations", headers=line.headers)
     assert [c["name"] for c in (await listed.json())["telephony_configurations"]] == ["main"]
 
@@ -861,3 +863,163 @@ async def test_plivo_configurations_need_an_auth_id_and_show_the_xml(
         '<Response><Stream bidirectional="true" keepCallAlive="true" '
         'contentType="audio/x-mulaw;rate=8000" '
         f'extraHeaders="telephonyconfiguration={line.config_id}">{url.text}</Stream></Response>')
+
+
+# -- what differs: Vonage's binary frames, its JWTs, its NCCO ---------------------------------------
+
+
+only_vonage = pytest.mark.parametrize("kit", ["vonage"], indirect=True)
+
+
+async def vonage_greeting(client: TestClient, kit: Kit, line: Line, encoding: str) -> SimulatedCall:
+    """A Vonage call at `encoding`'s rate, greeted, the caller's one-second 440 Hz tone
+    sent, hung up."""
+    kit.encoding = encoding
+    call = await dial(client, kit, line)
+    await greeted(call)
+    await call.send_audio(tone_ulaw(1.0, freq=440.0), realtime=False)
+    await call.hang_up()
+    await call.wait_closed()
+    return call
+
+
+def envelope_correlation(audio: bytes, reference: bytes, *, frames: int) -> float:
+    """How alike two recordings' loudness is over `frames` equal slices (Pearson)."""
+    def envelope(pcm: bytes) -> list[float]:
+        size = len(pcm) // frames // 2 * 2
+        return [float(rms(pcm[i * size:(i + 1) * size])) for i in range(frames)]
+    a, b = envelope(audio), envelope(reference)
+    mean_a, mean_b = sum(a) / frames, sum(b) / frames
+    cov = sum((x - mean_a) * (y - mean_b) for x, y in zip(a, b, strict=True))
+    spread = (sum((x - mean_a) ** 2 for x in a) * sum((y - mean_b) ** 2 for y in b)) ** 0.5
+    return cov / spread if spread else 0.0
+
+
+@only_vonage
+@pytest.mark.parametrize(("encoding", "rate"), [("l16-8000", 8000), ("l16", 16000), ("l16-24000", 24000)])
+async def test_vonage_frames_are_exactly_20_ms_of_pcm_at_the_announced_rate_both_ways(
+    client: TestClient, store: Store, kit: Kit, line: Line, encoding: str, rate: int
+) -> None:
+    # the greeting at 8 kHz, the pipeline's own rate, for its length and its loudness over time
+    eight = await vonage_greeting(client, kit, line, "l16-8000")
+    speech = b"".join(h.payload for h in greeting(eight))
+    call = eight if rate == 8000 else await vonage_greeting(client, kit, line, encoding)
+    played = greeting(call)
+    frame = rate * 2 // 50
+    assert played and all(len(h.payload) == frame for h in played)  # 20 ms, the last one padded
+    audio = b"".join(h.payload for h in played)
+    assert len(speech) > 4000
+    # N seconds of speech are N * rate * 2 bytes (the 8 kHz greeting's last frame is padded too)
+    assert abs(len(audio) - len(speech) * rate // 8000) < frame
+    # the same words at the announced rate: frame by frame as loud as at 8 kHz (audio at the
+    # wrong rate would be stretched or squeezed against it)
+    assert envelope_correlation(audio, speech, frames=len(played)) > 0.95
+    run = await finished_run(store, line)
+    assert (run.state, run.end_reason) == ("completed", "caller_hangup")
+    assert run.logs["media_frames_in"] == 50
+    assert run.logs["inbound_webhook"]["start"]["content-type"] == f"audio/l16;rate={rate}"
+    with wave.open(run.recording_path) as recording:  # caller left, at 8 kHz
+        recorded_rate = recording.getframerate()
+        frames = recording.readframes(recording.getnframes())
+    left = array("h", frames)[0::2]
+    sounding = [i for i, sample in enumerate(left) if sample]
+    caller = left[sounding[0]:sounding[-1] + 1]
+    # one second of 440 Hz: read at another rate it would be longer or shorter, and lower or higher
+    assert abs(len(caller) / recorded_rate - 1.0) < 0.05
+    assert abs(dominant_hz(caller, recorded_rate) - 440) < 15
+
+
+@only_vonage
+@pytest.mark.parametrize(("opening", "reason"), [
+    ({"content-type": "audio/l16;rate=44100"}, "unsupported content-type 'audio/l16;rate=44100'"),
+    ({"content-type": "audio/mulaw"}, "unsupported content-type 'audio/mulaw'"),
+    ({"call_uuid": None}, "malformed 'websocket:connected' event: missing call_uuid header"),
+])
+async def test_vonage_a_rate_we_do_not_take_or_no_call_uuid_is_a_4400(
+    client: TestClient, store: Store, kit: Kit, line: Line, opening: dict[str, Any], reason: str
+) -> None:
+    call = await dial(client, kit, line)
+    connected = json.loads(call.side.opening(call.identity)[0]) | opening
+    await call.send_json({k: v for k, v in connected.items() if v is not None})
+    code, said = await call.wait_closed()
+    assert (code, said[:len(reason)]) == (4400, reason)
+    assert (await finished_run(store, line)).end_reason == "handshake_failed"
+    assert kit.requests() == []
+
+
+@only_vonage
+async def test_vonage_with_a_signature_secret_the_upgrade_must_carry_its_jwt(
+    client: TestClient, store: Store, kit: Kit, line: Line
+) -> None:
+    secret = "vonage-signature-" + "s" * 24
+    config = await changed(client, line, {"signature_secret": secret})
+    assert config["has_signature_secret"] and secret not in json.dumps(config)
+    signed = {"application_id": line.account, "signature_secret": secret}
+    refusals = [
+        ({}, "missing Vonage signature (Authorization: Bearer JWT)"),
+        (signed | {"signature_secret": "another-secret-" + "x" * 24},
+         "Vonage signature does not verify with the signature secret"),
+    ]
+    for upgrade, reason in refusals:
+        call = await dial(client, kit, line, upgrade_secrets=upgrade)
+        await call.handshake()
+        assert await call.wait_closed() == (4400, reason)
+    assert kit.requests() == []
+
+    call = await dial(client, kit, line, upgrade_secrets=signed)
+    await greeted(call)
+    await call.hang_up()
+    assert await call.wait_closed() == (1000, "")
+    run = await finished_run(store, line)
+    assert (run.state, run.end_reason) == ("completed", "caller_hangup")
+    assert run.logs["inbound_webhook"]["application"] == line.account
+    assert run.logs["inbound_webhook"]["signed"] is True
+
+
+@only_vonage
+async def test_vonage_private_keys_are_checked_kept_sealed_and_never_hinted(
+    client: TestClient, settings: Settings, kit: Kit, line: Line
+) -> None:
+    response = await client.post(
+        "/api/v1/telephony-configurations", headers=line.headers,
+        json={"provider": "vonage", "application_id": str(line.account), "private_key": "not a key"},
+    )
+    assert response.status == 400
+    problems = (await response.json())["problems"]
+    assert [p["field"] for p in problems] == ["private_key"]
+    assert problems[0]["message"].startswith("That is not a private key: paste the whole private.key")
+
+    one = await client.get(f"/api/v1/telephony-configurations/{line.config_id}", headers=line.headers)
+    answer = await one.json()
+    assert answer["has_private_key"] is True and "private_key_hint" not in answer
+    key_body = line.secret.splitlines()[1]
+    assert key_body not in await one.text()
+    assert key_body.encode() not in database_bytes(settings.db_path)
+
+
+@only_vonage
+async def test_vonage_snippet_is_an_ncco_that_connects_the_stream_with_its_headers(
+    store: Store, kit: Kit, line: Line
+) -> None:
+    vonage = provider_named("vonage")
+    assert vonage is not None
+    stream = f"https://voice.example.com/api/v1/agent-stream/vonage/{line.workflow.uuid}"
+    url, ncco = vonage.snippets(stream, None)
+    assert url.text == f"wss://voice.example.com/api/v1/agent-stream/vonage/{line.workflow.uuid}"
+    endpoint = json.loads(ncco.text)[0]["endpoint"][0]
+    assert ncco.label == "NCCO" and json.loads(ncco.text)[0]["action"] == "connect"
+    assert endpoint == {"type": "websocket", "uri": url.text, "content-type": "audio/l16;rate=16000",
+                        "headers": {"call_uuid": "<the answer webhook's uuid>"}}
+    config = await store.get_telephony_config(line.org_id, line.config_id)
+    assert config is not None
+    signing = replace(config, secrets={**config.secrets, "signature_secret": "s" * 32})
+    endpoint = json.loads(vonage.snippets(stream, signing)[1].text)[0]["endpoint"][0]
+    assert endpoint["headers"]["telephony_configuration"] == str(line.config_id)
+    assert endpoint["authorization"] == {"type": "vonage"}
+    assert "s" * 32 not in vonage.snippets(stream, signing)[1].text
+
+
+def test_vonage_transfers_phone_numbers_without_the_plus_and_sip_uris_as_sip() -> None:
+    assert destination_endpoint("+15555550123") == {"type": "phone", "number": "15555550123"}
+    assert destination_endpoint("sip:desk@pbx.example.com") == {"type": "sip",
+                                                                 "uri": "sip:desk@pbx.example.com"}

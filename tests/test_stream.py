@@ -309,8 +309,8 @@ async def test_known_unsupported_providers_close_1011_and_fail_the_run(
 async def test_unsupported_provider_in_the_newer_path(
     dial: Dial, tenant: Tenant, store: Store
 ) -> None:
-    call = await dial(tenant.workflow.uuid, provider="Vonage", newer_form=True)
-    assert await call.wait_closed() == (1011, "provider 'vonage' is not supported yet")
+    call = await dial(tenant.workflow.uuid, provider="Exotel", newer_form=True)
+    assert await call.wait_closed() == (1011, "provider 'exotel' is not supported yet")
 
 
 # -- 4400: Cloudonix handshake --------------------------------------------------------------------

@@ -10,10 +10,13 @@ from .cloudonix import CloudonixProvider
 from .plivo import PlivoProvider
 from .telnyx import TelnyxProvider
 from .twilio import TwilioProvider
+from .vonage import VonageProvider
 
 PROVIDERS: Final[dict[str, Provider]] = {
     provider.name: provider
-    for provider in (CloudonixProvider(), TwilioProvider(), TelnyxProvider(), PlivoProvider())
+    for provider in (
+        CloudonixProvider(), TwilioProvider(), TelnyxProvider(), PlivoProvider(), VonageProvider(),
+    )
 }
 SUPPORTED_PROVIDERS: Final = frozenset(PROVIDERS) | {
     alias for provider in PROVIDERS.values() for alias in provider.aliases

@@ -458,6 +458,8 @@ class Provider(ABC):
     stand_in_account: ClassVar[str] = "test-call"
     # What the start event calls the account id (for the 4400 when it is malformed).
     start_account_key: ClassVar[str] = "account id"
+    # What the CLI test call's loopback REST API answers about a live call.
+    live_call_answer: ClassVar[Mapping[str, Any]] = {"status": "in-progress", "data": {"is_alive": True}}
     # What a simulated call may stream: a name (a test's or the CLI's) to (encoding, rate).
     caller_codecs: ClassVar[Mapping[str, tuple[str, int]]] = {"ulaw": ("ulaw", 8000)}
     # Other names stream URLs may use for it ("ari" for Asterisk).
@@ -482,6 +484,11 @@ class Provider(ABC):
         """An account id a stream names, in the form configurations store it (a 4400
         naming `start_account_key` when it cannot be one)."""
         return identifier(account_id.strip(), self.start_account_key)
+
+    def stand_in_secrets(self) -> dict[str, str]:
+        """The secrets of the stand-in configuration a CLI test call uses (the loopback API
+        takes anything; a provider that must sign with a real key makes one)."""
+        return {f.name: f"test-call-{f.name}" for f in self.fields if f.secret and f.required}
 
     @property
     def secret_fields(self) -> tuple[str, ...]:

@@ -1,0 +1,92 @@
+"""The Vonage Voice API for one call: every request carries a fresh JWT (RS256) signed with
+the application's private key (claims application_id, iat, exp, jti). Validation reads the
+phone leg (`call_uuid`), hang-up and transfer modify it; 404 means the call is over."""
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Final
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from ...errors import HandshakeError
+from ..base import CallControl, ControlContext
+from ..identifiers import api_url
+
+# How long one request's JWT is valid (Vonage allows up to a day; a request needs seconds).
+TOKEN_SECONDS: Final = 300
+LIVE_STATUSES: Final = frozenset({"started", "ringing", "answered"})
+
+
+def load_private_key(pem: str) -> RSAPrivateKey:
+    """The application's private key, or ValueError saying what is wrong with what was pasted."""
+    try:
+        key = load_pem_private_key(pem.strip().encode(), password=None)
+    except (ValueError, TypeError):
+        raise ValueError(
+            "That is not a private key: paste the whole private.key file Vonage gave the"
+            " application, from -----BEGIN PRIVATE KEY----- to -----END PRIVATE KEY-----."
+        ) from None
+    if not isinstance(key, RSAPrivateKey):
+        raise ValueError("Vonage signs with RS256: the application's key must be an RSA key.")
+    return key
+
+
+def application_token(application_id: str, key: RSAPrivateKey, *, now: float | None = None) -> str:
+    """A JWT for Vonage's REST API (RS256), valid for TOKEN_SECONDS, never reused (jti)."""
+    issued = int(time.time() if now is None else now)
+    claims = {"application_id": application_id, "iat": issued, "exp": issued + TOKEN_SECONDS,
+              "jti": str(uuid.uuid4())}
+    return jwt.encode(claims, key, algorithm="RS256")
+
+
+def destination_endpoint(destination: str) -> dict[str, str]:
+    """Where a transfer connects: a SIP URI as a sip endpoint, anything else as a phone
+    number in E.164 without the + (as Vonage writes numbers)."""
+    if destination.startswith(("sip:", "sips:")):
+        return {"type": "sip", "uri": destination}
+    return {"type": "phone", "number": destination.removeprefix("+")}
+
+
+class VonageControl(CallControl):
+    title = "Vonage"
+    already_over = 404
+
+    def __init__(self, call: ControlContext) -> None:
+        super().__init__(call, headers={})
+        self._application_id = call.config.value("application_id")
+        try:
+            self._key: RSAPrivateKey | None = load_private_key(call.config.value("private_key"))
+        except ValueError:
+            self._key = None  # said at validation: the call cannot be checked
+        self._url = api_url(call.api_base_url, "v1", "calls", call.start.call_id)
+
+    def __repr__(self) -> str:
+        return f"<VonageControl {self._url.path}>"  # never the key
+
+    def _sign(self) -> None:
+        if self._key is None:
+            raise HandshakeError("Vonage configuration's private key cannot be read: paste it again")
+        self._headers["Authorization"] = f"Bearer {application_token(self._application_id, self._key)}"
+
+    async def validate(self) -> None:
+        """The phone leg exists and is live (started, ringing or answered)."""
+        self._sign()
+        call: Any = await self.fetch_live_call(self._url, read_json=True)
+        status = call.get("status") if isinstance(call, dict) else None
+        if status not in LIVE_STATUSES:
+            raise HandshakeError(f"session validation failed: the Vonage call is {str(status)[:20]}")
+
+    async def hangup(self) -> int:
+        """204 when hung up."""
+        self._sign()
+        return await self.act("PUT", self._url, "hangup", json={"action": "hangup"})
+
+    async def transfer(self, destination: str) -> int:
+        """The phone leg moves to an NCCO that connects it to `destination`."""
+        self._sign()
+        ncco = [{"action": "connect", "endpoint": [destination_endpoint(destination)]}]
+        body = {"action": "transfer", "destination": {"type": "ncco", "ncco": ncco}}
+        return await self.act("PUT", self._url, "transfer", json=body)
