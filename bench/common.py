@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.cloudonix_emulator import CloudonixEmulator  # noqa: E402
+from tests.provider_kits import Kit  # noqa: E402
 
 DOMAIN = "bench.cloudonix.net"
 TOKEN = "bench-token-0000000000"
@@ -63,7 +64,10 @@ class BenchServer:
     base: str
     headers: dict[str, str]
     agent: str
-    emulator: CloudonixEmulator
+    emulator: Any  # the Cloudonix emulator, or the kit's
+    kit: Kit | None = None  # a provider of the contract suite's kits, when not Cloudonix
+    account: str = DOMAIN
+    secret: str = TOKEN
 
     async def runs(self, http: aiohttp.ClientSession, limit: int) -> list[dict[str, Any]]:
         """The newest runs, once they have all ended (a run is final just after its close);
@@ -88,13 +92,23 @@ class BenchServer:
 
 @asynccontextmanager
 async def bench_server(definition: dict[str, Any] | None = None,
-                       server_log: Path | None = None) -> AsyncIterator[BenchServer]:
-    emulator = CloudonixEmulator()
-    emulator.add_domain(DOMAIN, TOKEN)
+                       server_log: Path | None = None, kit: Kit | None = None) -> AsyncIterator[BenchServer]:
+    """The server, with a Cloudonix configuration and emulator, or `kit`'s provider's."""
+    emulator: Any = CloudonixEmulator() if kit is None else kit.emulator
     emu_runner = web.AppRunner(emulator.make_app(), access_log=None)
     await emu_runner.setup()
     emu_port = unused_port()
     await web.TCPSite(emu_runner, "127.0.0.1", emu_port).start()
+    emulator_url = f"http://127.0.0.1:{emu_port}"
+    if kit is None:
+        emulator.add_domain(DOMAIN, TOKEN)
+        provider, account, secret = "cloudonix", DOMAIN, TOKEN
+        config: dict[str, Any] = {"domain_id": DOMAIN, "bearer_token": TOKEN}
+    else:
+        kit.base_url = emulator_url
+        provider = kit.provider
+        account, secret = kit.new_account()
+        config = kit.config(account, secret)
 
     db = Path(tempfile.mkdtemp(prefix="agent-stream-bench-")) / "agent_stream.db"
     cli = [sys.executable, "app.py"]
@@ -103,7 +117,7 @@ async def bench_server(definition: dict[str, Any] | None = None,
     key = subprocess.run([*cli, "create-api-key", "--email", "b@example.com", "--db", str(db)],
                          cwd=ROOT, check=True, capture_output=True, text=True).stdout.split()[-1]
     port = unused_port()
-    env = os.environ | {"CLOUDONIX_API_BASE_URL": f"http://127.0.0.1:{emu_port}"}
+    env = os.environ | {f"{provider.upper()}_API_BASE_URL": emulator_url}
     process = subprocess.Popen(
         [*cli, "--host", "127.0.0.1", "--port", str(port), "--db", str(db)],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
@@ -120,14 +134,15 @@ async def bench_server(definition: dict[str, Any] | None = None,
                             break
                 except aiohttp.ClientConnectionError:
                     await asyncio.sleep(0.05)
-            await http.post(f"{base}/api/v1/telephony-configurations", headers=headers,
-                            json={"provider": "cloudonix", "domain_id": DOMAIN, "bearer_token": TOKEN})
+            async with http.post(f"{base}/api/v1/telephony-configurations", headers=headers,
+                                 json={"provider": provider} | config) as response:
+                assert response.status == 201, await response.text()
             body: dict[str, Any] = {"name": "bench"}
             if definition is not None:
                 body["definition"] = definition
             async with http.post(f"{base}/api/v1/workflows", headers=headers, json=body) as response:
                 agent = (await response.json())["uuid"]
-        yield BenchServer(process, base, headers, agent, emulator)
+        yield BenchServer(process, base, headers, agent, emulator, kit, account, secret)
     finally:
         process.terminate()
         process.wait(timeout=30)
