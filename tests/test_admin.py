@@ -520,6 +520,8 @@ async def test_settings_page_shows_every_provider_s_url_and_snippet(
     twiml = (f"&lt;Response&gt;&lt;Connect&gt;&lt;Stream url=&#34;wss://{host}/api/v1/agent-stream/"
              f"twilio/{uuid}&#34;&gt;&lt;/Stream&gt;&lt;/Connect&gt;&lt;Hangup/&gt;&lt;/Response&gt;")
     assert twiml in page.html and ">Copy TwiML</button>" in page.html
+    ncco = f'&#34;uri&#34;: &#34;wss://{host}/api/v1/agent-stream/vonage/{uuid}&#34;'
+    assert ncco in page.html and ">Copy NCCO</button>" in page.html
     # Twilio speaks wss:// only: even a plain-http server shows it the wss URL
     plain = await operator.get(f"/agents/{uuid}/settings")
     assert f"wss://{host}/api/v1/agent-stream/twilio/{uuid}" in plain.html
