@@ -14,9 +14,9 @@ from . import strict_json
 from .errors import RETRY_AFTER_SECONDS, Conflict, DatabaseUnavailable, NotFound, RequestTooSlow
 from .keys import STORE
 from .models import ConfigInput, Run, TelephonyConfig, User, Workflow
-from .providers import SUPPORTED_PROVIDERS, provider_named
+from .providers import ALIASES, PROVIDERS, provider_named
 from .providers.base import Provider
-from .providers.configs import check_config, save_config, secret_hints
+from .providers.configs import check_config, needs_no_configuration, save_config, secret_hints
 from .security import redact_path
 from .store import Store
 from .workflow import merge_secrets, redact_secrets, starter_definition, validate_definition
@@ -310,7 +310,10 @@ async def create_telephony(request: web.Request) -> web.Response:
     name = _text(body, "provider", required=True) or ""
     provider = provider_named(name)
     if provider is None:
-        raise ApiError(400, f"provider must be one of: {', '.join(sorted(SUPPORTED_PROVIDERS))}")
+        configurable = (n for n, p in (PROVIDERS | ALIASES).items() if p.needs_configuration)
+        raise ApiError(400, f"provider must be one of: {', '.join(sorted(configurable))}")
+    if (refusal := needs_no_configuration(provider)) is not None:
+        raise ApiError(400, refusal)
     given = _checked_config(provider, body, creating=True)
     config = await save_config(request.app[STORE], provider, user.organization_id, given)
     return web.json_response(telephony_json(config), status=201)

@@ -61,6 +61,11 @@ def new_one_time_token() -> str:
 # One-time tokens are random like API keys: a plain SHA-256 is enough and allows lookup.
 hash_one_time_token = hash_api_key
 
+# The admin's sign-in cookie. Sessions are stored by the SHA-256 of its random value (a copy
+# of the database signs nobody in); the browser's test call reads it too.
+SESSION_COOKIE: Final = "agent_stream_session"
+hash_session_token = hash_api_key
+
 
 def short_uuid(value: str) -> str:
     """The first block of a uuid: enough to tell agents apart, useless to connect with."""

@@ -10,7 +10,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from . import agents, auth, runs, telephony, users
+from . import agents, auth, runs, talk, telephony, users
 from .common import STATIC_DIR, TEMPLATES_DIR, html_error_middleware
 
 __all__ = ["html_error_middleware", "setup_routes", "setup_templates"]
@@ -113,6 +113,8 @@ def setup_routes(app: web.Application) -> None:
     r.add_post("/agents/{uuid}/restore", agents.restore, name="admin_restore")
     r.add_get("/agents/{uuid}/settings", agents.agent_settings, name="admin_agent_settings")
     r.add_post("/agents/{uuid}/settings", agents.save_settings, name="admin_agent_settings_post")
+
+    r.add_post("/agents/{uuid}/call-token", talk.call_token, name="admin_call_token")
 
     r.add_get("/agents/{uuid}/runs", runs.runs, name="admin_runs")
     r.add_get("/agents/{uuid}/runs/{run_id}", runs.run_detail, name="admin_run")

@@ -414,6 +414,8 @@ def provider_snippets(
     base = stream_base(request) + "/api/v1/agent-stream"
     blocks = []
     for provider in PROVIDERS.values():
+        if not provider.needs_configuration:
+            continue  # the browser's call has its own button, nothing to paste
         stream_url = f"{base}/{provider.name}/{workflow.uuid}"
         mine = [c for c in configs if c.provider == provider.name]
         groups = [

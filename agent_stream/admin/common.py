@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import hmac
 import logging
 import secrets
@@ -19,7 +18,8 @@ from multidict import MultiDictProxy
 from ..errors import RETRY_AFTER_SECONDS, Conflict, DatabaseUnavailable, NotFound, RequestTooSlow
 from ..keys import STORE
 from ..models import Organization, User
-from ..security import redact_uuids
+from ..security import SESSION_COOKIE as SESSION_COOKIE  # the sign-in cookie, re-exported
+from ..security import hash_session_token, redact_uuids
 from ..store import Store
 from ..urls import is_secure
 
@@ -29,7 +29,6 @@ ROOT: Final = Path(__file__).resolve().parent.parent.parent
 TEMPLATES_DIR: Final = ROOT / "templates"
 STATIC_DIR: Final = ROOT / "static"
 
-SESSION_COOKIE: Final = "agent_stream_session"
 ANON_CSRF_COOKIE: Final = "agent_stream_csrf"
 FLASH_COOKIE: Final = "agent_stream_flash"
 SESSION_SECONDS: Final = 14 * 24 * 3600
@@ -97,7 +96,7 @@ class AdminOnly(web.HTTPForbidden):
 
 def token_hash(token: str) -> str:
     """Sessions are stored by the SHA-256 of the cookie: a database copy signs nobody in."""
-    return hashlib.sha256(token.encode()).hexdigest()
+    return hash_session_token(token)
 
 
 def now_iso() -> str:

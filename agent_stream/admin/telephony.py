@@ -11,9 +11,9 @@ from ..errors import Conflict, NotFound
 from ..models import TelephonyConfig
 from ..providers import DEFAULT_PROVIDER, PROVIDERS, provider_named
 from ..providers.base import Provider
-from ..providers.configs import check_config, numbers_from_text, save_config
+from ..providers.configs import check_config, needs_no_configuration, numbers_from_text, save_config
 from ..security import mask_secret
-from .common import form_of, int_id, page, redirect, render, store_of, url, user_of
+from .common import error_page, form_of, int_id, page, redirect, render, store_of, url, user_of
 
 
 def _provider(name: str | None) -> Provider:
@@ -72,7 +72,7 @@ async def _list_page(
         "telephony.html",
         {
             "configs": [shown(c) for c in configs if c.provider in PROVIDERS],
-            "providers": list(PROVIDERS.values()),
+            "providers": [p for p in PROVIDERS.values() if p.needs_configuration],
             "provider": provider,
             "form": form or {},
             "problems": problems or {},
@@ -84,7 +84,10 @@ async def _list_page(
 
 @page()
 async def telephony(request: web.Request) -> web.StreamResponse:
-    return await _list_page(request, _provider(request.query.get("provider")))
+    provider = _provider(request.query.get("provider"))
+    if (refusal := needs_no_configuration(provider)) is not None:
+        return error_page(request, 400, refusal, title="Nothing to configure")
+    return await _list_page(request, provider)
 
 
 async def _save(
@@ -109,6 +112,8 @@ async def _save(
 async def create(request: web.Request) -> web.StreamResponse:
     form = await form_of(request)
     provider = _provider(form.get("provider"))
+    if (refusal := needs_no_configuration(provider)) is not None:
+        return error_page(request, 400, refusal, title="Nothing to configure")
     problems = await _save(request, provider, form, user_of(request).organization_id)
     if problems:
         return await _list_page(

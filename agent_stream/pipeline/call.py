@@ -70,6 +70,10 @@ class CallPipeline:
         self.worker: PipelineWorker | None = None
         self._runner: WorkerRunner | None = None
         self._task: asyncio.Task[None] | None = None
+        self._ws = ws
+        self._line_sends: set[asyncio.Task[None]] = set()
+        if type(serializer).transcript_message is not Wire.transcript_message:
+            self.transcript.listener = self._send_line  # only a peer that shows live lines
 
     async def start(self, agent: FrameProcessor) -> None:
         """Open the recording, start the pipeline with `agent` in it, wait until it runs."""
@@ -97,6 +101,23 @@ class CallPipeline:
         if waiter not in done:
             waiter.cancel()
             raise RuntimeError("the call pipeline did not start")
+
+    def _send_line(self, role: str, text: str) -> None:
+        """A live transcript line to the peer, on its own task (the transcript is told from
+        inside the engine and the output transport, which must not wait on the socket)."""
+        message = self.serializer.transcript_message(role, text)
+        if message is None or self._ws.closed:
+            return
+        task = asyncio.create_task(self._send(message), name="transcript line")
+        self._line_sends.add(task)
+        task.add_done_callback(self._line_sends.discard)
+
+    async def _send(self, message: str | bytes) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError):  # the call just ended
+            if isinstance(message, bytes):
+                await self._ws.send_bytes(message)
+            else:
+                await self._ws.send_str(message)
 
     async def deliver(self, frame: Frame) -> None:
         await self.transport.input().deliver(frame)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..models import TranscriptLine
@@ -37,6 +38,9 @@ class CallTranscript:
     lines: list[TranscriptLine] = field(default_factory=list)
     _queue: deque[Utterance] = field(default_factory=deque)
     _counter: int = 0
+    # Told (role, text) of each line as it happens: an agent line when its audio starts
+    # going out, a caller line when it is recognized. None (most calls): nobody is told.
+    listener: Callable[[str, str], None] | None = None
 
     def now_ms(self) -> int:
         return int((time.monotonic() - self.started) * 1000)
@@ -64,6 +68,8 @@ class CallTranscript:
             return
         if utterance.started_ms is None:
             utterance.started_ms = self.now_ms()
+            if self.listener is not None:
+                self.listener("agent", utterance.text)
         utterance.sent_bytes += size
 
     def mark_sent(self, name: str) -> None:
@@ -110,6 +116,8 @@ class CallTranscript:
 
     def caller_said(self, text: str, start_ms: int, end_ms: int) -> None:
         self.lines.append(TranscriptLine("caller", text, start_ms, end_ms))
+        if self.listener is not None:
+            self.listener("caller", text)
 
     def flush(self) -> list[TranscriptLine]:
         """At the end of the call: whatever was sent but never confirmed counts as heard."""

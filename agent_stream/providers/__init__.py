@@ -11,11 +11,13 @@ from .plivo import PlivoProvider
 from .telnyx import TelnyxProvider
 from .twilio import TwilioProvider
 from .vonage import VonageProvider
+from .web import WebProvider
 
 PROVIDERS: Final[dict[str, Provider]] = {
     provider.name: provider
     for provider in (
         CloudonixProvider(), TwilioProvider(), TelnyxProvider(), PlivoProvider(), VonageProvider(),
+        WebProvider(),
     )
 }
 SUPPORTED_PROVIDERS: Final = frozenset(PROVIDERS) | {

@@ -235,6 +235,12 @@ class Wire(FrameSerializer):
             return [self.media_message(payload)]
         return [self.media_message(packet) for packet in self.packetizer.add(payload)]
 
+    def transcript_message(self, role: str, text: str) -> str | bytes | None:
+        """A live transcript line for a peer that shows one (the browser's test call): the
+        agent's as it starts to play, the caller's as it is recognized. A wire that keeps
+        this default gets none, and its call's transcript has no listener at all."""
+        return None
+
     def flush_messages(self) -> list[str | bytes]:
         """Before a mark: the packetizer's last, padded packet (it must play before the
         mark is reached)."""

@@ -20,6 +20,15 @@ _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 _MULTILINE_CONTROL: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # line breaks and tabs allowed
 
 
+def needs_no_configuration(provider: Provider) -> str | None:
+    """Why `provider` takes no configuration (the browser's test call), for the API's and
+    the admin's 400; None for a provider that does."""
+    if provider.needs_configuration:
+        return None
+    return (f"provider '{provider.name}': the browser test call needs no configuration "
+            "(the signed-in session authorizes it: use Talk to this agent on an agent's page)")
+
+
 def check_config(
     provider: Provider, raw: Mapping[str, Any], *, creating: bool, blank_keeps_secret: bool = True
 ) -> tuple[ConfigInput, list[Problem]]:
