@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import shutil
 import time
 import uuid as uuidlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_plus
@@ -27,9 +29,11 @@ from aiohttp import web
 from .calls.selection import StoredConfigs
 from .config import Settings
 from .keys import CONFIG_SOURCE, STORE
-from .models import Run, TelephonyConfig
+from .models import Run, TelephonyConfig, Workflow
 from .providers import DEFAULT_PROVIDER, PROVIDERS, provider_named
 from .providers.base import CONFIG_PARAMETER, Provider
+from .providers.web import access
+from .security import hash_session_token
 from .simulator import SimulatedCall, connect, pcm16_to_ulaw, silence_ulaw, stream_url
 from .speech.tts import EspeakSynthesizer
 from .store import Store, utcnow
@@ -144,6 +148,7 @@ async def run_test_call(settings: Settings, agent_uuid: str, steps: list[Step],
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
+    credentials: dict[str, str] = {}
     try:
         store = app[STORE]
         workflow = await store.find_stream_workflow(agent_uuid)
@@ -153,10 +158,14 @@ async def run_test_call(settings: Settings, agent_uuid: str, steps: list[Step],
         stored = await store.find_telephony_configs(workflow.organization_id, provider.name)
         config = stored[0] if stored else stand_in
         call_id = str(uuidlib.uuid4())  # finds this call's run, no other
+        credentials = config.secrets
+        if not provider.needs_configuration:  # the browser's call: the owner signs in
+            credentials, call_id = await _signed_in(store, workflow, settings.public_url
+                                                    or _site_url(site))
         url = stream_url(_site_url(site), agent_uuid, provider=provider.name, newer_form=True)
         async with aiohttp.ClientSession() as http:
             call = await connect(
-                http, url, provider=provider.name, secrets=config.secrets,
+                http, url, provider=provider.name, secrets=credentials,
                 account_sid=config.account_id, call_sid=call_id, caller="+15555550100",
                 called="+15555550199",
                 custom_parameters={CONFIG_PARAMETER: str(config.id)} if stored else None,
@@ -187,8 +196,24 @@ async def run_test_call(settings: Settings, agent_uuid: str, steps: list[Step],
             print(f"recording (caller left, agent right): {out}")
         return 0 if run.state == "completed" else 1
     finally:
+        if "session" in credentials:  # the browser call's sign-in ends with it
+            await app[STORE].delete_session(hash_session_token(credentials["session"]))
         await runner.cleanup()
         await provider_api.cleanup()
+
+
+async def _signed_in(store: Store, workflow: Workflow, origin: str) -> tuple[dict[str, str], str]:
+    """What the admin's page holds for a browser test call by the agent's owner: a session
+    of a few minutes (deleted after the call) and a call token. Returns the browser's end's
+    secrets and the call's id."""
+    session = secrets.token_urlsafe(32)
+    expires = datetime.now(UTC) + timedelta(minutes=5)
+    await store.create_session(
+        user_id=workflow.owner_user_id, token_hash=hash_session_token(session),
+        csrf_token=secrets.token_urlsafe(32), expires_at=expires.isoformat(timespec="milliseconds"),
+    )
+    token, call_id = await access.mint(store, agent_uuid=workflow.uuid, user_id=workflow.owner_user_id)
+    return {"session": session, "token": token, "origin": origin}, call_id
 
 
 def _site_url(site: web.TCPSite) -> str:

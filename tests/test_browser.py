@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,11 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from agent_stream.simulator import tone_ulaw
+from agent_stream.speech.tts import EspeakSynthesizer
 from agent_stream.store import Store
 from tests.admin_fixtures import PASSWORD
-from tests.conftest import Dial, Tenant, latest_run_id, wait_for_state
+from tests.conftest import Dial, Tenant, finished_run, latest_run_id, wait_for_state
+from tests.conftest import until as eventually
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -268,3 +271,91 @@ async def test_a_new_api_key_is_shown_once_and_copies(
     await page.goto("/users")
     assert key not in await page.content()
     await shot(page, "users")
+
+
+# -- Talk to this agent ---------------------------------------------------------------------------
+
+# A call through the browser's microphone waits on speech, not on the page: the agent's
+# greeting alone is five seconds, and a loaded two-core machine is slower still.
+CALL_TIMEOUT_MS = 60_000
+
+
+async def caller_wav(path: Path, text: str) -> Path:
+    """`text` in OUR espeak (the caller's voice of the CLI test call), 16 kHz 16-bit mono,
+    after a second of silence and followed by three: what Chromium's fake microphone plays."""
+    pcm = await EspeakSynthesizer(sample_rate=16000).synthesize(text, voice="en-us+m3", rate=160)
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16000)
+        out.writeframes(bytes(32000) + pcm + bytes(96000))
+    return path
+
+
+async def test_talk_to_this_agent_from_the_microphone(
+    client: TestClient, store: Store, tenant: Tenant, tmp_path: Path
+) -> None:
+    wav = await caller_wav(tmp_path / "caller-yes.wav", "yes")
+    microphone = [
+        "--use-fake-ui-for-media-stream",  # allow the microphone without a prompt
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={wav}%noloop",  # say "yes" once, then silence
+        "--autoplay-policy=no-user-gesture-required",
+    ]
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS + microphone, headless=True
+        )
+        context = await browser.new_context(
+            base_url=str(client.make_url("")).rstrip("/"), permissions=["microphone"],
+            viewport={"width": 1280, "height": 860},
+        )
+        context.set_default_timeout(TIMEOUT_MS)
+        page = await context.new_page()
+        sent: list[str | bytes] = []  # what the page sent on its call socket
+
+        def record(payload: str | bytes) -> None:
+            sent.append(payload)
+
+        page.on("websocket", lambda ws: ws.on("framesent", record))
+        try:
+            await sign_in(page, store, tenant)
+            await page.get_by_role("link", name=tenant.workflow.name).click()
+            await page.get_by_role("button", name="Talk to this agent").click()
+            panel = page.locator("section#talk")
+            state = panel.get_by_role("status")
+            lines = panel.get_by_role("list", name="Live transcript")
+            await expect(lines).to_contain_text("Would you like to book an appointment?",
+                                                timeout=CALL_TIMEOUT_MS)
+            await expect(panel.get_by_role("meter", name="Microphone")).to_be_visible()
+            # the fake microphone says "yes": the agent goes on to the booking node
+            await expect(lines).to_contain_text("You yes", timeout=CALL_TIMEOUT_MS)
+            await expect(lines).to_contain_text("Agent Great. Which day suits you?",
+                                                timeout=CALL_TIMEOUT_MS)
+            await expect(state).to_have_text("Connected: speak now")
+            await shot(page, "talk-to-this-agent", full_page=False)
+            # the page's playback reached the end of that line: it echoes its mark
+            await eventually(lambda: '{"event":"mark","name":"utt-2"}' in sent, timeout=30)
+            assert sent[0].startswith('{"event":"start","token":')
+            audio = [frame for frame in sent if isinstance(frame, bytes)]
+            assert len(audio) > 100 and {len(frame) for frame in audio} == {640}
+
+            await panel.get_by_role("button", name="Mute").click()
+            await expect(state).to_have_text("Muted: the agent hears silence")
+            await panel.get_by_role("button", name="Hang up").click()
+            await expect(state).to_have_text("Call ended", timeout=CALL_TIMEOUT_MS)
+            run = await finished_run(store, tenant)
+            assert (run.state, run.end_reason, run.call_type, run.mode) == (
+                "completed", "caller_hangup", "web", "web")
+            said = [(line.role, line.text, line.interrupted) for line in run.transcript]
+            assert said[1:] == [("caller", "yes", False),
+                                ("agent", "Great. Which day suits you?", False)]
+
+            await panel.get_by_role("link", name="See this call in Runs").click()
+            row = page.get_by_role("row").filter(has_text=run.name)
+            await expect(row).to_contain_text("Completed")
+            await row.get_by_role("link", name=run.name).click()
+            await expect(page.locator("audio#recording")).to_be_visible()
+        finally:
+            await context.close()
+            await browser.close()

@@ -266,6 +266,27 @@ async def test_the_call_command_speaks_any_provider_with_no_configuration_at_all
     assert unknown.returncode == 2 and "no provider 'skype'" in unknown.stdout
 
 
+async def test_the_call_command_talks_to_an_agent_as_its_owner_would_from_the_browser(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "agent_stream.db"
+    org_id, agent = await cli_agent(db, "Hi. Press zero for a human.", cloudonix=False)
+    done = await asyncio.to_thread(run_cli, "call", agent, "--provider", "web", "--dtmf", "0", db=db)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "completed, transfer_unsupported" in done.stdout
+    lines = [line.split(maxsplit=1)[1] for line in done.stdout.splitlines()
+             if line.strip()[:1].isdigit()]
+    assert lines == ["agent   Hi. Press zero for a human.", "caller  (pressed 0)",
+                     "agent   Connecting you now."]
+    store = await Store.open(db)
+    try:
+        (run,), _ = await store.list_runs(org_id)
+        assert (run.call_type, run.mode) == ("web", "web")
+        assert run.gathered_context["transfer_destination"] == "+15555550123"
+    finally:
+        await store.close()
+
+
 async def test_the_cli_test_call_leaves_live_calls_of_the_same_database_alone(
     dial: Dial, make_tenant: MakeTenant, store: Store, settings: Settings
 ) -> None:
