@@ -26,13 +26,13 @@ from urllib.parse import unquote_plus
 import aiohttp
 from aiohttp import web
 
+from . import call_tokens
 from .calls.selection import StoredConfigs
 from .config import Settings
 from .keys import CONFIG_SOURCE, STORE
 from .models import Run, TelephonyConfig, Workflow
 from .providers import DEFAULT_PROVIDER, PROVIDERS, provider_named
 from .providers.base import CONFIG_PARAMETER, Provider
-from .providers.web import access
 from .security import hash_session_token
 from .simulator import SimulatedCall, connect, pcm16_to_ulaw, silence_ulaw, stream_url
 from .speech.tts import EspeakSynthesizer
@@ -212,7 +212,7 @@ async def _signed_in(store: Store, workflow: Workflow, origin: str) -> tuple[dic
         user_id=workflow.owner_user_id, token_hash=hash_session_token(session),
         csrf_token=secrets.token_urlsafe(32), expires_at=expires.isoformat(timespec="milliseconds"),
     )
-    token, call_id = await access.mint(store, agent_uuid=workflow.uuid, user_id=workflow.owner_user_id)
+    token, call_id = await call_tokens.mint(store, agent_uuid=workflow.uuid, user_id=workflow.owner_user_id)
     return {"session": session, "token": token, "origin": origin}, call_id
 
 

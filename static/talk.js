@@ -161,9 +161,10 @@
   hangupButton.addEventListener("click", function () {
     if (!call || call.ended || !call.ws) return;
     var ws = call.ws;
-    if (ws.readyState === 1) ws.send(JSON.stringify({ event: "hangup" }));
-    say("Hanging up…");
     hangupButton.disabled = true;
+    if (ws.readyState !== 1) { ws.close(); return; }
+    ws.send(JSON.stringify({ event: "hangup" }));
+    say("Hanging up…");
     setTimeout(function () { if (ws.readyState < 2) ws.close(); }, 5000); // the server closes first
   });
 })();

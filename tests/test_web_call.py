@@ -12,10 +12,10 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
+from agent_stream import call_tokens
 from agent_stream.audio import Codec
 from agent_stream.keys import SPEECH
 from agent_stream.models import User
-from agent_stream.providers.web import access
 from agent_stream.security import SESSION_COOKIE
 from agent_stream.simulator import SimulatedCall, connect, stream_url, tone_ulaw
 from agent_stream.store import Store
@@ -169,7 +169,7 @@ async def test_an_expired_token_is_refused(
     http: aiohttp.ClientSession, client: TestClient, store: Store, tenant: Tenant, admin: Admin,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(access, "TTL_SECONDS", 0.0)
+    monkeypatch.setattr(call_tokens, "TTL_SECONDS", 0.0)
     token = await admin.token(tenant.workflow.uuid)
     call = await talk(http, client, tenant.workflow.uuid, session=admin.session, token=token)
     await refused(call, store, tenant,
@@ -193,7 +193,7 @@ async def test_a_user_of_another_organization_is_refused(
     # the panel's endpoint does not even know the agent in their organization...
     assert (await stranger.mint(tenant.workflow.uuid)).status == 404
     # ...and a token for it (the store would only make one if our own code did) is refused
-    token, _ = await access.mint(store, agent_uuid=tenant.workflow.uuid, user_id=stranger.user.id)
+    token, _ = await call_tokens.mint(store, agent_uuid=tenant.workflow.uuid, user_id=stranger.user.id)
     call = await talk(http, client, tenant.workflow.uuid, session=stranger.session, token=token)
     await refused(call, store, tenant,
                   "browser call refused: the signed-in user may not see this agent")

@@ -2,17 +2,19 @@
 
 The panel posts this session's CSRF token like every admin form; the answer is JSON the
 script reads, never a page. The token is good once, for a minute, for this agent and this
-user (providers/web/access.py checks all of it when the socket opens)."""
+user (the `web` provider's handshake checks all of it when the socket opens)."""
 
 from __future__ import annotations
 
+from typing import Final
+
 from aiohttp import web
 
-from ..providers.web import access
+from .. import call_tokens
 from .common import page, store_of, user_of
 
 # Where the panel's socket goes (it adds its own ws:// or wss:// and host: same origin).
-STREAM_PATH = "/api/v1/agent-stream/web/{uuid}"
+STREAM_PATH: Final = "/api/v1/agent-stream/web/{uuid}"
 
 
 @page()
@@ -28,9 +30,9 @@ async def call_token(request: web.Request) -> web.StreamResponse:
             {"error": "this agent is archived: restore it to talk to it"}, status=409,
             headers=headers,
         )
-    token, call_id = await access.mint(store, agent_uuid=workflow.uuid, user_id=user.id)
+    token, call_id = await call_tokens.mint(store, agent_uuid=workflow.uuid, user_id=user.id)
     return web.json_response(
         {"token": token, "call_id": call_id, "stream_path": STREAM_PATH.format(uuid=workflow.uuid),
-         "expires_in": access.TTL_SECONDS},
+         "expires_in": call_tokens.TTL_SECONDS},
         headers=headers,
     )

@@ -1,7 +1,7 @@
 """The admin's browser test call (contract section 7, provider `web`): **Talk to this
 agent** streams the microphone to the agent over a same-origin socket. No telephony
-configuration: the signed-in session and a one-time token the page minted (access.py)
-authorize it; 16 kHz PCM both ways (wire.py); hang-up is a message on the socket, and there
+configuration: the signed-in session and a one-time token the page minted (access.py,
+call_tokens.py) authorize it; 16 kHz PCM both ways (wire.py); hang-up is a message on the socket, and there
 is nowhere to transfer a browser to."""
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 from aiohttp import web
 from yarl import URL
 
+from ... import call_tokens
 from ...audio import Codec
 from ...errors import HandshakeError
 from ...keys import STORE
@@ -40,7 +41,7 @@ class WebProvider(base.Provider):
         store = request.app[STORE]
         user = await access.session_user(request, store)
         message = await base.receive_event(given, "start")
-        grant = await access.redeem(
+        grant = await call_tokens.redeem(
             store, message.get("token"), agent_uuid=request.match_info["agent_uuid"], user=user
         )
         return base.CallStart(
