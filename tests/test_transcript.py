@@ -28,3 +28,19 @@ def test_a_mark_confirms_what_went_before_it() -> None:
     assert transcript.mark_played(second.id) is second
     assert [line.text for line in transcript.flush()] == ["first", "second"]
     assert first.played
+
+
+def test_a_listener_hears_each_line_once_as_it_happens() -> None:
+    """The browser's live transcript: an agent line when its first audio goes out (not
+    per chunk, not when queued), a caller line when it is recognized."""
+    heard: list[tuple[str, str]] = []
+    transcript = CallTranscript(bytes_per_second=16000, listener=lambda *line: heard.append(line))
+    first = transcript.queue("hello there", 3200, interruptible=True)
+    assert heard == []  # queued is not said
+    transcript.audio_sent(320)
+    transcript.audio_sent(320)
+    assert heard == [("agent", "hello there")]
+    transcript.audio_sent(2560)
+    transcript.mark_sent(first.id)
+    transcript.caller_said("yes", 300, 600)
+    assert heard == [("agent", "hello there"), ("caller", "yes")]

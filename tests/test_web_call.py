@@ -20,7 +20,7 @@ from agent_stream.security import SESSION_COOKIE
 from agent_stream.simulator import SimulatedCall, connect, stream_url, tone_ulaw
 from agent_stream.store import Store
 from tests.admin_fixtures import Operator, make_operator
-from tests.conftest import MakeTenant, Tenant, finished_run, until
+from tests.conftest import Dial, MakeTenant, Tenant, answered, finished_run, until
 
 GREETING = "Hello, thanks for calling Acme. Would you like to book an appointment?"
 DESTINATION = "+15555550123"  # the starter's transfer node
@@ -336,6 +336,20 @@ async def test_a_clear_reaches_the_page_when_the_person_talks_over_the_agent(
     await call.wait_closed()
     run = await finished_run(store, tenant)
     assert run.transcript[0].interrupted
+
+
+async def test_a_phone_call_gets_no_live_lines(dial: Dial, store: Store, tenant: Tenant) -> None:
+    """The live transcript is the browser's: a provider whose wire shows none is sent none
+    (its transcript has no listener at all)."""
+    call = await answered(dial, tenant.workflow.uuid)
+    await until(lambda: "utt-1" in call.marks)
+    await call.press("1")
+    await until(lambda: "utt-2" in call.marks)
+    await call.hang_up()
+    await call.wait_closed()
+    assert {message.get("event") for message in call.received} == {"media", "mark"}
+    run = await finished_run(store, tenant)
+    assert [line.role for line in run.transcript] == ["agent", "caller", "agent"]
 
 
 # -- no configuration -----------------------------------------------------------------------------
