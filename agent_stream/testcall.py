@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote_plus
+from urllib.parse import unquote, unquote_plus
 
 import aiohttp
 from aiohttp import web
@@ -57,7 +57,7 @@ class LoopbackProviderApi:
         body = await request.text()
         if request.content_type == "application/x-www-form-urlencoded":
             body = unquote_plus(body)
-        self.actions.append(f"{request.method} {request.path} {body}".rstrip())
+        self.actions.append(f"{request.method} {unquote(request.path_qs)} {body}".rstrip())
         return web.json_response({"ok": True})
 
 
@@ -82,9 +82,10 @@ class StandInConfigs:
         return [replace(self.stand_in, organization_id=organization_id)]
 
 
-def stand_in_config(provider: Provider) -> TelephonyConfig:
-    """A configuration of `provider` for a test call: its stand-in account, dummy secrets."""
-    fields = {provider.account_field: provider.stand_in_account} if provider.account_field else {}
+def stand_in_config(provider: Provider, api_base_url: str) -> TelephonyConfig:
+    """A configuration of `provider` for a test call: its stand-in account (and whatever
+    else points it at the loopback API at `api_base_url`), dummy secrets."""
+    fields = provider.stand_in_fields(api_base_url)
     now = utcnow()
     return TelephonyConfig(0, 0, provider.name, "test call (stand-in)", provider.stand_in_account,
                            fields, provider.stand_in_secrets(), [], now, now)
@@ -138,7 +139,7 @@ async def run_test_call(settings: Settings, agent_uuid: str, steps: list[Step],
         settings, api_base_urls={provider.name: _site_url(provider_site)}, recover_at_start=False
     )
     app = create_app(app_settings)
-    stand_in = stand_in_config(provider)
+    stand_in = stand_in_config(provider, _site_url(provider_site))
     app[CONFIG_SOURCE] = StandInConfigs(lambda: app[STORE], stand_in)
     runner = web.AppRunner(app, **(runner_options(app_settings) | {"access_log": None}))
     await runner.setup()
@@ -156,7 +157,7 @@ async def run_test_call(settings: Settings, agent_uuid: str, steps: list[Step],
         url = stream_url(_site_url(site), agent_uuid, provider=provider.name, newer_form=True)
         async with aiohttp.ClientSession() as http:
             call = await connect(
-                http, url, provider=provider.name, secrets=config.secrets,
+                http, url, provider=provider.name, secrets={**config.fields, **config.secrets},
                 account_sid=config.account_id, call_sid=call_id, caller="+15555550100",
                 called="+15555550199",
                 custom_parameters={CONFIG_PARAMETER: str(config.id)} if stored else None,
