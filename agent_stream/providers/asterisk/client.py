@@ -17,6 +17,8 @@ from .wire import command, form_of
 TRANSFER_VARIABLE: Final = "AGENT_STREAM_TRANSFER"
 # The v() option naming the caller's channel (the dialplan passes ${UNIQUEID}).
 CALLER_PARAMETER: Final = "caller"
+# What ARI answers for a channel that exists but is in no Stasis application.
+NOT_IN_STASIS: Final = 409
 MISSING_CALLER: Final = (
     "the stream has no 'caller' parameter: add caller=${UNIQUEID} to the v() options of "
     "Dial(WebSocket/...) so the agent can name the channel to transfer"
@@ -67,6 +69,13 @@ class AsteriskControl(CallControl):
             raise TransferImpossible(f"the 'caller' parameter must be a channel id: {IDENTIFIER_RULE}")
         url = api_url(self._ari_url, "channels", self._caller, "variable")
         params = {"variable": TRANSFER_VARIABLE, "value": destination}
-        status = await self.act("POST", url, "transfer", params=params)
+        try:
+            status = await self.act("POST", url, "transfer", params=params)
+        except ProviderApiError as exc:
+            if exc.status != NOT_IN_STASIS:
+                raise
+            raise TransferImpossible(
+                "ARI answered 409: it sets variables only on channels in a Stasis application"
+            ) from None
         await self._send_text(command(self._form, "HANGUP"))
         return status
