@@ -10,6 +10,7 @@ import base64
 import json
 import wave
 from array import array
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ from agent_stream.store import Store
 from tests import test_providers as suite
 from tests.conftest import finished_run, until
 from tests.provider_kits import Kit
+from tests.test_process import cli_agent, run_cli
 from tests.test_providers import (
     DESTINATION,
     Line,
@@ -455,3 +457,17 @@ async def test_the_snippets_dial_the_stream_and_the_transfer(
         " same => n,Hangup()",
     ])
 
+
+
+# -- the CLI test call ------------------------------------------------------------------------------
+
+
+async def test_the_cli_test_call_speaks_asterisk_with_no_configuration_at_all(tmp_path: Path) -> None:
+    db = tmp_path / "agent_stream.db"
+    _, agent = await cli_agent(db, "Hi. Press zero for a human.", cloudonix=False)
+    done = await asyncio.to_thread(run_cli, "call", agent, "--provider", "ari", "--dtmf", "0", db=db)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "completed, transfer (close 1000 'call transferred')" in done.stdout
+    # the stand-in's ARI URL is the loopback stand-in; the simulated dialplan names the caller
+    assert "provider API: POST /ari/channels/" in done.stdout
+    assert "-caller/variable?variable=AGENT_STREAM_TRANSFER&value=+15555550123" in done.stdout
