@@ -190,9 +190,6 @@ class AsteriskWire(Wire):
     def clear_message(self) -> str:
         return command(self.form, "FLUSH_MEDIA")
 
-    def hangup_message(self) -> str:
-        return command(self.form, "HANGUP")
-
     async def serialize(self, frame: Frame) -> str | bytes | None:
         """Commands (the mark) go out in the stream's form, not as the JSON they are made as."""
         if isinstance(frame, (OutputTransportMessageFrame, OutputTransportMessageUrgentFrame)):
