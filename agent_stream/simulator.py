@@ -292,6 +292,8 @@ async def connect(
     """Open the stream socket as `provider` would (signing the upgrade where it does) and
     wrap it in a SimulatedCall."""
     side = caller_side(provider, secrets, encoding=encoding)
+    identity.setdefault("call_sid", _sid("CA"))  # the URL may carry it (Asterisk's v() options)
+    url = side.stream_url(url, identity["call_sid"], identity.get("custom_parameters") or {})
     ws = await http.ws_connect(
         url, autoclose=False, autoping=True, max_msg_size=MAX_MSG_SIZE,
         headers=side.upgrade_headers(url), protocols=side.subprotocols,

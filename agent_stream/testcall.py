@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote_plus
+from urllib.parse import unquote, unquote_plus
 
 import aiohttp
 from aiohttp import web
@@ -61,7 +61,7 @@ class LoopbackProviderApi:
         body = await request.text()
         if request.content_type == "application/x-www-form-urlencoded":
             body = unquote_plus(body)
-        self.actions.append(f"{request.method} {request.path} {body}".rstrip())
+        self.actions.append(f"{request.method} {unquote(request.path_qs)} {body}".rstrip())
         return web.json_response({"ok": True})
 
 
@@ -86,9 +86,10 @@ class StandInConfigs:
         return [replace(self.stand_in, organization_id=organization_id)]
 
 
-def stand_in_config(provider: Provider) -> TelephonyConfig:
-    """A configuration of `provider` for a test call: its stand-in account, dummy secrets."""
-    fields = {provider.account_field: provider.stand_in_account} if provider.account_field else {}
+def stand_in_config(provider: Provider, api_base_url: str) -> TelephonyConfig:
+    """A configuration of `provider` for a test call: its stand-in account (and whatever
+    else points it at the loopback API at `api_base_url`), dummy secrets."""
+    fields = provider.stand_in_fields(api_base_url)
     now = utcnow()
     return TelephonyConfig(0, 0, provider.name, "test call (stand-in)", provider.stand_in_account,
                            fields, provider.stand_in_secrets(), [], now, now)
@@ -142,7 +143,7 @@ async def run_test_call(settings: Settings, agent_uuid: str, steps: list[Step],
         settings, api_base_urls={provider.name: _site_url(provider_site)}, recover_at_start=False
     )
     app = create_app(app_settings)
-    stand_in = stand_in_config(provider)
+    stand_in = stand_in_config(provider, _site_url(provider_site))
     app[CONFIG_SOURCE] = StandInConfigs(lambda: app[STORE], stand_in)
     runner = web.AppRunner(app, **(runner_options(app_settings) | {"access_log": None}))
     await runner.setup()
@@ -158,7 +159,7 @@ async def run_test_call(settings: Settings, agent_uuid: str, steps: list[Step],
         stored = await store.find_telephony_configs(workflow.organization_id, provider.name)
         config = stored[0] if stored else stand_in
         call_id = str(uuidlib.uuid4())  # finds this call's run, no other
-        credentials = config.secrets
+        credentials = {**config.fields, **config.secrets}
         if not provider.needs_configuration:  # the browser's call: the owner signs in
             credentials, call_id = await _signed_in(store, workflow, settings.public_url
                                                     or _site_url(site))

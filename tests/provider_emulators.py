@@ -381,3 +381,55 @@ async def start_rest_emulator(aiohttp_server: Any, emulator: Any) -> str:
     """Serve `emulator` (anything with `make_app`); returns its base URL (no trailing slash)."""
     server = await aiohttp_server(emulator.make_app())
     return str(server.make_url("")).rstrip("/")
+
+
+@dataclass
+class AriEmulator(RestEmulator):
+    """Asterisk's ARI, HTTP Basic with an ari.conf user. Each configuration points at its
+    own PBX; here they share one server and every user sees only its own PBX's channels.
+    GET a channel answers it (404 for one that does not exist); POST its `variable` with
+    `variable` and `value` in the query sets it (204), kept in `variables`; a channel that
+    is gone is 404."""
+
+    variables: list[tuple[str, str, str]] = field(default_factory=list)  # channel, name, value
+
+    def make_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/ari/channels/{channel}", self._guarded(self._get))
+        app.router.add_post("/ari/channels/{channel}/variable", self._guarded(self._set_variable))
+        return app
+
+    def authorized(self, request: web.Request) -> str | None:
+        scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
+        if scheme != "Basic":
+            return None
+        try:
+            user, _, password = base64.b64decode(encoded).decode().partition(":")
+        except ValueError:
+            return None
+        return user if password and self.credentials.get(user) == password else None
+
+    def _channel(self, request: web.Request) -> str | None:
+        channel = request.match_info["channel"]
+        return channel if self.live.get(channel) == self.authorized(request) else None
+
+    @staticmethod
+    def _not_found() -> web.Response:
+        return web.json_response({"message": "Channel not found"}, status=404)
+
+    async def _get(self, request: web.Request, body: Any) -> web.Response:
+        channel = self._channel(request)
+        if channel is None:
+            return self._not_found()
+        return web.json_response({"id": channel, "name": f"WebSocket/agent_stream-{channel}",
+                                  "state": "Up"})
+
+    async def _set_variable(self, request: web.Request, body: Any) -> web.Response:
+        variable = request.query.get("variable")
+        if not variable:
+            return web.json_response({"message": "Variable name is required"}, status=400)
+        channel = self._channel(request)
+        if channel is None:
+            return self._not_found()
+        self.variables.append((channel, variable, request.query.get("value", "")))
+        return web.Response(status=204)

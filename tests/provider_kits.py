@@ -4,20 +4,24 @@ exact REST requests validation, hang-up and transfer make. One kit per provider;
 runs every scenario for each."""
 from __future__ import annotations
 
+import itertools
 import secrets
 import string
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, urlsplit
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from agent_stream.providers.asterisk import caller_channel
 from agent_stream.simulator import SimulatedCall
 from tests.cloudonix_emulator import CloudonixEmulator
 from tests.provider_emulators import (
+    AriEmulator,
     PlivoEmulator,
     RestEmulator,
     TelnyxEmulator,
@@ -62,6 +66,14 @@ class Kit:
     # A secret field that must be one line (the secret of `fields` unless that one is a
     # multi-line key), and a value for it.
     one_line_secret: tuple[str, str] | None = None
+    # Whether the stream names the account (Asterisk's names none: a parameter or the
+    # organization's only configuration selects it).
+    account_in_stream: bool = True
+    # Whether the agent hangs up with a command on the stream, not a REST request
+    # (Asterisk's HANGUP; its transfer is a REST request, then that command).
+    hangs_up_on_stream: bool = False
+    # Why a first message that is text but not JSON is refused (Asterisk also reads plain text).
+    not_json_reason: str = "not JSON"
 
     def __post_init__(self) -> None:
         self.call_key = self.call_key or f"{self.provider}_call_id"
@@ -122,6 +134,11 @@ class Kit:
 
     def transfer(self, account: str, call: str, destination: str) -> Expected:
         return self.expected("transfer", account, call, destination)
+
+    def stream_parameters(self, given: dict[str, str], call: SimulatedCall) -> dict[str, str]:
+        """The custom parameters a call carries when it is given `given` (Asterisk's
+        dialplan adds the caller's channel)."""
+        return given
 
     def requests(self) -> list[Any]:
         return list(self.emulator.requests)
@@ -294,7 +311,57 @@ class VonageKit(Kit):
         return Expected("PUT", path, {"action": "transfer", "destination": {"type": "ncco", "ncco": ncco}})
 
 
+_CHANNELS = itertools.count(1)
+
+
+@dataclass
+class AsteriskKit(Kit):
+    """chan_websocket and ARI: the stream names no account (the configuration is named by
+    the v() parameter or is the organization's only one); the ARI user and password are
+    the "account" and its secret; the hang-up is HANGUP on the socket."""
+
+    provider: str = "asterisk"
+    emulator: AriEmulator = field(default_factory=AriEmulator)
+    hang_up_close: tuple[int, str] = (1000, "")  # no stop: Asterisk closes, we answer
+    fields: tuple[str, str] = ("ari_username", "ari_password")
+    account_in_stream: bool = False
+    hangs_up_on_stream: bool = True
+    not_json_reason: str = "expected 'MEDIA_START' event, got 'not'"  # read as plain text
+
+    def make_account(self) -> tuple[str, str]:
+        return "ari-" + secrets.token_hex(4), secrets.token_urlsafe(18)
+
+    def config(self, account: str, secret: str) -> dict[str, Any]:
+        return {"ari_url": f"{self.base_url}/ari", "ari_username": account, "ari_password": secret}
+
+    def identity(self, account: str) -> dict[str, Any]:
+        """Asterisk's channel ids: the epoch and a sequence number."""
+        return {"account_sid": account, "call_sid": f"{int(time.time())}.{next(_CHANNELS)}",
+                "stream_sid": str(uuid.uuid4())}
+
+    def make_live(self, account: str, identity: dict[str, Any]) -> None:
+        """The WebSocket channel and the caller's channel that dialed it."""
+        self.emulator.add_call(account, self.call_id(identity))
+        self.emulator.add_call(account, caller_channel(self.call_id(identity)))
+
+    def stream_parameters(self, given: dict[str, str], call: SimulatedCall) -> dict[str, str]:
+        return {"caller": caller_channel(call.call_sid), **given}
+
+    def expected(self, action: str, account: str, call: str, destination: str) -> Expected:
+        if action == "validation":
+            return Expected("GET", f"/ari/channels/{call}", {})
+        if action == "transfer":
+            return Expected("POST", f"/ari/channels/{caller_channel(call)}/variable",
+                            {"variable": "AGENT_STREAM_TRANSFER", "value": destination})
+        raise AssertionError("Asterisk hangs up on the stream, with no request")
+
+    def request_seen(self, request: Any) -> tuple[str, str, Any]:
+        """ARI takes its parameters in the query: they are the body here."""
+        return request.method, request.path, dict(parse_qsl(urlsplit(request.raw_path).query))
+
+
 KITS: dict[str, type[Kit]] = {
     "cloudonix": CloudonixKit, "twilio": TwilioKit, "telnyx": TelnyxKit, "plivo": PlivoKit,
     "vonage": VonageKit,
+    "asterisk": AsteriskKit,
 }

@@ -210,6 +210,8 @@ async def test_first_messages_the_provider_would_not_send_are_a_4400(
     call = await dial(client, kit, line)
     await call.send(first)
     code, said = await call.wait_closed()
+    if first == "not json":
+        reason = kit.not_json_reason  # Asterisk also reads plain-text events
     assert code == 4400 and reason in said
     run = await finished_run(store, line)
     assert (run.state, run.end_reason) == ("failed", "handshake_failed")
@@ -245,7 +247,8 @@ async def test_a_custom_parameter_names_the_configuration_by_id_or_name(
         assert (run.state, run.end_reason) == ("completed", "caller_hangup")
         assert run.logs["inbound_webhook"]["configuration"] == {
             "id": second, "name": "second line", "selected_by": "custom parameter"}
-        assert run.initial_context["custom_parameters"] == {"telephony_configuration": reference}
+        assert run.initial_context["custom_parameters"] == kit.stream_parameters(
+            {"telephony_configuration": reference}, call)
 
     call = await dial(client, kit, line, custom_parameters={"telephony_configuration": "nope"})
     await call.handshake()
@@ -254,7 +257,7 @@ async def test_a_custom_parameter_names_the_configuration_by_id_or_name(
 
 def title(kit: Kit) -> str:
     return {"cloudonix": "Cloudonix", "twilio": "Twilio", "telnyx": "Telnyx", "plivo": "Plivo",
-            "vonage": "Vonage"}[kit.provider]
+            "vonage": "Vonage", "asterisk": "Asterisk"}[kit.provider]
 
 
 async def test_an_account_no_configuration_names_is_a_4400_never_another_organization_s(
@@ -262,6 +265,9 @@ async def test_an_account_no_configuration_names_is_a_4400_never_another_organiz
 ) -> None:
     ours = await make_line(client, store, kit, "Ours")
     theirs = await make_line(client, store, kit, "Theirs")
+    if not kit.account_in_stream:
+        await streams_naming_no_account_never_reach_another_organization(client, store, kit, ours, theirs)
+        return
     # their account, on our agent: their configuration is never ours to use
     call = await dial(client, kit, ours, account_sid=theirs.account, secret=theirs.secret)
     await call.handshake()
@@ -269,6 +275,30 @@ async def test_an_account_no_configuration_names_is_a_4400_never_another_organiz
     assert code == 4400 and reason.startswith(f"no {title(kit)} telephony configuration for")
     assert theirs.account in reason
     assert kit.requests() == []
+
+
+async def streams_naming_no_account_never_reach_another_organization(
+    client: TestClient, store: Store, kit: Kit, ours: Line, theirs: Line
+) -> None:
+    """Where the stream names no account (Asterisk), their configuration named by the
+    parameter on our agent is none of ours; without it, our only configuration is used and
+    their call is not ours to validate."""
+    call = await dial(client, kit, ours, account_sid=theirs.account, secret=theirs.secret,
+                      custom_parameters={"telephony_configuration": str(theirs.config_id)})
+    await call.handshake()
+    assert await call.wait_closed() == (
+        4400, f"no {title(kit)} telephony configuration '{theirs.config_id}'")
+    assert kit.requests() == []
+
+    call = await dial(client, kit, ours, account_sid=theirs.account, secret=theirs.secret)
+    await call.handshake()
+    code, reason = await call.wait_closed()
+    assert code == 4400 and reason.startswith("session validation failed")
+    # asked with our credentials (theirs would find their call: 200), of our PBX, which has none
+    [asked] = kit.requests()
+    assert asked.authorized and asked.status == 404
+    run = await finished_run(store, ours)
+    assert (run.state, run.error) == ("failed", reason)
 
 
 # -- what the agent does through the provider's API ------------------------------------------------
@@ -296,7 +326,11 @@ async def test_the_agent_hangs_up_after_its_last_words_through_the_api(
     assert closed == (1000, "agent hung up")
     assert "utt-2" in call.marks  # "Bye." was played before the hang-up
     assert (run.state, run.end_reason) == ("completed", "agent_hangup")
-    assert_sent(kit, kit.hangup(line.account, kit.call_id_of(call)))
+    if kit.hangs_up_on_stream:  # a command on the socket, after the goodbye's mark
+        assert [h.kind for h in call.heard if h.kind in ("mark", "hangup")][-2:] == ["mark", "hangup"]
+        assert seen(kit) == [kit.request_seen(r) for r in kit.requests()[:1]]  # validation only
+    else:
+        assert_sent(kit, kit.hangup(line.account, kit.call_id_of(call)))
 
 
 async def test_a_transfer_goes_through_the_api(
@@ -307,6 +341,8 @@ async def test_a_transfer_goes_through_the_api(
     assert (run.state, run.end_reason) == ("completed", "transfer")
     assert run.gathered_context["transfer_destination"] == DESTINATION
     assert_sent(kit, kit.transfer(line.account, kit.call_id_of(call), DESTINATION))
+    if kit.hangs_up_on_stream:  # then the stream hangs up, for the dialplan to dial
+        assert [h.kind for h in call.heard].count("hangup") == 1
 
 
 @pytest.mark.parametrize(("key", "reason", "end_reason"), [
@@ -315,20 +351,26 @@ async def test_a_transfer_goes_through_the_api(
 async def test_a_hang_up_or_transfer_answered_already_over_counts_as_done(
     client: TestClient, store: Store, kit: Kit, key: str, reason: str, end_reason: str
 ) -> None:
-    _, _, closed, run = await press_after_greeting(client, store, kit, key, before=kit.end_all_calls)
+    _, call, closed, run = await press_after_greeting(client, store, kit, key, before=kit.end_all_calls)
     assert closed == (1000, reason)
     assert (run.state, run.end_reason, run.error) == ("completed", end_reason, None)
-    assert kit.requests()[-1].status == kit.already_over
+    if key == "1" and kit.hangs_up_on_stream:  # no request: the command on the socket
+        assert [h.kind for h in call.heard].count("hangup") == 1
+    else:
+        assert kit.requests()[-1].status == kit.already_over
 
 
 async def test_a_refused_hang_up_fails_the_run_with_the_provider_s_answer(
     client: TestClient, store: Store, kit: Kit
 ) -> None:
+    """Where the hang-up is a command on the stream (Asterisk), nothing can refuse it: the
+    transfer's request is what the provider refuses instead."""
+    key, action = ("0", "transfer") if kit.hangs_up_on_stream else ("1", "hangup")
     _, _, closed, run = await press_after_greeting(
-        client, store, kit, "1", before=lambda: kit.refuse_all(500))
+        client, store, kit, key, before=lambda: kit.refuse_all(500))
     assert closed[0] == 1000
-    assert (run.state, run.end_reason) == ("failed", "agent_hangup")
-    assert run.error == f"hangup failed: {title(kit)} hangup failed: HTTP 500"
+    assert (run.state, run.end_reason) == ("failed", "agent_hangup" if key == "1" else "transfer")
+    assert run.error == f"{action} failed: {title(kit)} {action} failed: HTTP 500"
 
 
 async def test_a_secret_with_a_line_break_is_refused_by_its_field_and_nothing_is_stored(

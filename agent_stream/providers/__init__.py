@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from .asterisk import AsteriskProvider
 from .base import Provider
 from .cloudonix import CloudonixProvider
 from .plivo import PlivoProvider
@@ -17,7 +18,7 @@ PROVIDERS: Final[dict[str, Provider]] = {
     provider.name: provider
     for provider in (
         CloudonixProvider(), TwilioProvider(), TelnyxProvider(), PlivoProvider(), VonageProvider(),
-        WebProvider(),
+        AsteriskProvider(), WebProvider(),
     )
 }
 SUPPORTED_PROVIDERS: Final = frozenset(PROVIDERS) | {

@@ -477,6 +477,12 @@ class Provider(ABC):
 
     # configuration
 
+    def stand_in_fields(self, api_base_url: str) -> dict[str, str]:
+        """The fields of the stand-in configuration a CLI test call uses, whose provider API
+        is the loopback stand-in at `api_base_url` (a provider whose configurations name
+        their own API URL, like Asterisk's ARI, points it there)."""
+        return {self.account_field: self.stand_in_account} if self.account_field else {}
+
     def check_field(self, name: str, value: str) -> str:
         """A field's value as stored (stripped, matching the field's `pattern`), or
         ValueError with what to fix."""
@@ -723,3 +729,8 @@ class CallerSide(ABC):
     def upgrade_headers(self, url: str) -> dict[str, str]:
         """Headers of the HTTP upgrade to `url` (a signature, a stream token)."""
         return {}
+
+    def stream_url(self, url: str, call_id: str, custom_parameters: Mapping[str, str]) -> str:
+        """The URL the provider dials for the call `call_id` (Asterisk appends its v()
+        options, the custom parameters, as the query); most dial `url` as it is."""
+        return url
