@@ -388,15 +388,20 @@ class AriEmulator(RestEmulator):
     """Asterisk's ARI, HTTP Basic with an ari.conf user. Each configuration points at its
     own PBX; here they share one server and every user sees only its own PBX's channels.
     GET a channel answers it (404 for one that does not exist); POST its `variable` with
-    `variable` and `value` in the query sets it (204), kept in `variables`; a channel that
-    is gone is 404."""
+    `variable` and `value` in the query sets it (204), kept in `variables`, but only for a
+    channel in a Stasis application (`stasis`): like ARI, 409 for one running the dialplan;
+    a channel that is gone is 404. POST `asterisk/variable` sets a global variable (204),
+    kept in `globals`."""
 
     variables: list[tuple[str, str, str]] = field(default_factory=list)  # channel, name, value
+    stasis: set[str] = field(default_factory=set)  # channels in a Stasis application
+    globals: list[tuple[str, str]] = field(default_factory=list)  # name, value
 
     def make_app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/ari/channels/{channel}", self._guarded(self._get))
         app.router.add_post("/ari/channels/{channel}/variable", self._guarded(self._set_variable))
+        app.router.add_post("/ari/asterisk/variable", self._guarded(self._set_global))
         return app
 
     def authorized(self, request: web.Request) -> str | None:
@@ -431,5 +436,14 @@ class AriEmulator(RestEmulator):
         channel = self._channel(request)
         if channel is None:
             return self._not_found()
+        if channel not in self.stasis:
+            return web.json_response({"message": "Channel not in Stasis application"}, status=409)
         self.variables.append((channel, variable, request.query.get("value", "")))
+        return web.Response(status=204)
+
+    async def _set_global(self, request: web.Request, body: Any) -> web.Response:
+        variable = request.query.get("variable")
+        if not variable:
+            return web.json_response({"message": "Variable name is required"}, status=400)
+        self.globals.append((variable, request.query.get("value", "")))
         return web.Response(status=204)

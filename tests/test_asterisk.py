@@ -344,18 +344,42 @@ async def test_a_malformed_basic_header_is_a_4400(client: TestClient, kit: Kit, 
 
 
 @only_asterisk
-async def test_a_transfer_sets_the_variable_then_hangs_up_the_stream(
+async def test_a_transfer_sets_the_caller_s_variable_then_hangs_up_the_stream(
     client: TestClient, store: Store, kit: Kit, line: Line
 ) -> None:
+    """A caller channel in a Stasis application takes the channel variable."""
     call = await dial(client, kit, line)
+    kit.emulator.stasis.add(caller_channel(call.call_sid))
     await greeted(call)
     await call.press("0")
     assert await call.wait_closed(timeout=20) == (1000, "call transferred")
     assert kit.emulator.variables == [
         (caller_channel(call.call_sid), "AGENT_STREAM_TRANSFER", DESTINATION)]
+    assert kit.emulator.globals == []
     assert [h.raw for h in call.heard if h.kind == "hangup"] == [{"command": "HANGUP"}]
     run = await finished_run(store, line)
     assert (run.state, run.end_reason) == ("completed", "transfer")
+
+
+@only_asterisk
+async def test_a_caller_in_the_dialplan_gets_the_destination_through_a_global_variable(
+    client: TestClient, store: Store, kit: Kit, line: Line
+) -> None:
+    """ARI sets channel variables only in Stasis (409 for a caller running Dial()): the
+    destination goes into the global variable the dialplan reads after Dial()."""
+    call = await dial(client, kit, line)
+    caller = caller_channel(call.call_sid)
+    await greeted(call)
+    await call.press("0")
+    assert await call.wait_closed(timeout=20) == (1000, "call transferred")
+    refused, accepted = [r for r in kit.requests() if r.method == "POST"]
+    assert (refused.path, refused.status) == (f"/ari/channels/{caller}/variable", 409)
+    assert (accepted.path, accepted.status, accepted.authorized) == ("/ari/asterisk/variable", 204, True)
+    assert kit.emulator.globals == [
+        ("AGENT_STREAM_TRANSFER_" + "".join(c for c in caller if c.isalnum()), DESTINATION)]
+    assert [h.raw for h in call.heard if h.kind == "hangup"] == [{"command": "HANGUP"}]
+    run = await finished_run(store, line)
+    assert (run.state, run.end_reason, run.error) == ("completed", "transfer", None)
 
 
 @only_asterisk
@@ -381,10 +405,9 @@ async def test_a_transfer_without_the_caller_parameter_fails_the_run_saying_how_
 
 
 @only_asterisk
-async def test_a_caller_channel_outside_stasis_fails_the_transfer_saying_so(
+async def test_a_transfer_ari_refuses_both_ways_fails_the_run_with_its_answer(
     client: TestClient, store: Store, kit: Kit, line: Line
 ) -> None:
-    """ARI sets channel variables only on channels in a Stasis application (409 otherwise)."""
     call = await dial(client, kit, line)
     await greeted(call)
     kit.refuse_all(409)
@@ -392,8 +415,8 @@ async def test_a_caller_channel_outside_stasis_fails_the_transfer_saying_so(
     assert (await call.wait_closed(timeout=20))[0] == 1000
     run = await finished_run(store, line)
     assert (run.state, run.end_reason) == ("failed", "transfer")
-    assert run.error == ("transfer failed: Asterisk transfer impossible: ARI answered 409: it sets "
-                         "variables only on channels in a Stasis application")
+    assert run.error == "transfer failed: Asterisk transfer failed: HTTP 409"
+    assert [r.path for r in kit.requests() if r.method == "POST"][-1] == "/ari/asterisk/variable"
 
 
 # -- configuration and snippets ---------------------------------------------------------------------
@@ -451,9 +474,13 @@ async def test_the_snippets_dial_the_stream_and_the_transfer(
         "exten => _X.,1,Answer()",
         " same => n,Dial(WebSocket/agent_stream/c(ulaw)f(json)"
         f"v(caller=${{UNIQUEID}},telephony_configuration={line.config_id}))",
-        ' same => n,GotoIf($["${AGENT_STREAM_TRANSFER}" != ""]?transfer)',
+        " same => n,Set(DESTINATION=${AGENT_STREAM_TRANSFER})",
+        ' same => n,GotoIf($["${DESTINATION}" != ""]?transfer)',
+        " same => n,Set(DESTINATION=${GLOBAL(AGENT_STREAM_TRANSFER_${FILTER(0-9A-Za-z,${UNIQUEID})})})",
+        " same => n,Set(GLOBAL(AGENT_STREAM_TRANSFER_${FILTER(0-9A-Za-z,${UNIQUEID})})=)",
+        ' same => n,GotoIf($["${DESTINATION}" != ""]?transfer)',
         " same => n,Hangup()",
-        " same => n(transfer),Dial(${AGENT_STREAM_TRANSFER})",
+        " same => n(transfer),Dial(${DESTINATION})",
         " same => n,Hangup()",
     ])
 

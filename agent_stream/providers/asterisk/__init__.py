@@ -69,16 +69,22 @@ def websocket_client_conf(stream_url: str, config: TelephonyConfig | None) -> st
 
 def dialplan(config: TelephonyConfig | None) -> str:
     """extensions.conf: answer, stream to the agent, then dial the transfer's destination
-    if the agent set one (otherwise hang up)."""
+    if the agent set one (the caller's channel variable, or the global variable named after
+    the caller, cleared once read), otherwise hang up."""
     selection = f",telephony_configuration={config.id}" if config else ""
+    named = f"{TRANSFER_VARIABLE}_${{FILTER(0-9A-Za-z,${{UNIQUEID}})}}"
     return "\n".join([
         "[agent-stream]",
         "exten => _X.,1,Answer()",
         f" same => n,Dial(WebSocket/{CONNECTION_NAME}/c(ulaw)f(json)"
         f"v({CALLER_PARAMETER}=${{UNIQUEID}}{selection}))",
-        f' same => n,GotoIf($["${{{TRANSFER_VARIABLE}}}" != ""]?transfer)',
+        f" same => n,Set(DESTINATION=${{{TRANSFER_VARIABLE}}})",
+        ' same => n,GotoIf($["${DESTINATION}" != ""]?transfer)',
+        f" same => n,Set(DESTINATION=${{GLOBAL({named})}})",
+        f" same => n,Set(GLOBAL({named})=)",
+        ' same => n,GotoIf($["${DESTINATION}" != ""]?transfer)',
         " same => n,Hangup()",
-        f" same => n(transfer),Dial(${{{TRANSFER_VARIABLE}}})",
+        " same => n(transfer),Dial(${DESTINATION})",
         " same => n,Hangup()",
     ])
 

@@ -5,6 +5,7 @@ call's own socket ends the WebSocket channel, and the dialplan after `Dial()` ha
 the caller (or dials the transfer's destination)."""
 from __future__ import annotations
 
+import re
 from typing import Final
 
 import aiohttp
@@ -17,8 +18,16 @@ from .wire import command, form_of
 TRANSFER_VARIABLE: Final = "AGENT_STREAM_TRANSFER"
 # The v() option naming the caller's channel (the dialplan passes ${UNIQUEID}).
 CALLER_PARAMETER: Final = "caller"
-# What ARI answers for a channel that exists but is in no Stasis application.
+# What ARI answers for a channel that exists but is in no Stasis application (a caller in
+# the dialplan's Dial(): ARI sets channel variables only in Stasis).
 NOT_IN_STASIS: Final = 409
+
+
+def global_transfer_variable(caller: str) -> str:
+    """The global variable that carries a transfer's destination when ARI cannot set the
+    caller's channel variable: named after the caller's channel id, letters and digits only
+    (the dialplan reads it as ${GLOBAL(AGENT_STREAM_TRANSFER_${FILTER(0-9A-Za-z,${UNIQUEID})})})."""
+    return f"{TRANSFER_VARIABLE}_{re.sub(r'[^0-9A-Za-z]', '', caller)}"
 MISSING_CALLER: Final = (
     "the stream has no 'caller' parameter: add caller=${UNIQUEID} to the v() options of "
     "Dial(WebSocket/...) so the agent can name the channel to transfer"
@@ -62,7 +71,9 @@ class AsteriskControl(CallControl):
 
     async def transfer(self, destination: str) -> int:
         """Set AGENT_STREAM_TRANSFER on the caller's channel, then hang up the stream: the
-        dialplan after Dial() dials it. 204 when set, 404 when the caller is already gone."""
+        dialplan after Dial() dials it. 204 when set, 404 when the caller is already gone.
+        A caller that is in no Stasis application (409, the usual dialplan) gets the
+        destination through the global variable `global_transfer_variable` instead."""
         if not self._caller:
             raise TransferImpossible(MISSING_CALLER)
         if not is_identifier(self._caller):
@@ -74,8 +85,9 @@ class AsteriskControl(CallControl):
         except ProviderApiError as exc:
             if exc.status != NOT_IN_STASIS:
                 raise
-            raise TransferImpossible(
-                "ARI answered 409: it sets variables only on channels in a Stasis application"
-            ) from None
+            # the caller is in the dialplan, not in Stasis: a global variable named after it
+            status = await self.act("POST", api_url(self._ari_url, "asterisk", "variable"), "transfer",
+                                    params={"variable": global_transfer_variable(self._caller),
+                                            "value": destination})
         await self._send_text(command(self._form, "HANGUP"))
         return status
