@@ -1,7 +1,7 @@
-"""Local stand-ins for the providers' REST APIs (Twilio, Telnyx, Plivo, Vonage), so tests exercise
-real HTTP: each checks credentials as the provider does, keeps its live calls, answers like
-the provider answers, and records every request it got. (Cloudonix's is in
-cloudonix_emulator.py.)"""
+"""Local stand-ins for the providers' REST APIs (Twilio, Telnyx, Plivo, Vonage, Exotel), so
+tests exercise real HTTP: each checks credentials as the provider does, keeps its live
+calls, answers like the provider answers, and records every request it got. (Cloudonix's
+is in cloudonix_emulator.py.)"""
 from __future__ import annotations
 
 import base64
@@ -308,6 +308,43 @@ def _connects_somewhere(destination: Any) -> bool:
     if endpoint.get("type") == "phone":
         return bool(re.fullmatch(r"[1-9][0-9]{6,14}", str(endpoint.get("number"))))
     return endpoint.get("type") == "sip" and str(endpoint.get("uri", "")).startswith("sip")
+
+
+@dataclass
+class ExotelEmulator(RestEmulator):
+    """The Call resource (`.json`): HTTP Basic with the account's API key and token (not
+    its SID); GET answers a call of the URL's account, 404 any other. Exotel has no REST
+    action on a Voicebot stream, so nothing else is routed (a request would be a 405)."""
+
+    api_keys: dict[str, str] = field(default_factory=dict)  # account -> API key
+
+    def add_key(self, account: str, api_key: str) -> None:
+        self.api_keys[account] = api_key
+
+    def make_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/v1/Accounts/{sid}/Calls/{call}.json", self._guarded(self._get))
+        return app
+
+    def authorized(self, request: web.Request) -> str | None:
+        scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
+        if scheme != "Basic":
+            return None
+        try:
+            key, _, token = base64.b64decode(encoded).decode().partition(":")
+        except ValueError:
+            return None
+        account = request.match_info["sid"]
+        known = token and self.credentials.get(account) == token and self.api_keys.get(account) == key
+        return account if known else None
+
+    async def _get(self, request: web.Request, body: Any) -> web.Response:
+        call, account = request.match_info["call"], request.match_info["sid"]
+        if self.live.get(call) != account:
+            return web.json_response({"RestException": {"Status": 404, "Message": "Not Found"}},
+                                     status=404)
+        return web.json_response({"Call": {"Sid": call, "AccountSid": account, "Status": "in-progress",
+                                           "Direction": "inbound"}})
 
 
 @dataclass(frozen=True)

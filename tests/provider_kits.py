@@ -4,6 +4,7 @@ exact REST requests validation, hang-up and transfer make. One kit per provider;
 runs every scenario for each."""
 from __future__ import annotations
 
+import hashlib
 import itertools
 import secrets
 import string
@@ -18,10 +19,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from agent_stream.providers.asterisk import caller_channel
+from agent_stream.providers.exotel import NO_TRANSFER
 from agent_stream.simulator import SimulatedCall
 from tests.cloudonix_emulator import CloudonixEmulator
 from tests.provider_emulators import (
     AriEmulator,
+    ExotelEmulator,
     PlivoEmulator,
     RestEmulator,
     TelnyxEmulator,
@@ -72,6 +75,10 @@ class Kit:
     # Whether the agent hangs up with a command on the stream, not a REST request
     # (Asterisk's HANGUP; its transfer is a REST request, then that command).
     hangs_up_on_stream: bool = False
+    # Whether the agent hangs up by closing the stream: no request and no command (Exotel).
+    hangs_up_by_closing: bool = False
+    # Where the provider offers no transfer: what the run's logs.transfer_unsupported says.
+    no_transfer: str = ""
     # Why a first message that is text but not JSON is refused (Asterisk also reads plain text).
     not_json_reason: str = "not JSON"
 
@@ -360,8 +367,43 @@ class AsteriskKit(Kit):
         return request.method, request.path, dict(parse_qsl(urlsplit(request.raw_path).query))
 
 
+@dataclass
+class ExotelKit(Kit):
+    provider: str = "exotel"
+    emulator: ExotelEmulator = field(default_factory=ExotelEmulator)
+    encoding: str | None = "l16-8000"
+    fields: tuple[str, str] = ("account_sid", "api_token")
+    hangs_up_by_closing: bool = True
+    no_transfer: str = NO_TRANSFER
+
+    @staticmethod
+    def api_key(token: str) -> str:
+        """The API key paired with a token (one of each per account)."""
+        return "key" + hashlib.sha256(token.encode()).hexdigest()[:24]
+
+    def make_account(self) -> tuple[str, str]:
+        return f"acme{len(self.accounts) + 1}{secrets.token_hex(3)}", secrets.token_hex(20)
+
+    def new_account(self) -> tuple[str, str]:
+        account, token = super().new_account()
+        self.emulator.add_key(account, self.api_key(token))
+        return account, token
+
+    def config(self, account: str, secret: str) -> dict[str, Any]:
+        return super().config(account, secret) | {"api_key": self.api_key(secret)}
+
+    def secrets(self, secret: str) -> dict[str, str]:
+        """The upgrade's HTTP Basic credentials."""
+        return {"api_key": self.api_key(secret), "api_token": secret}
+
+    def expected(self, action: str, account: str, call: str, destination: str) -> Expected:
+        if action != "validation":
+            raise AssertionError(f"Exotel is asked nothing to {action}")
+        return Expected("GET", f"/v1/Accounts/{account}/Calls/{quote(call)}.json")
+
+
 KITS: dict[str, type[Kit]] = {
     "cloudonix": CloudonixKit, "twilio": TwilioKit, "telnyx": TelnyxKit, "plivo": PlivoKit,
     "vonage": VonageKit,
-    "asterisk": AsteriskKit,
+    "asterisk": AsteriskKit, "exotel": ExotelKit,
 }

@@ -257,7 +257,7 @@ async def test_a_custom_parameter_names_the_configuration_by_id_or_name(
 
 def title(kit: Kit) -> str:
     return {"cloudonix": "Cloudonix", "twilio": "Twilio", "telnyx": "Telnyx", "plivo": "Plivo",
-            "vonage": "Vonage", "asterisk": "Asterisk"}[kit.provider]
+            "vonage": "Vonage", "asterisk": "Asterisk", "exotel": "Exotel"}[kit.provider]
 
 
 async def test_an_account_no_configuration_names_is_a_4400_never_another_organization_s(
@@ -319,6 +319,19 @@ async def press_after_greeting(
     return line, call, closed, await finished_run(store, line)
 
 
+def only_validated(kit: Kit, line: Line, call: SimulatedCall) -> None:
+    """The provider's API was asked to validate the call, and nothing else."""
+    validation = kit.validation(line.account, kit.call_id_of(call))
+    assert [(method, path) for method, path, _ in seen(kit)] == [(validation.method, validation.path)]
+
+
+def transfer_end(kit: Kit) -> tuple[str, str]:
+    """How a transfer ends: the close reason and the run's end reason."""
+    if kit.no_transfer:
+        return "transfer not offered by the provider", "transfer_unsupported"
+    return "call transferred", "transfer"
+
+
 async def test_the_agent_hangs_up_after_its_last_words_through_the_api(
     client: TestClient, store: Store, kit: Kit
 ) -> None:
@@ -329,6 +342,8 @@ async def test_the_agent_hangs_up_after_its_last_words_through_the_api(
     if kit.hangs_up_on_stream:  # a command on the socket, after the goodbye's mark
         assert [h.kind for h in call.heard if h.kind in ("mark", "hangup")][-2:] == ["mark", "hangup"]
         assert seen(kit) == [kit.request_seen(r) for r in kit.requests()[:1]]  # validation only
+    elif kit.hangs_up_by_closing:  # the close is the hang-up: nothing else is asked
+        only_validated(kit, line, call)
     else:
         assert_sent(kit, kit.hangup(line.account, kit.call_id_of(call)))
 
@@ -337,25 +352,33 @@ async def test_a_transfer_goes_through_the_api(
     client: TestClient, store: Store, kit: Kit
 ) -> None:
     line, call, closed, run = await press_after_greeting(client, store, kit, "0")
-    assert closed == (1000, "call transferred")
-    assert (run.state, run.end_reason) == ("completed", "transfer")
+    reason, end_reason = transfer_end(kit)
+    assert closed == (1000, reason)
+    assert (run.state, run.end_reason) == ("completed", end_reason)
     assert run.gathered_context["transfer_destination"] == DESTINATION
+    if kit.no_transfer:  # the run says why, and the provider is asked nothing
+        assert (run.logs["transfer_unsupported"], run.error) == (kit.no_transfer, None)
+        only_validated(kit, line, call)
+        return
+    assert "transfer_unsupported" not in run.logs
     assert_sent(kit, kit.transfer(line.account, kit.call_id_of(call), DESTINATION))
     if kit.hangs_up_on_stream:  # then the stream hangs up, for the dialplan to dial
         assert [h.kind for h in call.heard].count("hangup") == 1
 
 
-@pytest.mark.parametrize(("key", "reason", "end_reason"), [
-    ("1", "agent hung up", "agent_hangup"), ("0", "call transferred", "transfer"),
-])
+@pytest.mark.parametrize("key", ["1", "0"])
 async def test_a_hang_up_or_transfer_answered_already_over_counts_as_done(
-    client: TestClient, store: Store, kit: Kit, key: str, reason: str, end_reason: str
+    client: TestClient, store: Store, kit: Kit, key: str
 ) -> None:
-    _, call, closed, run = await press_after_greeting(client, store, kit, key, before=kit.end_all_calls)
+    line, call, closed, run = await press_after_greeting(
+        client, store, kit, key, before=kit.end_all_calls)
+    reason, end_reason = ("agent hung up", "agent_hangup") if key == "1" else transfer_end(kit)
     assert closed == (1000, reason)
     assert (run.state, run.end_reason, run.error) == ("completed", end_reason, None)
     if key == "1" and kit.hangs_up_on_stream:  # no request: the command on the socket
         assert [h.kind for h in call.heard].count("hangup") == 1
+    elif kit.hangs_up_by_closing if key == "1" else kit.no_transfer:
+        only_validated(kit, line, call)  # nothing asked, so nothing answered "over"
     else:
         assert kit.requests()[-1].status == kit.already_over
 
@@ -364,7 +387,15 @@ async def test_a_refused_hang_up_fails_the_run_with_the_provider_s_answer(
     client: TestClient, store: Store, kit: Kit
 ) -> None:
     """Where the hang-up is a command on the stream (Asterisk), nothing can refuse it: the
-    transfer's request is what the provider refuses instead."""
+    transfer's request is what the provider refuses instead. Where neither is a request
+    (Exotel), nothing is refused and the run completes."""
+    if kit.hangs_up_by_closing and kit.no_transfer:
+        line, call, closed, run = await press_after_greeting(
+            client, store, kit, "1", before=lambda: kit.refuse_all(500))
+        assert closed == (1000, "agent hung up")
+        assert (run.state, run.end_reason, run.error) == ("completed", "agent_hangup", None)
+        only_validated(kit, line, call)
+        return
     key, action = ("0", "transfer") if kit.hangs_up_on_stream else ("1", "hangup")
     _, _, closed, run = await press_after_greeting(
         client, store, kit, key, before=lambda: kit.refuse_all(500))

@@ -8,6 +8,7 @@ from typing import Final
 from .asterisk import AsteriskProvider
 from .base import Provider
 from .cloudonix import CloudonixProvider
+from .exotel import ExotelProvider
 from .plivo import PlivoProvider
 from .telnyx import TelnyxProvider
 from .twilio import TwilioProvider
@@ -18,7 +19,7 @@ PROVIDERS: Final[dict[str, Provider]] = {
     provider.name: provider
     for provider in (
         CloudonixProvider(), TwilioProvider(), TelnyxProvider(), PlivoProvider(), VonageProvider(),
-        AsteriskProvider(), WebProvider(),
+        AsteriskProvider(), ExotelProvider(), WebProvider(),
     )
 }
 SUPPORTED_PROVIDERS: Final = frozenset(PROVIDERS) | {
