@@ -15,7 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from yarl import URL
 
-from agent_stream.audio import alaw_to_pcm16, pcm16_to_alaw, rms, ulaw_to_pcm16
+from agent_stream.audio import alaw_to_pcm16, pcm16_to_alaw, resample, rms, ulaw_to_pcm16
 from agent_stream.config import Settings
 from agent_stream.models import Run, TelephonyConfig, Workflow
 from agent_stream.providers import provider_named
@@ -23,6 +23,7 @@ from agent_stream.providers.twilio import signature
 from agent_stream.providers.vonage.client import destination_endpoint
 from agent_stream.simulator import SimulatedCall, caller_side, connect, stream_url, tone_ulaw
 from agent_stream.store import Store
+from tests.admin_fixtures import sign_in
 from tests.conftest import database_bytes, finished_run, until
 from tests.provider_emulators import start_rest_emulator
 from tests.provider_kits import KITS, Expected, Kit
@@ -1096,3 +1097,216 @@ def test_vonage_transfers_phone_numbers_without_the_plus_and_sip_uris_as_sip() -
     assert destination_endpoint("+15555550123") == {"type": "phone", "number": "15555550123"}
     assert destination_endpoint("sip:desk@pbx.example.com") == {"type": "sip",
                                                                  "uri": "sip:desk@pbx.example.com"}
+
+
+# -- what differs: Exotel (16-bit PCM at 8, 16 or 24 kHz in 100 ms chunks, Basic credentials,
+# no REST hang-up or transfer) --------------------------------------------------------------------
+
+
+only_exotel = pytest.mark.parametrize("kit", ["exotel"], indirect=True)
+EXOTEL_RATES = (8000, 16000, 24000)
+
+
+def exotel_start(call: SimulatedCall, **media_format: Any) -> tuple[str, str]:
+    """Exotel's first messages, the start's media format replaced by `media_format` (a
+    value of None leaves that key out; no keys at all: no media_format)."""
+    connected, start = call.side.opening(call.identity)
+    event = json.loads(start)
+    if media_format:
+        changed_format = event["start"]["media_format"] | media_format
+        event["start"]["media_format"] = {k: v for k, v in changed_format.items() if v is not None}
+    else:
+        del event["start"]["media_format"]
+    return connected, json.dumps(event)
+
+
+def speech_error(pcm: bytes, reference: bytes) -> float:
+    """The error of `pcm` against `reference`, relative to the reference's power (the
+    shorter length of both)."""
+    got, want = array("h", pcm), array("h", reference)
+    n = min(len(got), len(want))
+    error = sum((got[i] - want[i]) ** 2 for i in range(n))
+    return error / max(1, sum(want[i] ** 2 for i in range(n)))
+
+
+@only_exotel
+async def test_exotel_answers_in_100_ms_chunks_of_the_speech_at_the_announced_rate(
+    client: TestClient, store: Store, kit: Kit, line: Line
+) -> None:
+    greetings: dict[int, list[Any]] = {}
+    for rate in EXOTEL_RATES:
+        kit.encoding = f"l16-{rate}"
+        call = await dial(client, kit, line)
+        await greeted_and_hung_up(call)
+        greetings[rate] = greeting(call)
+        for heard in greetings[rate]:
+            assert set(heard.raw) == {"event", "stream_sid", "media"}
+            assert heard.raw["stream_sid"] == call.stream_sid
+        mark = next(h for h in call.heard if h.kind == "mark")
+        assert mark.raw == {"event": "mark", "stream_sid": call.stream_sid, "mark": {"name": "utt-1"}}
+        run = await finished_run(store, line)
+        assert run.logs["inbound_webhook"]["sample_rate"] == rate
+        assert run.logs["inbound_webhook"]["start"]["media_format"]["sample_rate"] == str(rate)
+
+    reference = b"".join(h.payload for h in greetings[8000])  # the agent's PCM at 8 kHz
+    assert len(reference) > 4000  # "Hi." is a few hundred milliseconds
+    for rate, played in greetings.items():
+        chunk = rate * 2 // 10  # 100 ms of 16-bit samples
+        # every message exactly 100 ms (the last padded before the mark): a multiple of
+        # 320 bytes, never shorter, never over 100,000 bytes
+        assert {len(h.payload) for h in played} == {chunk}
+        assert chunk % 320 == 0 and chunk <= 100_000
+        assert len(played) == len(greetings[8000])  # the same speech takes as long
+        # read at the announced rate it is the 8 kHz speech; read at 8 kHz, slowed down
+        audio = b"".join(h.payload for h in played)
+        assert speech_error(resample(audio, rate, 8000), reference) < 0.01
+        if rate != 8000:
+            assert speech_error(audio, reference) > 0.5
+
+
+@only_exotel
+@pytest.mark.parametrize("rate", EXOTEL_RATES)
+async def test_exotel_caller_audio_in_100_ms_chunks_is_heard_at_the_announced_rate(
+    client: TestClient, store: Store, kit: Kit, line: Line, rate: int
+) -> None:
+    kit.encoding = f"l16-{rate}"
+    call = await dial(client, kit, line)
+    await greeted(call)
+    tone = resample(ulaw_to_pcm16(tone_ulaw(1.0, freq=440.0)), 8000, rate)
+    chunk = rate * 2 // 10
+    for n, start in enumerate(range(0, len(tone), chunk), start=1):  # as Exotel sends it
+        await call.send(call.side.media(call.identity, tone[start:start + chunk], sequence=n + 1, chunk=n))
+    await call.hang_up()
+    assert await call.wait_closed() == (1000, "call ended")
+
+    run = await finished_run(store, line)
+    assert (run.state, run.logs["media_frames_in"]) == ("completed", 10)
+    with wave.open(run.recording_path) as recording:  # caller left, at 8 kHz
+        left = array("h", recording.readframes(recording.getnframes()))[0::2]
+        wav_rate = recording.getframerate()
+    sounding = [i for i, sample in enumerate(left) if sample]
+    caller = left[sounding[0]:sounding[-1] + 1]
+    # one second of 440 Hz: read at another rate it would be longer or shorter, and off-key
+    assert abs(len(caller) / wav_rate - 1.0) < 0.05
+    assert abs(dominant_hz(caller, wav_rate) - 440) < 15
+
+
+@only_exotel
+@pytest.mark.parametrize(("media_format", "reason"), [
+    ({}, "malformed 'start' event: missing media_format.sample_rate (need 8000, 16000 or 24000)"),
+    ({"sample_rate": None},
+     "malformed 'start' event: missing media_format.sample_rate (need 8000, 16000 or 24000)"),
+    ({"sample_rate": "44100"}, "unsupported sample_rate '44100' (need 8000, 16000 or 24000)"),
+    ({"sample_rate": "8k"}, "unsupported sample_rate '8k' (need 8000, 16000 or 24000)"),
+    ({"encoding": "audio/x-mulaw"}, "unsupported media encoding 'audio/x-mulaw' (need audio/x-raw)"),
+    ({"bit_rate": "8"}, "unsupported bit_rate '8' (need 16)"),
+])
+async def test_exotel_a_missing_or_unknown_sample_rate_is_a_4400_naming_it(
+    client: TestClient, store: Store, kit: Kit, line: Line, media_format: dict[str, Any], reason: str
+) -> None:
+    call = await dial(client, kit, line)
+    for message in exotel_start(call, **media_format):
+        await call.send(message)
+    assert await call.wait_closed() == (4400, reason)
+    run = await finished_run(store, line)
+    assert (run.state, run.end_reason, run.error) == ("failed", "handshake_failed", reason)
+    assert kit.requests() == []
+
+
+@only_exotel
+async def test_exotel_a_rate_written_as_a_number_is_taken(
+    client: TestClient, store: Store, kit: Kit, line: Line
+) -> None:
+    kit.encoding = "l16-16000"
+    call = await dial(client, kit, line)
+    for message in exotel_start(call, sample_rate=16000, bit_rate=16):
+        await call.send(message)
+    await until(lambda: "utt-1" in call.marks)
+    assert {len(h.payload) for h in greeting(call)} == {3200}
+    await call.hang_up()
+    assert await call.wait_closed() == (1000, "call ended")
+
+
+@only_exotel
+async def test_exotel_upgrades_without_the_api_key_and_token_are_refused(
+    client: TestClient, store: Store, kit: Kit, line: Line, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    right = kit.secrets(line.secret)
+    missing = "missing HTTP Basic credentials (the Voicebot URL's API_KEY:API_TOKEN@)"
+    wrong = "HTTP Basic credentials do not match the configuration's API key and token"
+    for upgrade_secrets, reason in (
+        ({}, missing),
+        (right | {"api_token": line.secret[:-1] + "x"}, wrong),
+        (right | {"api_key": "another-key"}, wrong),
+        (kit.secrets(kit.new_account()[1]), wrong),  # another account's, however valid
+    ):
+        call = await dial(client, kit, line, upgrade_secrets=upgrade_secrets)
+        await call.handshake()
+        assert await call.wait_closed() == (4400, reason)
+        run = await finished_run(store, line)
+        assert (run.state, run.end_reason, run.error) == ("failed", "handshake_failed", reason)
+    url = stream_url(str(client.make_url("/")), line.workflow.uuid, provider="exotel", newer_form=True)
+    for header in ("Bearer " + line.secret, "Basic !!not-base64!!"):
+        ws = await client.session.ws_connect(url, headers={"Authorization": header}, autoclose=False)
+        call = SimulatedCall(ws, side=caller_side("exotel", encoding="l16-8000"),
+                             **kit.identity(line.account))
+        await call.handshake()
+        assert await call.wait_closed() == (4400, missing if header.startswith("Bearer") else wrong)
+    assert kit.requests() == []  # refused before anything was asked of Exotel
+    assert line.secret not in caplog.text
+
+    call = await dial(client, kit, line, upgrade_secrets=right)
+    await greeted_and_hung_up(call)
+    assert_sent(kit, kit.validation(line.account, kit.call_id_of(call)))
+
+
+@only_exotel
+async def test_exotel_mark_echoes_decide_what_the_caller_heard_and_a_barge_in_clears(
+    client: TestClient, store: Store, kit: Kit, line: Line
+) -> None:
+    definition = quick_agent()
+    definition["nodes"][0]["say"] = "Hello, thanks for calling Acme."
+    await store.update_workflow(line.org_id, line.workflow.uuid, definition=definition)
+    for echoed in (True, False):
+        call = await dial(client, kit, line)
+        call.echo_marks = False  # Exotel has not played the greeting yet
+        await call.handshake()
+        await until(lambda call=call: "utt-1" in call.marks)  # all of it sent, then its mark
+        if echoed:
+            await call.mark("utt-1")  # Exotel echoes our mark: the caller heard all of it
+        await call.press("1")  # the caller answers over what is (still) playing
+        call.echo_marks = True
+        assert await call.wait_closed(timeout=20) == (1000, "agent hung up")  # after "Bye."
+        run = await finished_run(store, line)
+        assert run.transcript[0].text.startswith("Hello, thanks")
+        clears = [m for m in call.received if m.get("event") == "clear"]
+        if echoed:  # heard whole: nothing to cut
+            assert not run.transcript[0].interrupted and clears == []
+        else:
+            assert run.transcript[0].interrupted
+            assert clears == [{"event": "clear", "stream_sid": call.stream_sid}]
+        assert run.logs["protocol_errors"] == {}
+
+
+@only_exotel
+async def test_exotel_settings_show_the_voicebot_url_with_the_key_never_the_token(
+    client: TestClient, store: Store, kit: Kit, line: Line
+) -> None:
+    exotel = provider_named("exotel")
+    assert exotel is not None
+    path = f"/api/v1/agent-stream/exotel/{line.workflow.uuid}"
+    stream, applet = exotel.snippets(f"https://voice.example.com{path}", None)
+    assert stream.text == f"wss://voice.example.com{path}"
+    assert applet.text == f"wss://API_KEY:API_TOKEN@voice.example.com{path}?sample-rate=8000"
+    assert "16000 or 24000" in applet.title and "up to 3" in applet.title
+
+    assert (await sign_in(client, "org@example.com", "pw")).status == 200
+    page = await client.get(f"/agents/{line.workflow.uuid}/settings")
+    html = await page.text()
+    host = client.make_url("/").host
+    key = kit.secrets(line.secret)["api_key"]
+    assert (f"wss://{key}:API_TOKEN@{host}:{client.port}{path}?sample-rate=8000"
+            f"&amp;telephony_configuration={line.config_id}") in html
+    assert ">Copy Voicebot URL</button>" in html
+    assert line.secret not in html
