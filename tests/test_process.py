@@ -328,3 +328,21 @@ def test_serving_with_a_key_that_is_not_the_database_s_is_a_clear_error(tmp_path
     assert ("error: the secret key from AGENT_STREAM_SECRET_KEY does not open this database's "
             "secrets") in served.stderr
     assert "Traceback" not in served.stderr
+
+
+async def test_the_call_command_speaks_exotel_with_the_stand_in_s_basic_credentials(
+    tmp_path: Path,
+) -> None:
+    """Exotel's end sends the stand-in's API key and token on the upgrade (refused
+    otherwise); its hang-up is the socket closing, its transfer not offered: nothing but
+    the validation is asked of the API."""
+    db = tmp_path / "agent_stream.db"
+    _, agent = await cli_agent(db, "Hi.", cloudonix=False)
+    for key, ended in (("9", "completed, agent_hangup (close 1000 'agent hung up')"),
+                       ("0", "completed, transfer_unsupported (close 1000 "
+                             "'transfer not offered by the provider')")):
+        done = await asyncio.to_thread(
+            run_cli, "call", agent, "--provider", "exotel", "--dtmf", key, "--dtmf", key, db=db)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert ended in done.stdout
+        assert "provider API:" not in done.stdout
