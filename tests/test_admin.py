@@ -987,3 +987,24 @@ async def test_a_database_at_version_1_gets_the_sign_in_tables(tmp_path: Path) -
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     assert {"sessions", "login_failures"} <= tables
+
+
+async def test_telephony_takes_an_exotel_configuration_with_its_token_masked(
+    operator: Operator, store: Store
+) -> None:
+    token = "exotel-token-SECRET-9876"
+    page = await operator.post("/telephony", {"provider": "exotel", "account_sid": "acme1",
+                                              "api_key": "key:with-colon", "api_token": token})
+    assert page.status == 400 and "An Exotel API key has no colon or space" in page.html
+    assert token not in page.html
+    page = await operator.post("/telephony", {"provider": "exotel", "name": "Mumbai",
+                                              "account_sid": "acme1", "api_key": "exokey123",
+                                              "api_token": token})
+    assert page.status == 200 and "Telephony configuration added." in page.html
+    assert "acme1" in page.html and "••••9876" in page.html and token not in page.html
+    [config] = [c for c in await store.list_telephony_configs(operator.tenant.org_id)
+                if c.provider == "exotel"]
+    assert (config.account_id, config.fields, config.secrets) == (
+        "acme1", {"account_sid": "acme1", "api_key": "exokey123"}, {"api_token": token})
+    page = await operator.get(f"/telephony/{config.id}")  # the key is no secret: shown to edit
+    assert 'value="exokey123"' in page.html and token not in page.html
