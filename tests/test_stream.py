@@ -306,11 +306,12 @@ async def test_known_unsupported_providers_close_1011_and_fail_the_run(
     assert run.end_reason == "unsupported_provider"
 
 
+@pytest.mark.parametrize("provider", sorted(UNSUPPORTED_PROVIDERS))
 async def test_unsupported_provider_in_the_newer_path(
-    dial: Dial, tenant: Tenant, store: Store
+    dial: Dial, tenant: Tenant, store: Store, provider: str
 ) -> None:
-    call = await dial(tenant.workflow.uuid, provider="Exotel", newer_form=True)
-    assert await call.wait_closed() == (1011, "provider 'exotel' is not supported yet")
+    call = await dial(tenant.workflow.uuid, provider=provider.title(), newer_form=True)
+    assert await call.wait_closed() == (1011, f"provider '{provider}' is not supported yet")
 
 
 # -- 4400: Cloudonix handshake --------------------------------------------------------------------
