@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import json
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final
 from urllib.parse import quote
@@ -167,9 +166,8 @@ class ExotelCaller(TwilioStyleCaller):
         return self._event(who, "dtmf", {"digit": digit, "duration": "100"}, sequence)
 
     def stop(self, who: base.CallerIdentity, sequence: int) -> str:
-        return json.dumps({"event": "stop", "sequence_number": str(sequence), "stream_sid": who.stream_id,
-                           "stop": {"call_sid": who.call_id, "account_sid": who.account_id,
-                                    "reason": "callended"}})
+        return self._event(who, "stop", {"call_sid": who.call_id, "account_sid": who.account_id,
+                                         "reason": "callended"}, sequence)
 
     def upgrade_headers(self, url: str) -> dict[str, str]:
         key, token = self.secrets.get("api_key"), self.secrets.get("api_token")
