@@ -68,12 +68,6 @@ class QuotaExceeded(RoutingError):
     """The workflow owner's monthly minutes or concurrent calls are used up."""
 
 
-class UnsupportedProvider(StreamError):
-    """A provider we know of but do not stream for yet."""
-
-    code = SERVER_FAILURE
-
-
 class HandshakeError(StreamError):
     """The provider's handshake or session validation failed."""
 

@@ -13,7 +13,6 @@ import pytest
 
 from agent_stream.config import Settings
 from agent_stream.keys import STORE
-from agent_stream.providers import UNSUPPORTED_PROVIDERS
 from agent_stream.server import create_app, runner_options
 from agent_stream.simulator import silence_ulaw, tone_ulaw
 from agent_stream.store import Store
@@ -291,27 +290,26 @@ async def test_a_malformed_domain_in_the_url_is_a_4400(dial: Dial, tenant: Tenan
     await assert_handshake_failure(call, store, tenant, "malformed Domain 'acme/../x'")
 
 
-# -- 1011: unsupported providers ----------------------------------------------------------------
+# -- every provider of the contract is known --------------------------------------------------
 
 
-@pytest.mark.parametrize("provider", sorted(UNSUPPORTED_PROVIDERS))
-async def test_known_unsupported_providers_close_1011_and_fail_the_run(
-    dial: Dial, tenant: Tenant, store: Store, provider: str
+@pytest.mark.parametrize(("name", "mode"), [
+    ("Cloudonix", "cloudonix"), ("TWILIO", "twilio"), ("Telnyx", "telnyx"), ("Plivo", "plivo"),
+    ("Vonage", "vonage"), ("Asterisk", "asterisk"), ("ARI", "asterisk"), ("Exotel", "exotel"),
+    ("Web", "web"),
+])
+async def test_every_provider_name_of_the_contract_reaches_its_handshake(
+    dial: Dial, tenant: Tenant, store: Store, name: str, mode: str
 ) -> None:
-    call = await dial(tenant.workflow.uuid, provider=provider)
-    reason = f"provider '{provider}' is not supported yet"
-    assert await call.wait_closed() == (1011, reason)
+    """Whatever its case, a provider's name (or Asterisk's alias) routes the call: a run in
+    the provider's mode, failed by that provider's own handshake (4400), never a 1008."""
+    call = await dial(tenant.workflow.uuid, provider=name, newer_form=True)
+    await call.send(b"\x00")  # no provider opens its stream with this
+    code, _ = await call.wait_closed()
+    assert code == 4400
     run = await finished_run(store, tenant)
-    assert (run.state, run.error, run.close_code, run.mode) == ("failed", reason, 1011, provider)
-    assert run.end_reason == "unsupported_provider"
-
-
-@pytest.mark.parametrize("provider", sorted(UNSUPPORTED_PROVIDERS))
-async def test_unsupported_provider_in_the_newer_path(
-    dial: Dial, tenant: Tenant, store: Store, provider: str
-) -> None:
-    call = await dial(tenant.workflow.uuid, provider=provider.title(), newer_form=True)
-    assert await call.wait_closed() == (1011, f"provider '{provider}' is not supported yet")
+    assert (run.state, run.end_reason, run.mode) == ("failed", "handshake_failed", mode)
+    assert run.call_type == ("web" if mode == "web" else "inbound")
 
 
 # -- 4400: Cloudonix handshake --------------------------------------------------------------------

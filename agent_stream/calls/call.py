@@ -32,14 +32,13 @@ from ..errors import (
     PeerClosed,
     RoutingError,
     StreamError,
-    UnsupportedProvider,
     clip_reason,
 )
 from ..keys import CONFIG_SOURCE, HTTP, RUN_WRITES, SETTINGS, SPEECH, STORE
 from ..models import TelephonyConfig, Workflow
 from ..pipeline.call import CallPipeline, let_live_calls_run
 from ..pipeline.frames import StreamStopFrame
-from ..providers import SUPPORTED_PROVIDERS, UNSUPPORTED_PROVIDERS, provider_named
+from ..providers import provider_named
 from ..providers.base import (
     CallControl,
     CallStart,
@@ -146,7 +145,7 @@ class Call:
         """Steps 1-3: provider, workflow, quota and the new run (or a 1008, no run)."""
         if not self.provider_name:
             raise RoutingError("missing provider")
-        if self.provider_name not in SUPPORTED_PROVIDERS | UNSUPPORTED_PROVIDERS:
+        if self.provider is None:
             raise RoutingError(f"unknown provider {self.provider_name[:32]!r}")
         workflow = await self._find_workflow()
         owner = await self.store.get_user(workflow.owner_user_id)
@@ -157,8 +156,8 @@ class Call:
             workflow,
             owner,
             retry_seconds=self.settings.run_write_retry_seconds,
-            mode=self.provider.name if self.provider else self.provider_name,
-            call_type=self.provider.call_type if self.provider else "inbound",
+            mode=self.provider.name,
+            call_type=self.provider.call_type,
             initial_context=self._initial_context(),
             gathered_context=self._gathered_context(),
             logs={"inbound_webhook": {"url_form": "path" if self.newer_form else "query"}},
@@ -215,9 +214,8 @@ class Call:
         pipeline: CallPipeline | None = None
         connected: Connected | None = None
         outcome = self.outcome.crashed()
+        assert self.provider is not None  # _route refused the call otherwise
         try:
-            if self.provider is None:
-                raise UnsupportedProvider(f"provider '{self.provider_name}' is not supported yet")
             running_ms = round((time.monotonic() - self.accepted_at) * 1000, 1)
             await record.running({"timing": {"accept_to_running_ms": running_ms}})
             self.log.info("running (%.1f ms after accept)", running_ms)

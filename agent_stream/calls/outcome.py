@@ -18,7 +18,6 @@ from ..errors import (
     HandshakeError,
     MessageTooBig,
     StreamError,
-    UnsupportedProvider,
 )
 
 # Close reasons of the ends an agent decides.
@@ -117,8 +116,6 @@ class CallOutcome:
 
 def _end_reason_for(exc: StreamError) -> str:
     """A short machine-readable end reason for a failed run."""
-    if isinstance(exc, UnsupportedProvider):
-        return "unsupported_provider"
     if isinstance(exc, MessageTooBig):
         return "message_too_big"
     if isinstance(exc, HandshakeError):

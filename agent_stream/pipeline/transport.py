@@ -140,6 +140,7 @@ class OutputTransport(BaseOutputTransport):
         self._recorder = recorder
         self._transcript = transcript
         self._send_interval = 0.0
+        self._unpaced = 0.0  # seconds of audio handed to the wire since the last pause
         self._next_send_time = 0.0
         self.send_failures = 0
         self.gaps: list[float] = []  # seconds between media sends while speaking
@@ -234,6 +235,7 @@ class OutputTransport(BaseOutputTransport):
             self._transcript.cleared()
             self._next_send_time = 0.0
             self._last_send = 0.0
+            self._unpaced = 0.0  # the wire dropped what it held
 
     async def send_message(
         self, frame: OutputTransportMessageFrame | OutputTransportMessageUrgentFrame
@@ -247,14 +249,18 @@ class OutputTransport(BaseOutputTransport):
         messages = serializer.audio_messages(frame.audio, frame.sample_rate)
         if not await self._send_all(messages):
             return False
-        if messages:  # a packetizing provider sends every few chunks: gaps are between sends
+        self._recorder.write_agent(frame.audio)
+        self._transcript.audio_sent(len(frame.audio))
+        self._unpaced += len(frame.audio) / (frame.sample_rate * 2)
+        if messages:
+            # a packetizing provider (Exotel's 100 ms) sends every few chunks: it gets them
+            # at once, then a pause as long as the audio sent; gaps are between sends
             now = time.monotonic()
             if self._last_send and len(self.gaps) < 100_000:
                 self.gaps.append(now - self._last_send)
             self._last_send = now
-        self._recorder.write_agent(frame.audio)
-        self._transcript.audio_sent(len(frame.audio))
-        await self._pace()
+            await self._pace(self._unpaced)
+            self._unpaced = 0.0
         return True
 
     async def _write(self, frame: Frame) -> bool:
@@ -279,12 +285,12 @@ class OutputTransport(BaseOutputTransport):
             return False
         return True
 
-    async def _pace(self) -> None:
-        """Sleep until the next chunk is due on an absolute clock."""
+    async def _pace(self, seconds: float) -> None:
+        """Sleep until the next message is due on an absolute clock, `seconds` of audio later."""
         now = time.monotonic()
         if self._next_send_time == 0.0 or now - self._next_send_time > IDLE_RESET_SECONDS:
             self._next_send_time = now
-        self._next_send_time += self._send_interval
+        self._next_send_time += seconds
         delay = self._next_send_time - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)

@@ -1,6 +1,6 @@
-"""Telephony providers: the registry of those Agent Stream streams for, and the names of
-those it knows of but does not stream for yet. The rest of the service finds a provider
-here, by name, and speaks to it only through `base.Provider`."""
+"""Telephony providers: the registry of those Agent Stream streams for (and their other
+names). The rest of the service finds a provider here, by name, and speaks to it only
+through `base.Provider`."""
 from __future__ import annotations
 
 from typing import Final
@@ -22,23 +22,14 @@ PROVIDERS: Final[dict[str, Provider]] = {
         AsteriskProvider(), ExotelProvider(), WebProvider(),
     )
 }
-SUPPORTED_PROVIDERS: Final = frozenset(PROVIDERS) | {
-    alias for provider in PROVIDERS.values() for alias in provider.aliases
-}
 # What the CLI test call and the call simulator speak unless told otherwise: the first.
 DEFAULT_PROVIDER: Final = next(iter(PROVIDERS))
-# Known providers whose media streams are not implemented yet: 1011, never 1008.
-UNSUPPORTED_PROVIDERS: Final = frozenset(
-    {"vonage", "ari", "asterisk", "exotel", "web"}
-) - SUPPORTED_PROVIDERS
-
-
+# Other names a stream URL may use ("ari" for Asterisk).
 ALIASES: Final[dict[str, Provider]] = {
     alias: provider for provider in PROVIDERS.values() for alias in provider.aliases
 }
 
 
 def provider_named(name: str) -> Provider | None:
-    """The provider a stream URL or a configuration names (or an alias of it, like "ari"),
-    if Agent Stream streams for it."""
+    """The provider a stream URL or a configuration names (or an alias of it, like "ari")."""
     return PROVIDERS.get(name) or ALIASES.get(name)
