@@ -222,6 +222,9 @@ class OutputTransport(BaseOutputTransport):
                     message = serializer.mark_frame(mark or "")
                     if await self._write(message):
                         self._transcript.mark_sent(mark or "")
+                if self._unpaced:  # that packet's audio, before whatever is said next
+                    await self._pace(self._unpaced)
+                    self._unpaced = 0.0
                 continue
             await self.write_audio_frame(
                 OutputAudioRawFrame(audio=pcm, sample_rate=self.sample_rate, num_channels=1)

@@ -3,6 +3,8 @@ the application's private key (claims application_id, iat, exp, jti). Validation
 phone leg (`call_uuid`), hang-up and transfer modify it; 404 means the call is over."""
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import time
 import uuid
 from typing import Any, Final
@@ -18,6 +20,10 @@ from ..identifiers import api_url
 # How long one request's JWT is valid (Vonage allows up to a day; a request needs seconds).
 TOKEN_SECONDS: Final = 300
 LIVE_STATUSES: Final = frozenset({"started", "ringing", "answered"})
+# Loaded keys kept, by the SHA-256 of their PEM: loading one takes ~30 ms of CPU (OpenSSL
+# checks the RSA key), which no live call's audio should wait for more than once.
+MAX_CACHED_KEYS: Final = 256
+_loaded_keys: dict[str, RSAPrivateKey] = {}
 
 
 def load_private_key(pem: str) -> RSAPrivateKey:
@@ -31,6 +37,18 @@ def load_private_key(pem: str) -> RSAPrivateKey:
         ) from None
     if not isinstance(key, RSAPrivateKey):
         raise ValueError("Vonage signs with RS256: the application's key must be an RSA key.")
+    return key
+
+
+async def cached_private_key(pem: str) -> RSAPrivateKey:
+    """The application's key, loaded once (off the event loop) and then kept."""
+    digest = hashlib.sha256(pem.encode()).hexdigest()
+    key = _loaded_keys.get(digest)
+    if key is None:
+        key = await asyncio.to_thread(load_private_key, pem)
+        if len(_loaded_keys) >= MAX_CACHED_KEYS:
+            _loaded_keys.pop(next(iter(_loaded_keys)))
+        _loaded_keys[digest] = key
     return key
 
 
@@ -57,23 +75,25 @@ class VonageControl(CallControl):
     def __init__(self, call: ControlContext) -> None:
         super().__init__(call, headers={})
         self._application_id = call.config.value("application_id")
-        try:
-            self._key: RSAPrivateKey | None = load_private_key(call.config.value("private_key"))
-        except ValueError:
-            self._key = None  # said at validation: the call cannot be checked
+        self._pem = call.config.value("private_key")
         self._url = api_url(call.api_base_url, "v1", "calls", call.start.call_id)
 
     def __repr__(self) -> str:
         return f"<VonageControl {self._url.path}>"  # never the key
 
-    def _sign(self) -> None:
-        if self._key is None:
-            raise HandshakeError("Vonage configuration's private key cannot be read: paste it again")
-        self._headers["Authorization"] = f"Bearer {application_token(self._application_id, self._key)}"
+    async def _sign(self) -> None:
+        """A fresh JWT on the next request (the key was checked when it was saved)."""
+        key = await cached_private_key(self._pem)
+        self._headers["Authorization"] = f"Bearer {application_token(self._application_id, key)}"
 
     async def validate(self) -> None:
         """The phone leg exists and is live (started, ringing or answered)."""
-        self._sign()
+        try:
+            await self._sign()
+        except ValueError:
+            raise HandshakeError(
+                "the Vonage configuration's private key cannot be read: paste it again"
+            ) from None
         call: Any = await self.fetch_live_call(self._url, read_json=True)
         status = call.get("status") if isinstance(call, dict) else None
         if status not in LIVE_STATUSES:
@@ -81,12 +101,12 @@ class VonageControl(CallControl):
 
     async def hangup(self) -> int:
         """204 when hung up."""
-        self._sign()
+        await self._sign()
         return await self.act("PUT", self._url, "hangup", json={"action": "hangup"})
 
     async def transfer(self, destination: str) -> int:
         """The phone leg moves to an NCCO that connects it to `destination`."""
-        self._sign()
+        await self._sign()
         ncco = [{"action": "connect", "endpoint": [destination_endpoint(destination)]}]
         body = {"action": "transfer", "destination": {"type": "ncco", "ncco": ncco}}
         return await self.act("PUT", self._url, "transfer", json=body)
