@@ -68,10 +68,13 @@ class LoopbackProviderApi:
 @dataclass(frozen=True)
 class StandInConfigs:
     """The stored configurations and, where the organization has none of the provider, a
-    stand-in that exists only in this process (so a test call needs no account at all)."""
+    stand-in that exists only in this process (so a test call needs no account at all).
+    A stored configuration that names its own API URL (Asterisk's ARI) is pointed at the
+    loopback stand-in too: a test call never reaches a real PBX."""
 
     store: Callable[[], Store]
     stand_in: TelephonyConfig
+    api_url_field: str | None = None
 
     async def configs(
         self, organization_id: int, provider: str, *, account_id: str | None = None
@@ -79,6 +82,9 @@ class StandInConfigs:
         stored = await StoredConfigs(self.store()).configs(
             organization_id, provider, account_id=account_id
         )
+        if self.api_url_field and provider == self.stand_in.provider:
+            loopback = {self.api_url_field: self.stand_in.fields[self.api_url_field]}
+            stored = [replace(config, fields={**config.fields, **loopback}) for config in stored]
         if stored or provider != self.stand_in.provider:
             return stored
         if account_id not in (None, self.stand_in.account_id):
@@ -144,7 +150,7 @@ async def run_test_call(settings: Settings, agent_uuid: str, steps: list[Step],
     )
     app = create_app(app_settings)
     stand_in = stand_in_config(provider, _site_url(provider_site))
-    app[CONFIG_SOURCE] = StandInConfigs(lambda: app[STORE], stand_in)
+    app[CONFIG_SOURCE] = StandInConfigs(lambda: app[STORE], stand_in, provider.api_url_field)
     runner = web.AppRunner(app, **(runner_options(app_settings) | {"access_log": None}))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

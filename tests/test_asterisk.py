@@ -17,6 +17,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from agent_stream.audio import Codec, alaw_to_pcm16, pcm16_to_alaw, ulaw_to_pcm16
+from agent_stream.models import ConfigInput
 from agent_stream.providers import provider_named
 from agent_stream.providers.asterisk import PLAIN_FORM, AsteriskCaller, caller_channel
 from agent_stream.providers.asterisk.wire import JSON_FORM, packet_size
@@ -283,7 +284,7 @@ async def test_the_stream_may_name_the_ari_alias_and_runs_as_asterisk(
     await call.hang_up()
     assert await call.wait_closed() == (1000, "")
     run = await finished_run(store, line)
-    assert (run.state, run.mode) == ("completed", "asterisk")
+    assert (run.state, run.mode, run.initial_context["provider"]) == ("completed", "asterisk", "asterisk")
     assert run.initial_context["custom_parameters"] == {"caller": caller_channel(who["call_sid"])}
 
 
@@ -482,6 +483,7 @@ async def test_the_snippets_dial_the_stream_and_the_transfer(
         " same => n,Hangup()",
         " same => n(transfer),Dial(${DESTINATION})",
         " same => n,Hangup()",
+        "exten => h,1,Set(GLOBAL(AGENT_STREAM_TRANSFER_${FILTER(0-9A-Za-z,${UNIQUEID})})=)",
     ])
 
 
@@ -498,3 +500,33 @@ async def test_the_cli_test_call_speaks_asterisk_with_no_configuration_at_all(tm
     # the stand-in's ARI URL is the loopback stand-in; the simulated dialplan names the caller
     assert "provider API: POST /ari/channels/" in done.stdout
     assert "-caller/variable?variable=AGENT_STREAM_TRANSFER&value=+15555550123" in done.stdout
+
+
+async def test_the_cli_test_call_never_reaches_the_pbx_a_stored_configuration_names(
+    tmp_path: Path,
+) -> None:
+    """The organization's Asterisk configuration is used (its id in the v() options), but
+    its ARI URL becomes the loopback stand-in's: a test call validates and transfers
+    nothing on the real PBX (here one that does not resolve), and never sends its password."""
+    db = tmp_path / "agent_stream.db"
+    organization_id, agent = await cli_agent(db, "Hi. Press zero for a human.", cloudonix=False)
+    store = await Store.open(db)
+    try:
+        config = await store.create_telephony_config(organization_id, "asterisk", ConfigInput(
+            name="pbx", account_id="", fields={"ari_url": "http://pbx.invalid:8088/ari",
+                                               "ari_username": "agent"},
+            secrets={"ari_password": "real-ari-password"},
+        ), one_per_account=False)
+    finally:
+        await store.close()
+    done = await asyncio.to_thread(run_cli, "call", agent, "--provider", "asterisk", "--dtmf", "0", db=db)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "completed, transfer (close 1000 'call transferred')" in done.stdout
+    assert "provider API: POST /ari/channels/" in done.stdout
+    assert "real-ari-password" not in done.stdout + done.stderr
+    store = await Store.open(db)
+    try:
+        (run,), _ = await store.list_runs(organization_id)
+    finally:
+        await store.close()
+    assert run.logs["inbound_webhook"]["configuration"]["id"] == config.id

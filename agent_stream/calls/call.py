@@ -178,7 +178,8 @@ class Call:
 
     def _initial_context(self) -> dict[str, Any]:
         """The numbers the query form of the URL carries (the start event's otherwise)."""
-        context: dict[str, Any] = {"provider": self.provider_name, "direction": "inbound"}
+        name = self.provider.name if self.provider else self.provider_name  # "ari" is asterisk
+        context: dict[str, Any] = {"provider": name, "direction": "inbound"}
         if not self.newer_form:
             context["caller_number"] = self.request.query.get("from")
             context["called_number"] = self.request.query.get("to")

@@ -139,5 +139,7 @@ class CallPipeline:
                         log.error("the call pipeline did not stop within %.0f s", PIPELINE_END_TIMEOUT)
                         self._task.cancel()
         finally:
+            for line in list(self._line_sends):  # the call is over: a line still unsent never will be
+                line.cancel()
             path = await self.recorder.finish()
         return path

@@ -141,6 +141,7 @@ class OutputTransport(BaseOutputTransport):
         self._transcript = transcript
         self._send_interval = 0.0
         self._unpaced = 0.0  # seconds of audio handed to the wire since the last pause
+        self._unsent: list[bytes] = []  # PCM a packetizing wire holds: not heard yet
         self._next_send_time = 0.0
         self.send_failures = 0
         self.gaps: list[float] = []  # seconds between media sends while speaking
@@ -219,6 +220,7 @@ class OutputTransport(BaseOutputTransport):
             if pcm is None:
                 # a packetizing provider's last partial packet plays before the mark
                 if await self._send_all(serializer.flush_messages()):
+                    self._sent()
                     message = serializer.mark_frame(mark or "")
                     if await self._write(message):
                         self._transcript.mark_sent(mark or "")
@@ -238,7 +240,8 @@ class OutputTransport(BaseOutputTransport):
             self._transcript.cleared()
             self._next_send_time = 0.0
             self._last_send = 0.0
-            self._unpaced = 0.0  # the wire dropped what it held
+            self._unpaced = 0.0  # the wire dropped what it held: nobody hears it
+            self._unsent.clear()
 
     async def send_message(
         self, frame: OutputTransportMessageFrame | OutputTransportMessageUrgentFrame
@@ -252,10 +255,10 @@ class OutputTransport(BaseOutputTransport):
         messages = serializer.audio_messages(frame.audio, frame.sample_rate)
         if not await self._send_all(messages):
             return False
-        self._recorder.write_agent(frame.audio)
-        self._transcript.audio_sent(len(frame.audio))
+        self._unsent.append(frame.audio)
         self._unpaced += len(frame.audio) / (frame.sample_rate * 2)
         if messages:
+            self._sent()
             # a packetizing provider (Exotel's 100 ms) sends every few chunks: it gets them
             # at once, then a pause as long as the audio sent; gaps are between sends
             now = time.monotonic()
@@ -265,6 +268,13 @@ class OutputTransport(BaseOutputTransport):
             await self._pace(self._unpaced)
             self._unpaced = 0.0
         return True
+
+    def _sent(self) -> None:
+        """The audio the wire held went out: now it is recorded and in the transcript."""
+        for pcm in self._unsent:
+            self._recorder.write_agent(pcm)
+            self._transcript.audio_sent(len(pcm))
+        self._unsent.clear()
 
     async def _write(self, frame: Frame) -> bool:
         serializer = self._serializer

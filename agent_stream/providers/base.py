@@ -165,7 +165,8 @@ class Wire(FrameSerializer):
     Malformed messages are counted and dropped, never fatal.
 
     Audio goes out one message per pipeline chunk (20 ms), unless the provider sets a
-    `packetizer` in its constructor; then in messages of exactly that many bytes. A
+    `packetizer` in its constructor; then in messages of exactly its size, as chunks fill
+    them (`audio_messages`). A
     provider that asks us to stop sending (Asterisk's MEDIA_XOFF) clears `may_send`; the
     output transport holds its audio until it is set again."""
 
@@ -203,7 +204,10 @@ class Wire(FrameSerializer):
 
     async def serialize(self, frame: Frame) -> str | bytes | None:
         if isinstance(frame, AudioRawFrame):
-            return self.audio_message(frame.audio, frame.sample_rate)
+            if self.packetizer is not None:  # one frame may make no message, or several
+                raise TypeError("a packetizing wire's audio goes through audio_messages()")
+            messages = self.audio_messages(frame.audio, frame.sample_rate)
+            return messages[0] if messages else None
         if isinstance(frame, InterruptionFrame):
             if self.packetizer is not None:
                 self.packetizer.drop()
@@ -218,12 +222,6 @@ class Wire(FrameSerializer):
     def mark_frame(self, name: str) -> OutputTransportMessageFrame:
         """A marker queued behind the audio before it (see `mark_message`)."""
         return OutputTransportMessageFrame(message=self.mark_message(name))
-
-    def audio_message(self, pcm: bytes, sample_rate: int) -> str | bytes | None:
-        """16-bit PCM from the pipeline to one outbound media message in the call's codec
-        (for a packetizing provider: the first whole packet, if any; see audio_messages)."""
-        messages = self.audio_messages(pcm, sample_rate)
-        return messages[0] if messages else None
 
     def audio_messages(self, pcm: bytes, sample_rate: int) -> list[str | bytes]:
         """16-bit PCM from the pipeline to the outbound media messages it makes, in the
@@ -474,6 +472,9 @@ class Provider(ABC):
     needs_configuration: ClassVar[bool] = True
     # The run's call_type.
     call_type: ClassVar[str] = "inbound"
+    # The configuration field that holds the provider API's URL, where each configuration
+    # names its own (Asterisk's ARI): a CLI test call points it at its loopback stand-in.
+    api_url_field: ClassVar[str | None] = None
 
     # configuration
 

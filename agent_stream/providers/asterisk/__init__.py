@@ -70,7 +70,8 @@ def websocket_client_conf(stream_url: str, config: TelephonyConfig | None) -> st
 def dialplan(config: TelephonyConfig | None) -> str:
     """extensions.conf: answer, stream to the agent, then dial the transfer's destination
     if the agent set one (the caller's channel variable, or the global variable named after
-    the caller, cleared once read), otherwise hang up."""
+    the caller, cleared once read and at the hang-up, should the caller leave first),
+    otherwise hang up."""
     selection = f",telephony_configuration={config.id}" if config else ""
     named = f"{TRANSFER_VARIABLE}_${{FILTER(0-9A-Za-z,${{UNIQUEID}})}}"
     return "\n".join([
@@ -86,6 +87,7 @@ def dialplan(config: TelephonyConfig | None) -> str:
         " same => n,Hangup()",
         " same => n(transfer),Dial(${DESTINATION})",
         " same => n,Hangup()",
+        f"exten => h,1,Set(GLOBAL({named})=)",
     ])
 
 
@@ -93,6 +95,7 @@ class AsteriskProvider(base.Provider):
     name = "asterisk"
     title = "Asterisk"
     aliases: ClassVar[tuple[str, ...]] = ("ari",)
+    api_url_field = "ari_url"
     account_field = None  # the stream names no account
     caller_codecs: ClassVar[Mapping[str, tuple[str, int]]] = FORMATS
     fields: ClassVar[tuple[base.ConfigField, ...]] = (
