@@ -336,9 +336,23 @@ async def test_a_malformed_basic_header_is_a_4400(client: TestClient, kit: Kit, 
                                          protocols=("media",), headers={"Authorization": "Basic %%%"})
     call = SimulatedCall(ws, side=asterisk, **who)
     await call.handshake()
-    assert await call.wait_closed() == (4400, "malformed HTTP Basic credentials")
+    assert await call.wait_closed() == (
+        4400, "HTTP Basic credentials do not match the media username and password")
     encoded = base64.b64encode(b"pbx1:m3dia-pass").decode()
     assert encoded not in json.dumps(kit.requests(), default=str)
+
+
+@only_asterisk
+async def test_a_media_username_without_a_password_admits_no_stream(
+    client: TestClient, store: Store, kit: Kit, line: Line
+) -> None:
+    """Half a credential is none: `pbx1:` (what the username alone would make) is refused."""
+    await changed(client, line, {"media_username": "pbx1"})
+    call = await dial(client, kit, line, upgrade_secrets={"media_username": "pbx1"})
+    await call.handshake()
+    assert await call.wait_closed() == (
+        4400, "HTTP Basic credentials do not match the media username and password")
+    assert kit.requests() == []
 
 
 # -- transfer ---------------------------------------------------------------------------------------

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+import uuid
 import wave
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import jwt
 import pytest
 from aiohttp.test_utils import TestClient
 from yarl import URL
@@ -1036,6 +1039,24 @@ async def test_vonage_with_a_signature_secret_the_upgrade_must_carry_its_jwt(
     ]
     for upgrade, reason in refusals:
         call = await dial(client, kit, line, upgrade_secrets=upgrade)
+        await call.handshake()
+        assert await call.wait_closed() == (4400, reason)
+    # signed with the right secret, but not for the application whose configuration the
+    # NCCO's header names, or long ago
+    forged = [
+        ({"application_id": str(uuid.uuid4()), "iat": int(time.time())},
+         "Vonage signature is for another application"),
+        ({"application_id": line.account, "iat": int(time.time()) - 3600},
+         "Vonage signature is too old (a replayed upgrade?)"),
+    ]
+    for claims, reason in forged:
+        token = jwt.encode(claims | {"jti": str(uuid.uuid4())}, secret, algorithm="HS256")
+        url = stream_url(str(client.make_url("/")), line.workflow.uuid, provider="vonage",
+                         newer_form=True)
+        ws = await client.session.ws_connect(url, headers={"Authorization": f"Bearer {token}"},
+                                             autoclose=False)
+        call = SimulatedCall(ws, side=caller_side("vonage"), **kit.identity(line.account),
+                             custom_parameters={"telephony_configuration": str(line.config_id)})
         await call.handshake()
         assert await call.wait_closed() == (4400, reason)
     assert kit.requests() == []

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hmac
 import json
 import logging
 import re
@@ -637,6 +638,26 @@ def start_object(message: dict[str, Any]) -> dict[str, Any]:
 def as_wss(url: str) -> str:
     """`url` over wss:// (Twilio, Telnyx and Plivo connect over nothing else)."""
     return "wss://" + url.partition("://")[2]
+
+
+def check_basic_credentials(
+    request: web.Request, user: str, password: str, *, missing: str, wrong: str
+) -> None:
+    """The upgrade's HTTP Basic credentials are `user` and `password` (compared in constant
+    time; a malformed header matches nothing), or a 4400 saying `missing` or `wrong`. A
+    configuration without a password matches no credentials at all."""
+    scheme, _, encoded = request.headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() != "basic" or not encoded.strip():
+        raise HandshakeError(missing)
+    try:
+        given = base64.b64decode(encoded.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        given = b""
+    given_user, _, given_password = given.partition(b":")
+    matches = hmac.compare_digest(given_user, user.encode())
+    matches &= hmac.compare_digest(given_password, password.encode())
+    if not (matches and password):
+        raise HandshakeError(wrong)
 
 
 def identifier(value: Any, name: str, *, event: str = "start") -> str:

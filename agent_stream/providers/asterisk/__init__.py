@@ -8,15 +8,13 @@ URL, validates the channel and takes the transfer's channel variable; the hang-u
 `HANGUP` command on the socket. The `ari` alias names the same provider."""
 from __future__ import annotations
 
-import base64
-import binascii
-import hmac
 import json
 import time
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final
 from urllib.parse import urlencode, urlsplit
 
+import aiohttp
 from aiohttp import web
 
 from ...audio import Codec
@@ -147,18 +145,11 @@ class AsteriskProvider(base.Provider):
         user = config.value("media_username")
         if not user:
             return
-        scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "basic" or not encoded.strip():
-            raise HandshakeError("missing HTTP Basic credentials (the configuration has a media username)")
-        try:
-            given = base64.b64decode(encoded.strip(), validate=True)
-        except (binascii.Error, ValueError):
-            raise HandshakeError("malformed HTTP Basic credentials") from None
-        given_user, _, given_password = given.partition(b":")
-        matches = hmac.compare_digest(given_user, user.encode())
-        matches &= hmac.compare_digest(given_password, config.value("media_password").encode())
-        if not matches:
-            raise HandshakeError("HTTP Basic credentials do not match the media username and password")
+        base.check_basic_credentials(
+            request, user, config.value("media_password"),
+            missing="missing HTTP Basic credentials (the configuration has a media username)",
+            wrong="HTTP Basic credentials do not match the media username and password",
+        )
 
     def wire(self, start: base.CallStart, *, log: base.LogAdapter) -> base.Wire:
         return AsteriskWire(start, log=log)
@@ -218,8 +209,7 @@ class AsteriskCaller(base.CallerSide):
         user = self.secrets.get("media_username")
         if not user:
             return {}
-        pair = f"{user}:{self.secrets.get('media_password', '')}".encode()
-        return {"Authorization": "Basic " + base64.b64encode(pair).decode()}
+        return {"Authorization": aiohttp.encode_basic_auth(user, self.secrets.get("media_password", ""))}
 
     def opening(self, who: base.CallerIdentity) -> list[str | bytes]:
         channel = f"WebSocket/{CONNECTION_NAME}-{who.call_id[-8:]}"

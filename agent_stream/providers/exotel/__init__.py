@@ -8,16 +8,14 @@ Exotel offers no transfer of a stream."""
 from __future__ import annotations
 
 import base64
-import binascii
-import hmac
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final
 from urllib.parse import quote
 
+import aiohttp
 from aiohttp import web
 
 from ...audio import Codec
-from ...errors import HandshakeError
 from ...models import TelephonyConfig
 from .. import base
 from ..identifiers import is_identifier
@@ -25,28 +23,13 @@ from ..twilio_style import TwilioStyleCaller, read_connected_start
 from .client import NO_TRANSFER, ExotelControl
 from .wire import BIT_RATE, RAW, ExotelWire, chunk_bytes, parse_start
 
-__all__ = ["NO_TRANSFER", "ExotelProvider", "basic_credentials", "chunk_bytes", "parse_start"]
+__all__ = ["NO_TRANSFER", "ExotelProvider", "chunk_bytes", "parse_start"]
 
 MISSING_CREDENTIALS: Final = "missing HTTP Basic credentials (the Voicebot URL's API_KEY:API_TOKEN@)"
 WRONG_CREDENTIALS: Final = "HTTP Basic credentials do not match the configuration's API key and token"
 # What the Settings page shows instead of the token: it is never rendered.
 TOKEN_PLACEHOLDER: Final = "API_TOKEN"
 KEY_PLACEHOLDER: Final = "API_KEY"
-
-
-def basic_credentials(header: str | None) -> bytes | None:
-    """The `user:password` an `Authorization: Basic` header carries (None: no such header)."""
-    scheme, _, encoded = (header or "").strip().partition(" ")
-    if scheme.lower() != "basic" or not encoded.strip():
-        return None
-    try:
-        return base64.b64decode(encoded.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        return b""  # there, but nothing it could match
-
-
-def basic_header(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
 
 
 class ExotelProvider(base.Provider):
@@ -91,12 +74,8 @@ class ExotelProvider(base.Provider):
     def check_upgrade(self, request: web.Request, config: TelephonyConfig) -> None:
         """The upgrade's HTTP Basic credentials must be the configuration's API key and
         token: the stream URL alone is no secret. Never logged, compared in constant time."""
-        given = basic_credentials(request.headers.get("Authorization"))
-        if given is None:
-            raise HandshakeError(MISSING_CREDENTIALS)
-        expected = f"{config.value('api_key')}:{config.value('api_token')}".encode()
-        if not hmac.compare_digest(given, expected):
-            raise HandshakeError(WRONG_CREDENTIALS)
+        base.check_basic_credentials(request, config.value("api_key"), config.value("api_token"),
+                                     missing=MISSING_CREDENTIALS, wrong=WRONG_CREDENTIALS)
 
     def wire(self, start: base.CallStart, *, log: base.LogAdapter) -> base.Wire:
         return ExotelWire(start, log=log)
@@ -171,4 +150,4 @@ class ExotelCaller(TwilioStyleCaller):
 
     def upgrade_headers(self, url: str) -> dict[str, str]:
         key, token = self.secrets.get("api_key"), self.secrets.get("api_token")
-        return {"Authorization": basic_header(key, token)} if key and token else {}
+        return {"Authorization": aiohttp.encode_basic_auth(key, token)} if key and token else {}

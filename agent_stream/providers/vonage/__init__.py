@@ -30,6 +30,9 @@ __all__ = ["VonageProvider", "parse_connected"]
 UUID_PATTERN: Final = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 # What the upgrade's JWT may be off by, in seconds (clocks of two hosts).
 LEEWAY_SECONDS: Final = 60
+# How old (by its `iat`) the upgrade's JWT may be: Vonage signs each upgrade as it makes it,
+# so an older one is a replay, whatever `exp` it carries (or none).
+MAX_TOKEN_AGE_SECONDS: Final = 300
 
 
 def bearer(request: web.Request) -> str | None:
@@ -109,6 +112,10 @@ class VonageProvider(base.Provider):
                                 options={"require": ["iat"]})
         except jwt.PyJWTError:
             raise HandshakeError("Vonage signature does not verify with the signature secret") from None
+        issued = claims.get("iat")
+        too_old = time.time() - MAX_TOKEN_AGE_SECONDS - LEEWAY_SECONDS
+        if not isinstance(issued, (int, float)) or issued < too_old:
+            raise HandshakeError("Vonage signature is too old (a replayed upgrade?)")
         claimed = claims.get("application_id")
         if claimed is not None and not hmac.compare_digest(
             str(claimed).lower().encode(), config.value("application_id").lower().encode()
