@@ -3,6 +3,7 @@ through the real app and real sockets, each provider's REST API played by its em
 (provider_kits.py says what differs between them)."""
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
@@ -16,12 +17,15 @@ from typing import Any
 import jwt
 import pytest
 from aiohttp.test_utils import TestClient
+from pipecat.frames.frames import InterruptionFrame
 from yarl import URL
 
 from agent_stream.audio import alaw_to_pcm16, pcm16_to_alaw, resample, rms, ulaw_to_pcm16
 from agent_stream.config import Settings
 from agent_stream.models import Run, TelephonyConfig, Workflow
 from agent_stream.providers import provider_named
+from agent_stream.providers.exotel.wire import ExotelWire
+from agent_stream.providers.exotel.wire import parse_start as parse_exotel_start
 from agent_stream.providers.twilio import signature
 from agent_stream.providers.vonage.client import destination_endpoint
 from agent_stream.simulator import SimulatedCall, caller_side, connect, stream_url, tone_ulaw
@@ -1331,3 +1335,30 @@ async def test_exotel_settings_show_the_voicebot_url_with_the_key_never_the_toke
             f"&amp;telephony_configuration={line.config_id}") in html
     assert ">Copy Voicebot URL</button>" in html
     assert line.secret not in html
+
+
+async def test_a_packetizing_wire_pads_its_last_packet_and_a_clear_drops_what_it_holds() -> None:
+    """Exotel's 100 ms packets: 40 ms of tone make no message; a clear drops them, so the
+    next packet is the 100 ms said after it, none of the tone; before a mark, what is left
+    goes out padded with silence to a whole packet."""
+    start = parse_exotel_start({"event": "start", "stream_sid": "MZ1", "start": {
+        "stream_sid": "MZ1", "call_sid": "CA1", "account_sid": "AC1",
+        "media_format": {"encoding": "audio/x-raw", "sample_rate": "8000", "bit_rate": "16"}}})
+    wire = ExotelWire(start, log=logging.getLogger("test"))
+    tone = ulaw_to_pcm16(tone_ulaw(0.02))  # 20 ms, 320 bytes at 8 kHz
+    quiet = b"\x00" * len(tone)
+
+    def payloads(messages: list[str | bytes]) -> list[bytes]:
+        return [base64.b64decode(json.loads(m)["media"]["payload"]) for m in messages]
+
+    assert wire.audio_messages(tone, 8000) == [] and wire.audio_messages(tone, 8000) == []
+    assert json.loads(await wire.serialize(InterruptionFrame()) or "") == {
+        "event": "clear", "stream_sid": "MZ1"}
+    sent = [wire.audio_messages(quiet, 8000) for _ in range(5)]
+    assert [len(m) for m in sent] == [0, 0, 0, 0, 1]
+    assert payloads(sent[-1]) == [b"\x00" * 1600]  # none of the dropped tone
+
+    assert wire.audio_messages(tone, 8000) == []
+    (padded,) = payloads(wire.flush_messages())
+    assert len(padded) == 1600 and padded[:320] == tone and padded[320:] == b"\x00" * 1280
+    assert wire.flush_messages() == []

@@ -40,12 +40,12 @@ from ..pipeline.call import CallPipeline, let_live_calls_run
 from ..pipeline.frames import StreamStopFrame
 from ..providers import provider_named
 from ..providers.base import (
+    CallActionFailed,
     CallControl,
     CallStart,
     ControlContext,
     HandshakeInput,
     Provider,
-    ProviderApiError,
     TransferUnsupported,
     Wire,
 )
@@ -483,7 +483,7 @@ class AgentActions:
         try:
             status = await self._control.hangup()
             self._call.log.info("hung up through %s (%s)", self._control.title, _how(status))
-        except (ProviderApiError, aiohttp.ClientError, TimeoutError) as exc:
+        except (CallActionFailed, aiohttp.ClientError, TimeoutError) as exc:
             self.failure = f"hangup failed: {exc or type(exc).__name__}"
             self._call.log.warning(self.failure)
 
@@ -494,7 +494,7 @@ class AgentActions:
         except TransferUnsupported as exc:
             self._unsupported = str(exc)
             self._call.log.info("no transfer: %s", exc)
-        except (ProviderApiError, aiohttp.ClientError, TimeoutError) as exc:
+        except (CallActionFailed, aiohttp.ClientError, TimeoutError) as exc:
             self.failure = f"transfer failed: {exc or type(exc).__name__}"
             self._call.log.warning(self.failure)
 

@@ -72,7 +72,7 @@ class CallPipeline:
         self._task: asyncio.Task[None] | None = None
         self._ws = ws
         self._line_sends: set[asyncio.Task[None]] = set()
-        if type(serializer).transcript_message is not Wire.transcript_message:
+        if serializer.shows_live_lines:
             self.transcript.listener = self._send_line  # only a peer that shows live lines
 
     async def start(self, agent: FrameProcessor) -> None:

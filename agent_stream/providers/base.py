@@ -171,6 +171,9 @@ class Wire(FrameSerializer):
     provider that asks us to stop sending (Asterisk's MEDIA_XOFF) clears `may_send`; the
     output transport holds its audio until it is set again."""
 
+    # Whether the peer shows the transcript as it happens (see transcript_message).
+    shows_live_lines: ClassVar[bool] = False
+
     def __init__(self, start: CallStart, *, log: LogAdapter) -> None:
         super().__init__()
         self.start = start
@@ -235,9 +238,9 @@ class Wire(FrameSerializer):
         return [self.media_message(packet) for packet in self.packetizer.add(payload)]
 
     def transcript_message(self, role: str, text: str) -> str | bytes | None:
-        """A live transcript line for a peer that shows one (the browser's test call): the
-        agent's as it starts to play, the caller's as it is recognized. A wire that keeps
-        this default gets none, and its call's transcript has no listener at all."""
+        """A live transcript line for a peer that shows one (`shows_live_lines`: the
+        browser's test call): the agent's as it starts to play, the caller's as it is
+        recognized. Other calls' transcripts have no listener at all."""
         return None
 
     def flush_messages(self) -> list[str | bytes]:
@@ -312,7 +315,11 @@ class TransferUnsupported(Exception):
     `transfer_unsupported`, and the message says why in the run."""
 
 
-class ProviderApiError(Exception):
+class CallActionFailed(Exception):
+    """A hang-up or transfer that did not happen: the run fails with the message."""
+
+
+class ProviderApiError(CallActionFailed):
     """A provider REST call answered with an error status."""
 
     def __init__(self, provider: str, action: str, status: int) -> None:
@@ -600,15 +607,20 @@ def text_field(message: Mapping[str, Any], key: str) -> str | None:
     return str(value) if value not in (None, "") else None
 
 
-async def receive_event(given: HandshakeInput, expected: str) -> dict[str, Any]:
-    """The next handshake message as a JSON event named `expected`, or the 4400 why not."""
+async def receive_message(given: HandshakeInput, expected: str) -> str | bytes:
+    """The next handshake message (the `expected` event, to be parsed), or the 4400 saying
+    it did not come in time or the stream closed first."""
     try:
-        data = await given.next_message(max(given.deadline - time.monotonic(), 0.0))
+        return await given.next_message(max(given.deadline - time.monotonic(), 0.0))
     except TimeoutError:
         raise HandshakeError(f"timed out waiting for '{expected}' event") from None
     except PeerClosed:
         raise HandshakeError(f"stream closed before '{expected}' event") from None
-    return parse_event(data, expected)
+
+
+async def receive_event(given: HandshakeInput, expected: str) -> dict[str, Any]:
+    """The next handshake message as a JSON event named `expected`, or the 4400 why not."""
+    return parse_event(await receive_message(given, expected), expected)
 
 
 def parse_event(data: str | bytes, expected: str) -> dict[str, Any]:

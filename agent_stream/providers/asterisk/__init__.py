@@ -9,7 +9,6 @@ URL, validates the channel and takes the transfer's channel variable; the hang-u
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final
 from urllib.parse import urlencode, urlsplit
@@ -18,7 +17,6 @@ import aiohttp
 from aiohttp import web
 
 from ...audio import Codec
-from ...errors import HandshakeError, PeerClosed
 from ...models import TelephonyConfig
 from .. import base
 from .client import CALLER_PARAMETER, TRANSFER_VARIABLE, AsteriskControl
@@ -131,13 +129,7 @@ class AsteriskProvider(base.Provider):
 
     async def read_start(self, given: base.HandshakeInput) -> base.CallStart:
         """MEDIA_START, in JSON or plain text; the URL's query holds the v() options."""
-        try:
-            data = await given.next_message(max(given.deadline - time.monotonic(), 0.0))
-        except TimeoutError:
-            raise HandshakeError(f"timed out waiting for '{EVENT}' event") from None
-        except PeerClosed:
-            raise HandshakeError(f"stream closed before '{EVENT}' event") from None
-        return parse_start(data, given.request.query)
+        return parse_start(await base.receive_message(given, EVENT), given.request.query)
 
     def check_upgrade(self, request: web.Request, config: TelephonyConfig) -> None:
         """With a media username configured, the upgrade must carry it and its password

@@ -10,7 +10,7 @@ from typing import Final
 
 import aiohttp
 
-from ..base import CallControl, ControlContext, ProviderApiError
+from ..base import CallActionFailed, CallControl, ControlContext, ProviderApiError
 from ..identifiers import IDENTIFIER_RULE, api_url, is_identifier
 from .wire import command, form_of
 
@@ -34,13 +34,12 @@ MISSING_CALLER: Final = (
 )
 
 
-class TransferImpossible(ProviderApiError):
+class TransferImpossible(CallActionFailed):
     """A transfer that cannot be asked of ARI at all (no caller channel named): the run
     fails with why and how to fix the dialplan."""
 
     def __init__(self, reason: str) -> None:
-        Exception.__init__(self, f"Asterisk transfer impossible: {reason}")
-        self.status = 0
+        super().__init__(f"Asterisk transfer impossible: {reason}")
 
 
 class AsteriskControl(CallControl):

@@ -29,6 +29,8 @@ def event(kind: str, /, **body: Any) -> str:
 class WebWire(Wire):
     """One browser call: audio travels as bare binary frames, control as JSON text."""
 
+    shows_live_lines = True
+
     def __init__(self, start: CallStart, *, log: LogAdapter) -> None:
         super().__init__(start, log=log)
         self.packetizer = Packetizer(FRAME_BYTES, self.codec.silence(1))
