@@ -140,7 +140,6 @@ class OutputTransport(BaseOutputTransport):
         self._recorder = recorder
         self._transcript = transcript
         self._send_interval = 0.0
-        self._unpaced = 0.0  # seconds of audio handed to the wire since the last pause
         self._unsent: list[bytes] = []  # PCM a packetizing wire holds: not heard yet
         self._next_send_time = 0.0
         self.send_failures = 0
@@ -219,14 +218,14 @@ class OutputTransport(BaseOutputTransport):
             self._speech_room.set()
             if pcm is None:
                 # a packetizing provider's last partial packet plays before the mark
-                if await self._send_all(serializer.flush_messages()):
+                last = serializer.flush_messages()
+                if await self._send_all(last):
                     self._sent()
                     message = serializer.mark_frame(mark or "")
                     if await self._write(message):
                         self._transcript.mark_sent(mark or "")
-                if self._unpaced:  # that packet's audio, before whatever is said next
-                    await self._pace(self._unpaced)
-                    self._unpaced = 0.0
+                if last:  # that packet plays before whatever is said next
+                    await self._pace(self._packet_seconds(len(last)))
                 continue
             await self.write_audio_frame(
                 OutputAudioRawFrame(audio=pcm, sample_rate=self.sample_rate, num_channels=1)
@@ -240,8 +239,7 @@ class OutputTransport(BaseOutputTransport):
             self._transcript.cleared()
             self._next_send_time = 0.0
             self._last_send = 0.0
-            self._unpaced = 0.0  # the wire dropped what it held: nobody hears it
-            self._unsent.clear()
+            self._unsent.clear()  # the wire dropped what it held: nobody hears it
 
     async def send_message(
         self, frame: OutputTransportMessageFrame | OutputTransportMessageUrgentFrame
@@ -256,7 +254,6 @@ class OutputTransport(BaseOutputTransport):
         if not await self._send_all(messages):
             return False
         self._unsent.append(frame.audio)
-        self._unpaced += len(frame.audio) / (frame.sample_rate * 2)
         if messages:
             self._sent()
             # a packetizing provider (Exotel's 100 ms) sends every few chunks: it gets them
@@ -265,9 +262,17 @@ class OutputTransport(BaseOutputTransport):
             if self._last_send and len(self.gaps) < 100_000:
                 self.gaps.append(now - self._last_send)
             self._last_send = now
-            await self._pace(self._unpaced)
-            self._unpaced = 0.0
+            packetizer = serializer.packetizer
+            seconds = (self._packet_seconds(len(messages)) if packetizer is not None
+                       else len(frame.audio) / (frame.sample_rate * 2))
+            await self._pace(seconds)
         return True
+
+    def _packet_seconds(self, packets: int) -> float:
+        """How long `packets` of a packetizing wire play."""
+        serializer = self._serializer
+        assert serializer is not None and serializer.packetizer is not None
+        return packets * serializer.packetizer.size / serializer.codec.bytes_per_second
 
     def _sent(self) -> None:
         """The audio the wire held went out: now it is recorded and in the transcript."""
