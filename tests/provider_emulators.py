@@ -93,6 +93,18 @@ async def _body(request: web.Request) -> Any:
         return None
 
 
+def basic_pair(request: web.Request) -> tuple[str, str] | None:
+    """The user and password of a request's HTTP Basic credentials (None: it has none)."""
+    scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
+    if scheme != "Basic":
+        return None
+    try:
+        user, _, password = base64.b64decode(encoded).decode().partition(":")
+    except ValueError:
+        return None
+    return user, password
+
+
 @dataclass
 class BasicAuthEmulator(RestEmulator):
     """A provider whose call URLs name the account (path variable `account_param`) and
@@ -101,13 +113,7 @@ class BasicAuthEmulator(RestEmulator):
     account_param: ClassVar[str]
 
     def authorized(self, request: web.Request) -> str | None:
-        scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
-        if scheme != "Basic":
-            return None
-        try:
-            account, _, secret = base64.b64decode(encoded).decode().partition(":")
-        except ValueError:
-            return None
+        account, secret = basic_pair(request) or ("", "")
         known = self.credentials.get(account) == secret and secret
         return account if known and account == request.match_info[self.account_param] else None
 
@@ -327,13 +333,7 @@ class ExotelEmulator(RestEmulator):
         return app
 
     def authorized(self, request: web.Request) -> str | None:
-        scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
-        if scheme != "Basic":
-            return None
-        try:
-            key, _, token = base64.b64decode(encoded).decode().partition(":")
-        except ValueError:
-            return None
+        key, token = basic_pair(request) or ("", "")
         account = request.match_info["sid"]
         known = token and self.credentials.get(account) == token and self.api_keys.get(account) == key
         return account if known else None
@@ -442,13 +442,7 @@ class AriEmulator(RestEmulator):
         return app
 
     def authorized(self, request: web.Request) -> str | None:
-        scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
-        if scheme != "Basic":
-            return None
-        try:
-            user, _, password = base64.b64decode(encoded).decode().partition(":")
-        except ValueError:
-            return None
+        user, password = basic_pair(request) or ("", "")
         return user if password and self.credentials.get(user) == password else None
 
     def _channel(self, request: web.Request) -> str | None:
