@@ -58,8 +58,13 @@ class TimedHeard(list):  # type: ignore[type-arg]
             if matches(heard, at):
                 return at
         future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        self._waiters.append((matches, future))
-        return await asyncio.wait_for(future, timeout)
+        waiter = (matches, future)
+        self._waiters.append(waiter)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
 
 
 def mark(name: str) -> Callable[[Heard, float], bool]:
