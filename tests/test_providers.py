@@ -772,6 +772,18 @@ def plivo_start(who: dict[str, Any], account: str, **top: Any) -> dict[str, Any]
     return {"event": "start", "sequenceNumber": 1, "start": start} | top
 
 
+def assert_caller_said_one_second_of_440_hz(recording_path: str) -> None:
+    """The recording's caller track (left) holds one second of 440 Hz: audio decoded at the
+    wrong rate would be longer or shorter, and lower or higher."""
+    with wave.open(recording_path) as recording:
+        rate = recording.getframerate()
+        left = array("h", recording.readframes(recording.getnframes()))[0::2]
+    sounding = [i for i, sample in enumerate(left) if sample]
+    caller = left[sounding[0]:sounding[-1] + 1]
+    assert abs(len(caller) / rate - 1.0) < 0.05
+    assert abs(dominant_hz(caller, rate) - 440) < 15
+
+
 def dominant_hz(samples: array[int], rate: int) -> float:
     """The frequency of a pure tone, from its zero crossings."""
     crossings = sum(1 for a, b in zip(samples, samples[1:], strict=False) if (a < 0) != (b < 0))
@@ -808,15 +820,7 @@ async def test_plivo_l16_at_16_khz_both_ways(client: TestClient, store: Store, k
     assert run.logs["media_frames_in"] == 50
     assert run.logs["inbound_webhook"]["start"]["mediaFormat"] == {"encoding": "audio/x-l16",
                                                                    "sampleRate": 16000}
-    with wave.open(run.recording_path) as recording:  # caller left, at 8 kHz
-        rate = recording.getframerate()
-        frames = recording.readframes(recording.getnframes())
-    left = array("h", frames)[0::2]
-    sounding = [i for i, sample in enumerate(left) if sample]
-    caller = left[sounding[0]:sounding[-1] + 1]
-    # one second of 440 Hz: read at the wrong rate it would be two seconds of 220 Hz
-    assert abs(len(caller) / rate - 1.0) < 0.05
-    assert abs(dominant_hz(caller, rate) - 440) < 15
+    assert_caller_said_one_second_of_440_hz(run.recording_path)
 
 
 @only_plivo
@@ -999,15 +1003,7 @@ async def test_vonage_frames_are_exactly_20_ms_of_pcm_at_the_announced_rate_both
     assert (run.state, run.end_reason) == ("completed", "caller_hangup")
     assert run.logs["media_frames_in"] == 50
     assert run.logs["inbound_webhook"]["start"]["content-type"] == f"audio/l16;rate={rate}"
-    with wave.open(run.recording_path) as recording:  # caller left, at 8 kHz
-        recorded_rate = recording.getframerate()
-        frames = recording.readframes(recording.getnframes())
-    left = array("h", frames)[0::2]
-    sounding = [i for i, sample in enumerate(left) if sample]
-    caller = left[sounding[0]:sounding[-1] + 1]
-    # one second of 440 Hz: read at another rate it would be longer or shorter, and lower or higher
-    assert abs(len(caller) / recorded_rate - 1.0) < 0.05
-    assert abs(dominant_hz(caller, recorded_rate) - 440) < 15
+    assert_caller_said_one_second_of_440_hz(run.recording_path)
 
 
 @only_vonage
@@ -1206,14 +1202,7 @@ async def test_exotel_caller_audio_in_100_ms_chunks_is_heard_at_the_announced_ra
 
     run = await finished_run(store, line)
     assert (run.state, run.logs["media_frames_in"]) == ("completed", 10)
-    with wave.open(run.recording_path) as recording:  # caller left, at 8 kHz
-        left = array("h", recording.readframes(recording.getnframes()))[0::2]
-        wav_rate = recording.getframerate()
-    sounding = [i for i, sample in enumerate(left) if sample]
-    caller = left[sounding[0]:sounding[-1] + 1]
-    # one second of 440 Hz: read at another rate it would be longer or shorter, and off-key
-    assert abs(len(caller) / wav_rate - 1.0) < 0.05
-    assert abs(dominant_hz(caller, wav_rate) - 440) < 15
+    assert_caller_said_one_second_of_440_hz(run.recording_path)
 
 
 @only_exotel
