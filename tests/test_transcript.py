@@ -44,3 +44,20 @@ def test_a_listener_hears_each_line_once_as_it_happens() -> None:
     transcript.mark_sent(first.id)
     transcript.caller_said("yes", 300, 600)
     assert heard == [("agent", "hello there"), ("caller", "yes")]
+
+
+def test_words_queued_after_a_barge_in_are_kept_when_the_clear_comes_later() -> None:
+    """The engine cuts the agent off, then at once queues the next node's words; the clear
+    reaches the output after that: it drops what was queued before the cut, not those."""
+    transcript = CallTranscript(bytes_per_second=16000)
+    cut = transcript.queue("one two three four", 16000, interruptible=True)
+    transcript.audio_sent(8000)
+    transcript.interrupting()  # the engine's barge-in, before its InterruptionFrame
+    after = transcript.queue("Bye.", 3200, interruptible=False)
+    assert transcript.cleared() is cut  # the output transport handles the clear
+    assert transcript.playing is after
+    transcript.audio_sent(3200)
+    transcript.mark_sent(after.id)
+    assert transcript.mark_played(after.id) is after
+    lines = [(line.text, line.interrupted) for line in transcript.flush()]
+    assert lines == [("one two", True), ("Bye.", False)]

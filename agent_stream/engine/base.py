@@ -246,6 +246,7 @@ class VoiceAgent(FrameProcessor):
         if playing is not None and playing.interruptible and playing.sent_bytes:
             self._log.info("barge-in: cutting %s", playing.id)
             await self._interrupted()
+            self._transcript.interrupting()
             await self.push_frame(InterruptionFrame())
             for event in self._marks.values():
                 event.set()  # nothing queued will play now

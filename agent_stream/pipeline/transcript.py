@@ -27,6 +27,7 @@ class Utterance:
     mark_sent: bool = False
     played: bool = False
     interrupted: bool = False
+    number: int = 0  # in the order the engine queued them
 
 
 @dataclass
@@ -38,6 +39,7 @@ class CallTranscript:
     lines: list[TranscriptLine] = field(default_factory=list)
     _queue: deque[Utterance] = field(default_factory=deque)
     _counter: int = 0
+    _clear_upto: int | None = None  # the last utterance the coming clear drops
     # Told (role, text) of each line as it happens: an agent line when its audio starts
     # going out, a caller line when it is recognized. None (most calls): nobody is told.
     listener: Callable[[str, str], None] | None = None
@@ -50,7 +52,8 @@ class CallTranscript:
     def queue(self, text: str, audio_bytes: int, *, interruptible: bool) -> Utterance:
         """The engine is about to say `text`: its audio goes out next, then its mark."""
         self._counter += 1
-        utterance = Utterance(f"utt-{self._counter}", text, audio_bytes, interruptible)
+        utterance = Utterance(f"utt-{self._counter}", text, audio_bytes, interruptible,
+                              number=self._counter)
         self._queue.append(utterance)
         return utterance
 
@@ -90,10 +93,18 @@ class CallTranscript:
                 return utterance
         return None
 
+    def interrupting(self) -> None:
+        """The engine is about to cut the agent off: what is queued now is what the clear
+        (`cleared`, when the output gets to it) drops. What the engine queues meanwhile
+        (the next node's words, say) comes after the clear and is heard."""
+        self._clear_upto = self._counter
+
     def cleared(self) -> Utterance | None:
-        """Barge-in: the playing utterance is cut where its audio stopped; the rest never played."""
+        """Barge-in: the playing utterance is cut where its audio stopped; the rest of what
+        was queued when the engine interrupted never played."""
+        upto, self._clear_upto = self._clear_upto, None
         cut = None
-        while self._queue:
+        while self._queue and (upto is None or self._queue[0].number <= upto):
             utterance = self._queue.popleft()
             if utterance.sent_bytes and cut is None:
                 self._finish(utterance, interrupted=True)
