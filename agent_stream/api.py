@@ -12,7 +12,7 @@ from aiohttp import web
 
 from . import strict_json
 from .errors import RETRY_AFTER_SECONDS, Conflict, DatabaseUnavailable, NotFound, RequestTooSlow
-from .keys import STORE
+from .keys import CALLS, STORE
 from .models import ConfigInput, Run, TelephonyConfig, User, Workflow
 from .providers import ALIASES, PROVIDERS, provider_named
 from .providers.base import Provider
@@ -229,6 +229,21 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+async def ready(request: web.Request) -> web.Response:
+    """Whether a load balancer should send this process new calls: not while it drains for
+    a shutdown, nor while its database does not answer (it recovers by itself)."""
+    retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    if not request.app[CALLS].accepting:
+        return web.json_response({"status": "draining", "error": "the server is shutting down"},
+                                 status=503, headers=retry)
+    try:
+        await request.app[STORE].check_ready()
+    except DatabaseUnavailable as exc:
+        return web.json_response({"status": "unavailable", "error": str(exc)}, status=503,
+                                 headers=retry)
+    return web.json_response({"status": "ready"})
+
+
 async def create_workflow(request: web.Request) -> web.Response:
     user = await api_user(request)
     body = await json_body(request)
@@ -405,6 +420,7 @@ async def list_rejections(request: web.Request) -> web.Response:
 def setup_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/api/v1/health", health, name="health")
+    r.add_get("/api/v1/ready", ready, name="ready")
     r.add_post("/api/v1/workflows", create_workflow, name="api_workflows_create")
     r.add_get("/api/v1/workflows", list_workflows, name="api_workflows")
     r.add_get("/api/v1/workflows/{uuid}", get_workflow, name="api_workflow")

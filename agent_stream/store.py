@@ -325,6 +325,13 @@ class Store:
         with _unavailable_on_error():
             return list(await (db or self._reader).execute_fetchall(sql, params))
 
+    async def check_ready(self) -> None:
+        """The database answers a read and takes a write, as a call starting now needs both
+        (`DatabaseUnavailable` when it does not within the busy timeout)."""
+        await self._one("SELECT 1")
+        async with self._transaction():
+            pass
+
     # -- organizations, users, API keys -------------------------------------------------
 
     async def count_users(self) -> int:

@@ -245,3 +245,20 @@ async def test_json_the_database_could_never_store_is_refused_where_it_arrives(
     assert await call.wait_closed() == (4400, "malformed 'start' event: not JSON")
     run = await finished_run(store, tenant)
     assert (run.state, run.end_reason) == ("failed", "handshake_failed")
+
+
+async def test_ready_is_503_while_the_database_is_locked_and_200_once_it_answers_again(
+    client: TestClient, settings: Settings
+) -> None:
+    """A load balancer asks /api/v1/ready: no new calls while the database cannot take the
+    run a call needs, and back in rotation without a restart; /health stays up meanwhile."""
+    response = await client.get("/api/v1/ready")
+    assert (response.status, await response.json()) == (200, {"status": "ready"})
+    async with database_locked(settings):
+        response = await client.get("/api/v1/ready")
+        assert response.status == 503 and response.headers["Retry-After"]
+        body = await response.json()
+        assert body["status"] == "unavailable" and body["error"].startswith("database unavailable")
+        assert (await client.get("/api/v1/health")).status == 200
+    response = await client.get("/api/v1/ready")
+    assert (response.status, await response.json()) == (200, {"status": "ready"})
