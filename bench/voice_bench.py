@@ -87,6 +87,7 @@ async def main() -> None:
                                       | {f"run {r['state']}: {r['error']}" for r in runs if r["error"]}):
                     print(f"      not ok: {failure}")
                 await asyncio.sleep(2)
+                print(f"      idle after wave: {rss_mb(pid):.0f} MB")
         print(f"(the callers' own process used {sum(os.times()[:2]) - client_cpu0:.1f} s of CPU)")
 
 
