@@ -221,8 +221,7 @@ class OutputTransport(BaseOutputTransport):
                 last = serializer.flush_messages()
                 if await self._send_all(last):
                     self._sent()
-                    message = serializer.mark_frame(mark or "")
-                    if await self._write(message):
+                    if await self._send_all([serializer.mark_message(mark or "")]):
                         self._transcript.mark_sent(mark or "")
                 if last:  # that packet plays before whatever is said next
                     await self._pace(self._packet_seconds(len(last)))
@@ -289,7 +288,9 @@ class OutputTransport(BaseOutputTransport):
         return await self._send_all([payload] if payload else [])
 
     async def _send_all(self, messages: list[str | bytes]) -> bool:
-        """Send each message, in order; False when the socket refuses one."""
+        """Send each message, in order; False when the socket is closed or refuses one."""
+        if self._ws.closed:
+            return False
         try:
             for payload in messages:
                 if isinstance(payload, bytes):

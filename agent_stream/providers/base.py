@@ -192,7 +192,7 @@ class Wire(FrameSerializer):
         """One outbound message carrying `payload` (already in the call's codec)."""
 
     @abstractmethod
-    def mark_message(self, name: str) -> dict[str, Any]:
+    def mark_message(self, name: str) -> str | bytes:
         """The playback marker queued behind audio: the provider acknowledges it once the
         audio before it has played."""
 
@@ -222,10 +222,6 @@ class Wire(FrameSerializer):
 
     async def deserialize(self, data: str | bytes) -> Frame | None:
         return self.decode(data)
-
-    def mark_frame(self, name: str) -> OutputTransportMessageFrame:
-        """A marker queued behind the audio before it (see `mark_message`)."""
-        return OutputTransportMessageFrame(message=self.mark_message(name))
 
     def audio_messages(self, pcm: bytes, sample_rate: int) -> list[str | bytes]:
         """16-bit PCM from the pipeline to the outbound media messages it makes, in the

@@ -42,8 +42,8 @@ class TwilioStyleWire(Wire):
         media = {"payload": base64.b64encode(payload).decode()}
         return json.dumps({"event": "media", **self._stream, "media": media})
 
-    def mark_message(self, name: str) -> dict[str, Any]:
-        return {"event": "mark", **self._stream, "mark": {"name": name}}
+    def mark_message(self, name: str) -> str:
+        return json.dumps({"event": "mark", **self._stream, "mark": {"name": name}})
 
     def clear_message(self) -> str:
         return json.dumps({"event": "clear", **self._stream})

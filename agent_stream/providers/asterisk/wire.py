@@ -23,7 +23,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, Final
 
-from pipecat.frames.frames import Frame, OutputTransportMessageFrame, OutputTransportMessageUrgentFrame
+from pipecat.frames.frames import Frame
 
 from ... import strict_json
 from ...audio import Codec
@@ -184,20 +184,11 @@ class AsteriskWire(Wire):
     def media_message(self, payload: bytes) -> bytes:
         return payload
 
-    def mark_message(self, name: str) -> dict[str, Any]:
-        return {"command": "MARK_MEDIA", "correlation_id": name}
+    def mark_message(self, name: str) -> str:
+        return command(self.form, "MARK_MEDIA", correlation_id=name)
 
     def clear_message(self) -> str:
         return command(self.form, "FLUSH_MEDIA")
-
-    async def serialize(self, frame: Frame) -> str | bytes | None:
-        """Commands (the mark) go out in the stream's form, not as the JSON they are made as."""
-        if isinstance(frame, (OutputTransportMessageFrame, OutputTransportMessageUrgentFrame)):
-            message = frame.message
-            if isinstance(message, dict) and isinstance(message.get("command"), str):
-                parameters = {k: str(v) for k, v in message.items() if k != "command"}
-                return command(self.form, message["command"], **parameters)
-        return await super().serialize(frame)
 
     def decode(self, data: str | bytes) -> Frame | None:
         if isinstance(data, bytes):

@@ -114,8 +114,8 @@ class PlivoWire(Wire):
         media = {**self._format, "payload": base64.b64encode(payload).decode()}
         return json.dumps({"event": "playAudio", "media": media})
 
-    def mark_message(self, name: str) -> dict[str, Any]:
-        return {"event": "checkpoint", "streamId": self.start.stream_id, "name": name}
+    def mark_message(self, name: str) -> str:
+        return json.dumps({"event": "checkpoint", "streamId": self.start.stream_id, "name": name})
 
     def clear_message(self) -> str:
         return json.dumps({"event": "clearAudio", "streamId": self.start.stream_id})

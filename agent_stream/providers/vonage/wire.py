@@ -86,8 +86,8 @@ class VonageWire(Wire):
     def media_message(self, payload: bytes) -> bytes:
         return payload
 
-    def mark_message(self, name: str) -> dict[str, Any]:
-        return {"action": "notify", "payload": {"mark": name}}
+    def mark_message(self, name: str) -> str:
+        return json.dumps({"action": "notify", "payload": {"mark": name}})
 
     def clear_message(self) -> str:
         return json.dumps({"action": "clear"})

@@ -38,8 +38,8 @@ class WebWire(Wire):
     def media_message(self, payload: bytes) -> bytes:
         return payload
 
-    def mark_message(self, name: str) -> dict[str, Any]:
-        return {"event": "mark", "name": name}
+    def mark_message(self, name: str) -> str:
+        return event("mark", name=name)
 
     def clear_message(self) -> str:
         return event("clear")
