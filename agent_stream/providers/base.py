@@ -303,6 +303,28 @@ class Wire(FrameSerializer):
             self._log.warning("dropped provider message: %s (further ones are only counted)", kind)
 
 
+class BinaryAudioWire(Wire):
+    """A provider that streams audio as bare binary messages in the call's codec, in
+    packets of exactly `packet_bytes`, and keeps text for control (Vonage, Asterisk, the
+    browser)."""
+
+    def __init__(self, start: CallStart, *, log: LogAdapter, packet_bytes: int) -> None:
+        super().__init__(start, log=log)
+        self.packetizer = Packetizer(packet_bytes, self.codec.silence(1))
+
+    def media_message(self, payload: bytes) -> bytes:
+        return payload
+
+    def decode(self, data: str | bytes) -> Frame | None:
+        if isinstance(data, bytes):
+            return self.audio_frame(data)
+        return self.decode_text(data)
+
+    @abstractmethod
+    def decode_text(self, data: str) -> Frame | None:
+        """One inbound control message to a frame, or None (counted) when it is not one."""
+
+
 # -- the REST API of one call --------------------------------------------------------------
 
 

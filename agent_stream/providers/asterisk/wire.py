@@ -30,10 +30,9 @@ from ...audio import Codec
 from ...errors import HandshakeError
 from ..base import (
     INTERNAL_RATE,
+    BinaryAudioWire,
     CallStart,
     LogAdapter,
-    Packetizer,
-    Wire,
     call_start,
     identifier,
 )
@@ -171,18 +170,14 @@ def packet_size(codec: Codec, optimal_frame_size: int) -> int:
     return min(frames, MAX_MESSAGE // optimal_frame_size) * optimal_frame_size
 
 
-class AsteriskWire(Wire):
+class AsteriskWire(BinaryAudioWire):
     """One chan_websocket stream: binary audio in packets Asterisk plays whole, commands in
     the stream's own form, MEDIA_XOFF and MEDIA_XON holding and releasing our audio."""
 
     def __init__(self, start: CallStart, *, log: LogAdapter) -> None:
-        super().__init__(start, log=log)
-        self.form = form_of(start)
         size = int(start.gathered["asterisk_optimal_frame_size"])
-        self.packetizer = Packetizer(packet_size(self.codec, size), self.codec.silence(1))
-
-    def media_message(self, payload: bytes) -> bytes:
-        return payload
+        super().__init__(start, log=log, packet_bytes=packet_size(start.codec, size))
+        self.form = form_of(start)
 
     def mark_message(self, name: str) -> str:
         return command(self.form, "MARK_MEDIA", correlation_id=name)
@@ -190,9 +185,7 @@ class AsteriskWire(Wire):
     def clear_message(self) -> str:
         return command(self.form, "FLUSH_MEDIA")
 
-    def decode(self, data: str | bytes) -> Frame | None:
-        if isinstance(data, bytes):
-            return self.audio_frame(data)
+    def decode_text(self, data: str) -> Frame | None:
         parsed = parse_control(data)
         if parsed is None:
             self.problem("malformed control message")

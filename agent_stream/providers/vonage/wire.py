@@ -16,10 +16,9 @@ from ...audio import Codec
 from ...errors import HandshakeError
 from ..base import (
     INTERNAL_RATE,
+    BinaryAudioWire,
     CallStart,
     LogAdapter,
-    Packetizer,
-    Wire,
     call_start,
     identifier,
 )
@@ -75,16 +74,12 @@ def parse_connected(message: dict[str, Any], *, application_id: str | None) -> C
     )
 
 
-class VonageWire(Wire):
+class VonageWire(BinaryAudioWire):
     """One Vonage socket: exactly 20 ms a binary frame out (the last one padded), a notify
     whose payload names our mark, a clear."""
 
     def __init__(self, start: CallStart, *, log: LogAdapter) -> None:
-        super().__init__(start, log=log)
-        self.packetizer = Packetizer(frame_bytes(self.codec.rate), self.codec.silence(1))
-
-    def media_message(self, payload: bytes) -> bytes:
-        return payload
+        super().__init__(start, log=log, packet_bytes=frame_bytes(start.codec.rate))
 
     def mark_message(self, name: str) -> str:
         return json.dumps({"action": "notify", "payload": {"mark": name}})
@@ -92,9 +87,7 @@ class VonageWire(Wire):
     def clear_message(self) -> str:
         return json.dumps({"action": "clear"})
 
-    def decode(self, data: str | bytes) -> Frame | None:
-        if isinstance(data, bytes):
-            return self.audio_frame(data)
+    def decode_text(self, data: str) -> Frame | None:
         decoded = self.json_event(data)
         if decoded is None:
             return None

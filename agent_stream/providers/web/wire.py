@@ -10,7 +10,7 @@ from typing import Any, Final
 from pipecat.frames.frames import Frame
 
 from ...audio import Codec
-from ..base import INTERNAL_RATE, CallStart, LogAdapter, Packetizer, Wire
+from ..base import INTERNAL_RATE, BinaryAudioWire, CallStart, LogAdapter
 
 RATE: Final = 16000
 FRAME_BYTES: Final = 640  # 20 ms of 16-bit PCM at 16 kHz
@@ -26,17 +26,13 @@ def event(kind: str, /, **body: Any) -> str:
     return json.dumps({"event": kind, **body})
 
 
-class WebWire(Wire):
+class WebWire(BinaryAudioWire):
     """One browser call: audio travels as bare binary frames, control as JSON text."""
 
     shows_live_lines = True
 
     def __init__(self, start: CallStart, *, log: LogAdapter) -> None:
-        super().__init__(start, log=log)
-        self.packetizer = Packetizer(FRAME_BYTES, self.codec.silence(1))
-
-    def media_message(self, payload: bytes) -> bytes:
-        return payload
+        super().__init__(start, log=log, packet_bytes=FRAME_BYTES)
 
     def mark_message(self, name: str) -> str:
         return event("mark", name=name)
@@ -48,11 +44,12 @@ class WebWire(Wire):
         return event("transcript", role=role, text=text)
 
     def decode(self, data: str | bytes) -> Frame | None:
-        if isinstance(data, bytes):
-            if len(data) % 2:
-                self.problem("odd-sized audio frame")
-                return None
-            return self.audio_frame(data)
+        if isinstance(data, bytes) and len(data) % 2:  # the page sends whole samples
+            self.problem("odd-sized audio frame")
+            return None
+        return super().decode(data)
+
+    def decode_text(self, data: str) -> Frame | None:
         decoded = self.json_event(data)
         if decoded is None:
             return None
