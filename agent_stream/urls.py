@@ -29,7 +29,12 @@ def public_url(request: web.Request) -> str:
     return ("https" if is_secure(request) else "http") + "://" + public_host(request)
 
 
+def websocket_url(url: str) -> str:
+    """`url` as a WebSocket URL: wss:// for https:// (or wss://), ws:// otherwise."""
+    scheme, _, rest = url.partition("://")
+    return ("wss" if scheme in ("https", "wss") else "ws") + "://" + rest
+
+
 def stream_base(request: web.Request) -> str:
     """`wss://host` behind TLS, `ws://host` otherwise: where providers should connect."""
-    scheme, _, rest = public_url(request).partition("://")
-    return ("wss" if scheme == "https" else "ws") + "://" + rest
+    return websocket_url(public_url(request))

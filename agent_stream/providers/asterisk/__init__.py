@@ -18,6 +18,7 @@ from aiohttp import web
 
 from ...audio import Codec
 from ...models import TelephonyConfig
+from ...urls import websocket_url
 from .. import base
 from .client import CALLER_PARAMETER, TRANSFER_VARIABLE, AsteriskControl
 from .wire import (
@@ -38,16 +39,10 @@ CONNECTION_NAME: Final = "agent_stream"
 _SCHEMES: Final = ("http", "https")
 
 
-def ws_url(stream_url: str) -> str:
-    """The stream URL as Asterisk dials it: ws:// for http, wss:// for https."""
-    scheme, _, rest = stream_url.partition("://")
-    return ("wss" if scheme in ("https", "wss") else "ws") + "://" + rest
-
-
 def websocket_client_conf(stream_url: str, config: TelephonyConfig | None) -> str:
     """The websocket_client.conf entry that dials `stream_url` (placeholders, never the
     real media password)."""
-    uri = ws_url(stream_url)
+    uri = websocket_url(stream_url)
     lines = [
         f"[{CONNECTION_NAME}]",
         "type = websocket_client",
@@ -157,7 +152,8 @@ class AsteriskProvider(base.Provider):
 
     def snippets(self, stream_url: str, config: TelephonyConfig | None) -> list[base.Snippet]:
         return [
-            base.Snippet("Stream URL (Asterisk's WebSocket channel dials it)", "text", ws_url(stream_url)),
+            base.Snippet("Stream URL (Asterisk's WebSocket channel dials it)", "text",
+                         websocket_url(stream_url)),
             base.Snippet("websocket_client.conf (Asterisk 20.16, 21.11, 22.6, 23 or later)", "text",
                          websocket_client_conf(stream_url, config), label="configuration"),
             base.Snippet("extensions.conf: stream the call to the agent, then dial its transfer "
