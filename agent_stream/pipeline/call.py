@@ -70,8 +70,7 @@ class CallPipeline:
         self.worker: PipelineWorker | None = None
         self._runner: WorkerRunner | None = None
         self._task: asyncio.Task[None] | None = None
-        self._ws = ws
-        self._line_sends: set[asyncio.Task[None]] = set()
+        self._line_sends: set[asyncio.Task[bool]] = set()
         if serializer.shows_live_lines:
             self.transcript.listener = self._send_line  # only a peer that shows live lines
 
@@ -106,18 +105,12 @@ class CallPipeline:
         """A live transcript line to the peer, on its own task (the transcript is told from
         inside the engine and the output transport, which must not wait on the socket)."""
         message = self.serializer.transcript_message(role, text)
-        if message is None or self._ws.closed:
+        if message is None:
             return
-        task = asyncio.create_task(self._send(message), name="transcript line")
+        task = asyncio.create_task(self.transport.output().send_messages([message]),
+                                   name="transcript line")
         self._line_sends.add(task)
         task.add_done_callback(self._line_sends.discard)
-
-    async def _send(self, message: str | bytes) -> None:
-        with contextlib.suppress(ConnectionError, RuntimeError):  # the call just ended
-            if isinstance(message, bytes):
-                await self._ws.send_bytes(message)
-            else:
-                await self._ws.send_str(message)
 
     async def deliver(self, frame: Frame) -> None:
         await self.transport.input().deliver(frame)

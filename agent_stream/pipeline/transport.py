@@ -219,9 +219,9 @@ class OutputTransport(BaseOutputTransport):
             if pcm is None:
                 # a packetizing provider's last partial packet plays before the mark
                 last = serializer.flush_messages()
-                if await self._send_all(last):
+                if await self.send_messages(last):
                     self._sent()
-                    if await self._send_all([serializer.mark_message(mark or "")]):
+                    if await self.send_messages([serializer.mark_message(mark or "")]):
                         self._transcript.mark_sent(mark or "")
                 if last:  # that packet plays before whatever is said next
                     await self._pace(self._packet_seconds(len(last)))
@@ -250,7 +250,7 @@ class OutputTransport(BaseOutputTransport):
         if serializer is None or self._ws.closed:
             return False
         messages = serializer.audio_messages(frame.audio, frame.sample_rate)
-        if not await self._send_all(messages):
+        if not await self.send_messages(messages):
             return False
         self._unsent.append(frame.audio)
         if messages:
@@ -285,9 +285,9 @@ class OutputTransport(BaseOutputTransport):
         if serializer is None or self._ws.closed:
             return False
         payload = await serializer.serialize(frame)
-        return await self._send_all([payload] if payload else [])
+        return await self.send_messages([payload] if payload else [])
 
-    async def _send_all(self, messages: list[str | bytes]) -> bool:
+    async def send_messages(self, messages: list[str | bytes]) -> bool:
         """Send each message, in order; False when the socket is closed or refuses one."""
         if self._ws.closed:
             return False
