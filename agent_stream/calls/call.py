@@ -145,7 +145,8 @@ class Call:
         """Steps 1-3: provider, workflow, quota and the new run (or a 1008, no run)."""
         if not self.provider_name:
             raise RoutingError("missing provider")
-        if self.provider is None:
+        provider = self.provider
+        if provider is None:
             raise RoutingError(f"unknown provider {self.provider_name[:32]!r}")
         workflow = await self._find_workflow()
         owner = await self.store.get_user(workflow.owner_user_id)
@@ -156,9 +157,9 @@ class Call:
             workflow,
             owner,
             retry_seconds=self.settings.run_write_retry_seconds,
-            mode=self.provider.name,
-            call_type=self.provider.call_type,
-            initial_context=self._initial_context(),
+            mode=provider.name,
+            call_type=provider.call_type,
+            initial_context=self._initial_context(provider),
             gathered_context=self._gathered_context(),
             logs={"inbound_webhook": {"url_form": "path" if self.newer_form else "query"}},
         )
@@ -176,10 +177,10 @@ class Call:
             raise RoutingError("workflow not found")
         return workflow
 
-    def _initial_context(self) -> dict[str, Any]:
-        """The numbers the query form of the URL carries (the start event's otherwise)."""
-        name = self.provider.name if self.provider else self.provider_name  # "ari" is asterisk
-        context: dict[str, Any] = {"provider": name, "direction": "inbound"}
+    def _initial_context(self, provider: Provider) -> dict[str, Any]:
+        """The numbers the query form of the URL carries (the start event's otherwise); the
+        provider by its own name ("asterisk" for "ari")."""
+        context: dict[str, Any] = {"provider": provider.name, "direction": "inbound"}
         if not self.newer_form:
             context["caller_number"] = self.request.query.get("from")
             context["called_number"] = self.request.query.get("to")

@@ -21,6 +21,10 @@ CALLER_PARAMETER: Final = "caller"
 # What ARI answers for a channel that exists but is in no Stasis application (a caller in
 # the dialplan's Dial(): ARI sets channel variables only in Stasis).
 NOT_IN_STASIS: Final = 409
+MISSING_CALLER: Final = (
+    "the stream has no 'caller' parameter: add caller=${UNIQUEID} to the v() options of "
+    "Dial(WebSocket/...) so the agent can name the channel to transfer"
+)
 
 
 def global_transfer_variable(caller: str) -> str:
@@ -28,10 +32,6 @@ def global_transfer_variable(caller: str) -> str:
     caller's channel variable: named after the caller's channel id, letters and digits only
     (the dialplan reads it as ${GLOBAL(AGENT_STREAM_TRANSFER_${FILTER(0-9A-Za-z,${UNIQUEID})})})."""
     return f"{TRANSFER_VARIABLE}_{re.sub(r'[^0-9A-Za-z]', '', caller)}"
-MISSING_CALLER: Final = (
-    "the stream has no 'caller' parameter: add caller=${UNIQUEID} to the v() options of "
-    "Dial(WebSocket/...) so the agent can name the channel to transfer"
-)
 
 
 class TransferImpossible(CallActionFailed):
