@@ -67,6 +67,11 @@ SESSION_COOKIE: Final = "agent_stream_session"
 hash_session_token = hash_api_key
 
 
+def new_session_token() -> str:
+    """The random value of a sign-in cookie (256 bits, URL-safe)."""
+    return secrets.token_urlsafe(32)
+
+
 def short_uuid(value: str) -> str:
     """The first block of a uuid: enough to tell agents apart, useless to connect with."""
     return value[:8] + "…" if len(value) > 8 else value

@@ -40,8 +40,10 @@ from .security import (
     hash_api_key,
     hash_one_time_token,
     hash_password,
+    hash_session_token,
     new_api_key,
     new_one_time_token,
+    new_session_token,
     verify_password,
 )
 
@@ -916,10 +918,12 @@ class Store:
 
     # -- admin: sessions, users, keys, dashboards ------------------------------------------
 
-    async def create_session(
-        self, *, user_id: int, token_hash: str, csrf_token: str, expires_at: str
-    ) -> None:
-        """Store a browser session by the hash of its cookie; expired ones are swept here."""
+    async def create_session(self, user_id: int, *, seconds: float) -> str:
+        """A browser session of `user_id` for `seconds`: the cookie's value, of which only
+        the hash is stored (with the session's CSRF token). Expired ones are swept here."""
+        token = new_session_token()
+        token_hash, csrf_token = hash_session_token(token), secrets.token_urlsafe(32)
+        expires_at = _iso(datetime.now(UTC) + timedelta(seconds=seconds))
         now = utcnow()
         async with self._transaction() as db:
             await db.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,))
@@ -928,6 +932,7 @@ class Store:
                    VALUES (?, ?, ?, ?, ?)""",
                 (token_hash, user_id, csrf_token, now, expires_at),
             )
+        return token
 
     async def session_user(self, token_hash: str) -> tuple[User, str] | None:
         """The signed-in user and the session's CSRF token, if the session is still valid."""

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import shutil
 import time
 import uuid as uuidlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, unquote_plus
@@ -39,6 +37,8 @@ from .speech.tts import EspeakSynthesizer
 from .store import Store, utcnow
 
 CALLER_VOICE = "en-us+m3"
+# How long a browser test call's sign-in may last (it is deleted when the call ends).
+SIGN_IN_SECONDS = 300
 QUIET_SECONDS = 0.8  # the agent has finished its turn after this long without audio
 
 
@@ -213,12 +213,7 @@ async def _signed_in(store: Store, workflow: Workflow, origin: str) -> tuple[dic
     """What the admin's page holds for a browser test call by the agent's owner: a session
     of a few minutes (deleted after the call) and a call token. Returns the browser's end's
     secrets and the call's id."""
-    session = secrets.token_urlsafe(32)
-    expires = datetime.now(UTC) + timedelta(minutes=5)
-    await store.create_session(
-        user_id=workflow.owner_user_id, token_hash=hash_session_token(session),
-        csrf_token=secrets.token_urlsafe(32), expires_at=expires.isoformat(timespec="milliseconds"),
-    )
+    session = await store.create_session(workflow.owner_user_id, seconds=SIGN_IN_SECONDS)
     token, call_id = await call_tokens.mint(store, agent_uuid=workflow.uuid, user_id=workflow.owner_user_id)
     return {"session": session, "token": token, "origin": origin}, call_id
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import secrets
 from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
@@ -39,14 +38,7 @@ STARTER_AGENT_NAME = "Front desk"
 
 async def start_session(request: web.Request, response: web.StreamResponse, user_id: int) -> None:
     """A fresh random session token in an HttpOnly cookie; only its hash is stored."""
-    token = secrets.token_urlsafe(32)
-    expires = datetime.now(UTC) + timedelta(seconds=SESSION_SECONDS)
-    await store_of(request).create_session(
-        user_id=user_id,
-        token_hash=token_hash(token),
-        csrf_token=secrets.token_urlsafe(32),
-        expires_at=expires.isoformat(timespec="milliseconds"),
-    )
+    token = await store_of(request).create_session(user_id, seconds=SESSION_SECONDS)
     set_cookie(request, response, SESSION_COOKIE, token, max_age=SESSION_SECONDS)
 
 
