@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,13 +34,20 @@ RUN_WRITE_RETRY_SECONDS: Final = 10.0
 REQUEST_HEADER_TIMEOUT_SECONDS: Final = 15.0
 # How long a request body has to arrive once its head has; past it the answer is 408.
 REQUEST_BODY_TIMEOUT_SECONDS: Final = 30.0
+# How often a serving process writes its heartbeat (and looks for lost instances), and how
+# old another's heartbeat must be before its open runs are failed as lost (CONTRACT 8).
+HEARTBEAT_SECONDS: Final = 5.0
+INSTANCE_TIMEOUT_SECONDS: Final = 30.0
 
 
 @dataclass(frozen=True)
 class Settings:
     """Everything `create_app` needs; tests build one pointing at a temp database."""
 
+    # The SQLite database (default), and the folder its key file and recordings go next to.
     db_path: Path = Path(DEFAULT_DB)
+    # A `postgresql://` URL: the database instead of `db_path` (several processes and hosts).
+    db_url: str | None = None
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     # Provider name -> its REST API's base URL, where it is not the provider's own default.
@@ -63,6 +71,22 @@ class Settings:
     # At start, end what a crash of the previous server left open (runs, recordings). Only
     # the server does; the CLI test call shares the database with a live one and must not.
     recover_at_start: bool = True
+    # Which of `--workers N` this process is (0 when it serves alone): part of its instance id.
+    worker_index: int = 0
+    # An instance id other than host:port:worker (the CLI test call's own server).
+    instance_name: str | None = None
+    heartbeat_interval: float = HEARTBEAT_SECONDS
+    instance_timeout: float = INSTANCE_TIMEOUT_SECONDS
+
+    @property
+    def instance_id(self) -> str:
+        """This serving process, stable across its restarts: host name, port and worker."""
+        return self.instance_name or f"{socket.gethostname()}:{self.port}:{self.worker_index}"
+
+    @property
+    def database(self) -> str:
+        """The database to open: a `postgresql://` URL or the SQLite file's path."""
+        return self.db_url or str(self.db_path)
 
     @property
     def recordings_dir(self) -> Path:
@@ -83,8 +107,11 @@ class Settings:
         cls, *, host: str | None = None, port: int | None = None, db: str | None = None
     ) -> Settings:
         """Flags win over environment variables, which win over defaults."""
+        database = db or os.environ.get("AGENT_STREAM_DB") or DEFAULT_DB
+        postgres = database.startswith(("postgresql://", "postgres://"))
         return cls(
-            db_path=Path(db or os.environ.get("AGENT_STREAM_DB") or DEFAULT_DB),
+            db_path=Path(DEFAULT_DB if postgres else database),
+            db_url=database if postgres else None,
             host=host or os.environ.get("AGENT_STREAM_HOST") or DEFAULT_HOST,
             port=int(port or os.environ.get("AGENT_STREAM_PORT") or DEFAULT_PORT),
             api_base_urls={

@@ -23,6 +23,7 @@ class User:
     monthly_minutes_limit: int | None
     max_concurrent_calls: int | None
     created_at: str
+    revision: int = 1  # what an edit compares and sets (store/users.py: check_revision)
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class Workflow:
     published_definition_id: int | None
     created_at: str
     updated_at: str
+    revision: int = 1
 
     @property
     def live_definition(self) -> dict[str, Any]:
@@ -78,6 +80,7 @@ class TelephonyConfig:
     from_numbers: list[str]
     created_at: str
     updated_at: str
+    revision: int = 1
 
     def value(self, field: str) -> str:
         """A field's value, secret or not ('' when unset)."""
@@ -126,6 +129,8 @@ class Run:
     close_code: int | None
     error: str | None
     recording_path: str | None
+    # The serving process that owns the run (store/instances.py); None from before them.
+    instance_id: str | None = None
     transcript: list[TranscriptLine] = field(default_factory=list)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -19,6 +20,7 @@ from .calls.run_writes import RunWriteQueue
 from .calls.selection import StoredConfigs
 from .config import SHUTDOWN_GRACE_SECONDS, Settings
 from .errors import RequestTooSlow
+from .heartbeat import keep_heartbeat
 from .keys import CALLS, CONFIG_SOURCE, HTTP, RUN_WRITES, SETTINGS, SPEECH, STORE
 from .pipeline.call import RECORDING_SAMPLE_RATE
 from .pipeline.recorder import recover_recordings
@@ -117,13 +119,15 @@ def runner_options(settings: Settings) -> dict[str, Any]:
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Open and migrate the database; fail runs a crash left open and merge the recordings
-    their calls left (a server only); keep the run writes the database refused until it
-    answers; close at the end."""
+    """Open and migrate the database and register this instance; at a server's start, fail
+    the runs this instance left open and merge the recordings their calls left; keep the
+    heartbeat (and the watch for lost instances) going; keep the run writes the database
+    refused until it answers; close at the end."""
     settings = app[SETTINGS]
-    store = await open_store(settings)
+    store = await open_store(settings, instance_id=settings.instance_id)
+    log.info("instance %s on %s", settings.instance_id, store.description)
     if settings.recover_at_start:
-        recovered = await store.fail_interrupted_runs()
+        recovered = await store.register_instance()
         if recovered:
             log.warning("marked %d run(s) left open by a previous process as failed", recovered)
         leftovers = await recover_recordings(
@@ -132,11 +136,20 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         if leftovers.recovered or leftovers.removed:
             log.info("recordings left by a previous process: %d recovered, %d leftover(s) removed",
                      leftovers.recovered, leftovers.removed)
+    else:
+        await store.heartbeat()
     app[STORE] = store
     app[RUN_WRITES] = run_writes = RunWriteQueue(store)
     if CONFIG_SOURCE not in app:
         app[CONFIG_SOURCE] = StoredConfigs(store)
+    heartbeats = asyncio.create_task(
+        keep_heartbeat(store, settings, watch_others=settings.recover_at_start),
+        name="instance heartbeat",
+    )
     yield
+    heartbeats.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await heartbeats
     await run_writes.close()
     await store.close()
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
+import socket
 import time
 import uuid as uuidlib
 from collections.abc import Callable, Mapping
@@ -146,7 +148,8 @@ async def run_test_call(settings: Settings, agent_uuid: str, steps: list[Step],
 
     # Not the server of this database: a live one may be serving calls from it right now.
     app_settings = replace(
-        settings, api_base_urls={provider.name: _site_url(provider_site)}, recover_at_start=False
+        settings, api_base_urls={provider.name: _site_url(provider_site)}, recover_at_start=False,
+        instance_name=f"{socket.gethostname()}:call:{os.getpid()}",
     )
     app = create_app(app_settings)
     stand_in = stand_in_config(provider, _site_url(provider_site))
@@ -160,7 +163,7 @@ async def run_test_call(settings: Settings, agent_uuid: str, steps: list[Step],
         store = app[STORE]
         workflow = await store.find_stream_workflow(agent_uuid)
         if workflow is None:
-            print(f"error: no agent {agent_uuid[:8]}… in {settings.db_path}")
+            print(f"error: no agent {agent_uuid[:8]}… in {store.description}")
             return 1
         stored = await store.find_telephony_configs(workflow.organization_id, provider.name)
         config = stored[0] if stored else stand_in

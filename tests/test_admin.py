@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient
 from agent_stream.admin.common import SESSION_COOKIE, token_hash
 from agent_stream.providers import PROVIDERS
 from agent_stream.store import MIGRATIONS, Store
+from agent_stream.store.migrations import MIGRATIONS_DIR
 from tests.admin_fixtures import (
     PASSWORD,
     Operator,
@@ -975,9 +976,8 @@ async def test_no_secret_in_any_page_and_no_full_uuid_in_logs(
 
 async def test_a_database_at_version_1_gets_the_sign_in_tables(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
-    store = await Store.open(path)
-    await store.close()
-    with sqlite3.connect(path) as db:
+    with sqlite3.connect(path) as db:  # as a version-1 server left it
+        db.executescript((MIGRATIONS_DIR / "0001_schema.sqlite.sql").read_text())
         db.execute("DROP TABLE sessions")
         db.execute("DROP TABLE login_failures")
         db.execute("PRAGMA user_version = 1")
@@ -985,8 +985,9 @@ async def test_a_database_at_version_1_gets_the_sign_in_tables(tmp_path: Path) -
     await store.close()
     with sqlite3.connect(path) as db:
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
-    assert {"sessions", "login_failures"} <= tables
+        applied = [r[0] for r in db.execute("SELECT version FROM schema_migrations ORDER BY version")]
+    assert applied == [m.number for m in MIGRATIONS]
+    assert {"sessions", "login_failures", "instances"} <= tables
 
 
 async def test_telephony_takes_an_exotel_configuration_with_its_token_masked(

@@ -216,7 +216,8 @@ async def test_a_write_cancelled_while_waiting_for_the_lock_leaves_no_transactio
             write = asyncio.create_task(patient.create_workflow(
                 organization_id=tenant.org_id, owner_user_id=tenant.user_id, name="cancelled",
                 definition=starter_definition()))
-            await until(patient._write_lock.locked)  # the write now waits in BEGIN for the lock
+            # the write now waits in BEGIN for the lock
+            await until(patient._db._write_lock.locked)  # type: ignore[attr-defined]
             assert not write.done()
             write.cancel()
         # the lock is gone: the BEGIN that was waiting opens a transaction, which is rolled back

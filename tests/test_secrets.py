@@ -21,6 +21,7 @@ from agent_stream.security import (
     verify_password,
 )
 from agent_stream.store import Store
+from agent_stream.store.migrations import MIGRATIONS_DIR
 from tests.cloudonix_emulator import CloudonixEmulator
 from tests.conftest import TOKEN, Dial, Tenant, add_cloudonix_config, database_bytes
 
@@ -137,12 +138,10 @@ async def test_cloudonix_rows_of_an_older_database_move_over_with_their_tokens_s
     tmp_path: Path,
 ) -> None:
     db = tmp_path / "agent_stream.db"
-    store = await Store.open(db)
-    org = await store.get_or_create_organization("Old")
-    await store.close()
-    with sqlite3.connect(db) as old:  # the table as version 2 had it, and a row in it
+    with sqlite3.connect(db) as old:  # a version-2 database: the table as it had it, a row in it
+        old.executescript((MIGRATIONS_DIR / "0001_schema.sqlite.sql").read_text())
+        old.execute("INSERT INTO organizations (id, name, created_at) VALUES (1, 'Old', 't0')")
         old.execute("DROP TABLE telephony_configurations")
-        old.execute("DELETE FROM server_meta")
         old.execute(
             """CREATE TABLE telephony_configurations (id INTEGER PRIMARY KEY,
                 organization_id INTEGER NOT NULL, provider TEXT NOT NULL, name TEXT NOT NULL,
@@ -153,12 +152,12 @@ async def test_cloudonix_rows_of_an_older_database_move_over_with_their_tokens_s
         old.execute(
             """INSERT INTO telephony_configurations VALUES (7, ?, 'cloudonix', 'main',
                 'acme.cloudonix.net', 'cx-old-token-9876', 'app', '["+15550001111"]', 't0', 't1')""",
-            (org.id,))
+            (1,))
         old.execute("PRAGMA user_version = 2")
-    (tmp_path / "secret.key").unlink()  # a version-2 server had no key yet
+    assert not (tmp_path / "secret.key").exists()  # a version-2 server had no key yet
 
     store = await Store.open(db)
-    (config,) = await store.list_telephony_configs(org.id)
+    (config,) = await store.list_telephony_configs(1)
     assert (config.id, config.provider, config.name, config.account_id) == (
         7, "cloudonix", "main", "acme.cloudonix.net")
     assert config.value("bearer_token") == "cx-old-token-9876"

@@ -1,0 +1,95 @@
+"""What every part of the store shares: the database, the secret box, row helpers and the
+text forms of times and JSON that both databases store alike."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+from ..crypto import SecretBox
+from .database import Connection, Database, Row
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+# A run in these states is a live call's (of this process or another).
+ACTIVE_STATES: Final = ("pending", "running")
+# A model the store builds from rows (`from_row`).
+_Record = TypeVar("_Record", bound="DataclassInstance")
+
+
+def utcnow() -> str:
+    """Timestamps are ISO 8601 UTC text, comparable as strings."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def iso(moment: datetime) -> str:
+    """A moment as stored: ISO 8601 UTC text, like `utcnow`."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+def seconds_between(start: str, end: str) -> float:
+    """The seconds from one stored time to another, to the millisecond."""
+    elapsed = datetime.fromisoformat(end) - datetime.fromisoformat(start)
+    return round(elapsed.total_seconds(), 3)
+
+
+def month_start(now: datetime | None = None) -> str:
+    """Start of the current UTC month, for the monthly minutes quota."""
+    now = now or datetime.now(UTC)
+    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0).isoformat(
+        timespec="milliseconds"
+    )
+
+
+def dumps(value: Any) -> str:
+    """JSON for a column: standard JSON only (NaN and Infinity are refused here, as SQLite's
+    JSON functions and PostgreSQL's json type would refuse the row)."""
+    return json.dumps(value, allow_nan=False)
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7396: `patch` merged into `target`, nested objects key by key, a null deleting
+    its key (what SQLite's json_patch does, done here so both databases merge alike)."""
+    if not isinstance(patch, dict):
+        return patch
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged
+
+
+def from_row(cls: type[_Record], row: Row, **decoded: Any) -> _Record:
+    """A model from a row: each field from the column of its name, unless given `decoded`
+    (JSON, a renamed column, a flag)."""
+    names = (f.name for f in dataclasses.fields(cls))
+    return cls(**{name: decoded[name] if name in decoded else row[name] for name in names})
+
+
+class StoreBase:
+    """The database and the box that opens stored secrets, for every part of the store."""
+
+    def __init__(self, database: Database, secret_box: SecretBox, instance_id: str | None) -> None:
+        self._db = database
+        self._box = secret_box
+        # The serving process whose runs this store creates (None: a CLI command, no runs).
+        self.instance_id = instance_id
+
+    async def _one(
+        self, sql: str, params: Sequence[Any] = (), *, db: Connection | None = None
+    ) -> Row | None:
+        """The first row, read on `db` (the open transaction) or a reader."""
+        rows = await self._all(sql, params, db=db)
+        return rows[0] if rows else None
+
+    async def _all(
+        self, sql: str, params: Sequence[Any] = (), *, db: Connection | None = None
+    ) -> list[Row]:
+        if db is not None:
+            return await db.fetch(sql, params)
+        return await self._db.fetch(sql, params)

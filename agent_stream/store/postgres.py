@@ -1,0 +1,186 @@
+"""PostgreSQL through an asyncpg pool, for several processes and hosts on one database.
+
+Each write transaction runs on its own pooled connection (READ COMMITTED); what must not
+race across processes locks its rows (`Database.for_update`). Migrations are applied under
+an advisory lock, so of several instances starting at once exactly one applies them. A lost
+server (restarted, failed over, unreachable) shows as `DatabaseUnavailable`; the pool opens
+new connections when it answers again, so the process recovers without a restart.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import re
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, Final
+
+import asyncpg
+import asyncpg.exceptions as pg_errors
+from asyncpg.pool import PoolConnectionProxy
+
+from ..errors import DatabaseUnavailable
+from .database import Connection, Database, IntegrityViolation, Row
+
+log = logging.getLogger(__name__)
+
+# pg_advisory_lock key of Agent Stream's migrations (any constant unlikely to collide).
+MIGRATION_LOCK_KEY: Final = 0x41_67_53_74  # "AgSt"
+POOL_MAX_SIZE: Final = 10
+
+# SQLSTATE classes and codes that mean the server cannot take a statement now, not that
+# the statement is wrong: connection exceptions (08), insufficient resources (53), operator
+# intervention (57: shut down, restarting, statement timeout), a read-only standby (25006)
+# and transaction rollbacks a retry resolves (40001 serialization, 40P01 deadlock), a lock
+# not available (55P03).
+_UNAVAILABLE_CLASSES: Final = ("08", "53", "57")
+_UNAVAILABLE_STATES: Final = frozenset({"25006", "40001", "40P01", "55P03"})
+
+
+@contextmanager
+def _translated_errors() -> Iterator[None]:
+    try:
+        yield
+    except pg_errors.IntegrityConstraintViolationError as exc:
+        raise IntegrityViolation(str(exc)) from exc
+    except pg_errors.PostgresError as exc:
+        state = str(getattr(exc, "sqlstate", "") or "")
+        if state[:2] in _UNAVAILABLE_CLASSES or state in _UNAVAILABLE_STATES:
+            raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
+        raise
+    except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
+        # refused or dropped connections, a pool that cannot get one in time, a connection
+        # closed under a statement
+        raise DatabaseUnavailable(f"database unavailable: {type(exc).__name__}: {exc}") from exc
+
+
+@functools.lru_cache(maxsize=512)
+def numbered(sql: str) -> str:
+    """The store's `?` placeholders as PostgreSQL's `$1, $2, ...` (none appear in quotes)."""
+    count = 0
+
+    def next_number(_: re.Match[str]) -> str:
+        nonlocal count
+        count += 1
+        return f"${count}"
+
+    return re.sub(r"\?", next_number, sql)
+
+
+def _rowcount(status: str) -> int:
+    """Rows a command changed, from its status ("UPDATE 3", "INSERT 0 1", "DELETE 0")."""
+    last = status.rsplit(" ", 1)[-1]
+    return int(last) if last.isdigit() else 0
+
+
+class PostgresConnection(Connection):
+    def __init__(self, conn: asyncpg.Connection | PoolConnectionProxy) -> None:
+        self._conn = conn
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        with _translated_errors():
+            return list(await self._conn.fetch(numbered(sql), *params))
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        with _translated_errors():
+            return _rowcount(await self._conn.execute(numbered(sql), *params))
+
+    async def script(self, sql: str) -> None:
+        """A migration script, as one simple-protocol batch inside the open transaction."""
+        with _translated_errors():
+            await self._conn.execute(sql)
+
+
+class PostgresDatabase(Database):
+    dialect = "postgresql"
+    for_update = " FOR UPDATE"
+
+    def __init__(self, pool: asyncpg.Pool, description: str, busy_timeout: float) -> None:
+        self._pool = pool
+        self.description = description
+        self._busy_timeout = busy_timeout
+
+    @classmethod
+    async def open(cls, url: str, busy_timeout: float) -> PostgresDatabase:
+        """A pool on `url`; a server that does not answer within `busy_timeout` is a
+        `DatabaseUnavailable` naming the host, never the password."""
+        with _translated_errors():
+            pool = await asyncpg.create_pool(
+                url, min_size=1, max_size=POOL_MAX_SIZE, timeout=busy_timeout,
+                command_timeout=busy_timeout * 2,
+            )
+        return cls(pool, describe_url(url), busy_timeout)
+
+    async def close(self) -> None:
+        try:
+            await asyncio.wait_for(self._pool.close(), self._busy_timeout)
+        except TimeoutError:
+            self._pool.terminate()
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[PoolConnectionProxy]:
+        with _translated_errors():
+            conn = await self._pool.acquire(timeout=self._busy_timeout)
+        try:
+            yield conn
+        finally:
+            await self._pool.release(conn)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Connection]:
+        async with self._connection() as conn:
+            with _translated_errors():
+                transaction = conn.transaction()
+                await transaction.start()
+            try:
+                yield PostgresConnection(conn)
+            except BaseException:
+                with _translated_errors():
+                    if not conn.is_closed():
+                        await transaction.rollback()
+                raise
+            with _translated_errors():
+                await transaction.commit()
+
+    @asynccontextmanager
+    async def reader(self) -> AsyncIterator[Connection]:
+        async with self._connection() as conn:
+            yield PostgresConnection(conn)
+
+    @asynccontextmanager
+    async def migration_lock(self) -> AsyncIterator[Connection]:
+        """A session-level advisory lock on one connection; the others wait for it."""
+        async with self._connection() as conn:
+            with _translated_errors():
+                await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+            try:
+                yield PostgresConnection(conn)
+            finally:
+                if not conn.is_closed():
+                    await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+
+    @asynccontextmanager
+    async def migration_transaction(self, db: Connection) -> AsyncIterator[Connection]:
+        assert isinstance(db, PostgresConnection)
+        async with db._conn.transaction():
+            yield db
+
+    async def after_migrations(self, *, sealed_secrets: bool) -> None:
+        """Nothing: PostgreSQL databases were never without sealed secrets."""
+
+    def json_text(self, column: str, key: str) -> str:
+        # json, not jsonb: it takes every string our JSON text may hold (\u0000 included)
+        return f"({column}::json ->> '{key}')"
+
+    async def table_exists(self, name: str) -> bool:
+        rows = await self.fetch("SELECT to_regclass(?) IS NOT NULL", (name,))
+        return bool(rows and rows[0][0])
+
+
+def describe_url(url: str) -> str:
+    """`PostgreSQL host:port/db` for logs and pages: the user and password left out."""
+    match = re.match(r"^postgres(?:ql)?://(?:[^@/]*@)?([^/?]*)(/[^?]*)?", url)
+    if not match:
+        return "PostgreSQL"
+    return f"PostgreSQL {match.group(1)}{match.group(2) or ''}"
