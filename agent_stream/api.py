@@ -211,6 +211,7 @@ def run_json(run: Run, *, transcript: bool = True) -> dict[str, Any]:
         "end_reason": run.end_reason,
         "close_code": run.close_code,
         "error": run.error,
+        "instance_id": run.instance_id,
         "has_recording": bool(run.recording_path and Path(run.recording_path).exists()),
     }
     if transcript:

@@ -1,14 +1,20 @@
-"""Shared fixtures: the real app on a temp SQLite file, a Cloudonix emulator, seeded orgs."""
+"""Shared fixtures: the real app on a temp SQLite file or this session's own PostgreSQL
+database (every test that takes `settings` runs on both), a Cloudonix emulator, seeded orgs."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
-from collections.abc import Awaitable, Callable
+import os
+import sqlite3
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -18,9 +24,18 @@ from agent_stream.models import ConfigInput, Run, User, Workflow
 from agent_stream.server import create_app, runner_options, server_event_loop
 from agent_stream.simulator import SimulatedCall, connect, pcm16_to_ulaw, silence_ulaw, stream_url, tone_ulaw
 from agent_stream.speech.tts import EspeakSynthesizer
-from agent_stream.store import Store
+from agent_stream.store import Store, open_store
 from agent_stream.workflow import starter_definition
 from tests.cloudonix_emulator import CloudonixEmulator, start_emulator
+
+# Where the PostgreSQL runs of the suite make their own database (trust auth on CI).
+POSTGRES_ADMIN_URL = os.environ.get(
+    "AGENT_STREAM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+# Set by .ci/run: a PostgreSQL that does not answer fails the run instead of skipping.
+POSTGRES_REQUIRED = os.environ.get("AGENT_STREAM_TEST_REQUIRE_POSTGRES") == "1"
+# The PostgreSQL database outlives each test, so its secrets use one key for the session.
+POSTGRES_SECRET_KEY = "b3V0LW9mLWJhbmQtdGVzdC1rZXktMzItYnl0ZXMhISE="
+BACKENDS = ("sqlite", "postgresql")
 
 TOKEN = "cx-bearer-SECRET-token-0123456789abcdef"
 DOMAIN = "acme.cloudonix.net"
@@ -52,10 +67,83 @@ def emulator(cloudonix: tuple[CloudonixEmulator, str]) -> CloudonixEmulator:
     return cloudonix[0]
 
 
+def _url_of(database: str) -> str:
+    return POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + database
+
+
+@pytest.fixture(scope="session")
+def postgres_database(worker_id: str) -> Iterator[str]:
+    """This test session's own PostgreSQL database (one per xdist worker), dropped at the
+    end; the tests of the session start from its tables emptied (`database_url`)."""
+    name = f"agent_stream_test_{worker_id}_{uuid.uuid4().hex[:8]}"
+
+    async def run(statement: str) -> None:
+        conn = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=5)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    def admin(statement: str) -> None:
+        # on a thread of its own: the first test to ask may be inside its event loop
+        with concurrent.futures.ThreadPoolExecutor(1) as thread:
+            thread.submit(asyncio.run, run(statement)).result()
+
+    try:
+        admin(f'CREATE DATABASE "{name}"')
+    except (OSError, asyncpg.PostgresError) as exc:
+        message = f"PostgreSQL at {POSTGRES_ADMIN_URL} does not answer: {exc}"
+        if POSTGRES_REQUIRED:
+            pytest.fail(message)
+        pytest.skip(message)
+    yield _url_of(name)
+    admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Which database the test's app runs on."""
+    return str(request.param)
+
+
 @pytest.fixture
-def settings(tmp_path: Path, cloudonix: tuple[CloudonixEmulator, str]) -> Settings:
+async def database_url(backend: str, request: pytest.FixtureRequest) -> str | None:
+    """None for SQLite; for PostgreSQL the session's database with every table emptied
+    (ids starting at 1 again), as a new SQLite file would be."""
+    if backend == "sqlite":
+        return None
+    url = str(request.getfixturevalue("postgres_database"))
+    conn = await asyncpg.connect(url, timeout=5)
+    try:
+        tables = [r[0] for r in await conn.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+            " AND tablename != 'schema_migrations'")]
+        if tables:
+            await conn.execute(
+                "TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE")
+    finally:
+        await conn.close()
+    return url
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `sqlite_only` (they open the SQLite file itself: its lock, a full disk,
+    its bytes on disk) run on SQLite alone; `postgresql_only` ones on PostgreSQL alone."""
+    items[:] = [
+        item for item in items
+        if not (item.get_closest_marker("sqlite_only") and "[postgresql" in item.name)
+        and not (item.get_closest_marker("postgresql_only") and "[sqlite" in item.name)
+    ]
+
+
+@pytest.fixture
+def settings(
+    tmp_path: Path, cloudonix: tuple[CloudonixEmulator, str], database_url: str | None
+) -> Settings:
     return Settings(
         db_path=tmp_path / "agent_stream.db",
+        db_url=database_url,
+        secret_key=POSTGRES_SECRET_KEY if database_url else None,
         api_base_urls={"cloudonix": cloudonix[1]},
         handshake_timeout=2.0,
         provider_api_timeout=1.0,
@@ -176,6 +264,35 @@ def dial(client: TestClient, emulator: CloudonixEmulator) -> Dial:
                                **(url | options))
 
     return dial_agent
+
+
+async def stored_bytes(settings: Settings) -> bytes:
+    """Everything the database holds, as bytes: the SQLite files, or every PostgreSQL row
+    as text (what a stolen disk or dump would show)."""
+    if settings.db_url is None:
+        return database_bytes(settings.db_path)
+    conn = await asyncpg.connect(settings.db_url, timeout=5)
+    try:
+        tables = [r[0] for r in await conn.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+        rows = [await conn.fetch(f'SELECT t::text FROM "{table}" t') for table in tables]
+    finally:
+        await conn.close()
+    return "\n".join(r[0] for table_rows in rows for r in table_rows).encode()
+
+
+async def stored_rows(settings: Settings, sql: str) -> list[tuple[Any, ...]]:
+    """Rows read straight from the database of `settings`, past the store."""
+    if settings.db_url is None:
+        def read() -> list[tuple[Any, ...]]:
+            with contextlib.closing(sqlite3.connect(settings.db_path)) as db:
+                return [tuple(r) for r in db.execute(sql)]
+        return await asyncio.to_thread(read)
+    conn = await asyncpg.connect(settings.db_url, timeout=5)
+    try:
+        return [tuple(r) for r in await conn.fetch(sql)]
+    finally:
+        await conn.close()
 
 
 def database_bytes(db_path: Path) -> bytes:
@@ -344,7 +461,7 @@ class Crash:
 async def crash(settings: Settings) -> Crash:
     """A database of `settings` with an organization, an owner and an agent, opened as the
     killed server had it; close `crash.store` to play the crash."""
-    store = await Store.open(settings.db_path)
+    store = await open_store(settings, instance_id=settings.instance_id)
     org = await store.get_or_create_organization("Crashed")
     user = await store.create_user(organization_id=org.id, email="c@example.com", password="pw")
     workflow = await store.create_workflow(

@@ -24,7 +24,7 @@ from tests.admin_fixtures import (
     operator,
     other_tenant,
 )
-from tests.conftest import Tenant
+from tests.conftest import Tenant, stored_rows
 
 __all__ = ["operator", "other_tenant"]  # fixtures
 
@@ -88,9 +88,8 @@ async def test_first_run_creates_organization_admin_and_starter_agent(
     assert "Welcome! Here is your starter agent." in await editor.text()
 
     # passwords are hashed; sessions are stored by a hash of the cookie, never the cookie
-    with sqlite3.connect(settings.db_path) as db:
-        [password_hash] = db.execute("SELECT password_hash FROM users").fetchone()
-        stored = [r[0] for r in db.execute("SELECT token_hash FROM sessions")]
+    [password_hash] = [r[0] for r in await stored_rows(settings, "SELECT password_hash FROM users")]
+    stored = [r[0] for r in await stored_rows(settings, "SELECT token_hash FROM sessions")]
     assert password_hash.startswith("scrypt$") and "long enough" not in password_hash
     session_value = cookie(client, SESSION_COOKIE).value
     assert stored == [token_hash(session_value)] and session_value not in stored

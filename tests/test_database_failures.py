@@ -59,6 +59,7 @@ def settings(settings: Settings) -> Settings:
     return replace(settings, db_busy_timeout=0.2, run_write_retry_seconds=2.0)
 
 
+@pytest.mark.sqlite_only
 async def test_a_caller_who_hangs_up_while_the_database_is_locked_ends_its_run_and_frees_the_slot(
     dial: Dial, make_tenant: MakeTenant, store: Store, settings: Settings,
     caplog: pytest.LogCaptureFixture,
@@ -86,6 +87,7 @@ async def test_a_caller_who_hangs_up_while_the_database_is_locked_ends_its_run_a
     assert run.ended_at is not None and run.ended_at < (await finished_run(store, tenant)).created_at
 
 
+@pytest.mark.sqlite_only
 async def test_a_call_arriving_while_the_database_is_locked_is_refused_with_1011_and_a_reason(
     dial: Dial, tenant: Tenant, store: Store, settings: Settings
 ) -> None:
@@ -101,6 +103,7 @@ async def test_a_call_arriving_while_the_database_is_locked_is_refused_with_1011
     assert run.state == "completed"
 
 
+@pytest.mark.sqlite_only
 async def test_the_api_answers_503_not_500_while_the_database_is_locked(
     client: TestClient, tenant: Tenant, settings: Settings
 ) -> None:
@@ -151,6 +154,7 @@ def fill(disk: Path) -> Path:
     return filler
 
 
+@pytest.mark.sqlite_only
 async def test_a_full_disk_refuses_new_calls_with_1011_and_ends_live_runs_once_there_is_room(
     serve_app: ServeApp, full_disk_settings: Settings, small_disk: Path,
     emulator: CloudonixEmulator, caplog: pytest.LogCaptureFixture,
@@ -195,6 +199,7 @@ async def test_a_full_disk_refuses_new_calls_with_1011_and_ends_live_runs_once_t
 # -- what counts as the database being unavailable --------------------------------------------------
 
 
+@pytest.mark.sqlite_only
 async def test_only_a_database_that_cannot_take_a_statement_counts_as_unavailable(
     store: Store, tenant: Tenant, settings: Settings
 ) -> None:
@@ -206,6 +211,7 @@ async def test_only_a_database_that_cannot_take_a_statement_counts_as_unavailabl
                                         name="during the lock", definition=starter_definition())
 
 
+@pytest.mark.sqlite_only
 async def test_a_write_cancelled_while_waiting_for_the_lock_leaves_no_transaction_open(
     store: Store, tenant: Tenant, settings: Settings
 ) -> None:
@@ -248,6 +254,7 @@ async def test_json_the_database_could_never_store_is_refused_where_it_arrives(
     assert (run.state, run.end_reason) == ("failed", "handshake_failed")
 
 
+@pytest.mark.sqlite_only
 async def test_ready_is_503_while_the_database_is_locked_and_200_once_it_answers_again(
     client: TestClient, settings: Settings
 ) -> None:

@@ -15,6 +15,7 @@ import aiohttp
 from aiohttp.test_utils import unused_port
 
 from agent_stream.config import Settings
+from agent_stream.crypto import KEY_ENV
 from agent_stream.simulator import connect, stream_url, tone_ulaw
 from agent_stream.store import MIGRATIONS, Store
 from agent_stream.workflow import starter_definition
@@ -172,6 +173,7 @@ async def test_restart_after_a_crash_fails_open_runs(
                             json={"provider": "cloudonix", "domain_id": DOMAIN, "bearer_token": TOKEN})
             async with http.post(f"{base}/api/v1/workflows", headers=headers,
                                  json={"name": "A"}) as response:
+                assert response.status == 201, await response.text()
                 agent_uuid = (await response.json())["uuid"]
             call = await connect(http, stream_url(base, agent_uuid, domain=DOMAIN))
             call.account_sid = DOMAIN
@@ -299,7 +301,8 @@ async def test_the_cli_test_call_leaves_live_calls_of_the_same_database_alone(
     assert live_run.state == "running"
 
     cli = await asyncio.create_subprocess_exec(
-        sys.executable, "app.py", "call", tenant.workflow.uuid, "--db", str(settings.db_path),
+        sys.executable, "app.py", "call", tenant.workflow.uuid, "--db", settings.database,
+        env=os.environ | ({KEY_ENV: settings.secret_key} if settings.secret_key else {}),
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(cli.communicate(), 60)

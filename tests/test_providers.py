@@ -31,7 +31,7 @@ from agent_stream.providers.vonage.client import destination_endpoint
 from agent_stream.simulator import SimulatedCall, caller_side, connect, stream_url, tone_ulaw
 from agent_stream.store import Store
 from tests.admin_fixtures import sign_in
-from tests.conftest import database_bytes, finished_run, until
+from tests.conftest import finished_run, stored_bytes, until
 from tests.provider_emulators import start_rest_emulator
 from tests.provider_kits import KITS, Expected, Kit
 
@@ -922,7 +922,7 @@ async def test_one_time_tokens_are_stored_hashed_and_used_once(
     assert await store.use_one_time_token("web-call", token) is None  # another purpose
     assert await store.use_one_time_token(TRANSFER_PURPOSE, token) == {"destination": "+1555"}
     assert await store.use_one_time_token(TRANSFER_PURPOSE, token) is None
-    assert token.encode() not in database_bytes(settings.db_path)
+    assert token.encode() not in await stored_bytes(settings)
 
 
 @only_plivo
@@ -1089,7 +1089,7 @@ async def test_vonage_private_keys_are_checked_kept_sealed_and_never_hinted(
     assert answer["has_private_key"] is True and "private_key_hint" not in answer
     key_body = line.secret.splitlines()[1]
     assert key_body not in await one.text()
-    assert key_body.encode() not in database_bytes(settings.db_path)
+    assert key_body.encode() not in await stored_bytes(settings)
 
 
 @only_vonage

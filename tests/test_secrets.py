@@ -23,7 +23,7 @@ from agent_stream.security import (
 from agent_stream.store import Store
 from agent_stream.store.migrations import MIGRATIONS_DIR
 from tests.cloudonix_emulator import CloudonixEmulator
-from tests.conftest import TOKEN, Dial, Tenant, add_cloudonix_config, database_bytes
+from tests.conftest import TOKEN, Dial, Tenant, add_cloudonix_config, database_bytes, stored_bytes
 
 
 async def test_logs_of_calls_and_api_use_hold_no_secret(
@@ -87,7 +87,7 @@ def test_passwords_are_salted_scrypt_hashes() -> None:
 
 async def test_database_stores_api_keys_and_passwords_hashed(tenant: Tenant, store: Store,
                                                             settings: Any) -> None:
-    raw = database_bytes(settings.db_path)
+    raw = await stored_bytes(settings)
     assert tenant.api_key.encode() not in raw
     assert re.search(rb"scrypt\$16384\$8\$1\$", raw), "password hash not found"
 
@@ -98,12 +98,15 @@ async def test_database_stores_api_keys_and_passwords_hashed(tenant: Tenant, sto
 async def test_provider_secrets_are_encrypted_at_rest_with_a_key_file_made_0600(
     tenant: Tenant, store: Store, settings: Any
 ) -> None:
-    raw = database_bytes(settings.db_path)
+    raw = await stored_bytes(settings)
     assert tenant.token.encode() not in raw  # a copy of the database alone reveals nothing
     assert (await store.get_telephony_config(tenant.org_id, 1)).value("bearer_token") == tenant.token
     key_file = settings.secret_key_file
-    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-    Fernet(key_file.read_bytes().strip())  # a Fernet key, as AGENT_STREAM_SECRET_KEY takes
+    if settings.db_url:  # PostgreSQL: the key comes from AGENT_STREAM_SECRET_KEY, no file made
+        assert not key_file.exists()
+    else:
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        Fernet(key_file.read_bytes().strip())  # a Fernet key, as AGENT_STREAM_SECRET_KEY takes
 
 
 async def test_a_wrong_or_lost_key_is_a_clear_error_never_a_new_key(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from agent_stream.config import Settings
 from agent_stream.keys import STORE
 from agent_stream.server import create_app, runner_options
 from agent_stream.simulator import silence_ulaw, tone_ulaw
-from agent_stream.store import Store
+from agent_stream.store import Store, open_store
 from tests.cloudonix_emulator import CloudonixEmulator
 from tests.conftest import (
     DOMAIN,
@@ -549,7 +549,7 @@ async def test_shutdown_closes_live_calls_with_1001_and_finishes_their_runs(
         for call in calls:
             assert await call.wait_closed() == (1001, "server shutting down")
 
-    reopened = await Store.open(settings.db_path)
+    reopened = await open_store(settings)
     try:
         runs, total = await reopened.list_runs(tenant.org_id)
         assert total == 2
