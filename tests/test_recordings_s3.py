@@ -6,6 +6,7 @@ from __future__ import annotations
 import array
 import dataclasses
 import io
+import logging
 import socket
 import uuid
 import wave
@@ -129,8 +130,9 @@ def spooled(settings: Settings) -> list[str]:
 
 async def test_a_calls_wav_lands_in_the_bucket_and_every_instance_serves_it(
     dial: Dial, tenant: Tenant, store: Store, settings: Settings, bucket: Bucket,
-    client: TestClient, serve_app: ServeApp, operator: Operator,
+    client: TestClient, serve_app: ServeApp, operator: Operator, caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="agent_stream")
     assert await tone_call(dial, tenant) == (1000, "call ended")
     run = await finished_run(store, tenant)
     key = f"{PREFIX}/{run.id}.wav"
@@ -172,6 +174,9 @@ async def test_a_calls_wav_lands_in_the_bucket_and_every_instance_serves_it(
     response = await other.get(path, headers=tenant.headers)
     assert response.status == 200
     assert await response.read() == stored
+    started = f"recordings go to bucket s3://{bucket.name}/{PREFIX}/ at {bucket.endpoint}"
+    assert started in caplog.text
+    assert "testing-secret" not in caplog.text
 
 
 async def test_a_recording_missing_from_the_bucket_is_404_and_a_dead_store_503(
