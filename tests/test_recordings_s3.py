@@ -272,3 +272,26 @@ def test_the_recordings_setting() -> None:
     assert settings.recordings_dir == Path("/srv/db/recordings")  # the spool stays local
     assert Settings(db_path=Path("/srv/db/a.db")).recordings_dir == Path("/srv/db/recordings")
     assert Settings(recordings="/mnt/calls").recordings_dir == Path("/mnt/calls")
+
+
+async def test_a_start_whose_bucket_refuses_keeps_every_leftover_and_asks_once(
+    serve_app: ServeApp, settings: Settings, crash: Crash, aws_env: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="agent_stream")
+    runs = [await crash.open_run() for _ in range(3)]
+    for run in runs:
+        crash.tracks(run.id, caller=array.array("h", [5] * 800).tobytes(), agent=None)
+    await crash.store.close()
+    before = sorted(p.name for p in crash.recordings.iterdir())
+
+    absent = f"not-made-{uuid.uuid4().hex[:12]}"
+    client = await serve_app(dataclasses.replace(settings, recordings=f"s3://{absent}/x"))
+    for run in runs:
+        ended = await client.app[STORE].get_run_by_id(run.id)
+        assert (ended.state, ended.recording_path) == ("failed", None)
+    assert sorted(p.name for p in crash.recordings.iterdir()) == before  # all kept, no WAV
+    refusals = [r.getMessage() for r in caplog.records if "not stored" in r.getMessage()]
+    assert len(refusals) == 1 and "NoSuchBucket" in refusals[0]
+    assert "the other leftovers wait for the next start" in caplog.text
+    assert (await client.get("/api/v1/health")).status == 200

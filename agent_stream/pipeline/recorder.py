@@ -263,15 +263,18 @@ async def recover_recordings(
     belong to a live process and stay. Call it after the crash sweep has ended the runs."""
     target = recordings or LocalRecordings(directory)
     run_ids = await asyncio.to_thread(_leftover_run_ids, directory)
-    outcomes = [
-        await _recover_run(store, target, directory, run_id, sample_rate) for run_id in run_ids
-    ]
+    outcomes: list[str] = []
+    for run_id in run_ids:
+        outcomes.append(await _recover_run(store, target, directory, run_id, sample_rate))
+        if outcomes[-1] == "refused":  # a store that is down: one wait at start, not one a run
+            log.warning("recordings store refused: the other leftovers wait for the next start")
+            break
     return Recovery(outcomes.count("recovered"), outcomes.count("removed"))
 
 
 async def _recover_run(
     store: Store, recordings: RecordingStore, directory: Path, run_id: int, sample_rate: int
-) -> Literal["recovered", "removed", "kept"]:
+) -> Literal["recovered", "removed", "kept", "refused"]:
     """One run's leftover tracks: merged when its run ended without a recording, else
     deleted, unless the run is still open. A merge that fails only loses this recording; a
     store that refuses it keeps the tracks for the next start."""
@@ -303,7 +306,7 @@ async def _recover_run(
                 log.warning("recording of %s not stored (kept for the next start): %s",
                             run.name, _describe(exc))
                 await asyncio.to_thread(_remove, path)
-                return "kept"
+                return "refused"
             await store.set_run_recording(run.id, reference, logs={
                 "recording_recovered": True,
                 "recording_recovered_seconds": round(frames / sample_rate, 2),

@@ -73,10 +73,15 @@ class S3Recordings:
         """Upload the WAV, then remove the local copy: the bucket holds it now."""
         key = self.location.key(wav.name)
         data = await asyncio.to_thread(wav.read_bytes)
-        async with asyncio.timeout(OPERATION_TIMEOUT_SECONDS):
-            await self._client.put_object(
-                Bucket=self.location.bucket, Key=key, Body=data, ContentType="audio/wav"
-            )
+        try:
+            async with asyncio.timeout(OPERATION_TIMEOUT_SECONDS):
+                await self._client.put_object(
+                    Bucket=self.location.bucket, Key=key, Body=data, ContentType="audio/wav"
+                )
+        except TimeoutError:  # said in the run's logs: asyncio's own has no words
+            raise TimeoutError(
+                f"the bucket did not answer within {OPERATION_TIMEOUT_SECONDS:g} s"
+            ) from None
         await asyncio.to_thread(wav.unlink, missing_ok=True)
         return self.location.uri(key)
 
