@@ -295,3 +295,22 @@ async def test_a_start_whose_bucket_refuses_keeps_every_leftover_and_asks_once(
     assert len(refusals) == 1 and "NoSuchBucket" in refusals[0]
     assert "the other leftovers wait for the next start" in caplog.text
     assert (await client.get("/api/v1/health")).status == 200
+
+
+async def test_a_long_calls_wav_goes_up_in_parts_and_reads_back_whole(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    from agent_stream.recordings.s3 import PART_BYTES, S3Recordings
+
+    wav = tmp_path / "77.wav"
+    data = bytes(range(256)) * ((2 * PART_BYTES + 12345) // 256)  # three parts
+    wav.write_bytes(data)
+    async with S3Recordings.connect(bucket.name, PREFIX) as store:
+        ref = await store.save(wav)
+        assert ref == f"s3://{bucket.name}/{PREFIX}/77.wav"
+        assert not wav.exists()
+        assert await bucket.get(f"{PREFIX}/77.wav") == data
+        opened = await store.open(ref)
+        assert opened is not None and getattr(opened, "data", None) == data
+        await store.delete(ref)
+        assert await store.open(ref) is None and not await store.exists(ref)
