@@ -1,22 +1,21 @@
 """The JSON management API (contract section 3), scoped to the API key's organization."""
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any, Final
 
 from aiohttp import web
 
-from . import strict_json
+from . import recordings, strict_json
 from .errors import RETRY_AFTER_SECONDS, Conflict, DatabaseUnavailable, NotFound, RequestTooSlow
-from .keys import CALLS, STORE
+from .keys import CALLS, RECORDINGS, STORE
 from .models import ConfigInput, Run, TelephonyConfig, User, Workflow
 from .providers import ALIASES, PROVIDERS, provider_named
 from .providers.base import Provider
 from .providers.configs import check_config, needs_no_configuration, save_config, secret_hints
+from .recordings.serving import recording_response
 from .security import redact_path
 from .store import Store
 from .workflow import merge_secrets, redact_secrets, starter_definition, validate_definition
@@ -212,7 +211,7 @@ def run_json(run: Run, *, transcript: bool = True) -> dict[str, Any]:
         "close_code": run.close_code,
         "error": run.error,
         "instance_id": run.instance_id,
-        "has_recording": bool(run.recording_path and Path(run.recording_path).exists()),
+        "has_recording": recordings.listed(run.recording_path),
     }
     if transcript:
         body["transcript"] = [
@@ -397,12 +396,10 @@ async def get_run(request: web.Request) -> web.Response:
 
 
 async def get_run_recording(request: web.Request) -> web.StreamResponse:
-    """The WAV of a run; FileResponse answers range requests for players."""
+    """The WAV of a run, from the recordings store (range requests answered for players)."""
     user = await api_user(request)
     run = await request.app[STORE].get_run(user.organization_id, _id(request, "id"))
-    if not run.recording_path or not await asyncio.to_thread(Path(run.recording_path).exists):
-        raise NotFound("this run has no recording")
-    return web.FileResponse(run.recording_path, headers={"Content-Type": "audio/wav"})
+    return await recording_response(request, request.app[RECORDINGS], run.recording_path)
 
 
 async def list_rejections(request: web.Request) -> web.Response:

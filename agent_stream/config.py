@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Final
 
 from .crypto import KEY_ENV, KEY_FILE_NAME
+from .recordings.location import LocalLocation, RecordingsLocation, parse_location
 
 DEFAULT_HOST: Final = "0.0.0.0"
 DEFAULT_PORT: Final = 8000
@@ -87,11 +88,27 @@ class Settings:
     def database(self) -> str:
         """The database to open: a `postgresql://` URL or the SQLite file's path."""
         return self.db_url or str(self.db_path)
+    # Where finished recordings go (AGENT_STREAM_RECORDINGS): a directory or
+    # s3://bucket/prefix. Unset: `recordings` next to the database.
+    recordings: str | None = None
+    # `recordings` parsed, once: a bad value stops the start, not a call.
+    recordings_location: RecordingsLocation = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        location = parse_location(self.recordings, default=self._data_dir / "recordings")
+        object.__setattr__(self, "recordings_location", location)
+
+    @property
+    def _data_dir(self) -> Path:
+        return Path(self.db_path).parent
 
     @property
     def recordings_dir(self) -> Path:
-        """Where call recordings live: next to the database, so one folder holds all data."""
-        return Path(self.db_path).parent / "recordings"
+        """Where calls' raw tracks spool while they last, always on local disk: a directory
+        store's own (the WAVs stay there), else `recordings` next to the database."""
+        if isinstance(self.recordings_location, LocalLocation):
+            return self.recordings_location.directory
+        return self._data_dir / "recordings"
 
     @property
     def secret_key_file(self) -> Path:
@@ -122,4 +139,5 @@ class Settings:
             public_url=(os.environ.get("AGENT_STREAM_PUBLIC_URL") or "").rstrip("/") or None,
             secret_key=os.environ.get(KEY_ENV) or None,
             preload_speech=True,
+            recordings=os.environ.get("AGENT_STREAM_RECORDINGS") or None,
         )

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from .calls.run_writes import RunWriteQueue
 from .config import Settings
+from .recordings import RecordingStore
 from .speech import SpeechServices
 from .store import Store
 
@@ -21,5 +22,7 @@ HTTP = web.AppKey("http", aiohttp.ClientSession)
 CALLS: web.AppKey[CallRegistry] = web.AppKey("calls")
 SPEECH = web.AppKey("speech", SpeechServices)
 RUN_WRITES = web.AppKey("run_writes", RunWriteQueue)
+# Where finished recordings go and are read back from: a directory or a bucket.
+RECORDINGS: web.AppKey[RecordingStore] = web.AppKey("recordings")
 # Where calls find telephony configurations: the store (the CLI test call adds a stand-in).
 CONFIG_SOURCE: web.AppKey[ConfigSource] = web.AppKey("config_source")

@@ -21,10 +21,11 @@ from .calls.selection import StoredConfigs
 from .config import SHUTDOWN_GRACE_SECONDS, Settings
 from .errors import RequestTooSlow
 from .heartbeat import keep_heartbeat
-from .keys import CALLS, CONFIG_SOURCE, HTTP, RUN_WRITES, SETTINGS, SPEECH, STORE
+from .keys import CALLS, CONFIG_SOURCE, HTTP, RECORDINGS, RUN_WRITES, SETTINGS, SPEECH, STORE
 from .pipeline.call import RECORDING_SAMPLE_RATE
 from .pipeline.recorder import recover_recordings
 from .providers import PROVIDERS
+from .recordings import open_recordings
 from .security import redact_path
 from .speech import SpeechServices
 from .store import open_store
@@ -118,6 +119,15 @@ def runner_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+async def _recordings_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Where finished recordings go (a directory or a bucket's client), before the store:
+    the start's recovery saves to it."""
+    async with open_recordings(app[SETTINGS].recordings_location) as recordings:
+        log.info("recordings go to %s", recordings.describe())
+        app[RECORDINGS] = recordings
+        yield
+
+
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     """Open and migrate the database and register this instance; at a server's start, fail
     the runs this instance left open and merge the recordings their calls left; keep the
@@ -131,7 +141,8 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         if recovered:
             log.warning("marked %d run(s) left open by a previous process as failed", recovered)
         leftovers = await recover_recordings(
-            store, settings.recordings_dir, sample_rate=RECORDING_SAMPLE_RATE
+            store, settings.recordings_dir, sample_rate=RECORDING_SAMPLE_RATE,
+            recordings=app[RECORDINGS],
         )
         if leftovers.recovered or leftovers.removed:
             log.info("recordings left by a previous process: %d recovered, %d leftover(s) removed",
@@ -215,6 +226,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[CALLS] = CallRegistry()
+    app.cleanup_ctx.append(_recordings_ctx)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_http_ctx)
     app.cleanup_ctx.append(_speech_ctx)

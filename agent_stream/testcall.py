@@ -29,10 +29,11 @@ from aiohttp import web
 from . import call_tokens
 from .calls.selection import StoredConfigs
 from .config import Settings
-from .keys import CONFIG_SOURCE, STORE
+from .keys import CONFIG_SOURCE, RECORDINGS, STORE
 from .models import Run, TelephonyConfig, Workflow
 from .providers import DEFAULT_PROVIDER, PROVIDERS, provider_named
 from .providers.base import CONFIG_PARAMETER, Provider
+from .recordings import RecordingFile
 from .security import hash_session_token
 from .simulator import SimulatedCall, connect, pcm16_to_ulaw, silence_ulaw, stream_url
 from .speech.tts import EspeakSynthesizer
@@ -201,8 +202,14 @@ async def run_test_call(settings: Settings, agent_uuid: str, steps: list[Step],
             print(f"close {code} {reason!r}")
             return 1
         _print_run(run, code, reason, loopback.actions)
+        recording = None
         if out is not None and run.recording_path:
-            shutil.copyfile(run.recording_path, out)
+            recording = await app[RECORDINGS].open(run.recording_path)
+        if out is not None and recording is not None:
+            if isinstance(recording, RecordingFile):
+                await asyncio.to_thread(shutil.copyfile, recording.path, out)
+            else:
+                await asyncio.to_thread(out.write_bytes, recording.data)
             print(f"recording (caller left, agent right): {out}")
         return 0 if run.state == "completed" else 1
     finally:

@@ -26,8 +26,8 @@ async def test_agent_audio_lands_where_the_caller_was_when_it_went_out(tmp_path:
     recorder.keypress("5")
     path = await recorder.finish()
 
-    assert path == tmp_path / "7.wav"
-    with wave.open(str(path)) as wav:
+    assert path == str(tmp_path / "7.wav")  # a directory store keeps the WAV where it merged
+    with wave.open(path) as wav:
         assert (wav.getnchannels(), wav.getframerate(), wav.getnframes()) == (2, 8000, 26400)
         frames = array.array("h", wav.readframes(wav.getnframes()))
     left, right = frames[0::2], frames[1::2]
@@ -55,6 +55,6 @@ async def test_a_cancelled_finish_still_writes_the_recording(tmp_path: Path) -> 
     finishing = asyncio.ensure_future(recorder.finish())
     await asyncio.sleep(0)
     finishing.cancel()
-    assert await recorder.finish() == tmp_path / "9.wav"
+    assert await recorder.finish() == str(tmp_path / "9.wav")
     with wave.open(str(tmp_path / "9.wav")) as wav:
         assert wav.getnframes() == 8000

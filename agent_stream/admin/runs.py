@@ -3,16 +3,20 @@ recording (only for signed-in users of the agent's organization)."""
 
 from __future__ import annotations
 
+import logging
 from datetime import date, timedelta
-from pathlib import Path
 
 from aiohttp import web
 
 from ..api import RUN_STATES
 from ..errors import NotFound
+from ..keys import RECORDINGS
 from ..models import Run, Workflow
+from ..recordings.serving import recording_response
 from ..urls import stream_base
 from .common import RUNS_PAGE_SIZE, int_id, page, render, store_of, url, user_of
+
+log = logging.getLogger(__name__)
 
 REJECTIONS_SHOWN = 20
 
@@ -35,8 +39,18 @@ async def _run(request: web.Request) -> tuple[Workflow, Run]:
     return workflow, run
 
 
-def has_recording(run: Run) -> bool:
-    return bool(run.recording_path and Path(run.recording_path).is_file())
+async def has_recording(request: web.Request, run: Run) -> bool:
+    """Whether the recordings store has the run's recording (a store that does not
+    answer shows the page without the player)."""
+    if not run.recording_path:
+        return False
+    recordings = request.app[RECORDINGS]
+    try:
+        return await recordings.exists(run.recording_path)
+    except Exception as exc:  # noqa: BLE001 - the page still shows the run
+        log.warning("recording of %s not found in %s: %s: %s",
+                    run.name, recordings.describe(), type(exc).__name__, exc)
+        return False
 
 
 @page()
@@ -117,7 +131,7 @@ async def run_detail(request: web.Request) -> web.StreamResponse:
             "agent": workflow,
             "tab": "runs",
             "run": run,
-            "has_recording": has_recording(run),
+            "has_recording": await has_recording(request, run),
             "live": run.state in ("pending", "running"),
             "nav": "agents",
         },
@@ -142,11 +156,7 @@ async def run_status(request: web.Request) -> web.StreamResponse:
 
 @page()
 async def run_recording(request: web.Request) -> web.StreamResponse:
-    """The WAV; FileResponse answers Range requests, so players can seek."""
+    """The WAV from the recordings store, answering Range requests so players can seek."""
     _, run = await _run(request)
-    if not has_recording(run):
-        raise NotFound("this run has no recording")
-    return web.FileResponse(
-        run.recording_path or "",
-        headers={"Content-Type": "audio/wav", "Cache-Control": "private, no-store"},
-    )
+    return await recording_response(request, request.app[RECORDINGS], run.recording_path,
+                                    headers={"Cache-Control": "private, no-store"})

@@ -34,7 +34,7 @@ from ..errors import (
     StreamError,
     clip_reason,
 )
-from ..keys import CONFIG_SOURCE, HTTP, RUN_WRITES, SETTINGS, SPEECH, STORE
+from ..keys import CONFIG_SOURCE, HTTP, RECORDINGS, RUN_WRITES, SETTINGS, SPEECH, STORE
 from ..models import TelephonyConfig, Workflow
 from ..pipeline.call import CallPipeline, let_live_calls_run
 from ..pipeline.frames import StreamStopFrame
@@ -223,7 +223,8 @@ class Call:
             self.log.info("running (%.1f ms after accept)", running_ms)
             connected = await self._handshake(self.provider, record)
             recording_path = self.settings.recordings_dir / f"{run.id}.wav"
-            pipeline = CallPipeline(self.ws, connected.wire, recording_path)
+            pipeline = CallPipeline(self.ws, connected.wire, recording_path,
+                                    self.request.app[RECORDINGS])
             await let_live_calls_run()
             agent = self._agent(pipeline, AgentActions(self, connected.control))
             await let_live_calls_run()
@@ -261,8 +262,7 @@ class Call:
             logs["media_frames_in"] = wire.media_frames
         if pipeline is not None:
             try:
-                path = await pipeline.stop(graceful=outcome.state == "completed")
-                recording = str(path) if path else None
+                recording = await pipeline.stop(graceful=outcome.state == "completed")
                 if pipeline.recorder.failure:
                     logs["recording_error"] = pipeline.recorder.failure
                 gathered.update(_keypress_context(pipeline))

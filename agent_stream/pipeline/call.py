@@ -21,6 +21,7 @@ from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
 from ..providers.base import INTERNAL_RATE, Wire
+from ..recordings import RecordingStore
 from ..speech.vad import EnergyVad
 from .recorder import CallRecorder
 from .transcript import CallTranscript
@@ -49,9 +50,12 @@ class CallPipeline:
         ws: web.WebSocketResponse,
         serializer: Wire,
         recording_path: Path,
+        recordings: RecordingStore,
     ) -> None:
         self.serializer = serializer
-        self.recorder = CallRecorder(recording_path, sample_rate=RECORDING_SAMPLE_RATE)
+        self.recorder = CallRecorder(
+            recording_path, sample_rate=RECORDING_SAMPLE_RATE, store=recordings
+        )
         self.transcript = CallTranscript(bytes_per_second=INTERNAL_RATE * 2)
         self.vad = EnergyVad()
         params = AiohttpWebsocketParams(
@@ -115,9 +119,9 @@ class CallPipeline:
     async def deliver(self, frame: Frame) -> None:
         await self.transport.input().deliver(frame)
 
-    async def stop(self, *, graceful: bool) -> Path | None:
+    async def stop(self, *, graceful: bool) -> str | None:
         """End the pipeline (letting queued output drain when graceful), then write the
-        recording. Returns the recording's path."""
+        recording. Returns the store's reference to it."""
         try:
             if self._task is not None and self.worker is not None:
                 if graceful and not self._task.done():

@@ -2,8 +2,10 @@
 
 Both sides stream to raw files as the call goes (a few MB per ten minutes on disk; about a
 second of audio per track held in memory, more only while the disk lags); `finish`
-interleaves them block by block into `<run id>.wav`. The caller track is the clock: agent
-audio lands where the caller's audio was when it went out.
+interleaves them block by block into `<run id>.wav` beside them, which then goes to the
+configured recordings store (agent_stream/recordings: a directory keeps it where it is, a
+bucket takes an upload). The caller track is the clock: agent audio lands where the
+caller's audio was when it went out.
 
 The event loop never touches the files. A write() to ext4 can block for tens of
 milliseconds (journal commits, dirty-page throttling), and a blocked loop is a gap in every
@@ -15,7 +17,8 @@ was handed to it reaches the disk.
 
 A process killed mid-call (SIGKILL, power loss) leaves the raw tracks behind, without what
 was still in memory; the next server start merges them into the run's recording with the
-same code (`recover_recordings`).
+same code (`recover_recordings`). So does a call whose store refused the finished WAV (a
+bucket down): its tracks stay for the next start.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from typing import BinaryIO, Final, Literal
 
 from .. import audio
 from ..errors import NotFound
+from ..recordings import LocalRecordings, RecordingStore
 from ..store import ACTIVE_STATES, Store
 
 log = logging.getLogger(__name__)
@@ -58,11 +62,17 @@ class Keypress:
 
 
 class CallRecorder:
-    """Owns the recording files of one call. Files are only touched on the writer thread."""
+    """Owns the recording files of one call. Files are only touched on the writer thread.
+    `path` is where the WAV merges (the raw tracks beside it); `store` keeps it after (the
+    default: a directory store of `path`'s folder, where it stays)."""
 
-    def __init__(self, path: Path, *, sample_rate: int) -> None:
+    def __init__(
+        self, path: Path, *, sample_rate: int, store: RecordingStore | None = None
+    ) -> None:
         self.path = path
         self.sample_rate = sample_rate
+        self.store: RecordingStore = store or LocalRecordings(path.parent)
+        self.reference: str | None = None  # where the store keeps the recording
         self._caller_path, self._agent_path = raw_tracks(path)
         self._files: dict[Path, BinaryIO] = {}
         self._caller = bytearray()
@@ -71,7 +81,7 @@ class CallRecorder:
         self.caller_bytes = 0
         self.agent_bytes = 0
         self.keypresses: list[Keypress] = []
-        self.failure: str | None = None  # why the recording could not be written
+        self.failure: str | None = None  # why the recording could not be written or stored
         self._finished: asyncio.Future[None] | None = None
 
     def open(self) -> None:
@@ -114,17 +124,18 @@ class CallRecorder:
         self._agent.clear()
         _writer.submit(self._append, caller, agent)
 
-    async def finish(self) -> Path | None:
-        """Write what is pending, then the stereo WAV; safe to call more than once.
-        None when there is no recording (the disk refused it: see `failure`). Once begun,
-        the work completes even if the caller is cancelled."""
+    async def finish(self) -> str | None:
+        """Write what is pending, then the stereo WAV, and hand it to the store; safe to
+        call more than once. Returns the store's reference to the recording: None when
+        there is none (the disk or the store refused it: see `failure`). Once begun, the
+        work completes even if the caller is cancelled."""
         if self._recording:
             self._flush()
             self._recording = False
             self._finished = asyncio.ensure_future(self._close_and_merge())
         if self._finished is not None:
             await asyncio.shield(self._finished)
-        return self.path if self.failure is None and self.path.exists() else None
+        return self.reference if self.failure is None else None
 
     # -- on the writer thread ------------------------------------------------------------
 
@@ -158,17 +169,23 @@ class CallRecorder:
 
     async def _close_and_merge(self) -> None:
         await asyncio.wrap_future(_writer.submit(self._close))
-        await asyncio.to_thread(self._merge_and_clean_up)
+        await asyncio.to_thread(self._merge_or_fail)
+        if self.failure is None:
+            try:
+                self.reference = await self.store.save(self.path)
+            except Exception as exc:  # noqa: BLE001 - a refusing store loses the recording only
+                self._fail(exc)
+                # The tracks stay: the next start merges and stores them again.
+                await asyncio.to_thread(_remove, self.path)
+                return
+        await asyncio.to_thread(_remove, self._caller_path, self._agent_path)
 
-    def _merge_and_clean_up(self) -> None:
+    def _merge_or_fail(self) -> None:
         if self.failure is None:
             try:
                 self._merge()
             except Exception as exc:  # noqa: BLE001 - a bad track loses the recording only
                 self._fail(exc)
-        for raw in (self._caller_path, self._agent_path):
-            with contextlib.suppress(OSError):
-                raw.unlink()
 
     def _fail(self, exc: Exception) -> None:
         if self.failure is None:
@@ -237,20 +254,30 @@ class Recovery:
     removed: int  # runs whose tracks nobody can use, deleted
 
 
-async def recover_recordings(store: Store, directory: Path, *, sample_rate: int) -> Recovery:
-    """Merge the raw tracks a killed call left into its ended run's recording, as the
+async def recover_recordings(
+    store: Store, directory: Path, *, sample_rate: int, recordings: RecordingStore | None = None
+) -> Recovery:
+    """Merge the raw tracks a killed call left in the spool `directory` into its ended run's
+    recording, saved to `recordings` (default: a directory store of `directory`) as the
     recorder would have, and delete the tracks no run can use; tracks of a run still open
     belong to a live process and stay. Call it after the crash sweep has ended the runs."""
+    target = recordings or LocalRecordings(directory)
     run_ids = await asyncio.to_thread(_leftover_run_ids, directory)
-    outcomes = [await _recover_run(store, directory, run_id, sample_rate) for run_id in run_ids]
+    outcomes: list[str] = []
+    for run_id in run_ids:
+        outcomes.append(await _recover_run(store, target, directory, run_id, sample_rate))
+        if outcomes[-1] == "refused":  # a store that is down: one wait at start, not one a run
+            log.warning("recordings store refused: the other leftovers wait for the next start")
+            break
     return Recovery(outcomes.count("recovered"), outcomes.count("removed"))
 
 
 async def _recover_run(
-    store: Store, directory: Path, run_id: int, sample_rate: int
-) -> Literal["recovered", "removed", "kept"]:
+    store: Store, recordings: RecordingStore, directory: Path, run_id: int, sample_rate: int
+) -> Literal["recovered", "removed", "kept", "refused"]:
     """One run's leftover tracks: merged when its run ended without a recording, else
-    deleted, unless the run is still open. A merge that fails only loses this recording."""
+    deleted, unless the run is still open. A merge that fails only loses this recording; a
+    store that refuses it keeps the tracks for the next start."""
     try:
         run = await store.get_run_by_id(run_id)
     except NotFound:
@@ -273,7 +300,14 @@ async def _recover_run(
             if frames == 0:  # killed before a second of audio reached the disk: nothing to hear
                 await asyncio.to_thread(_remove, path, caller, agent)
                 return "removed"
-            await store.set_run_recording(run.id, str(path), logs={
+            try:
+                reference = await recordings.save(path)
+            except Exception as exc:  # noqa: BLE001 - the store is down: try at the next start
+                log.warning("recording of %s not stored (kept for the next start): %s",
+                            run.name, _describe(exc))
+                await asyncio.to_thread(_remove, path)
+                return "refused"
+            await store.set_run_recording(run.id, reference, logs={
                 "recording_recovered": True,
                 "recording_recovered_seconds": round(frames / sample_rate, 2),
             })
