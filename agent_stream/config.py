@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,8 @@ from .crypto import KEY_ENV, KEY_FILE_NAME
 DEFAULT_HOST: Final = "0.0.0.0"
 DEFAULT_PORT: Final = 8000
 DEFAULT_DB: Final = "./data/agent_stream.db"
+# Server processes `serve` runs on one port (`--workers`, AGENT_STREAM_WORKERS).
+DEFAULT_WORKERS: Final = 1
 # `{PROVIDER}_API_BASE_URL` points a provider's REST API elsewhere (tests: an emulator).
 API_BASE_URL_SUFFIX: Final = "_API_BASE_URL"
 
@@ -63,6 +66,16 @@ class Settings:
     # At start, end what a crash of the previous server left open (runs, recordings). Only
     # the server does; the CLI test call shares the database with a live one and must not.
     recover_at_start: bool = True
+    # Server processes `serve` keeps on the port (workers.py); 1 is one process, no parent.
+    workers: int = DEFAULT_WORKERS
+    # Which of them this process is (0 when it is the only one): part of its instance id.
+    worker_index: int = 0
+
+    @property
+    def instance_id(self) -> str:
+        """Which serving process this is, the same across its restarts (contract section 8):
+        `{hostname}:{port}:{worker_index}`."""
+        return f"{socket.gethostname()}:{self.port}:{self.worker_index}"
 
     @property
     def recordings_dir(self) -> Path:
@@ -80,9 +93,16 @@ class Settings:
 
     @classmethod
     def from_env(
-        cls, *, host: str | None = None, port: int | None = None, db: str | None = None
+        cls,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        db: str | None = None,
+        workers: int | None = None,
+        worker_index: int = 0,
     ) -> Settings:
-        """Flags win over environment variables, which win over defaults."""
+        """Flags win over environment variables, which win over defaults. A worker count
+        that is not a whole number of 1 or more is a ValueError saying so."""
         return cls(
             db_path=Path(db or os.environ.get("AGENT_STREAM_DB") or DEFAULT_DB),
             host=host or os.environ.get("AGENT_STREAM_HOST") or DEFAULT_HOST,
@@ -95,4 +115,23 @@ class Settings:
             public_url=(os.environ.get("AGENT_STREAM_PUBLIC_URL") or "").rstrip("/") or None,
             secret_key=os.environ.get(KEY_ENV) or None,
             preload_speech=True,
+            workers=_worker_count(workers, os.environ.get("AGENT_STREAM_WORKERS")),
+            worker_index=worker_index,
         )
+
+
+def _worker_count(flag: int | None, env_value: str | None) -> int:
+    """`--workers`, else AGENT_STREAM_WORKERS, else 1; never less than 1."""
+    if flag is not None:
+        count, source = flag, "--workers"
+    elif env_value:
+        source = "AGENT_STREAM_WORKERS"
+        try:
+            count = int(env_value)
+        except ValueError:
+            count = 0
+    else:
+        return DEFAULT_WORKERS
+    if count < 1:
+        raise ValueError(f"{source} must be a whole number of 1 or more")
+    return count
