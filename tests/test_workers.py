@@ -166,11 +166,7 @@ async def test_sigterm_drains_every_worker_and_their_live_calls(
         await call.handshake()
         await call.send_audio(tone_ulaw(0.3))
 
-        # as systemd stops a service: SIGTERM to every process of it, the parent passing
-        # its own on too; a worker's second one must not cut its drain short
         served.proc.send_signal(signal.SIGTERM)
-        for pid in pids.values():
-            os.kill(pid, signal.SIGTERM)
         assert await call.wait_closed(timeout=30) == (1001, "server shutting down")
     assert served.proc.wait(timeout=60) == 0, served.output()
     assert not any(alive(pid) for pid in pids.values())
@@ -181,6 +177,34 @@ async def test_sigterm_drains_every_worker_and_their_live_calls(
     assert "SIGTERM: draining 2 workers" in log
     for index, pid in pids.items():
         assert f"worker {index} (pid {pid}) exited with code 0" in log
+
+
+async def test_a_second_sigterm_does_not_cut_a_worker_s_drain_short(
+    serve: Callable[..., Served],
+) -> None:
+    """systemd stops a service with SIGTERM to every process of it, so each worker gets one
+    from it and one from the parent: the second must leave the drain alone (aiohttp's own
+    handler would end the process there, exit code 1, its drain unfinished)."""
+    served = serve("--workers", "2")
+    await served.answering({served.instance(0), served.instance(1)})
+    pids = served.workers()
+    reader, writer = await asyncio.open_connection(HOST, served.port)
+    writer.write(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+    await reader.readuntil(b"\r\n\r\n")
+    instance = (await reader.readuntil(b"}")).decode()
+    index = next(i for i in pids if f'"{served.instance(i)}"' in instance)
+    # a request in flight on that worker (its body never completes): its drain waits for it
+    writer.write(b"POST /api/v1/workflows HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+    await writer.drain()
+    served.proc.send_signal(signal.SIGTERM)
+    await until(lambda: "SIGTERM: draining 2 workers" in served.output(), "the parent's drain")
+    os.kill(pids[index], signal.SIGTERM)
+    await until(lambda: f"[worker {index}] agent_stream.workers: SIGTERM: already draining"
+                in served.output(), "the worker to hear the second SIGTERM", timeout=10)
+    # the drain waits for the request, up to run_app's shutdown timeout (15 s), then ends
+    assert served.proc.wait(timeout=60) == 0, served.output()
+    writer.close()
+    assert f"worker {index} (pid {pids[index]}) exited with code 0" in served.output()
 
 
 async def test_workers_of_a_killed_parent_end_by_themselves(serve: Callable[..., Served]) -> None:
