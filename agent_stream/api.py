@@ -10,7 +10,7 @@ from aiohttp import web
 
 from . import recordings, strict_json
 from .errors import RETRY_AFTER_SECONDS, Conflict, DatabaseUnavailable, NotFound, RequestTooSlow
-from .keys import CALLS, RECORDINGS, STORE
+from .keys import CALLS, RECORDINGS, SETTINGS, STORE
 from .models import ConfigInput, Run, TelephonyConfig, User, Workflow
 from .providers import ALIASES, PROVIDERS, provider_named
 from .providers.base import Provider
@@ -226,7 +226,8 @@ def run_json(run: Run, *, transcript: bool = True) -> dict[str, Any]:
 
 
 async def health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    """Up, and which process answered: with `--workers` the port is several processes."""
+    return web.json_response({"status": "ok", "instance": request.app[SETTINGS].instance_id})
 
 
 async def ready(request: web.Request) -> web.Response:

@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -17,11 +18,12 @@ from .store import open_store
 from .workflow import DTMF_DIGITS
 
 
-def configure_logging(level: int = logging.INFO) -> None:
+def configure_logging(level: int = logging.INFO, *, tag: str = "") -> None:
     """Plain stdlib logging; pipecat's loguru output (and its import banner) is kept to
-    warnings and above, so it must run before pipecat is imported."""
+    warnings and above, so it must run before pipecat is imported. `tag` starts every
+    message (which worker wrote it, where several share one log)."""
     logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=level, format=f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s"
     )
     from loguru import logger
 
@@ -46,11 +48,17 @@ def _parser() -> argparse.ArgumentParser:
     """Flags may come before or after the command: `app.py --port 9000` serves too."""
 
     def db_flag(p: argparse.ArgumentParser, default: object) -> None:
-        p.add_argument("--db", default=default, help="SQLite database path (env AGENT_STREAM_DB)")
+        p.add_argument("--db", default=default,
+                       help="SQLite database path or postgresql:// URL (env AGENT_STREAM_DB)")
 
     def serve_flags(p: argparse.ArgumentParser, default: object) -> None:
         p.add_argument("--host", default=default, help="listen address (env AGENT_STREAM_HOST)")
         p.add_argument("--port", type=int, default=default, help="listen port (env AGENT_STREAM_PORT)")
+        p.add_argument("--workers", type=int, default=default,
+                       help="server processes sharing the port (env AGENT_STREAM_WORKERS; default 1)")
+        # How the parent of --workers starts each worker (workers.py): not for people.
+        p.add_argument("--worker-index", type=int, default=default, help=argparse.SUPPRESS)
+        p.add_argument("--parent-pid", type=int, default=default, help=argparse.SUPPRESS)
 
     parser = argparse.ArgumentParser(prog="app.py", description="Agent Stream voice-agent gateway")
     db_flag(parser, None)
@@ -138,7 +146,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "new-secret-key":
         print(new_secret_key())
         return 0
-    settings = Settings.from_env(host=args.host, port=args.port, db=args.db)
+    try:
+        settings = Settings.from_env(host=args.host, port=args.port, db=args.db,
+                                     workers=args.workers, worker_index=args.worker_index or 0)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         return _run(command, settings, args)
     except SecretKeyError as exc:
@@ -159,22 +172,41 @@ def _run(command: str, settings: Settings, args: argparse.Namespace) -> int:
             run_test_call(settings, args.agent_uuid, parse_steps(args.steps), args.out,
                           args.provider)
         )
-    configure_logging()
+    parent_pid: int | None = args.parent_pid  # set: a worker of `--workers`
+    if parent_pid is None and settings.workers > 1:
+        configure_logging()
+        from .workers import supervise
+
+        return supervise(settings)
+    configure_logging(tag="" if parent_pid is None else f"[worker {settings.worker_index}] ")
+    return _serve(settings, parent_pid)
+
+
+def _serve(settings: Settings, parent_pid: int | None) -> int:
+    """One server process: alone, or one of the workers of a `--workers` parent."""
     from .memory import keep_collections_short
     from .server import create_app, runner_options, server_event_loop  # imports pipecat
 
     logging.getLogger(__name__).info(
-        "Agent Stream on http://%s:%d (database %s)", settings.host, settings.port, settings.db_path
+        "Agent Stream on http://%s:%d (database %s), instance %s",
+        settings.host, settings.port, settings.database_shown, settings.instance_id,
     )
     app = create_app(settings)
     keep_collections_short()  # everything so far lives as long as the process: memory.py
+    loop = server_event_loop()
+    worker_options: dict[str, Any] = {}
+    if parent_pid is not None:
+        from .workers import worker_run_options
+
+        worker_options = worker_run_options(loop, parent_pid)
     web.run_app(
         app,
         host=settings.host,
         port=settings.port,
         print=None,
         shutdown_timeout=15.0,
-        loop=server_event_loop(),
+        loop=loop,
         **runner_options(settings),
+        **worker_options,
     )
     return 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,6 +15,8 @@ from .recordings.location import LocalLocation, RecordingsLocation, parse_locati
 DEFAULT_HOST: Final = "0.0.0.0"
 DEFAULT_PORT: Final = 8000
 DEFAULT_DB: Final = "./data/agent_stream.db"
+# Server processes `serve` runs on one port (`--workers`, AGENT_STREAM_WORKERS).
+DEFAULT_WORKERS: Final = 1
 # `{PROVIDER}_API_BASE_URL` points a provider's REST API elsewhere (tests: an emulator).
 API_BASE_URL_SUFFIX: Final = "_API_BASE_URL"
 
@@ -72,6 +75,8 @@ class Settings:
     # At start, end what a crash of the previous server left open (runs, recordings). Only
     # the server does; the CLI test call shares the database with a live one and must not.
     recover_at_start: bool = True
+    # Server processes `serve` keeps on the port (workers.py); 1 is one process, no parent.
+    workers: int = DEFAULT_WORKERS
     # Which of `--workers N` this process is (0 when it serves alone): part of its instance id.
     worker_index: int = 0
     # An instance id other than host:port:worker (the CLI test call's own server).
@@ -88,6 +93,11 @@ class Settings:
     def database(self) -> str:
         """The database to open: a `postgresql://` URL or the SQLite file's path."""
         return self.db_url or str(self.db_path)
+
+    @property
+    def database_shown(self) -> str:
+        """The database for a log line: a URL without its user and password."""
+        return re.sub(r"//[^@/]*@", "//", self.db_url) if self.db_url else str(self.db_path)
     # Where finished recordings go (AGENT_STREAM_RECORDINGS): a directory or
     # s3://bucket/prefix. Unset: `recordings` next to the database.
     recordings: str | None = None
@@ -121,9 +131,16 @@ class Settings:
 
     @classmethod
     def from_env(
-        cls, *, host: str | None = None, port: int | None = None, db: str | None = None
+        cls,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        db: str | None = None,
+        workers: int | None = None,
+        worker_index: int = 0,
     ) -> Settings:
-        """Flags win over environment variables, which win over defaults."""
+        """Flags win over environment variables, which win over defaults. A worker count
+        that is not a whole number of 1 or more is a ValueError saying so."""
         database = db or os.environ.get("AGENT_STREAM_DB") or DEFAULT_DB
         postgres = database.startswith(("postgresql://", "postgres://"))
         return cls(
@@ -140,4 +157,23 @@ class Settings:
             secret_key=os.environ.get(KEY_ENV) or None,
             preload_speech=True,
             recordings=os.environ.get("AGENT_STREAM_RECORDINGS") or None,
+            workers=_worker_count(workers, os.environ.get("AGENT_STREAM_WORKERS")),
+            worker_index=worker_index,
         )
+
+
+def _worker_count(flag: int | None, env_value: str | None) -> int:
+    """`--workers`, else AGENT_STREAM_WORKERS, else 1; never less than 1."""
+    if flag is not None:
+        count, source = flag, "--workers"
+    elif env_value:
+        source = "AGENT_STREAM_WORKERS"
+        try:
+            count = int(env_value)
+        except ValueError:
+            count = 0
+    else:
+        return DEFAULT_WORKERS
+    if count < 1:
+        raise ValueError(f"{source} must be a whole number of 1 or more")
+    return count

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+import socket
 import uuid
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
-from agent_stream.keys import CALLS
+from agent_stream.keys import CALLS, SETTINGS
 from agent_stream.models import Run
 from agent_stream.simulator import tone_ulaw
 from agent_stream.store import Store
@@ -70,7 +71,9 @@ def mentions(problems: list[str], *words: str) -> bool:
 
 async def test_health_needs_no_key(client: TestClient) -> None:
     response = await client.get("/api/v1/health")
-    assert await body_of(response, 200) == {"status": "ok"}
+    port = client.app[SETTINGS].port
+    assert await body_of(response, 200) == {"status": "ok",
+                                            "instance": f"{socket.gethostname()}:{port}:0"}
 
 
 async def test_ready_needs_no_key_and_says_503_once_the_server_drains(client: TestClient) -> None:
@@ -80,7 +83,7 @@ async def test_ready_needs_no_key_and_says_503_once_the_server_drains(client: Te
     assert await body_of(response, 503) == {"status": "draining",
                                              "error": "the server is shutting down"}
     assert response.headers["Retry-After"]
-    assert await body_of(await client.get("/api/v1/health"), 200) == {"status": "ok"}
+    assert (await body_of(await client.get("/api/v1/health"), 200))["status"] == "ok"
 
 
 AUTHENTICATED_ENDPOINTS = [

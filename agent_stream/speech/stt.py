@@ -16,12 +16,11 @@ import multiprocessing
 import os
 import re
 import signal
-import threading
-import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Final
 
 from .. import audio
+from ..lifeline import watch_parent
 
 DECODE_RATE: Final = 16000
 NOISE_FLOOR_RMS: Final = 30.0
@@ -84,15 +83,8 @@ def _exit_with_the_server() -> None:
     """A server killed without shutting its pool down (SIGKILL, the OOM killer) must not
     leave its decoder behind, holding the model's ~130 MB for good."""
     server = multiprocessing.parent_process()
-    if server is None:
-        return
-
-    def watch() -> None:
-        while os.getppid() == server.pid:
-            time.sleep(1.0)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="server-watch", daemon=True).start()
+    if server is not None and server.pid is not None:
+        watch_parent(server.pid, lambda: os._exit(0))
 
 
 def decode(pcm8k: bytes, phrases: tuple[str, ...]) -> str | None:
