@@ -52,6 +52,8 @@ class Settings:
     db_path: Path = Path(DEFAULT_DB)
     # A `postgresql://` URL: the database instead of `db_path` (several processes and hosts).
     db_url: str | None = None
+    # PostgreSQL connections per process: open from the start, and at most.
+    db_pool_sizes: tuple[int, int] = (10, 30)
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     # Provider name -> its REST API's base URL, where it is not the provider's own default.

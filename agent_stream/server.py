@@ -120,17 +120,27 @@ def runner_options(settings: Settings) -> dict[str, Any]:
 
 
 async def _recordings_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Where finished recordings go (a directory or a bucket's client), before the store:
-    the start's recovery saves to it."""
-    async with open_recordings(app[SETTINGS].recordings_location) as recordings:
+    """Where finished recordings go (a directory or a bucket's client); at a server's start,
+    after the store has failed the runs this instance left open, merge the recordings their
+    calls left and save them there."""
+    settings = app[SETTINGS]
+    async with open_recordings(settings.recordings_location) as recordings:
         log.info("recordings go to %s", recordings.describe())
         app[RECORDINGS] = recordings
+        if settings.recover_at_start:
+            leftovers = await recover_recordings(
+                app[STORE], settings.recordings_dir, sample_rate=RECORDING_SAMPLE_RATE,
+                recordings=recordings,
+            )
+            if leftovers.recovered or leftovers.removed:
+                log.info("recordings left by a previous process: %d recovered, %d leftover(s) "
+                         "removed", leftovers.recovered, leftovers.removed)
         yield
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     """Open and migrate the database and register this instance; at a server's start, fail
-    the runs this instance left open and merge the recordings their calls left; keep the
+    the runs this instance left open (their recordings: `_recordings_ctx`); keep the
     heartbeat (and the watch for lost instances) going; keep the run writes the database
     refused until it answers; close at the end."""
     settings = app[SETTINGS]
@@ -140,13 +150,6 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         recovered = await store.register_instance()
         if recovered:
             log.warning("marked %d run(s) left open by a previous process as failed", recovered)
-        leftovers = await recover_recordings(
-            store, settings.recordings_dir, sample_rate=RECORDING_SAMPLE_RATE,
-            recordings=app[RECORDINGS],
-        )
-        if leftovers.recovered or leftovers.removed:
-            log.info("recordings left by a previous process: %d recovered, %d leftover(s) removed",
-                     leftovers.recovered, leftovers.removed)
     else:
         await store.heartbeat()
     app[STORE] = store
@@ -226,8 +229,8 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[CALLS] = CallRegistry()
-    app.cleanup_ctx.append(_recordings_ctx)
     app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(_recordings_ctx)
     app.cleanup_ctx.append(_http_ctx)
     app.cleanup_ctx.append(_speech_ctx)
     app.on_shutdown.append(_close_live_calls)

@@ -42,6 +42,51 @@ def children_cpu_seconds(pid: int) -> float:
     return total
 
 
+def process_tree(pid: int) -> list[int]:
+    """A process and all its live descendants (workers, their speech decoders)."""
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in task.read_text().split():
+            pids += process_tree(int(child))
+    return pids
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU of a process and of all its live descendants."""
+    total = 0.0
+    for member in process_tree(pid):
+        try:
+            total += cpu_seconds(member)
+        except FileNotFoundError:  # ended since it was listed
+            pass
+    return total
+
+
+def tree_rss_mb(pid: int) -> float:
+    total = 0.0
+    for member in process_tree(pid):
+        try:
+            total += rss_mb(member)
+        except FileNotFoundError:
+            pass
+    return total
+
+
+# The benches' PostgreSQL (`--db postgresql`): a database of their own on this server.
+POSTGRES_SERVER = os.environ.get("AGENT_STREAM_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+BENCH_SECRET_KEY = "YmVuY2gtc2VjcmV0LWtleS0zMi1ieXRlcy1sb25nISE="
+
+
+async def _postgres_admin(statement: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(POSTGRES_SERVER + "/postgres", timeout=5)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -92,8 +137,11 @@ class BenchServer:
 
 @asynccontextmanager
 async def bench_server(definition: dict[str, Any] | None = None,
-                       server_log: Path | None = None, kit: Kit | None = None) -> AsyncIterator[BenchServer]:
-    """The server, with a Cloudonix configuration and emulator, or `kit`'s provider's."""
+                       server_log: Path | None = None, kit: Kit | None = None, *,
+                       workers: int = 1, database: str = "sqlite") -> AsyncIterator[BenchServer]:
+    """The server, with a Cloudonix configuration and emulator, or `kit`'s provider's;
+    `workers` server processes (`serve --workers`), on a new SQLite file or, with
+    `database="postgresql"`, a new database on the local PostgreSQL server."""
     emulator: Any = CloudonixEmulator() if kit is None else kit.emulator
     emu_runner = web.AppRunner(emulator.make_app(), access_log=None)
     await emu_runner.setup()
@@ -110,30 +158,44 @@ async def bench_server(definition: dict[str, Any] | None = None,
         account, secret = kit.new_account()
         config = kit.config(account, secret)
 
-    db = Path(tempfile.mkdtemp(prefix="agent-stream-bench-")) / "agent_stream.db"
+    folder = Path(tempfile.mkdtemp(prefix="agent-stream-bench-"))
+    db = str(folder / "agent_stream.db")
+    env = os.environ | {f"{provider.upper()}_API_BASE_URL": emulator_url}
+    postgres_name = None
+    if database == "postgresql":
+        postgres_name = f"agent_stream_bench_{os.getpid()}"
+        await _postgres_admin(f'CREATE DATABASE "{postgres_name}"')
+        db = f"{POSTGRES_SERVER}/{postgres_name}"
+        env |= {"AGENT_STREAM_SECRET_KEY": BENCH_SECRET_KEY,
+                "AGENT_STREAM_RECORDINGS": str(folder / "recordings")}
     cli = [sys.executable, "app.py"]
     subprocess.run([*cli, "create-user", "--email", "b@example.com", "--password", "pw",
-                    "--db", str(db)], cwd=ROOT, check=True, capture_output=True)
-    key = subprocess.run([*cli, "create-api-key", "--email", "b@example.com", "--db", str(db)],
-                         cwd=ROOT, check=True, capture_output=True, text=True).stdout.split()[-1]
+                    "--db", db], cwd=ROOT, check=True, capture_output=True, env=env)
+    key = subprocess.run([*cli, "create-api-key", "--email", "b@example.com", "--db", db],
+                         cwd=ROOT, check=True, capture_output=True, text=True, env=env).stdout.split()[-1]
     port = unused_port()
-    env = os.environ | {f"{provider.upper()}_API_BASE_URL": emulator_url}
     process = subprocess.Popen(
-        [*cli, "--host", "127.0.0.1", "--port", str(port), "--db", str(db)],
+        [*cli, "serve", "--host", "127.0.0.1", "--port", str(port), "--db", db,
+         "--workers", str(workers)],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
         stderr=server_log.open("w") if server_log else subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
     headers = {"Authorization": f"Bearer {key}"}
     try:
-        async with aiohttp.ClientSession() as http:
-            for _ in range(300):
+        # every worker answers before the first wave (a fresh connection each time)
+        seen: set[str] = set()
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+            for _ in range(1200):
                 try:
                     async with http.get(f"{base}/api/v1/health") as response:
                         if response.status == 200:
-                            break
+                            seen.add((await response.json()).get("instance", ""))
+                            if len(seen) >= workers:
+                                break
                 except aiohttp.ClientConnectionError:
                     await asyncio.sleep(0.05)
+        async with aiohttp.ClientSession() as http:
             async with http.post(f"{base}/api/v1/telephony-configurations", headers=headers,
                                  json={"provider": provider} | config) as response:
                 assert response.status == 201, await response.text()
@@ -145,5 +207,7 @@ async def bench_server(definition: dict[str, Any] | None = None,
         yield BenchServer(process, base, headers, agent, emulator, kit, account, secret)
     finally:
         process.terminate()
-        process.wait(timeout=30)
+        process.wait(timeout=60)
         await emu_runner.cleanup()
+        if postgres_name:
+            await _postgres_admin(f'DROP DATABASE IF EXISTS "{postgres_name}" WITH (FORCE)')

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import aiohttp
-from common import DOMAIN, CloudonixEmulator, bench_server, cpu_seconds, percentile, rss_mb
+from common import DOMAIN, CloudonixEmulator, bench_server, percentile, tree_cpu_seconds, tree_rss_mb
 
 from agent_stream.server import server_event_loop
 from agent_stream.simulator import connect, silence_ulaw, stream_url
@@ -45,6 +45,8 @@ async def main() -> None:
     parser.add_argument("--waves", default="1,10,50,100", help="concurrent calls per wave")
     parser.add_argument("--seconds", type=float, default=10.0, help="audio per call")
     parser.add_argument("--server-log", type=Path, help="write the server's log to this file")
+    parser.add_argument("--workers", type=int, default=1, help="serve --workers N")
+    parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
     args = parser.parse_args()
     waves = [int(n) for n in args.waves.split(",")]
 
@@ -53,22 +55,24 @@ async def main() -> None:
                             {"id": "wait", "kind": "agent", "say": ""}],
                   "edges": [{"from": "start", "to": "wait", "dtmf": "1"},
                             {"from": "wait", "to": "start", "dtmf": "2"}]}
-    async with bench_server(definition, args.server_log) as bench:
+    async with bench_server(definition, args.server_log, workers=args.workers,
+                            database=args.db) as bench:
         server, base, agent, emulator = bench.process, bench.base, bench.agent, bench.emulator
         async with aiohttp.ClientSession() as http:
             print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
-                  f"Python {platform.python_version()}; {args.seconds:.0f} s of audio per call")
-            print(f"server RSS at idle: {rss_mb(server.pid):.0f} MB")
+                  f"Python {platform.python_version()}; {args.seconds:.0f} s of audio per call; "
+                  f"{args.workers} worker(s) on {args.db}")
+            print(f"server RSS at idle: {tree_rss_mb(server.pid):.0f} MB")
             print("calls  ok  cpu_s  cpu_ms/call  cpu_ms/call-s  core%  rss_MB  "
                   "accept->running p50/p99 ms  handshake p50/p99 ms")
             for n in waves:
-                cpu_before = cpu_seconds(server.pid)
+                cpu_before = tree_cpu_seconds(server.pid)
                 began = time.monotonic()
                 results = await asyncio.gather(
                     *(one_call(http, base, agent, emulator, audio) for _ in range(n)))
                 wall = time.monotonic() - began
-                cpu = cpu_seconds(server.pid) - cpu_before
-                rss = rss_mb(server.pid)
+                cpu = tree_cpu_seconds(server.pid) - cpu_before
+                rss = tree_rss_mb(server.pid)
                 ok = sum(1 for code, _ in results if code == 1000)
                 failures = {f"{code} {reason}" for code, reason in results if code != 1000}
                 runs = await bench.runs(http, n)

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import aiohttp
-from common import bench_server, children_cpu_seconds, cpu_seconds, percentile, rss_mb
+from common import bench_server, percentile, tree_cpu_seconds, tree_rss_mb
 from provider_bench import one_call
 
 from agent_stream.server import server_event_loop
@@ -37,6 +37,8 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--waves", default="1,20,40,80", help="concurrent calls per wave")
     parser.add_argument("--server-log", type=Path, help="write the server's log to this file")
+    parser.add_argument("--workers", type=int, default=1, help="serve --workers N")
+    parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--spread", type=float, default=5.0,
                         help="seconds over which a wave's calls arrive")
     args = parser.parse_args()
@@ -46,23 +48,25 @@ async def main() -> None:
     goodbye = await voice.synthesize("goodbye", voice=VOICE, rate=160)
     kit = CloudonixKit()
 
-    async with bench_server(server_log=args.server_log, kit=kit) as bench:
+    async with bench_server(server_log=args.server_log, kit=kit, workers=args.workers,
+                            database=args.db) as bench:
         pid = bench.process.pid
         print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
-              f"{platform.python_version()}; starter agent, callers say 'yes' then 'goodbye'")
-        print(f"server RSS at idle: {rss_mb(pid):.0f} MB")
+              f"{platform.python_version()}; starter agent, callers say 'yes' then 'goodbye'; "
+              f"{args.workers} worker(s) on {args.db}")
+        print(f"server RSS at idle: {tree_rss_mb(pid):.0f} MB")
         print("calls  ok  v2v p50/p99 ms   server gap p99 max ms   client gap p99 ms  "
               "cpu core%  rss +MB/call")
         async with aiohttp.ClientSession() as http:
             for n in [int(x) for x in args.waves.split(",")]:
-                idle_rss = rss_mb(pid)
-                cpu0 = cpu_seconds(pid) + children_cpu_seconds(pid)
+                idle_rss = tree_rss_mb(pid)
+                cpu0 = tree_cpu_seconds(pid)
                 began = time.monotonic()
                 peak = [idle_rss]
 
                 async def sample(peak: list[float]) -> None:
                     while True:
-                        peak[0] = max(peak[0], rss_mb(pid))
+                        peak[0] = max(peak[0], tree_rss_mb(pid))
                         await asyncio.sleep(0.5)
 
                 sampler = asyncio.create_task(sample(peak))
@@ -72,7 +76,7 @@ async def main() -> None:
                     for i in range(n)))
                 sampler.cancel()
                 wall = time.monotonic() - began
-                cpu = cpu_seconds(pid) + children_cpu_seconds(pid) - cpu0
+                cpu = tree_cpu_seconds(pid) - cpu0
                 runs = await bench.runs(http, n)
                 ok = sum(1 for r in results if r["close"] == (1000, "agent hung up"))
                 v2v = [r["v2v"] * 1000 for r in results if "v2v" in r]
@@ -87,7 +91,7 @@ async def main() -> None:
                                       | {f"run {r['state']}: {r['error']}" for r in runs if r["error"]}):
                     print(f"      not ok: {failure}")
                 await asyncio.sleep(2)
-                print(f"      idle after wave: {rss_mb(pid):.0f} MB")
+                print(f"      idle after wave: {tree_rss_mb(pid):.0f} MB")
         print(f"(the callers' own process used {sum(os.times()[:2]) - client_cpu0:.1f} s of CPU)")
 
 

@@ -143,6 +143,7 @@ def settings(
     return Settings(
         db_path=tmp_path / "agent_stream.db",
         db_url=database_url,
+        db_pool_sizes=(1, 5),  # several apps of several test processes on one server
         secret_key=POSTGRES_SECRET_KEY if database_url else None,
         api_base_urls={"cloudonix": cloudonix[1]},
         handshake_timeout=2.0,

@@ -32,6 +32,7 @@ from tests.conftest import (
     latest_run_id,
     open_call,
     until,
+    wait_for_handshake,
     wait_for_state,
 )
 
@@ -145,7 +146,8 @@ async def test_run_is_running_and_visible_during_the_call(
     assert run_id is not None
     run = await wait_for_state(store, run_id, "running")
     assert run.state == "running" and run.started_at is not None
-    assert (await wait_for_state(store, run_id, "running")).gathered_context.get("cloudonix_stream_sid")
+    # the start event's stream id is merged in once the handshake is done
+    assert (await wait_for_handshake(store, run_id)).gathered_context["cloudonix_stream_sid"]
     await call.hang_up()
     assert (await finished_run(store, tenant)).state == "completed"
 

@@ -16,7 +16,7 @@ from .base import ACTIVE_STATES, utcnow
 from .database import Database
 from .instances import InstancesStore
 from .migrations import LATEST_VERSION, MIGRATIONS, migrate
-from .postgres import PostgresDatabase
+from .postgres import POOL_SIZES, PostgresDatabase
 from .runs import RUN_NAME_PREFIX
 from .sessions import SessionsStore
 from .sqlite import SqliteDatabase
@@ -47,6 +47,7 @@ class Store(UsersStore, SessionsStore, WorkflowsStore, TelephonyStore, Instances
         busy_timeout: float = DB_BUSY_TIMEOUT_SECONDS,
         secret_key: SecretKey | None = None,
         instance_id: str | None = None,
+        pool_sizes: tuple[int, int] = POOL_SIZES,
     ) -> Store:
         """Open (creating if needed) and migrate the database at `target`: a SQLite file's
         path or a `postgresql://` URL. `busy_timeout` is how long a statement waits for
@@ -63,7 +64,7 @@ class Store(UsersStore, SessionsStore, WorkflowsStore, TelephonyStore, Instances
                     f"secrets with the same key (python app.py new-secret-key prints one)"
                 )
             key = secret_key
-            database = await PostgresDatabase.open(str(target), busy_timeout)
+            database = await PostgresDatabase.open(str(target), busy_timeout, pool_sizes)
         else:
             path = Path(target)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,5 +126,6 @@ async def open_store(settings: Settings, *, instance_id: str | None = None) -> S
     if settings.secret_key or not is_postgres_url(target):
         key = load_secret_key(settings.secret_key, settings.secret_key_file)
     return await Store.open(
-        target, busy_timeout=settings.db_busy_timeout, secret_key=key, instance_id=instance_id
+        target, busy_timeout=settings.db_busy_timeout, secret_key=key, instance_id=instance_id,
+        pool_sizes=settings.db_pool_sizes,
     )

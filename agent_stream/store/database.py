@@ -87,6 +87,26 @@ class Database(abc.ABC):
         """Housekeeping once migrations ran (SQLite vacuums away plaintext secrets)."""
 
     @abc.abstractmethod
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """One write statement on its own (its own transaction); the rows it changed. One
+        round trip on PostgreSQL, where a transaction costs two more."""
+
+    @abc.abstractmethod
+    async def write_returning(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        """One write statement on its own, with its RETURNING row (None: it wrote none)."""
+
+    @abc.abstractmethod
+    def has_free_slot(self, owner_id: int, over_run_ids: Sequence[int]) -> tuple[str, tuple[Any, ...]]:
+        """A condition (and its parameters) that holds while the owner has a free
+        concurrent-call slot, exact across every process when a new run's INSERT is made on
+        it alone. Runs in `over_run_ids` are over, though their end is not written yet."""
+
+    @abc.abstractmethod
+    def merge_json(self, column: str) -> str:
+        """SQL for the JSON text of `column` with the JSON text of the next parameter merged
+        into it (RFC 7396: nested objects key by key, a null deleting its key)."""
+
+    @abc.abstractmethod
     def json_text(self, column: str, key: str) -> str:
         """SQL for the text of `key` in the JSON object stored in `column`."""
 

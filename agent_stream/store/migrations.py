@@ -89,6 +89,8 @@ MIGRATIONS: Final[list[Migration]] = [
               _sqlite_configurations_of_every_provider, nothing),
     Migration(4, "instances and heartbeats, run owners, edit revisions",
               script("0004_instances.sql"), script("0004_instances.sql")),
+    Migration(5, "PostgreSQL functions: RFC 7396 JSON merges, a new run's quota slot",
+              nothing, script("0005_functions.postgresql.sql")),
 ]
 LATEST_VERSION: Final = MIGRATIONS[-1].number
 

@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 
 # pg_advisory_lock key of Agent Stream's migrations (any constant unlikely to collide).
 MIGRATION_LOCK_KEY: Final = 0x41_67_53_74  # "AgSt"
-POOL_MAX_SIZE: Final = 10
+# Connections per process: kept open from the start (a burst of calls does not wait for new
+# ones) up to the most a burst uses; each call's few statements hold one only briefly.
+POOL_SIZES: Final = (10, 30)
 
 # SQLSTATE classes and codes that mean the server cannot take a statement now, not that
 # the statement is wrong: connection exceptions (08), insufficient resources (53), operator
@@ -102,12 +104,14 @@ class PostgresDatabase(Database):
         self._busy_timeout = busy_timeout
 
     @classmethod
-    async def open(cls, url: str, busy_timeout: float) -> PostgresDatabase:
+    async def open(
+        cls, url: str, busy_timeout: float, pool_sizes: tuple[int, int] = POOL_SIZES
+    ) -> PostgresDatabase:
         """A pool on `url`; a server that does not answer within `busy_timeout` is a
         `DatabaseUnavailable` naming the host, never the password."""
         with _translated_errors():
             pool = await asyncpg.create_pool(
-                url, min_size=1, max_size=POOL_MAX_SIZE, timeout=busy_timeout,
+                url, min_size=pool_sizes[0], max_size=pool_sizes[1], timeout=busy_timeout,
                 command_timeout=busy_timeout * 2,
             )
         return cls(pool, describe_url(url), busy_timeout)
@@ -168,6 +172,22 @@ class PostgresDatabase(Database):
 
     async def after_migrations(self, *, sealed_secrets: bool) -> None:
         """Nothing: PostgreSQL databases were never without sealed secrets."""
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        async with self._connection() as conn:
+            return await PostgresConnection(conn).execute(sql, params)
+
+    async def write_returning(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        async with self._connection() as conn:
+            return await PostgresConnection(conn).fetchrow(sql, params)
+
+    def has_free_slot(self, owner_id: int, over_run_ids: Sequence[int]) -> tuple[str, tuple[Any, ...]]:
+        """Migration 5's function: it locks the owner's row before it counts."""
+        return "agent_stream_has_free_slot(?, ?::bigint[])", (owner_id, list(over_run_ids))
+
+    def merge_json(self, column: str) -> str:
+        # migration 5's function; jsonb in, text out, as the column holds
+        return f"agent_stream_merge_patch({column}::jsonb, ?::jsonb)::text"
 
     def json_text(self, column: str, key: str) -> str:
         # json, not jsonb: it takes every string our JSON text may hold (\u0000 included)

@@ -10,7 +10,7 @@ from typing import Any, Final
 from ..errors import NotFound, QuotaExceeded
 from ..models import Rejection, Run, TranscriptLine, User, Workflow
 from .base import ACTIVE_STATES, StoreBase, dumps, from_row, merge_patch, month_start, seconds_between, utcnow
-from .database import Connection, Row
+from .database import Connection, IntegrityViolation, Row
 
 RUN_NAME_PREFIX: Final = "WR-AGS-"
 # The run columns that hold JSON objects, merged key by key (RFC 7396) by the writes below.
@@ -23,9 +23,10 @@ _RUN_SELECT: Final = """
     FROM workflow_runs r JOIN workflows w ON w.id = r.workflow_id
 """
 
-def _run(row: Row, transcript: list[TranscriptLine] | None = None) -> Run:
+def _run(row: Row, transcript: list[TranscriptLine] | None = None, **known: Any) -> Run:
+    """A run from its row (joined with its workflow's uuid and organization, or `known`)."""
     return from_row(
-        Run, row,
+        Run, row, **known,
         initial_context=json.loads(row["initial_context"]),
         gathered_context=json.loads(row["gathered_context"]),
         logs=json.loads(row["logs"]),
@@ -39,18 +40,16 @@ class RunsStore(StoreBase):
 
     async def _seconds_used(self, db: Connection | None, user_id: int) -> float:
         """Call seconds of the owner's runs this month, those still running counted so far."""
-        now = utcnow()
-        rows = await self._all(
-            """SELECT r.duration_seconds, r.started_at FROM workflow_runs r
-               JOIN workflows w ON w.id = r.workflow_id
-               WHERE w.owner_user_id = ? AND r.created_at >= ?
-                 AND (r.duration_seconds IS NOT NULL OR r.started_at IS NOT NULL)""",
-            (user_id, month_start()), db=db,
+        now, since = utcnow(), month_start()
+        owned = """FROM workflow_runs r JOIN workflows w ON w.id = r.workflow_id
+                   WHERE w.owner_user_id = ? AND r.created_at >= ?"""
+        ended = await self._one(f"SELECT SUM(r.duration_seconds) {owned}", (user_id, since), db=db)
+        running = await self._all(
+            f"SELECT r.started_at {owned} AND r.duration_seconds IS NULL AND r.started_at IS NOT NULL",
+            (user_id, since), db=db,
         )
-        return sum(
-            r["duration_seconds"] if r["duration_seconds"] is not None
-            else max(0.0, seconds_between(r["started_at"], now))
-            for r in rows
+        return float(ended[0] or 0.0 if ended else 0.0) + sum(
+            max(0.0, seconds_between(r["started_at"], now)) for r in running
         )
 
     async def start_run(
@@ -65,46 +64,41 @@ class RunsStore(StoreBase):
         logs: dict[str, Any],
         over_run_ids: Collection[int] = (),
     ) -> Run:
-        """Check the owner's quota and create the pending run in one write transaction that
-        holds the owner's row, so two simultaneous calls on any instances cannot both take
-        the last slot. `over_run_ids` are runs whose calls are over though their end is not
+        """Check the owner's quota and create the pending run in one statement that holds
+        the owner's row while it counts (`Database.has_free_slot`), so two simultaneous calls
+        on any instances cannot both take the last slot, and the next one waits for one round
+        trip only. `over_run_ids` are runs whose calls are over though their end is not
         written yet: they hold no slot."""
-        async with self._db.transaction() as db:
-            limits = await db.fetchrow(
-                "SELECT max_concurrent_calls, monthly_minutes_limit FROM users WHERE id = ?"
-                + self._db.for_update,
-                (owner.id,),
-            )
-            if limits is None:
-                raise NotFound("user not found")
-            max_calls, max_minutes = limits["max_concurrent_calls"], limits["monthly_minutes_limit"]
-            if max_calls is not None:
-                rows = await db.fetch(
-                    f"""SELECT r.id FROM workflow_runs r JOIN workflows w ON w.id = r.workflow_id
-                        WHERE w.owner_user_id = ? AND {_ACTIVE}""",
-                    (owner.id,),
+        # the owner as just read by the caller: the minutes quota is checked before, and the
+        # owner's row is held only for the count of live runs and the insert, which every new
+        # call of this owner waits for (none when there is no limit)
+        max_minutes, max_calls = owner.monthly_minutes_limit, owner.max_concurrent_calls
+        if max_minutes is not None and await self._seconds_used(None, owner.id) / 60.0 >= max_minutes:
+            raise QuotaExceeded(f"quota exceeded: {max_minutes} monthly call minutes used")
+        free, free_params = "1 = 1", ()
+        if max_calls is not None:
+            free, free_params = self._db.has_free_slot(owner.id, sorted(set(over_run_ids)))
+        for attempt in range(10):
+            name = RUN_NAME_PREFIX + f"{secrets.randbelow(10**8):08d}"
+            try:
+                row = await self._db.write_returning(
+                    f"""INSERT INTO workflow_runs (workflow_id, definition_id, name, call_type,
+                            mode, state, initial_context, gathered_context, logs, created_at,
+                            instance_id)
+                        SELECT ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ? WHERE {free}
+                        RETURNING *""",
+                    (workflow.id, workflow.live_definition_id, name, call_type, mode,
+                     dumps(initial_context), dumps(gathered_context), dumps(logs), utcnow(),
+                     self.instance_id, *free_params),
                 )
-                over = set(over_run_ids)
-                if sum(1 for r in rows if r["id"] not in over) >= max_calls:
-                    raise QuotaExceeded(f"quota exceeded: {max_calls} concurrent calls already running")
-            if max_minutes is not None and await self._seconds_used(db, owner.id) / 60.0 >= max_minutes:
-                raise QuotaExceeded(f"quota exceeded: {max_minutes} monthly call minutes used")
-            for _ in range(10):
-                name = RUN_NAME_PREFIX + f"{secrets.randbelow(10**8):08d}"
-                if not await db.fetchrow("SELECT 1 FROM workflow_runs WHERE name = ?", (name,)):
-                    break
-            run_id = await db.fetchval(
-                """INSERT INTO workflow_runs (workflow_id, definition_id, name, call_type, mode,
-                       state, initial_context, gathered_context, logs, created_at, instance_id)
-                   VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?) RETURNING id""",
-                (workflow.id, workflow.live_definition_id, name, call_type, mode,
-                 dumps(initial_context), dumps(gathered_context), dumps(logs), utcnow(),
-                 self.instance_id),
-            )
-            # a run just made has no transcript yet: its row is all there is to read
-            row = await db.fetchrow(_RUN_SELECT + " WHERE r.id = ?", (run_id,))
-            assert row is not None  # inserted by this transaction
-            return _run(row)
+                break
+            except IntegrityViolation:  # the name is taken (1 in 10^8 a run): another one
+                if attempt == 9:
+                    raise
+        if row is None:
+            raise QuotaExceeded(f"quota exceeded: {max_calls} concurrent calls already running")
+        # a run just made has no transcript yet: its row is all there is to read
+        return _run(row, workflow_uuid=workflow.uuid, organization_id=workflow.organization_id)
 
     async def _locked_run(self, db: Connection, run_id: int) -> Row | None:
         """The run's row, locked until this transaction ends (its JSON is merged in Python
@@ -125,15 +119,11 @@ class RunsStore(StoreBase):
         self, run_id: int, logs: dict[str, Any] | None = None, *, started_at: str | None = None
     ) -> None:
         """`started_at` is when the call started running (a write retried later keeps it)."""
-        async with self._db.transaction() as db:
-            row = await self._locked_run(db, run_id)
-            if row is None or row["state"] != "pending":
-                return
-            await db.execute(
-                """UPDATE workflow_runs SET state = 'running', started_at = ?,
-                       initial_context = ?, gathered_context = ?, logs = ? WHERE id = ?""",
-                (started_at or utcnow(), *self._merged(row, logs=logs), run_id),
-            )
+        await self._db.execute(
+            f"""UPDATE workflow_runs SET state = 'running', started_at = ?,
+                    logs = {self._db.merge_json("logs")} WHERE id = ? AND state = 'pending'""",
+            (started_at or utcnow(), dumps(logs or {}), run_id),
+        )
 
     async def merge_run_context(
         self,
@@ -143,17 +133,15 @@ class RunsStore(StoreBase):
         gathered_context: dict[str, Any] | None = None,
         logs: dict[str, Any] | None = None,
     ) -> None:
-        """Merge keys into the run's JSON columns (RFC 7396 merge patch, nested keys kept)."""
-        async with self._db.transaction() as db:
-            row = await self._locked_run(db, run_id)
-            if row is None:
-                return
-            await db.execute(
-                """UPDATE workflow_runs SET initial_context = ?, gathered_context = ?, logs = ?
-                   WHERE id = ?""",
-                (*self._merged(row, initial_context=initial_context,
-                               gathered_context=gathered_context, logs=logs), run_id),
-            )
+        """Merge keys into the run's JSON columns (RFC 7396 merge patch, nested keys kept),
+        in one statement: another instance's merge cannot interleave with it."""
+        merge = self._db.merge_json
+        await self._db.execute(
+            f"""UPDATE workflow_runs SET initial_context = {merge("initial_context")},
+                    gathered_context = {merge("gathered_context")}, logs = {merge("logs")}
+                WHERE id = ?""",
+            (dumps(initial_context or {}), dumps(gathered_context or {}), dumps(logs or {}), run_id),
+        )
 
     async def finish_run(
         self,
@@ -218,15 +206,11 @@ class RunsStore(StoreBase):
     ) -> None:
         """Give an ended run the recording merged after its call (a crash left the tracks)
         and say so in its logs."""
-        async with self._db.transaction() as db:
-            row = await self._locked_run(db, run_id)
-            if row is None:
-                return
-            await db.execute(
-                """UPDATE workflow_runs SET recording_path = ?, initial_context = ?,
-                       gathered_context = ?, logs = ? WHERE id = ?""",
-                (recording_path, *self._merged(row, logs=logs), run_id),
-            )
+        await self._db.execute(
+            f"""UPDATE workflow_runs SET recording_path = ?, logs = {self._db.merge_json("logs")}
+                WHERE id = ?""",
+            (recording_path, dumps(logs or {}), run_id),
+        )
 
     async def get_run_by_id(self, run_id: int) -> Run:
         row = await self._one(_RUN_SELECT + " WHERE r.id = ?", (run_id,))

@@ -156,6 +156,26 @@ class SqliteDatabase(Database):
             await self._writer.execute("VACUUM")
             await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        async with self.transaction() as db:
+            return await db.execute(sql, params)
+
+    async def write_returning(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        async with self.transaction() as db:
+            return await db.fetchrow(sql, params)
+
+    def has_free_slot(self, owner_id: int, over_run_ids: Sequence[int]) -> tuple[str, tuple[Any, ...]]:
+        """A count in the statement: exact, since SQLite runs one write at a time."""
+        over = ("AND r.id NOT IN (" + ", ".join("?" * len(over_run_ids)) + ")") if over_run_ids else ""
+        limit = "(SELECT max_concurrent_calls FROM users WHERE id = ?)"
+        return f"""{limit} IS NULL OR (
+            SELECT COUNT(*) FROM workflow_runs r JOIN workflows w ON w.id = r.workflow_id
+            WHERE w.owner_user_id = ? AND r.state IN ('pending', 'running') {over}) < {limit}""", (
+            owner_id, owner_id, *over_run_ids, owner_id)
+
+    def merge_json(self, column: str) -> str:
+        return f"json_patch({column}, ?)"
+
     def json_text(self, column: str, key: str) -> str:
         return f"json_extract({column}, '$.{key}')"
 
