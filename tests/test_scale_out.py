@@ -256,3 +256,23 @@ async def test_a_lost_postgresql_connection_is_survived_without_a_restart(
         await again.handshake()
         await again.hang_up()
         assert await again.wait_closed() == (1000, "call ended")
+
+
+async def test_run_json_merges_keep_nested_keys_on_every_database(
+    make_tenant: MakeTenant, store: Store
+) -> None:
+    """RFC 7396, as SQLite's json_patch does it: `jsonb ||` would replace `timing` whole."""
+    tenant = await make_tenant()
+    owner = await store.get_user(tenant.user_id)
+    run = await store.start_run(tenant.workflow, owner, mode="cloudonix", initial_context={},
+                                gathered_context={}, logs={"timing": {"accept_ms": 1.5}, "gone": 1})
+    await store.mark_run_running(run.id, {"timing": {"running_ms": 2.5}})
+    await store.merge_run_context(run.id, logs={"timing": {"handshake_ms": 3.5}, "gone": None},
+                                  gathered_context={"a": {"b": {"c": 1}}})
+    await store.merge_run_context(run.id, gathered_context={"a": {"b": {"d": 2}}, "list": [1, 2]})
+    await store.finish_run(run.id, state="completed", end_reason="caller_hangup", close_code=1000,
+                           logs={"timing": {"ended_ms": 4.5}})
+    ended = await store.get_run_by_id(run.id)
+    assert ended.logs == {"timing": {"accept_ms": 1.5, "running_ms": 2.5, "handshake_ms": 3.5,
+                                     "ended_ms": 4.5}}
+    assert ended.gathered_context == {"a": {"b": {"c": 1, "d": 2}}, "list": [1, 2]}
