@@ -11,8 +11,9 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
+from agent_stream.errors import Stale
 from agent_stream.keys import CALLS, SETTINGS
-from agent_stream.models import Run
+from agent_stream.models import ConfigInput, Run
 from agent_stream.simulator import tone_ulaw
 from agent_stream.store import Store
 from agent_stream.workflow import starter_definition
@@ -971,6 +972,35 @@ async def test_a_revision_that_is_not_a_positive_integer_is_a_400(
                                         headers=tenant.headers)
         assert "revision" in (await body_of(response, 400))["error"]
     assert (await store.get_workflow(tenant.org_id, tenant.workflow.uuid)).revision == 1
+
+
+async def test_the_store_itself_refuses_a_stale_revision(
+    client: TestClient, tenant: Tenant, store: Store
+) -> None:
+    """What closes the gap between a handler's read and its write: the compare-and-set is in
+    the write's transaction, so a request that read revision 1 cannot overwrite revision 2."""
+    org, uuid = tenant.org_id, tenant.workflow.uuid
+    await store.update_workflow(org, uuid, name="Second", revision=1)
+    with pytest.raises(Stale):
+        await store.update_workflow(org, uuid, name="Lost", revision=1)
+    with pytest.raises(Stale):
+        await store.publish_workflow(org, uuid, revision=1)
+    assert (await store.get_workflow(org, uuid)).name == "Second"
+
+    config_id = await telephony_id(client, tenant)
+    await store.update_telephony_config(org, config_id, ConfigInput(name="Second"), revision=1)
+    with pytest.raises(Stale):
+        await store.update_telephony_config(org, config_id, ConfigInput(name="Lost"), revision=1)
+    with pytest.raises(Stale):
+        await store.delete_telephony_config(org, config_id, revision=1)
+    assert (await store.get_telephony_config(org, config_id)).name == "Second"
+
+    await store.set_user_quotas(org, tenant.user_id, monthly_minutes_limit=5,
+                                max_concurrent_calls=None, revision=1)
+    with pytest.raises(Stale):
+        await store.set_user_quotas(org, tenant.user_id, monthly_minutes_limit=6,
+                                    max_concurrent_calls=None, revision=1)
+    assert (await store.get_user(tenant.user_id)).monthly_minutes_limit == 5
 
 
 # -- nothing answers 500 to bad input ------------------------------------------------------------
