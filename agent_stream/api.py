@@ -3,13 +3,22 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Final
 
 from aiohttp import web
 
 from . import recordings, strict_json
-from .errors import RETRY_AFTER_SECONDS, Conflict, DatabaseUnavailable, NotFound, RequestTooSlow
+from .errors import (
+    RETRY_AFTER_SECONDS,
+    Conflict,
+    DatabaseUnavailable,
+    NotFound,
+    RequestTooSlow,
+    Stale,
+)
 from .keys import CALLS, RECORDINGS, SETTINGS, STORE
 from .models import ConfigInput, Run, TelephonyConfig, User, Workflow
 from .providers import ALIASES, PROVIDERS, provider_named
@@ -27,6 +36,9 @@ MAX_ROW_ID: Final = 2**63 - 1
 DEFAULT_PAGE: Final = 50
 RUN_STATES: Final = ("pending", "running", "completed", "failed")
 EDITABLE_STATUSES: Final = ("draft", "archived")
+# One entity tag of an If-Match list (RFC 9110 8.8.3): optional W/, then a quoted opaque tag.
+_ENTITY_TAG: Final = re.compile(r'(W/)?"([^"\x00-\x20\x7f]*)"')
+ANY_TAG: Final = frozenset({"*"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # What a 400 lists: a definition's problems as sentences, a configuration's by field.
@@ -148,6 +160,80 @@ def _definition(body: dict[str, Any]) -> dict[str, Any] | None:
     return body["definition"]  # type: ignore[no-any-return]
 
 
+def etag(revision: int) -> str:
+    """A resource's strong ETag: its revision, which every edit bumps (If-Match compares
+    strongly, so a weak tag could never match)."""
+    return f'"{revision}"'
+
+
+def _one(body: dict[str, Any], revision: int, *, status: int = 200) -> web.Response:
+    """The answer about one editable resource, with the ETag an edit sends back in If-Match."""
+    return web.json_response(body, status=status, headers={"ETag": etag(revision)})
+
+
+def _if_match(request: web.Request) -> frozenset[str] | None:
+    """If-Match's strong entity tags (None without the header, ANY_TAG for `*`); weak ones
+    never match (strong comparison) and are dropped; anything else is a 400."""
+    headers = request.headers.getall("If-Match", [])
+    if not headers:
+        return None
+    value = ", ".join(headers).strip()
+    if value == "*":
+        return ANY_TAG
+    tags: set[str] = set()
+    position = 0
+    while position < len(value):
+        if value[position] in " \t,":  # empty list elements are allowed
+            position += 1
+            continue
+        match = _ENTITY_TAG.match(value, position)
+        end = match.end() if match else position
+        rest = value[end:].lstrip(" \t")
+        if match is None or (rest and not rest.startswith(",")):
+            raise ApiError(400, 'If-Match must be * or entity tags such as "3" (the ETag you read)')
+        if not match.group(1):
+            tags.add(match.group(2))
+        position = end
+    return frozenset(tags)
+
+
+@dataclass(frozen=True)
+class EditCheck:
+    """What an edit says it was made from: If-Match's entity tags (a mismatch is 412) and
+    the body's "revision" (a mismatch is 409). Neither: the edit applies as it always did."""
+
+    tags: frozenset[str] | None
+    body_revision: int | None
+
+    def expected(self, current: int, what: str) -> int | None:
+        """The revision the store compares and sets against, or a 412 right away when
+        If-Match names another one than `current`."""
+        if self.tags is not None and self.tags != ANY_TAG and str(current) not in self.tags:
+            raise ApiError(
+                412, f'{what} was changed since the ETag you sent in If-Match (it is now '
+                     f'{etag(current)}): read it again and make the change again'
+            )
+        if self.body_revision is not None:
+            return self.body_revision
+        return current if self.tags is not None and self.tags != ANY_TAG else None
+
+    def refused(self, exc: Stale) -> ApiError:
+        """The store refused the edit as stale: 409 for the body's revision, 412 for an
+        If-Match that matched when it was read (the resource changed in between)."""
+        return ApiError(409 if self.body_revision is not None else 412, str(exc))
+
+
+def edit_check(request: web.Request, body: dict[str, Any] | None) -> EditCheck:
+    """If-Match and the body's "revision", checked for form before anything is read."""
+    tags = _if_match(request)
+    raw = (body or {}).get("revision")
+    if raw is not None and (
+        not isinstance(raw, int) or isinstance(raw, bool) or not 0 < raw <= MAX_ROW_ID
+    ):
+        raise ApiError(400, "'revision' must be a positive integer (the revision you read)")
+    return EditCheck(tags, raw)
+
+
 def _id(request: web.Request, key: str) -> int:
     """A row id from the path; anything SQLite could not store is simply not found."""
     try:
@@ -172,6 +258,7 @@ def workflow_json(workflow: Workflow) -> dict[str, Any]:
         "definition": redact_secrets(workflow.definition),  # no LLM API key in clear
         "created_at": workflow.created_at,
         "updated_at": workflow.updated_at,
+        "revision": workflow.revision,
     }
 
 
@@ -188,6 +275,7 @@ def telephony_json(config: TelephonyConfig) -> dict[str, Any]:
         "from_numbers": config.from_numbers,
         "created_at": config.created_at,
         "updated_at": config.updated_at,
+        "revision": config.revision,
     }
     return body
 
@@ -255,7 +343,7 @@ async def create_workflow(request: web.Request) -> web.Response:
         organization_id=user.organization_id, owner_user_id=user.id, name=name or "",
         definition=definition,
     )
-    return web.json_response(workflow_json(workflow), status=201)
+    return _one(workflow_json(workflow), workflow.revision, status=201)
 
 
 async def list_workflows(request: web.Request) -> web.Response:
@@ -269,41 +357,53 @@ async def get_workflow(request: web.Request) -> web.Response:
     workflow = await request.app[STORE].get_workflow(
         user.organization_id, request.match_info["uuid"]
     )
-    return web.json_response(workflow_json(workflow))
+    return _one(workflow_json(workflow), workflow.revision)
 
 
 async def patch_workflow(request: web.Request) -> web.Response:
+    """Edit; with If-Match or "revision", only if nobody changed it since it was read."""
     user = await api_user(request)
     body = await json_body(request)
+    check = edit_check(request, body)
     status = body.get("status")
     if status is not None and status not in EDITABLE_STATUSES:
         raise ApiError(400, "'status' can be set to draft or archived; use /publish to publish")
+    name = _text(body, "name")
     store: Store = request.app[STORE]
     definition = _definition(body)
+    current = await store.get_workflow(user.organization_id, request.match_info["uuid"])
+    revision = check.expected(current.revision, "the workflow")
     if definition is not None:  # a missing or masked LLM API key keeps the stored one
-        current = await store.get_workflow(user.organization_id, request.match_info["uuid"])
         definition = merge_secrets(definition, current.definition)
-    workflow = await store.update_workflow(
-        user.organization_id,
-        request.match_info["uuid"],
-        name=_text(body, "name"),
-        definition=definition,
-        status=status,
-    )
-    return web.json_response(workflow_json(workflow))
+    try:
+        workflow = await store.update_workflow(
+            user.organization_id, current.uuid, name=name, definition=definition, status=status,
+            revision=revision,
+        )
+    except Stale as exc:
+        raise check.refused(exc) from None
+    return _one(workflow_json(workflow), workflow.revision)
 
 
 async def publish_workflow(request: web.Request) -> web.Response:
+    """Publish the latest version; a body is optional (only its "revision" is read)."""
     user = await api_user(request)
+    check = edit_check(request, await json_body(request) if request.body_exists else None)
     store: Store = request.app[STORE]
     current = await store.get_workflow(user.organization_id, request.match_info["uuid"])
+    revision = check.expected(current.revision, "the workflow")
     if current.status == "archived":
         raise ApiError(409, "an archived workflow cannot be published; set status to draft first")
     problems = validate_definition(current.definition)
     if problems:
         raise ApiError(400, "invalid workflow definition", problems)
-    workflow = await store.publish_workflow(user.organization_id, current.uuid)
-    return web.json_response(workflow_json(workflow))
+    try:
+        workflow = await store.publish_workflow(
+            user.organization_id, current.uuid, revision=revision
+        )
+    except Stale as exc:
+        raise check.refused(exc) from None
+    return _one(workflow_json(workflow), workflow.revision)
 
 
 def _checked_config(
@@ -332,7 +432,7 @@ async def create_telephony(request: web.Request) -> web.Response:
         raise ApiError(400, refusal)
     given = _checked_config(provider, body, creating=True)
     config = await save_config(request.app[STORE], provider, user.organization_id, given)
-    return web.json_response(telephony_json(config), status=201)
+    return _one(telephony_json(config), config.revision, status=201)
 
 
 async def list_telephony(request: web.Request) -> web.Response:
@@ -344,27 +444,46 @@ async def list_telephony(request: web.Request) -> web.Response:
 async def get_telephony(request: web.Request) -> web.Response:
     user = await api_user(request)
     config = await request.app[STORE].get_telephony_config(user.organization_id, _id(request, "id"))
-    return web.json_response(telephony_json(config))
+    return _one(telephony_json(config), config.revision)
 
 
 async def patch_telephony(request: web.Request) -> web.Response:
+    """Edit; with If-Match or "revision", only if nobody changed it since it was read."""
     user = await api_user(request)
     body = await json_body(request)
+    check = edit_check(request, body)
     if "provider" in body:
         raise ApiError(400, "'provider' cannot be changed; create a new configuration")
     store: Store = request.app[STORE]
     current = await store.get_telephony_config(user.organization_id, _id(request, "id"))
+    revision = check.expected(current.revision, "the telephony configuration")
     provider = provider_named(current.provider)
     if provider is None:
         raise ApiError(409, f"provider {current.provider!r} is no longer supported")
     given = _checked_config(provider, body, creating=False)
-    config = await save_config(store, provider, user.organization_id, given, config_id=current.id)
-    return web.json_response(telephony_json(config))
+    try:
+        config = await save_config(
+            store, provider, user.organization_id, given, config_id=current.id, revision=revision
+        )
+    except Stale as exc:
+        raise check.refused(exc) from None
+    return _one(telephony_json(config), config.revision)
 
 
 async def delete_telephony(request: web.Request) -> web.Response:
+    """Delete; with If-Match, only if nobody changed it since it was read."""
     user = await api_user(request)
-    await request.app[STORE].delete_telephony_config(user.organization_id, _id(request, "id"))
+    check = edit_check(request, None)
+    store: Store = request.app[STORE]
+    config_id = _id(request, "id")
+    revision = None
+    if check.tags is not None:
+        current = await store.get_telephony_config(user.organization_id, config_id)
+        revision = check.expected(current.revision, "the telephony configuration")
+    try:
+        await store.delete_telephony_config(user.organization_id, config_id, revision=revision)
+    except Stale as exc:
+        raise check.refused(exc) from None
     return web.Response(status=204)
 
 

@@ -33,6 +33,16 @@ class Conflict(Exception):
     """A write would break a uniqueness rule (409 at the edge)."""
 
 
+class Stale(Conflict):
+    """An edit made from a revision that is no longer the current one (compare-and-set):
+    409 at the edge (412 when the API client named it in `If-Match`); the admin shows the
+    current state again rather than an error page."""
+
+    def __init__(self, message: str, *, current: int) -> None:
+        super().__init__(message)
+        self.current = current
+
+
 class DatabaseUnavailable(Exception):
     """The database refused or could not take a read or write right now: locked by another
     process past the busy timeout, disk full, I/O error. Worth retrying; 503 at the API edge,

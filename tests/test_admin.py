@@ -4,7 +4,9 @@ across organizations, and what each page says to the person reading it."""
 from __future__ import annotations
 
 import html as htmllib
+import json
 import logging
+import re
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from agent_stream.admin.common import SESSION_COOKIE, token_hash
 from agent_stream.providers import PROVIDERS
 from agent_stream.store import MIGRATIONS, Store
 from agent_stream.store.migrations import MIGRATIONS_DIR
+from agent_stream.workflow import starter_definition
 from tests.admin_fixtures import (
     PASSWORD,
     Operator,
@@ -330,7 +333,7 @@ async def test_editor_header_has_the_more_options_menu_and_publish_keeps_the_uui
 
     # a new draft after publishing: the header says so, and publishing again keeps the uuid
     page = await operator.post(
-        f"/agents/{uuid}/prompt", {"global_prompt": "Be terse.", "version": "1"}
+        f"/agents/{uuid}/prompt", {"global_prompt": "Be terse.", "revision": "2"}
     )
     assert "Saved as a new draft version" in page.html and "Unpublished changes" in page.html
     await operator.post(f"/agents/{uuid}/publish")
@@ -349,7 +352,7 @@ async def test_node_and_edge_forms_show_problems_next_to_their_fields(
             "kind": "transfer",
             "say": "Connecting.",
             "destination": "",
-            "version": "1",
+            "revision": "1",
         },
     )
     assert page.status == 400
@@ -360,7 +363,7 @@ async def test_node_and_edge_forms_show_problems_next_to_their_fields(
     # a bad digit on an edge: next to edge 0's digit field
     page = await operator.post(
         f"/agents/{uuid}/edges/0",
-        {"from": "start", "to": "book", "phrases": "yes", "dtmf": "x", "version": "1"},
+        {"from": "start", "to": "book", "phrases": "yes", "dtmf": "x", "revision": "1"},
     )
     assert page.status == 400
     assert (
@@ -371,7 +374,7 @@ async def test_node_and_edge_forms_show_problems_next_to_their_fields(
     # a node added without an edge would be unreachable: said next to "Reached from"
     page = await operator.post(
         f"/agents/{uuid}/nodes/4",
-        {"id": "hours", "kind": "end", "say": "We open at nine.", "version": "1"},
+        {"id": "hours", "kind": "end", "say": "We open at nine.", "revision": "1"},
     )
     assert page.status == 400
     reached_from = page.html.split('id="node-4-reached_from-error"')[1].split("</ul>")[0]
@@ -388,7 +391,7 @@ async def test_node_and_edge_forms_show_problems_next_to_their_fields(
             "reached_from": "start",
             "phrases": "opening hours, when are you open",
             "dtmf": "2",
-            "version": "1",
+            "revision": "1",
         },
     )
     assert page.status == 200 and "Saved as a new draft version" in page.html
@@ -409,7 +412,7 @@ async def test_node_and_edge_forms_show_problems_next_to_their_fields(
             "kind": "end",
             "say": "Nine to five.",
             "interruptible": "on",
-            "version": "2",
+            "revision": "2",
         },
     )
     agent = await store.get_workflow(operator.tenant.org_id, uuid)
@@ -423,7 +426,7 @@ async def test_node_and_edge_forms_show_problems_next_to_their_fields(
             "dtmf": "3",
             "fallback": "",
             "condition": "asks about hours",
-            "version": "3",
+            "revision": "3",
         },
     )
     agent = await store.get_workflow(operator.tenant.org_id, uuid)
@@ -434,25 +437,165 @@ async def test_node_and_edge_forms_show_problems_next_to_their_fields(
         "dtmf": "3",
         "condition": "asks about hours",
     }
-    page = await operator.post(f"/agents/{uuid}/nodes/4/delete", {"version": "4"})
+    page = await operator.post(f"/agents/{uuid}/nodes/4/delete", {"revision": "4"})
     agent = await store.get_workflow(operator.tenant.org_id, uuid)
     assert [n["id"] for n in agent.definition["nodes"]] == ["start", "book", "human", "bye"]
     assert all("opening" not in (e["from"], e["to"]) for e in agent.definition["edges"])
 
     # deleting the start node is refused, with the reason
-    page = await operator.post(f"/agents/{uuid}/nodes/0/delete", {"version": str(agent.version)})
+    page = await operator.post(f"/agents/{uuid}/nodes/0/delete", {"revision": str(agent.revision)})
     assert page.status == 400 and "was not deleted" in page.html and "no start node" in page.html
 
 
-async def test_a_form_from_an_older_version_is_not_saved_over_a_newer_one(
-    operator: Operator,
+# -- edits are compare-and-set: a stale form is refused, not lost ---------------------------------
+
+AGENT_CHANGED = "This agent was changed by someone else since you opened this page"
+_REVISION_RE = re.compile(r'name="revision" value="(\d+)"')
+
+
+def revisions_in(html: str) -> set[int]:
+    """The revisions the page's forms were rendered from (hidden `revision` inputs)."""
+    return {int(r) for r in _REVISION_RE.findall(html)}
+
+
+def theirs() -> dict[str, Any]:
+    """Another person's edit: same nodes and edges, another global prompt."""
+    return starter_definition() | {"global_prompt": "Theirs."}
+
+
+# (page the form is on, where it posts, what it sends)
+AGENT_FORMS = [
+    ("", "prompt", {"global_prompt": "Mine."}),
+    ("", "nodes/1", {"id": "book", "kind": "agent", "say": "Mine.", "prompt": "Mine."}),
+    ("", "nodes/2/delete", {}),
+    ("", "edges/0", {"from": "start", "to": "book", "phrases": "mine", "dtmf": "1"}),
+    ("", "edges/2/delete", {}),
+    ("", "definition", {"definition": json.dumps(starter_definition() | {"global_prompt": "Mine."})}),
+    ("", "publish", {}),
+    ("/settings", "settings", {"engine": "scripted", "language": "fr"}),
+    ("/settings", "rename", {"name": "Mine"}),
+    ("/settings", "archive", {}),
+]
+
+
+@pytest.mark.parametrize(("shown_on", "action", "data"), AGENT_FORMS, ids=[f[1] for f in AGENT_FORMS])
+async def test_a_stale_agent_form_is_refused_and_the_other_edit_stays(
+    operator: Operator, store: Store, shown_on: str, action: str, data: dict[str, str]
+) -> None:
+    tenant = operator.tenant
+    uuid = tenant.workflow.uuid
+    page = await operator.get(f"/agents/{uuid}{shown_on}")
+    assert page.status == 200 and revisions_in(page.html) == {1}  # every form of the page
+
+    # someone else saves through the API while the page is open
+    response = await operator.client.patch(
+        f"/api/v1/workflows/{uuid}", json={"name": "Theirs", "definition": theirs()},
+        headers=tenant.headers,
+    )
+    assert response.status == 200
+    after_theirs = await store.get_workflow(tenant.org_id, uuid)
+    assert after_theirs.revision == 2
+
+    page = await operator.post(f"/agents/{uuid}/{action}", data | {"revision": "1"})
+    assert page.status == 409 and AGENT_CHANGED in page.html
+    assert revisions_in(page.html) == {2} and "Theirs" in page.html  # the page as it is now
+    assert await store.get_workflow(tenant.org_id, uuid) == after_theirs  # nothing lost
+
+    # the page shown again is a fresh form: the same change now goes through
+    page = await operator.post(f"/agents/{uuid}/{action}", data | {"revision": "2"})
+    assert page.status == 200 and AGENT_CHANGED not in page.html, page.html
+    assert (await store.get_workflow(tenant.org_id, uuid)).revision == 3
+
+
+async def test_a_stale_editor_form_keeps_the_other_edit_of_the_definition(
+    operator: Operator, store: Store
 ) -> None:
     uuid = operator.tenant.workflow.uuid
-    await operator.post(f"/agents/{uuid}/prompt", {"global_prompt": "First.", "version": "1"})
+    (opened,) = revisions_in((await operator.get(f"/agents/{uuid}")).html)
+    await store.update_workflow(operator.tenant.org_id, uuid, definition=theirs())
     page = await operator.post(
-        f"/agents/{uuid}/prompt", {"global_prompt": "Stale.", "version": "1"}
+        f"/agents/{uuid}/prompt", {"global_prompt": "Stale.", "revision": str(opened)}
     )
-    assert page.status == 409 and "changed elsewhere" in page.html
+    assert page.status == 409 and AGENT_CHANGED in page.html
+    assert ">Theirs.</textarea>" in page.html  # the prompt as it is now, to edit again
+    stored = await store.get_workflow(operator.tenant.org_id, uuid)
+    assert stored.definition["global_prompt"] == "Theirs." and stored.version == 2
+
+
+async def test_a_stale_telephony_form_is_refused_and_the_other_edit_stays(
+    operator: Operator, store: Store
+) -> None:
+    tenant = operator.tenant
+    (config,) = await store.list_telephony_configs(tenant.org_id)
+    page = await operator.get(f"/telephony/{config.id}")
+    assert revisions_in(page.html) == {config.revision}
+    form = {"name": "Mine", "domain_id": config.account_id, "bearer_token": "",
+            "from_numbers": "+15555550100"}
+
+    response = await operator.client.patch(
+        f"/api/v1/telephony-configurations/{config.id}", json={"name": "Theirs"},
+        headers=tenant.headers,
+    )
+    assert response.status == 200
+    after_theirs = await store.get_telephony_config(tenant.org_id, config.id)
+
+    page = await operator.post(f"/telephony/{config.id}", form | {"revision": str(config.revision)})
+    assert page.status == 409
+    assert ("This telephony configuration was changed by someone else since you opened this "
+            "page") in page.html
+    assert 'value="Theirs"' in page.html and revisions_in(page.html) == {after_theirs.revision}
+    stored = await store.get_telephony_config(tenant.org_id, config.id)
+    assert (stored.name, stored.from_numbers, stored.revision) == (
+        "Theirs", after_theirs.from_numbers, after_theirs.revision)
+
+    page = await operator.post(
+        f"/telephony/{config.id}", form | {"revision": str(after_theirs.revision)}
+    )
+    assert page.status == 200 and "Telephony configuration saved." in page.html
+    stored = await store.get_telephony_config(tenant.org_id, config.id)
+    assert (stored.name, stored.from_numbers) == ("Mine", ["+15555550100"])
+
+
+async def test_a_stale_quota_form_is_refused_and_the_other_edit_stays(
+    operator: Operator, store: Store
+) -> None:
+    tenant = operator.tenant
+    target = operator.user
+    page = await operator.get("/users")
+    form_html = page.html.split(f'id="quota-{target.id}">')[1].split("</form>")[0]
+    (opened,) = revisions_in(form_html)
+    assert opened == target.revision
+
+    await store.set_user_quotas(
+        tenant.org_id, target.id, monthly_minutes_limit=30, max_concurrent_calls=1
+    )
+    mine = {"monthly_minutes_limit": "500", "max_concurrent_calls": "9"}
+    page = await operator.post(f"/users/{target.id}/quotas", mine | {"revision": str(opened)})
+    assert page.status == 409
+    assert "This user was changed by someone else since you opened this page" in page.html
+    assert f'id="monthly-{target.id}" name="monthly_minutes_limit"' in page.html
+    assert 'value="30"' in page.html  # the limits as they are now
+    stored = await store.get_user(target.id)
+    assert (stored.monthly_minutes_limit, stored.max_concurrent_calls) == (30, 1)
+
+    page = await operator.post(
+        f"/users/{target.id}/quotas", mine | {"revision": str(stored.revision)}
+    )
+    assert page.status == 200 and "Limits saved." in page.html
+    stored = await store.get_user(target.id)
+    assert (stored.monthly_minutes_limit, stored.max_concurrent_calls) == (500, 9)
+
+
+async def test_a_form_without_a_revision_still_saves_and_a_garbled_one_is_a_400(
+    operator: Operator, store: Store
+) -> None:
+    uuid = operator.tenant.workflow.uuid
+    page = await operator.post(f"/agents/{uuid}/prompt", {"global_prompt": "No revision."})
+    assert page.status == 200 and "Saved as a new draft version" in page.html
+    page = await operator.post(f"/agents/{uuid}/prompt", {"global_prompt": "x", "revision": "-1"})
+    assert page.status == 400
+    stored = await store.get_workflow(operator.tenant.org_id, uuid)
+    assert stored.definition["global_prompt"] == "No revision."
 
 
 async def test_raw_json_view_saves_whole_definitions_and_lists_every_problem(

@@ -11,8 +11,9 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
+from agent_stream.errors import Stale
 from agent_stream.keys import CALLS, SETTINGS
-from agent_stream.models import Run
+from agent_stream.models import ConfigInput, Run
 from agent_stream.simulator import tone_ulaw
 from agent_stream.store import Store
 from agent_stream.workflow import starter_definition
@@ -799,6 +800,207 @@ async def test_unknown_provider_rejection_is_not_shown_to_the_organization(
     assert (await body_of(response, 200))["rejections"] == []
     response = await client.get("/api/v1/stream-rejections", headers=other.headers)
     assert len((await body_of(response, 200))["rejections"]) == 1
+
+
+# -- edits are compare-and-set: If-Match (412) or "revision" (409) ----------------------------------
+
+
+async def read(client: TestClient, tenant: Tenant, path: str) -> tuple[str, dict[str, Any]]:
+    """One client's read: the ETag and the body, which agree on the revision."""
+    response = await client.get(path, headers=tenant.headers)
+    body = await body_of(response, 200)
+    assert response.headers["ETag"] == f'"{body["revision"]}"'
+    return response.headers["ETag"], body
+
+
+async def test_two_clients_edit_a_workflow_with_if_match_and_the_second_gets_412(
+    client: TestClient, tenant: Tenant, store: Store
+) -> None:
+    path = f"/api/v1/workflows/{tenant.workflow.uuid}"
+    etag_a, _ = await read(client, tenant, path)
+    etag_b, _ = await read(client, tenant, path)
+    assert etag_a == etag_b
+
+    first = starter_definition() | {"global_prompt": "First."}
+    response = await client.patch(path, json={"name": "First", "definition": first},
+                                  headers=tenant.headers | {"If-Match": etag_a})
+    patched = await body_of(response, 200)
+    assert response.headers["ETag"] == f'"{patched["revision"]}"' != etag_a
+
+    second = starter_definition() | {"global_prompt": "Second."}
+    response = await client.patch(path, json={"name": "Second", "definition": second},
+                                  headers=tenant.headers | {"If-Match": etag_b})
+    assert "changed" in (await body_of(response, 412))["error"]
+    stored = await store.get_workflow(tenant.org_id, tenant.workflow.uuid)
+    assert (stored.name, stored.definition, stored.version) == ("First", first, 2)
+
+    # read again, the same edit goes through
+    etag_b, _ = await read(client, tenant, path)
+    response = await client.patch(path, json={"name": "Second"},
+                                  headers=tenant.headers | {"If-Match": etag_b})
+    assert (await body_of(response, 200))["name"] == "Second"
+
+
+async def test_two_clients_edit_a_workflow_with_revision_and_the_second_gets_409(
+    client: TestClient, tenant: Tenant, store: Store
+) -> None:
+    path = f"/api/v1/workflows/{tenant.workflow.uuid}"
+    _, a = await read(client, tenant, path)
+    _, b = await read(client, tenant, path)
+    response = await client.patch(path, json={"status": "archived", "revision": a["revision"]},
+                                  headers=tenant.headers)
+    assert (await body_of(response, 200))["revision"] == a["revision"] + 1
+    response = await client.patch(path, json={"name": "Stale", "revision": b["revision"]},
+                                  headers=tenant.headers)
+    assert "reload it" in (await body_of(response, 409))["error"]
+    stored = await store.get_workflow(tenant.org_id, tenant.workflow.uuid)
+    assert (stored.name, stored.status) == (tenant.workflow.name, "archived")
+
+
+async def test_publish_honours_if_match_and_revision(
+    client: TestClient, tenant: Tenant, store: Store
+) -> None:
+    path = f"/api/v1/workflows/{tenant.workflow.uuid}"
+    etag, body = await read(client, tenant, path)
+    edited = starter_definition() | {"global_prompt": "Unreviewed."}
+    await body_of(await client.patch(path, json={"definition": edited}, headers=tenant.headers), 200)
+
+    # publishing what was reviewed at `etag` must not publish the newer draft
+    response = await client.post(f"{path}/publish", headers=tenant.headers | {"If-Match": etag})
+    await body_of(response, 412)
+    response = await client.post(f"{path}/publish", json={"revision": body["revision"]},
+                                 headers=tenant.headers)
+    await body_of(response, 409)
+    stored = await store.get_workflow(tenant.org_id, tenant.workflow.uuid)
+    assert (stored.status, stored.published_version) == ("draft", None)
+
+    etag, _ = await read(client, tenant, path)
+    response = await client.post(f"{path}/publish", headers=tenant.headers | {"If-Match": etag})
+    published = await body_of(response, 200)
+    assert published["published_version"] == 2 and response.headers["ETag"] != etag
+
+
+async def test_two_clients_edit_a_telephony_configuration_and_the_second_is_refused(
+    client: TestClient, tenant: Tenant, store: Store
+) -> None:
+    config_id = await telephony_id(client, tenant)
+    path = f"/api/v1/telephony-configurations/{config_id}"
+    etag, read_at = await read(client, tenant, path)
+    response = await client.patch(path, json={"name": "First", "from_numbers": ["+15550001111"]},
+                                  headers=tenant.headers | {"If-Match": etag})
+    assert (await body_of(response, 200))["name"] == "First"
+    assert response.headers["ETag"] != etag
+
+    response = await client.patch(path, json={"name": "Second"},
+                                  headers=tenant.headers | {"If-Match": etag})
+    await body_of(response, 412)
+    response = await client.patch(path, json={"name": "Second", "revision": read_at["revision"]},
+                                  headers=tenant.headers)
+    await body_of(response, 409)
+    response = await client.delete(path, headers=tenant.headers | {"If-Match": etag})
+    await body_of(response, 412)
+    stored = await store.get_telephony_config(tenant.org_id, config_id)
+    assert (stored.name, stored.from_numbers) == ("First", ["+15550001111"])
+
+    etag, _ = await read(client, tenant, path)
+    response = await client.delete(path, headers=tenant.headers | {"If-Match": etag})
+    assert response.status == 204
+
+
+async def test_the_etag_changes_with_every_edit_and_creation_has_one(
+    client: TestClient, tenant: Tenant
+) -> None:
+    response = await client.post("/api/v1/workflows", json={"name": "Tagged"}, headers=tenant.headers)
+    created = await body_of(response, 201)
+    assert response.headers["ETag"] == '"1"' and created["revision"] == 1
+    path = f"/api/v1/workflows/{created['uuid']}"
+    seen = {(await read(client, tenant, path))[0]}
+    for change in ({"name": "Renamed"}, {"status": "archived"}, {"status": "draft"}):
+        await body_of(await client.patch(path, json=change, headers=tenant.headers), 200)
+        etag, _ = await read(client, tenant, path)
+        assert etag not in seen
+        seen.add(etag)
+
+    config_path = f"/api/v1/telephony-configurations/{await telephony_id(client, tenant)}"
+    before, _ = await read(client, tenant, config_path)
+    await body_of(await client.patch(config_path, json={"name": "x"}, headers=tenant.headers), 200)
+    assert (await read(client, tenant, config_path))[0] != before
+
+
+async def test_if_match_star_lists_and_weak_tags(
+    client: TestClient, tenant: Tenant, store: Store
+) -> None:
+    path = f"/api/v1/workflows/{tenant.workflow.uuid}"
+    assert (await read(client, tenant, path))[0] == '"1"'
+    for if_match, status in (
+        ("*", 200),  # any current revision
+        ('"999", "2"', 200),  # one of a list
+        ('W/"3"', 412),  # a weak tag never matches (strong comparison)
+        ('"3", W/"3"', 200),
+        ('"1"', 412),
+    ):
+        response = await client.patch(path, json={"name": f"n{if_match[:3]}"},
+                                      headers=tenant.headers | {"If-Match": if_match})
+        await body_of(response, status)
+    assert (await store.get_workflow(tenant.org_id, tenant.workflow.uuid)).revision == 4
+
+
+@pytest.mark.parametrize("if_match", ["3", '"3', 'W/', '"3" junk', '"3";', "**", 'W/"3" "4"'])
+async def test_a_malformed_if_match_is_a_400(
+    client: TestClient, tenant: Tenant, store: Store, if_match: str
+) -> None:
+    config = f"/api/v1/telephony-configurations/{await telephony_id(client, tenant)}"
+    workflow = f"/api/v1/workflows/{tenant.workflow.uuid}"
+    for method, path in (("PATCH", workflow), ("POST", f"{workflow}/publish"),
+                         ("PATCH", config), ("DELETE", config)):
+        response = await client.request(method, path, json={"name": "x"} if method == "PATCH" else None,
+                                        headers=tenant.headers | {"If-Match": if_match})
+        assert "If-Match" in (await body_of(response, 400))["error"], (method, path)
+    stored = await store.get_workflow(tenant.org_id, tenant.workflow.uuid)
+    assert (stored.revision, stored.status) == (1, "draft")
+    assert len(await store.list_telephony_configs(tenant.org_id)) == 1
+
+
+@pytest.mark.parametrize("revision", ["1", 0, -1, True, 1.5, [1], 2**63])
+async def test_a_revision_that_is_not_a_positive_integer_is_a_400(
+    client: TestClient, tenant: Tenant, store: Store, revision: Any
+) -> None:
+    workflow = f"/api/v1/workflows/{tenant.workflow.uuid}"
+    config = f"/api/v1/telephony-configurations/{await telephony_id(client, tenant)}"
+    for method, path in (("PATCH", workflow), ("POST", f"{workflow}/publish"), ("PATCH", config)):
+        response = await client.request(method, path, json={"name": "x", "revision": revision},
+                                        headers=tenant.headers)
+        assert "revision" in (await body_of(response, 400))["error"]
+    assert (await store.get_workflow(tenant.org_id, tenant.workflow.uuid)).revision == 1
+
+
+async def test_the_store_itself_refuses_a_stale_revision(
+    client: TestClient, tenant: Tenant, store: Store
+) -> None:
+    """What closes the gap between a handler's read and its write: the compare-and-set is in
+    the write's transaction, so a request that read revision 1 cannot overwrite revision 2."""
+    org, uuid = tenant.org_id, tenant.workflow.uuid
+    await store.update_workflow(org, uuid, name="Second", revision=1)
+    with pytest.raises(Stale):
+        await store.update_workflow(org, uuid, name="Lost", revision=1)
+    with pytest.raises(Stale):
+        await store.publish_workflow(org, uuid, revision=1)
+    assert (await store.get_workflow(org, uuid)).name == "Second"
+
+    config_id = await telephony_id(client, tenant)
+    await store.update_telephony_config(org, config_id, ConfigInput(name="Second"), revision=1)
+    with pytest.raises(Stale):
+        await store.update_telephony_config(org, config_id, ConfigInput(name="Lost"), revision=1)
+    with pytest.raises(Stale):
+        await store.delete_telephony_config(org, config_id, revision=1)
+    assert (await store.get_telephony_config(org, config_id)).name == "Second"
+
+    await store.set_user_quotas(org, tenant.user_id, monthly_minutes_limit=5,
+                                max_concurrent_calls=None, revision=1)
+    with pytest.raises(Stale):
+        await store.set_user_quotas(org, tenant.user_id, monthly_minutes_limit=6,
+                                    max_concurrent_calls=None, revision=1)
+    assert (await store.get_user(tenant.user_id)).monthly_minutes_limit == 5
 
 
 # -- nothing answers 500 to bad input ------------------------------------------------------------

@@ -3,21 +3,26 @@ and the Settings page with the Agent UUID, the stream URL and the voice/model se
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final, Literal
 
 from aiohttp import web
 
 from .. import strict_json
+from ..errors import Stale
 from ..models import TelephonyConfig, Workflow
 from ..providers import PROVIDERS
 from ..urls import stream_base
 from ..workflow import ENGINES, STT_PROVIDERS, TTS_PROVIDERS, starter_definition
 from . import editor
 from .common import (
+    Handler,
+    changed_elsewhere,
     form_of,
+    form_revision,
     int_id,
     page,
     redirect,
@@ -29,6 +34,7 @@ from .common import (
 )
 
 MAX_NAME = 120
+AGENT_CHANGED: Final = changed_elsewhere("This agent", "the agent")
 
 
 def today_start() -> str:
@@ -41,6 +47,38 @@ async def _workflow(request: web.Request) -> Workflow:
     return await store_of(request).get_workflow(
         user_of(request).organization_id, request.match_info["uuid"]
     )
+
+
+def _fresh(workflow: Workflow, form: dict[str, str]) -> int:
+    """The revision an edit of `workflow` is compared and set against: the one it was read
+    at here, which a form made from an older one (its hidden `revision`) is not."""
+    revision = form_revision(form)
+    if revision is not None and revision != workflow.revision:
+        raise Stale(AGENT_CHANGED, current=workflow.revision)
+    return workflow.revision
+
+
+def _reshown_when_stale(shown: Literal["editor", "settings"]) -> Callable[[Handler], Handler]:
+    """A form from an older revision of the agent, or one that lost the race with another
+    edit, is answered with the agent's page as it is now and why (409): nothing stored is
+    lost, and the page's forms carry the current revision."""
+
+    def decorate(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def wrapper(request: web.Request) -> web.StreamResponse:
+            try:
+                return await handler(request)
+            except Stale:
+                workflow = await _workflow(request)
+                if shown == "settings":
+                    return await _settings_page(
+                        request, workflow, status=409, conflict=AGENT_CHANGED
+                    )
+                return await _editor_page(request, workflow, status=409, conflict=AGENT_CHANGED)
+
+        return wrapper
+
+    return decorate
 
 
 def _name_problem(name: str) -> str | None:
@@ -119,6 +157,7 @@ async def _editor_page(
     edge_forms: dict[int, dict[str, Any]] | None = None,
     raw_json: str | None = None,
     prompt: str | None = None,
+    conflict: str | None = None,
 ) -> web.Response:
     """The editor, showing what was sent (and why it was refused) where a form failed."""
     definition = workflow.definition
@@ -171,6 +210,7 @@ async def _editor_page(
             if prompt is not None
             else (definition.get("global_prompt") or ""),
             "nav": "agents",
+            "conflict": conflict,
         },
         status=status,
     )
@@ -181,42 +221,26 @@ async def agent_editor(request: web.Request) -> web.StreamResponse:
     return await _editor_page(request, await _workflow(request))
 
 
-async def _stale(
-    request: web.Request, workflow: Workflow, form: dict[str, str]
-) -> web.Response | None:
-    """Forms carry the version they were made from; a newer save wins, never silently."""
-    if form.get("version") and form["version"] != str(workflow.version):
-        problems = editor.Problems(
-            general=[
-                f"This agent was changed elsewhere (now version {workflow.version}) after you "
-                "opened the page. Your change was not saved; here is the current version."
-            ]
-        )
-        return await _editor_page(request, workflow, status=409, problems=problems)
-    return None
-
-
 async def _save(
     request: web.Request, workflow: Workflow, candidate: dict[str, Any], **on_error: Any
 ) -> web.StreamResponse:
     problems = editor.validate(candidate)
     if problems:
         return await _editor_page(request, workflow, status=400, problems=problems, **on_error)
-    await store_of(request).update_workflow(
-        workflow.organization_id, workflow.uuid, definition=candidate
+    await store_of(request).update_workflow(  # made from what was read: compare and set
+        workflow.organization_id, workflow.uuid, definition=candidate, revision=workflow.revision
     )
     return redirect(request, url(request, "admin_agent", uuid=workflow.uuid), notice="saved")
 
 
 async def _posted(
     request: web.Request, collection: str, *, may_append: bool
-) -> tuple[Workflow, dict[str, str], list[dict[str, Any]], int] | web.Response:
+) -> tuple[Workflow, dict[str, str], list[dict[str, Any]], int]:
     """The agent, the submitted form, its nodes or edges and the index the path names (one
-    past the end is an 'add' form where `may_append`); a stale form answers 409 instead."""
+    past the end is an 'add' form where `may_append`); a stale form raises Stale."""
     workflow = await _workflow(request)
     form = await form_of(request)
-    if stale := await _stale(request, workflow, form):
-        return stale
+    _fresh(workflow, form)
     items: list[dict[str, Any]] = workflow.definition.get(collection, [])
     index = int_id(request, "index")
     if index > len(items) or (index == len(items) and not may_append):
@@ -232,8 +256,6 @@ async def _delete(
 ) -> web.StreamResponse:
     """Delete one node or edge, unless what remains would be invalid (then say why)."""
     posted = await _posted(request, collection, may_append=False)
-    if isinstance(posted, web.Response):
-        return posted
     workflow, _, items, index = posted
     candidate = remove(workflow.definition, index)
     problems = editor.validate(candidate)
@@ -246,11 +268,10 @@ async def _delete(
 
 
 @page()
+@_reshown_when_stale("editor")
 async def save_node(request: web.Request) -> web.StreamResponse:
     """One node's form (also the 'add a node' form, with the edge that reaches it)."""
     posted = await _posted(request, "nodes", may_append=True)
-    if isinstance(posted, web.Response):
-        return posted
     workflow, form, nodes, index = posted
     adding = index == len(nodes)
     node = editor.node_from_form(form, None if adding else nodes[index])
@@ -287,6 +308,7 @@ async def save_node(request: web.Request) -> web.StreamResponse:
 
 
 @page()
+@_reshown_when_stale("editor")
 async def delete_node(request: web.Request) -> web.StreamResponse:
     return await _delete(
         request, "nodes", editor.without_node, lambda node: f"Node {node.get('id')!r}"
@@ -294,10 +316,9 @@ async def delete_node(request: web.Request) -> web.StreamResponse:
 
 
 @page()
+@_reshown_when_stale("editor")
 async def save_edge(request: web.Request) -> web.StreamResponse:
     posted = await _posted(request, "edges", may_append=True)
-    if isinstance(posted, web.Response):
-        return posted
     workflow, form, edges, index = posted
     edge = editor.edge_from_form(form, edges[index] if index < len(edges) else None)
     candidate = editor.with_edge(workflow.definition, index, edge)
@@ -305,16 +326,17 @@ async def save_edge(request: web.Request) -> web.StreamResponse:
 
 
 @page()
+@_reshown_when_stale("editor")
 async def delete_edge(request: web.Request) -> web.StreamResponse:
     return await _delete(request, "edges", editor.without_edge, lambda _edge: "The edge")
 
 
 @page()
+@_reshown_when_stale("editor")
 async def save_prompt(request: web.Request) -> web.StreamResponse:
     workflow = await _workflow(request)
     form = await form_of(request)
-    if stale := await _stale(request, workflow, form):
-        return stale
+    _fresh(workflow, form)
     candidate = dict(workflow.definition)
     if form.get("global_prompt"):
         candidate["global_prompt"] = form["global_prompt"][: editor.MAX_TEXT]
@@ -324,12 +346,12 @@ async def save_prompt(request: web.Request) -> web.StreamResponse:
 
 
 @page()
+@_reshown_when_stale("editor")
 async def save_json(request: web.Request) -> web.StreamResponse:
     """The raw JSON view, for power users: the whole definition at once."""
     workflow = await _workflow(request)
     form = await form_of(request)
-    if stale := await _stale(request, workflow, form):
-        return stale
+    _fresh(workflow, form)
     raw = form.get("definition", "")
     try:
         candidate = strict_json.loads(raw)
@@ -350,9 +372,11 @@ async def save_json(request: web.Request) -> web.StreamResponse:
 
 
 @page()
+@_reshown_when_stale("editor")
 async def publish(request: web.Request) -> web.StreamResponse:
     """Make the latest version the one calls run; the Agent UUID stays the same."""
     workflow = await _workflow(request)
+    revision = _fresh(workflow, await form_of(request))
     if workflow.status == "archived":
         problems = editor.Problems(
             general=["An archived agent cannot be published; restore it first."]
@@ -361,38 +385,50 @@ async def publish(request: web.Request) -> web.StreamResponse:
     problems = editor.validate(workflow.definition)
     if problems:
         return await _editor_page(request, workflow, status=400, problems=problems)
-    await store_of(request).publish_workflow(workflow.organization_id, workflow.uuid)
+    await store_of(request).publish_workflow(  # the version validated here, nothing newer
+        workflow.organization_id, workflow.uuid, revision=revision
+    )
     return redirect(request, url(request, "admin_agent", uuid=workflow.uuid), notice="published")
 
 
 @page()
+@_reshown_when_stale("settings")
 async def rename(request: web.Request) -> web.StreamResponse:
     workflow = await _workflow(request)
     form = await form_of(request)
+    revision = _fresh(workflow, form)
     name = form.get("name", "")
     problem = _name_problem(name)
     if problem:
         return await _settings_page(request, workflow, status=400, name_problem=problem, name=name)
-    await store_of(request).update_workflow(workflow.organization_id, workflow.uuid, name=name)
+    await store_of(request).update_workflow(
+        workflow.organization_id, workflow.uuid, name=name, revision=revision
+    )
     # the form is on two pages: it goes back to the one it was sent from
     target = safe_next(form.get("back")) or url(request, "admin_agent_settings", uuid=workflow.uuid)
     return redirect(request, target, notice="agent_renamed")
 
 
 @page()
+@_reshown_when_stale("settings")
 async def archive(request: web.Request) -> web.StreamResponse:
     workflow = await _workflow(request)
+    revision = _fresh(workflow, await form_of(request))
     await store_of(request).update_workflow(
-        workflow.organization_id, workflow.uuid, status="archived"
+        workflow.organization_id, workflow.uuid, status="archived", revision=revision
     )
     return redirect(request, url(request, "admin_agents"), notice="agent_archived")
 
 
 @page()
+@_reshown_when_stale("settings")
 async def restore(request: web.Request) -> web.StreamResponse:
     workflow = await _workflow(request)
+    revision = _fresh(workflow, await form_of(request))
     status = "published" if workflow.published_version else "draft"
-    await store_of(request).update_workflow(workflow.organization_id, workflow.uuid, status=status)
+    await store_of(request).update_workflow(
+        workflow.organization_id, workflow.uuid, status=status, revision=revision
+    )
     return redirect(
         request, url(request, "admin_agent", uuid=workflow.uuid), notice="agent_restored"
     )
@@ -434,6 +470,7 @@ async def _settings_page(
     values: dict[str, Any] | None = None,
     name_problem: str | None = None,
     name: str | None = None,
+    conflict: str | None = None,
 ) -> web.Response:
     configs = await store_of(request).list_telephony_configs(workflow.organization_id)
     shown_values = values or editor.settings_form(workflow.definition)
@@ -454,6 +491,7 @@ async def _settings_page(
             "name_problem": name_problem,
             "name_value": name if name is not None else workflow.name,
             "nav": "agents",
+            "conflict": conflict,
         },
         status=status,
     )
@@ -465,10 +503,12 @@ async def agent_settings(request: web.Request) -> web.StreamResponse:
 
 
 @page()
+@_reshown_when_stale("settings")
 async def save_settings(request: web.Request) -> web.StreamResponse:
     """Voice and model settings live in the definition's `settings` (a new draft version)."""
     workflow = await _workflow(request)
     form = await form_of(request)
+    revision = _fresh(workflow, form)
     candidate, problems = editor.apply_settings_form(workflow.definition, form)
     if problems:
         values = editor.settings_form(candidate)
@@ -476,7 +516,7 @@ async def save_settings(request: web.Request) -> web.StreamResponse:
         values |= {k: v for k, v in saved.items() if k.endswith("_api_key_hint")}
         return await _settings_page(request, workflow, status=400, problems=problems, values=values)
     await store_of(request).update_workflow(
-        workflow.organization_id, workflow.uuid, definition=candidate
+        workflow.organization_id, workflow.uuid, definition=candidate, revision=revision
     )
     return redirect(
         request,

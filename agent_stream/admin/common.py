@@ -76,6 +76,13 @@ FLASHES: Final = {
     "welcome": "Welcome! Here is your starter agent.",
 }
 
+# What a page says when its form was made from a revision someone else has since changed
+# (compare-and-set): the page is shown again as things are now, nothing of theirs is lost.
+CHANGED_ELSEWHERE: Final = (
+    "{what} was changed by someone else since you opened this page, so your change was not "
+    "saved. This page now shows {it} as it is: make the change again."
+)
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # What one request learns about its sender, typed (aiohttp request storage).
@@ -179,6 +186,7 @@ def render(
         "live_poll_ms": LIVE_POLL_SECONDS * 1000,
         "nav": "",
         "tab": "",
+        "conflict": None,  # CHANGED_ELSEWHERE, on the page a stale form is answered with
     }
     response = aiohttp_jinja2.render_template(
         template, request, base | (context or {}), status=status
@@ -246,6 +254,22 @@ async def form_of(request: web.Request) -> dict[str, str]:
     """The posted form as plain text fields (files are not part of any admin form)."""
     form = await request.post()
     return {k: v.strip() if isinstance(v, str) else "" for k, v in form.items()}
+
+
+def form_revision(form: dict[str, str]) -> int | None:
+    """The revision a form was rendered from (its hidden `revision` input); None when it
+    has none, which saves without the check (a page from before revisions)."""
+    raw = form.get("revision", "")
+    if not raw:
+        return None
+    if not raw.isdigit() or len(raw) > 18:
+        raise web.HTTPBadRequest()
+    return int(raw)
+
+
+def changed_elsewhere(what: str, it: str) -> str:
+    """The message of a stale form, e.g. ("This agent", "the agent")."""
+    return CHANGED_ELSEWHERE.format(what=what, it=it)
 
 
 def int_id(request: web.Request, key: str) -> int:

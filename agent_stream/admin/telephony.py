@@ -3,17 +3,33 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
 
-from ..errors import Conflict, NotFound
+from ..errors import Conflict, NotFound, Stale
 from ..models import TelephonyConfig
 from ..providers import DEFAULT_PROVIDER, PROVIDERS, provider_named
 from ..providers.base import Provider
 from ..providers.configs import check_config, needs_no_configuration, numbers_from_text, save_config
 from ..security import mask_secret
-from .common import error_page, form_of, int_id, page, redirect, render, store_of, url, user_of
+from .common import (
+    changed_elsewhere,
+    error_page,
+    form_of,
+    form_revision,
+    int_id,
+    page,
+    redirect,
+    render,
+    store_of,
+    url,
+    user_of,
+)
+
+CONFIG_CHANGED: Final = changed_elsewhere(
+    "This telephony configuration", "the configuration"
+)
 
 
 def _provider(name: str | None) -> Provider:
@@ -41,6 +57,7 @@ def shown(config: TelephonyConfig) -> dict[str, Any]:
         "hints": hints,
         "from_numbers": ", ".join(config.from_numbers),
         "updated_at": config.updated_at,
+        "revision": config.revision,  # what its edit form was made from
     }
 
 
@@ -92,15 +109,21 @@ async def telephony(request: web.Request) -> web.StreamResponse:
 
 async def _save(
     request: web.Request, provider: Provider, form: dict[str, str], organization_id: int,
-    config_id: int | None = None,
+    config_id: int | None = None, revision: int | None = None,
 ) -> dict[str, str]:
-    """Check and store a posted configuration (a new one, or the changes to `config_id`);
-    the problems by field, none when it was stored."""
+    """Check and store a posted configuration (a new one, or the changes to `config_id`
+    as read at `revision`: Stale if it has changed since); the problems by field, none
+    when it was stored."""
     given, found = check_config(provider, _form_values(provider, form), creating=config_id is None)
     problems = {p.field: p.message for p in found}
     if not problems:
         try:
-            await save_config(store_of(request), provider, organization_id, given, config_id=config_id)
+            await save_config(
+                store_of(request), provider, organization_id, given, config_id=config_id,
+                revision=revision,
+            )
+        except Stale:
+            raise
         except Conflict:
             problems[provider.account_field or "name"] = (
                 f"There is already a configuration for {given.account_id}."
@@ -135,9 +158,10 @@ def _edit_form(config: TelephonyConfig) -> dict[str, str]:
     return {**config.fields, "name": config.name, "from_numbers": ", ".join(config.from_numbers)}
 
 
-@page()
-async def edit_page(request: web.Request) -> web.StreamResponse:
-    config = await _config(request)
+def _edit_page(
+    request: web.Request, config: TelephonyConfig, *, status: int = 200,
+    conflict: str | None = None,
+) -> web.Response:
     return render(
         request,
         "telephony_edit.html",
@@ -147,17 +171,34 @@ async def edit_page(request: web.Request) -> web.StreamResponse:
             "form": _edit_form(config),
             "problems": {},
             "nav": "telephony",
+            "conflict": conflict,
         },
+        status=status,
     )
 
 
 @page()
+async def edit_page(request: web.Request) -> web.StreamResponse:
+    return _edit_page(request, await _config(request))
+
+
+@page()
 async def update(request: web.Request) -> web.StreamResponse:
-    """Edit; a stored secret stays unless a new one is pasted."""
+    """Edit; a stored secret stays unless a new one is pasted. A form made from an older
+    revision (someone else saved in between) shows the configuration as it is now (409)."""
     config = await _config(request)
     provider = _provider(config.provider)
     form = await form_of(request)
-    problems = await _save(request, provider, form, config.organization_id, config_id=config.id)
+    revision = form_revision(form)
+    try:
+        if revision is not None and revision != config.revision:
+            raise Stale(CONFIG_CHANGED, current=config.revision)
+        problems = await _save(
+            request, provider, form, config.organization_id, config_id=config.id,
+            revision=revision,
+        )
+    except Stale:
+        return _edit_page(request, await _config(request), status=409, conflict=CONFIG_CHANGED)
     if problems:
         return render(
             request,

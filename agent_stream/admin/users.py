@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
 
-from ..errors import Conflict
+from ..errors import Conflict, Stale
 from .common import (
     MIN_PASSWORD_LENGTH,
+    changed_elsewhere,
     form_of,
+    form_revision,
     int_id,
     page,
     redirect,
@@ -20,6 +22,7 @@ from .common import (
 )
 
 MAX_QUOTA = 10**7
+USER_CHANGED: Final = changed_elsewhere("This user", "the user")
 
 
 def _quota(raw: str) -> tuple[int | None, str | None]:
@@ -39,6 +42,7 @@ async def _users_page(
     form: dict[str, str] | None = None,
     problems: dict[str, str] | None = None,
     quota_problems: dict[int, dict[str, str]] | None = None,
+    conflict: str | None = None,
 ) -> web.Response:
     organization_id = user_of(request).organization_id
     store = store_of(request)
@@ -58,6 +62,7 @@ async def _users_page(
             "quota_problems": quota_problems or {},
             "min_password": MIN_PASSWORD_LENGTH,
             "nav": "users",
+            "conflict": conflict,
         },
         status=status,
     )
@@ -107,6 +112,9 @@ async def set_quotas(request: web.Request) -> web.StreamResponse:
     organization_id = user_of(request).organization_id
     target = await store_of(request).get_org_user(organization_id, int_id(request, "id"))
     form = await form_of(request)
+    revision = form_revision(form)
+    if revision is not None and revision != target.revision:  # someone saved in between
+        return await _users_page(request, status=409, conflict=USER_CHANGED)
     monthly, monthly_problem = _quota(form.get("monthly_minutes_limit", ""))
     concurrent, concurrent_problem = _quota(form.get("max_concurrent_calls", ""))
     if monthly_problem or concurrent_problem:
@@ -116,9 +124,13 @@ async def set_quotas(request: web.Request) -> web.StreamResponse:
         if concurrent_problem:
             problems["max_concurrent_calls"] = concurrent_problem
         return await _users_page(request, status=400, quota_problems={target.id: problems})
-    await store_of(request).set_user_quotas(
-        organization_id, target.id, monthly_minutes_limit=monthly, max_concurrent_calls=concurrent
-    )
+    try:
+        await store_of(request).set_user_quotas(
+            organization_id, target.id, monthly_minutes_limit=monthly,
+            max_concurrent_calls=concurrent, revision=revision,
+        )
+    except Stale:
+        return await _users_page(request, status=409, conflict=USER_CHANGED)
     return redirect(request, url(request, "admin_users"), notice="quotas_saved")
 
 

@@ -114,14 +114,17 @@ async def save_config(
     given: ConfigInput,
     *,
     config_id: int | None = None,
+    revision: int | None = None,
 ) -> TelephonyConfig:
     """Store a checked configuration: a new one, or the changes to `config_id` (what was
-    not given stays). Conflict where the provider allows one configuration per account."""
+    not given stays). Conflict where the provider allows one configuration per account;
+    Stale when `config_id` has changed since it was read at `revision`."""
     if config_id is None:
         return await store.create_telephony_config(
             organization_id, provider.name, replace(given, name=given.name or provider.title),
             one_per_account=provider.one_per_account,
         )
     return await store.update_telephony_config(
-        organization_id, config_id, given, one_per_account=provider.one_per_account
+        organization_id, config_id, given, one_per_account=provider.one_per_account,
+        revision=revision,
     )

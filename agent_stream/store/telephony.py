@@ -112,8 +112,14 @@ class TelephonyStore(StoreBase):
                 ) from exc
             return await self._telephony_by_id(db, organization_id, config_id)
 
-    async def delete_telephony_config(self, organization_id: int, config_id: int) -> None:
+    async def delete_telephony_config(
+        self, organization_id: int, config_id: int, *, revision: int | None = None
+    ) -> None:
+        """Delete; with `revision`, a configuration changed since it was read is a Conflict."""
         async with self._db.transaction() as db:
+            if revision is not None:
+                current = await self._telephony_by_id(db, organization_id, config_id, lock=True)
+                check_revision(current.revision, revision, "this configuration")
             deleted = await db.execute(
                 "DELETE FROM telephony_configurations WHERE id = ? AND organization_id = ?",
                 (config_id, organization_id),
