@@ -282,6 +282,24 @@ async def stored_bytes(settings: Settings) -> bytes:
     return "\n".join(r[0] for table_rows in rows for r in table_rows).encode()
 
 
+async def agent_over_api(
+    http: aiohttp.ClientSession, base: str, headers: dict[str, str], *, domain: str,
+    definition: dict[str, Any] | None = None,
+) -> str:
+    """Through a served process's API, as an operator would: a Cloudonix configuration of
+    `domain` and an agent (`definition`, else the starter); the agent's uuid."""
+    async with http.post(f"{base}/api/v1/telephony-configurations", headers=headers,
+                         json={"provider": "cloudonix", "domain_id": domain,
+                               "bearer_token": TOKEN}) as response:
+        assert response.status == 201, await response.text()
+    body: dict[str, Any] = {"name": "Front desk"}
+    if definition is not None:
+        body["definition"] = definition
+    async with http.post(f"{base}/api/v1/workflows", headers=headers, json=body) as response:
+        assert response.status == 201, await response.text()
+        return str((await response.json())["uuid"])
+
+
 async def stored_rows(settings: Settings, sql: str) -> list[tuple[Any, ...]]:
     """Rows read straight from the database of `settings`, past the store."""
     if settings.db_url is None:

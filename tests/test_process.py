@@ -26,6 +26,7 @@ from tests.conftest import (
     Dial,
     MakeTenant,
     add_cloudonix_config,
+    agent_over_api,
     answered,
     handshake_done,
     spawned_children,
@@ -104,13 +105,7 @@ async def test_serve_then_sigterm_closes_live_calls_and_finishes_runs(
     try:
         async with aiohttp.ClientSession() as http:
             await wait_healthy(http, base, proc)
-            async with http.post(f"{base}/api/v1/telephony-configurations", headers=headers,
-                                 json={"provider": "cloudonix", "domain_id": "acme",
-                                       "bearer_token": TOKEN}) as response:
-                assert response.status == 201
-            async with http.post(f"{base}/api/v1/workflows", headers=headers,
-                                 json={"name": "Front desk"}) as response:
-                agent_uuid = (await response.json())["uuid"]
+            agent_uuid = await agent_over_api(http, base, headers, domain="acme")
 
             call = await connect(http, stream_url(base, agent_uuid, domain="acme", call_id="C-9"))
             call.account_sid = DOMAIN

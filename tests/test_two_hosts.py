@@ -18,7 +18,7 @@ from aiohttp.test_utils import unused_port
 from agent_stream.crypto import KEY_ENV
 from agent_stream.simulator import SimulatedCall, connect, stream_url
 from tests.cloudonix_emulator import CloudonixEmulator
-from tests.conftest import DOMAIN, POSTGRES_SECRET_KEY, TOKEN, keep_line_open
+from tests.conftest import DOMAIN, POSTGRES_SECRET_KEY, TOKEN, agent_over_api, keep_line_open
 from tests.test_process import ROOT, wait_healthy
 
 
@@ -70,17 +70,11 @@ async def test_two_serve_processes_share_one_postgresql_database(
             for base, proc in zip((one, two), servers, strict=True):
                 await wait_healthy(http, base, proc)
             # made through one, used through the other
-            async with http.post(f"{one}/api/v1/telephony-configurations", headers=headers,
-                                 json={"provider": "cloudonix", "domain_id": DOMAIN,
-                                       "bearer_token": TOKEN}) as response:
-                assert response.status == 201, await response.text()
             waiting = {"settings": {"silence_timeout_seconds": 600},
                        "nodes": [{"id": "start", "kind": "start", "say": ""},
                                  {"id": "wait", "kind": "agent", "say": ""}],
                        "edges": [{"from": "start", "to": "wait", "dtmf": "1"}]}
-            async with http.post(f"{one}/api/v1/workflows", headers=headers,
-                                 json={"name": "Front desk", "definition": waiting}) as response:
-                agent = (await response.json())["uuid"]
+            agent = await agent_over_api(http, one, headers, domain=DOMAIN, definition=waiting)
 
             async def dial(base: str) -> SimulatedCall:
                 call = await connect(http, stream_url(base, agent, domain=DOMAIN))

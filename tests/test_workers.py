@@ -20,7 +20,7 @@ from agent_stream.config import Settings
 from agent_stream.simulator import connect, stream_url, tone_ulaw
 from agent_stream.workers import Supervisor, WorkersFailing
 from tests.cloudonix_emulator import CloudonixEmulator
-from tests.conftest import DOMAIN, TOKEN, spawned_children
+from tests.conftest import DOMAIN, TOKEN, agent_over_api, spawned_children
 from tests.test_process import ROOT, alive, run_cli
 
 HOST = "127.0.0.1"
@@ -152,13 +152,7 @@ async def test_sigterm_drains_every_worker_and_their_live_calls(
     pids = served.workers()
     headers = {"Authorization": f"Bearer {api_key}"}
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{served.base}/api/v1/telephony-configurations", headers=headers,
-                             json={"provider": "cloudonix", "domain_id": "acme",
-                                   "bearer_token": TOKEN}) as response:
-            assert response.status == 201
-        async with http.post(f"{served.base}/api/v1/workflows", headers=headers,
-                             json={"name": "Front desk"}) as response:
-            agent_uuid = (await response.json())["uuid"]
+        agent_uuid = await agent_over_api(http, served.base, headers, domain="acme")
         call = await connect(http, stream_url(served.base, agent_uuid, domain="acme"))
         call.account_sid = DOMAIN
         emulator.add_session(DOMAIN, call.session)
