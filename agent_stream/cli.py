@@ -13,7 +13,7 @@ from aiohttp import web
 
 from .config import Settings
 from .crypto import SecretKeyError, new_secret_key
-from .errors import Conflict, NotFound
+from .errors import Conflict, DatabaseUnavailable, NotFound
 from .store import open_store
 from .workflow import DTMF_DIGITS
 
@@ -156,6 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(command, settings, args)
     except SecretKeyError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except DatabaseUnavailable as exc:  # at start: no database to serve from
+        print(f"error: {settings.database_shown}: {exc}", file=sys.stderr)
         return 2
 
 

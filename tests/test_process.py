@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp.test_utils import unused_port
+from cryptography.fernet import Fernet
 
 from agent_stream.config import Settings
 from agent_stream.crypto import KEY_ENV
@@ -345,3 +346,22 @@ async def test_the_call_command_speaks_exotel_with_the_stand_in_s_basic_credenti
         assert done.returncode == 0, done.stdout + done.stderr
         assert ended in done.stdout
         assert "provider API:" not in done.stdout
+
+
+def test_postgresql_without_its_key_or_its_server_is_a_clear_error(tmp_path: Path) -> None:
+    url = "postgresql://agent:hunter2@127.0.0.1:1/agent_stream"  # nothing listens on port 1
+    env = {k: v for k, v in os.environ.items() if k != KEY_ENV}
+    keyless = subprocess.run([sys.executable, "app.py", "create-user", "--email", "a@b.c",
+                              "--password", "pw", "--db", url],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+    assert keyless.returncode == 2
+    assert keyless.stderr.strip() == (
+        "error: AGENT_STREAM_SECRET_KEY is required with PostgreSQL: every instance must seal "
+        "and open secrets with the same key (python app.py new-secret-key prints one)")
+    served = subprocess.run([sys.executable, "app.py", "--port", str(unused_port()), "--db", url],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60,
+                            env=env | {KEY_ENV: Fernet.generate_key().decode()})
+    assert served.returncode == 2
+    assert ("error: postgresql://127.0.0.1:1/agent_stream: database unavailable: "
+            "ConnectionRefusedError") in served.stderr
+    assert "hunter2" not in served.stderr and "Traceback" not in served.stderr
