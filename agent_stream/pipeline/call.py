@@ -179,10 +179,10 @@ def break_pipecat_cycles(*roots: object) -> int:
             continue
         seen.add(id(obj))
         found.append(obj)
-        pipeline = getattr(obj, "pipeline", None)  # a worker's whole pipeline
+        pipeline = _property(obj, "pipeline")  # a worker's whole pipeline
         if pipeline is not None:
             todo.append(pipeline)
-        processors = getattr(obj, "processors", None)  # a pipeline's, source and sink included
+        processors = _property(obj, "processors")  # a pipeline's, source and sink included
         if isinstance(processors, list):
             todo.extend(processors)
     for obj in found:
@@ -191,3 +191,11 @@ def break_pipecat_cycles(*roots: object) -> int:
             for name in [n for n, value in attributes.items() if not isinstance(value, _PLAIN)]:
                 del attributes[name]
     return len(found)
+
+
+def _property(obj: object, name: str) -> object:
+    """`obj.name`, or None if this pipecat has no such thing or it cannot be read."""
+    try:
+        return getattr(obj, name, None)
+    except Exception:
+        return None
