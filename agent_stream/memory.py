@@ -10,10 +10,11 @@ So what the process keeps for its lifetime is frozen out of every collection aft
 startup (`gc.freeze()`), and CPython's automatic full passes are turned off; its young
 and middle collections stay, and stay short. A call's objects are not left to the
 collector either: pipecat's processors point at each other, and a finished call used to
-leave ~650 objects in reference cycles that only a full pass frees (a full pass after
-every 100 ended calls under load: 80-160 ms gaps at 120 calls). The call now breaks those
-cycles when it ends (`pipeline.call.break_pipecat_cycles`, and the socket's stored error),
-so reference counting frees it at once, at no pause.
+leave ~650 objects in reference cycles that only a full pass frees (young passes alone
+leaked ~0.21 MB per call; a full pass after every 100 ended calls under load made gaps of
+80-460 ms at 120-150 calls). The call now breaks those cycles when it ends
+(`pipeline.call.break_pipecat_cycles`, and the socket's stored error), so reference
+counting frees it at once, at no pause (bench/call_garbage.py shows what is left).
 
 What still escapes (a pipeline that did not stop, an error path nobody has seen) is
 collected by one full pass when no call is live: nobody hears that pause. Under load that
