@@ -1,18 +1,25 @@
-"""Garbage collection that does not pause live calls' audio.
+"""Garbage collection that never pauses live calls' audio.
 
 A full pass of CPython's cyclic collector walks every tracked object and stops the event
-loop while it does. Over what the server keeps from startup (pipecat, openai and their
-kin) that alone was 150-200 ms; over 80 live calls another 70-120 ms, heard as a gap in
-the audio of every call speaking at that moment. And CPython started such passes on its
-own, mid-call, whenever enough objects had survived into its oldest generation.
+loop while it does: over what the server keeps from startup (pipecat, openai and their
+kin) 150-200 ms, over 80 live calls another 70-120 ms, heard as a gap in the audio of
+every call speaking at that moment. CPython starts such passes on its own whenever enough
+objects have survived into its oldest generation.
 
 So what the process keeps for its lifetime is frozen out of every collection after
-startup (`gc.freeze()`), and CPython's automatic full passes are turned off: its young
-collections stay short. Finished calls leave reference cycles behind (pipecat's processors
-point at each other); `CallGarbage` collects them with a full pass when the last live
-call ends, and under load that never goes idle after every `FULL_COLLECTION_EVERY` ended
-calls: one pause of about 1 ms per live call. Without any full collection RSS grew from
-312 to 905 MB over six waves of calls.
+startup (`gc.freeze()`), and CPython's automatic full passes are turned off; its young
+and middle collections stay, and stay short. A call's objects are not left to the
+collector either: pipecat's processors point at each other, and a finished call used to
+leave ~650 objects in reference cycles that only a full pass frees (young passes alone
+leaked ~0.21 MB per call; a full pass after every 100 ended calls under load made gaps of
+80-460 ms at 120-150 calls). The call now breaks those cycles when it ends
+(`pipeline.call.break_pipecat_cycles`, and the socket's stored error), so reference
+counting frees it at once, at no pause (bench/call_garbage.py shows what is left).
+
+What still escapes (a pipeline that did not stop, an error path nobody has seen) is
+collected by one full pass when no call is live: nobody hears that pause. Under load that
+never goes idle there is no full pass at all; that garbage waits for the next idle moment
+(tests/test_memory.py bounds what a call leaves).
 """
 from __future__ import annotations
 
@@ -23,8 +30,6 @@ from typing import Final
 
 log = logging.getLogger(__name__)
 
-# Under load that never goes idle, ended calls whose garbage may wait for one full pass.
-FULL_COLLECTION_EVERY: Final = 100
 # Gen-1 collections before CPython would start a full pass on its own: never, in practice.
 NO_AUTOMATIC_FULL_PASSES: Final = 1_000_000_000
 
@@ -38,27 +43,26 @@ def keep_collections_short() -> None:
 
 
 class CallGarbage:
-    """Decides when the garbage of ended calls is collected."""
+    """Decides when a full collection runs: only when no call is live to hear it."""
 
-    def __init__(self, every: int = FULL_COLLECTION_EVERY) -> None:
-        self.every = every
+    def __init__(self) -> None:
         self.ended_since_collection = 0
         self.collections = 0
 
     def call_ended(self, live_calls: int) -> None:
-        """A call that ran a pipeline ended; `live_calls` are still running."""
+        """A call that ran a pipeline ended; `live_calls` are still connected."""
         self.ended_since_collection += 1
-        if live_calls == 0 or self.ended_since_collection >= self.every:
-            self.collect(live_calls)
+        if live_calls == 0:
+            self.collect()
 
-    def collect(self, live_calls: int) -> int:
+    def collect(self) -> int:
         """One full pass (over all but the frozen startup objects)."""
         began = time.perf_counter()
         found = gc.collect()
         self.collections += 1
-        self.ended_since_collection = 0
         log.debug(
-            "full garbage collection: %d objects in %.1f ms with %d live call(s)",
-            found, (time.perf_counter() - began) * 1000, live_calls,
+            "idle garbage collection: %d objects in %.1f ms after %d ended call(s)",
+            found, (time.perf_counter() - began) * 1000, self.ended_since_collection,
         )
+        self.ended_since_collection = 0
         return found

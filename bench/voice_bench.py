@@ -8,7 +8,9 @@ for the greeting, says "yes", waits for the answer, says "goodbye" and is hung u
   follows, minus the VAD's 0.5 s end-of-turn silence (what the engine itself adds);
 - outbound audio gaps: time between consecutive media messages while the agent speaks,
   as the server sent them (p99 over all calls) and as the callers received them;
-- server CPU (main process + speech decoder process) and RSS growth per call.
+- the longest single outbound gap of any call (a pause of the whole event loop shows here);
+- server CPU (main process + speech decoder process): share of a core, and per second of
+  call; RSS growth per call and at idle after each wave (flat when calls leave nothing).
 
 Run on demand, not in CI:  python bench/voice_bench.py [--waves 1,20,40,80]
 """
@@ -56,7 +58,7 @@ async def main() -> None:
               f"{args.workers} worker(s) on {args.db}")
         print(f"server RSS at idle: {tree_rss_mb(pid):.0f} MB")
         print("calls  ok  v2v p50/p99 ms   server gap p99 max ms   client gap p99 ms  "
-              "cpu core%  rss +MB/call")
+              "cpu core%  cpu ms/call-s  rss +MB/call")
         async with aiohttp.ClientSession() as http:
             for n in [int(x) for x in args.waves.split(",")]:
                 idle_rss = tree_rss_mb(pid)
@@ -83,10 +85,12 @@ async def main() -> None:
                 client_gaps = [g * 1000 for r in results for g in r["gaps"]]
                 server_p99 = [r["logs"].get("outbound_audio", {}).get("gap_p99_ms", 0) for r in runs]
                 server_max = [r["logs"].get("outbound_audio", {}).get("gap_max_ms", 0) for r in runs]
+                call_seconds = sum(r["duration_seconds"] or 0.0 for r in runs)
                 print(f"{n:5d} {ok:3d}  {statistics.median(v2v):6.0f} / {percentile(v2v, 0.99):5.0f}"
                       f"     {max(server_p99):8.1f} {max(server_max):8.1f}"
                       f"       {percentile(client_gaps, 0.99):8.1f}"
-                      f"       {cpu / wall * 100:6.0f}  {(peak[0] - idle_rss) / n:8.2f}")
+                      f"       {cpu / wall * 100:6.0f}  {cpu / call_seconds * 1000:10.2f}"
+                      f"     {(peak[0] - idle_rss) / n:8.2f}")
                 for failure in sorted({str(r["close"]) for r in results if r["close"][0] != 1000}
                                       | {f"run {r['state']}: {r['error']}" for r in runs if r["error"]}):
                     print(f"      not ok: {failure}")

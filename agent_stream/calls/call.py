@@ -129,6 +129,10 @@ class Call:
             await self.close_socket(SERVER_FAILURE, "internal server error")
         finally:
             self.finished.set()
+            # aiohttp keeps the socket's error, whose traceback holds the frame of the socket's
+            # own close(): a cycle through the socket, the request and the connection
+            if (error := self.ws.exception()) is not None:
+                error.__traceback__ = None
 
     async def _open_run(self) -> RunRecord | None:
         """Steps 1-3, or the close that refuses the call (no run is created)."""
@@ -241,7 +245,11 @@ class Call:
             self.log.exception("server error")
             outcome = self.outcome.crashed()
         finally:
-            await self._end(record, outcome, pipeline, connected.wire if connected else None)
+            try:
+                await self._end(record, outcome, pipeline, connected.wire if connected else None)
+            finally:
+                if pipeline is not None:
+                    pipeline.release()  # freed at once, not by a full collection: memory.py
 
     async def _end(
         self,

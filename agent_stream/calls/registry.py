@@ -25,8 +25,9 @@ class CallRegistry:
         self.calls.add(call)
 
     def discard(self, call: Call) -> None:
-        """A call ended; if it ran a pipeline, its garbage is collected now or later (see
-        memory.py). Refused and failed connections leave little and do not count."""
+        """A call ended; if it ran a pipeline and was the last one live, what calls left
+        is collected now (memory.py). Refused and failed connections leave little and do
+        not count."""
         self.calls.discard(call)
         if call.ran_pipeline:
             self.garbage.call_ended(live_calls=len(self.calls))

@@ -167,6 +167,12 @@ class VoiceAgent(FrameProcessor):
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._closing()
 
+    async def cleanup(self) -> None:
+        """A pipeline cancelled before its StartFrame reached the end is only cleaned up
+        (no EndFrame or CancelFrame passes here): the steps and timers still stop."""
+        await self._stop_everything()
+        await super().cleanup()  # type: ignore[no-untyped-call]
+
     # -- conversation --------------------------------------------------------------------
 
     async def _begin(self) -> None:

@@ -140,3 +140,66 @@ class CallPipeline:
                 line.cancel()
             path = await self.recorder.finish()
         return path
+
+    def release(self) -> None:
+        """The call is over and everything it produced has been read: break the reference
+        cycles of its pipeline, so that reference counting frees the call at once instead of
+        a full garbage collection that would pause every live call (memory.py)."""
+        self.transcript.listener = None  # a bound method of ours: a cycle through the transcript
+        if self._task is not None and self._task.done():  # nothing runs in the pipeline any more
+            break_pipecat_cycles(self._runner, self.worker)
+
+
+# What survives `break_pipecat_cycles`: values that cannot hold a reference back.
+_PLAIN: Final = (str, bytes, int, float, bool, type(None))
+
+
+def break_pipecat_cycles(*roots: object) -> int:
+    """Drop the references pipecat's objects of one finished pipeline hold, so that they
+    free by reference counting; returns how many objects were cut loose.
+
+    Why: pipecat's objects point at each other by design. Each processor points at its
+    neighbours (`link` sets both directions), a pipeline at its source and sink and they
+    back at it through bound methods, a processor's setup at the worker, the worker and
+    its runner at their bus and registry and those back at them, media senders at their
+    transport. A finished call leaves all of it, with our transports, agent, recorder,
+    transcript, socket and request hanging off it, as reference cycles (~650 objects per
+    call) that only a full collection frees, and a full collection pauses every live call.
+
+    How: the objects are found through pipecat's public `pipeline` and `processors`
+    properties only, and every attribute that could hold a reference is dropped, whatever
+    its name, so a pipecat upgrade that renames its internals changes nothing here; one
+    that renames those properties finds fewer objects, and what is not cut loose is left to
+    the collector as before. Plain values (names, flags, counters) are kept, so a late log
+    line that names an object still works. Call it only once the pipeline's run has ended:
+    the objects are unusable afterwards.
+    """
+    found: list[object] = []
+    seen: set[int] = set()
+    todo = [root for root in roots if root is not None]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        found.append(obj)
+        pipeline = _property(obj, "pipeline")  # a worker's whole pipeline
+        if pipeline is not None:
+            todo.append(pipeline)
+        processors = _property(obj, "processors")  # a pipeline's, source and sink included
+        if isinstance(processors, list):
+            todo.extend(processors)
+    for obj in found:
+        attributes = getattr(obj, "__dict__", None)
+        if isinstance(attributes, dict):
+            for name in [n for n, value in attributes.items() if not isinstance(value, _PLAIN)]:
+                del attributes[name]
+    return len(found)
+
+
+def _property(obj: object, name: str) -> object:
+    """`obj.name`, or None if this pipecat has no such thing or it cannot be read."""
+    try:
+        return getattr(obj, name, None)
+    except Exception:
+        return None

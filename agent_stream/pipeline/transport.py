@@ -168,6 +168,13 @@ class OutputTransport(BaseOutputTransport):
         await self._stop_speaking()
         await super().cancel(frame)
 
+    async def cleanup(self) -> None:
+        """A pipeline cancelled before its StartFrame reached the end is only cleaned up
+        (no EndFrame or CancelFrame passes here): the speaker still stops, rather than
+        wait for good on speech that will never come."""
+        await self._stop_speaking()
+        await super().cleanup()  # type: ignore[no-untyped-call]
+
     async def _stop_speaking(self) -> None:
         self._drop_queued_speech()  # an utterance waiting for room must not wait for good
         if self._speaker is not None:
