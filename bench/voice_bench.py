@@ -40,6 +40,9 @@ async def main() -> None:
     parser.add_argument("--waves", default="1,20,40,80", help="concurrent calls per wave")
     parser.add_argument("--server-log", type=Path, help="write the server's log to this file")
     parser.add_argument("--workers", type=int, default=1, help="serve --workers N")
+    parser.add_argument("--callers-nice", type=int, default=0,
+                        help="lower the callers' CPU priority by this much once the server runs "
+                             "(on a box of two cores, simulated callers compete with the server)")
     parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--spread", type=float, default=5.0,
                         help="seconds over which a wave's calls arrive")
@@ -53,6 +56,8 @@ async def main() -> None:
     async with bench_server(server_log=args.server_log, kit=kit, workers=args.workers,
                             database=args.db) as bench:
         pid = bench.process.pid
+        if args.callers_nice:
+            os.nice(args.callers_nice)  # the server started before: it keeps its priority
         print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
               f"{platform.python_version()}; starter agent, callers say 'yes' then 'goodbye'; "
               f"{args.workers} worker(s) on {args.db}")
