@@ -250,6 +250,7 @@ def worker_run_options(loop: asyncio.AbstractEventLoop, parent_pid: int) -> dict
             log.info("%s: already draining", sig.name)
             return
         draining = True
+        log.info("%s: draining this worker", sig.name)
         raise web.GracefulExit()  # as run_app's own handler does: its cleanup drains
 
     for sig in (signal.SIGTERM, signal.SIGINT):

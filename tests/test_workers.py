@@ -192,6 +192,9 @@ async def test_a_second_sigterm_does_not_cut_a_worker_s_drain_short(
     await writer.drain()
     served.proc.send_signal(signal.SIGTERM)
     await until(lambda: "SIGTERM: draining 2 workers" in served.output(), "the parent's drain")
+    # the second SIGTERM once the first is handled: two pending at once are one to the kernel
+    await until(lambda: f"[worker {index}] agent_stream.workers: SIGTERM: draining this worker"
+                in served.output(), "the worker to hear the parent's SIGTERM", timeout=10)
     os.kill(pids[index], signal.SIGTERM)
     await until(lambda: f"[worker {index}] agent_stream.workers: SIGTERM: already draining"
                 in served.output(), "the worker to hear the second SIGTERM", timeout=10)
