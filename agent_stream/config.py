@@ -51,7 +51,7 @@ class Settings:
     # The SQLite database (default), and the folder its key file and recordings go next to.
     db_path: Path = Path(DEFAULT_DB)
     # A `postgresql://` URL: the database instead of `db_path` (several processes and hosts).
-    db_url: str | None = None
+    db_url: str | None = field(default=None, repr=False)  # may carry a password
     # PostgreSQL connections per process: open from the start, and at most.
     db_pool_sizes: tuple[int, int] = (10, 30)
     host: str = DEFAULT_HOST
@@ -63,7 +63,7 @@ class Settings:
     public_url: str | None = None
     # The key that encrypts provider secrets (AGENT_STREAM_SECRET_KEY); unset: the key file
     # next to the SQLite database (crypto.py).
-    secret_key: str | None = None
+    secret_key: str | None = field(default=None, repr=False)
     handshake_timeout: float = HANDSHAKE_TIMEOUT_SECONDS
     provider_api_timeout: float = PROVIDER_API_TIMEOUT_SECONDS
     max_stream_message_bytes: int = MAX_STREAM_MESSAGE_BYTES

@@ -169,3 +169,13 @@ async def test_cloudonix_rows_of_an_older_database_move_over_with_their_tokens_s
     await store.close()
     raw = database_bytes(db)
     assert b"cx-old-token-9876" not in raw
+
+
+def test_settings_never_show_the_secret_key_or_the_database_password() -> None:
+    from agent_stream.config import Settings
+
+    key = new_secret_key()
+    settings = Settings(db_url="postgresql://agent:hunter2@db.internal:5432/agent_stream",
+                        secret_key=key)
+    assert "hunter2" not in repr(settings) and key not in repr(settings)
+    assert settings.database_shown == "postgresql://db.internal:5432/agent_stream"
