@@ -23,7 +23,7 @@ class User:
     monthly_minutes_limit: int | None
     max_concurrent_calls: int | None
     created_at: str
-    revision: int = 1  # what an edit compares and sets (store/users.py: check_revision)
+    revision: int = 1  # what an edit compares and sets (store/base.py: check_revision)
 
 
 @dataclass(frozen=True)

@@ -113,10 +113,6 @@ class Store(UsersStore, SessionsStore, WorkflowsStore, TelephonyStore, Instances
         async with self._db.transaction():
             pass
 
-    async def applied_migrations(self) -> list[int]:
-        rows = await self._all("SELECT version FROM schema_migrations ORDER BY version")
-        return [int(r[0]) for r in rows]
-
 
 async def open_store(settings: Settings, *, instance_id: str | None = None) -> Store:
     """The database of `settings`, with the secret key that opens its secrets (from

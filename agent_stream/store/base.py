@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from ..crypto import SecretBox
+from ..errors import Stale
 from .database import Connection, Database, Row
 
 if TYPE_CHECKING:
@@ -50,18 +51,15 @@ def dumps(value: Any) -> str:
     return json.dumps(value, allow_nan=False)
 
 
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7396: `patch` merged into `target`, nested objects key by key, a null deleting
-    its key (what SQLite's json_patch does, done here so both databases merge alike)."""
-    if not isinstance(patch, dict):
-        return patch
-    merged = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            merged.pop(key, None)
-        else:
-            merged[key] = merge_patch(merged.get(key), value)
-    return merged
+def check_revision(current: int, expected: int | None, what: str) -> None:
+    """Compare-and-set: an edit made from what was read at revision `expected` is refused
+    when the row has changed since (None: the caller did not say, the edit applies)."""
+    if expected is not None and expected != current:
+        raise Stale(
+            f"{what} was changed by someone else since it was read (revision {expected}, now "
+            f"{current}): reload it and make the change again",
+            current=current,
+        )
 
 
 def from_row(cls: type[_Record], row: Row, **decoded: Any) -> _Record:

@@ -119,7 +119,3 @@ class Database(abc.ABC):
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         async with self.reader() as db:
             return await db.fetch(sql, params)
-
-    async def fetchrow(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
-        rows = await self.fetch(sql, params)
-        return rows[0] if rows else None

@@ -12,7 +12,7 @@ import os
 from datetime import UTC, datetime, timedelta
 
 from .base import iso, utcnow
-from .runs import RunsStore
+from .runs import OPEN_RUN_SQL, RunsStore
 
 
 class InstancesStore(RunsStore):
@@ -58,7 +58,7 @@ class InstancesStore(RunsStore):
         async with self._db.transaction() as db:
             owners = await db.fetch(
                 f"""SELECT r.instance_id, COUNT(*) FROM workflow_runs r
-                    WHERE r.state IN ('pending', 'running') AND {lost} GROUP BY r.instance_id""",
+                    WHERE {OPEN_RUN_SQL} AND {lost} GROUP BY r.instance_id""",
                 (self.instance_id, cutoff),
             )
             if not owners:

@@ -9,14 +9,12 @@ from typing import Any, Final
 
 from ..errors import NotFound, QuotaExceeded
 from ..models import Rejection, Run, TranscriptLine, User, Workflow
-from .base import ACTIVE_STATES, StoreBase, dumps, from_row, merge_patch, month_start, seconds_between, utcnow
+from .base import StoreBase, dumps, from_row, month_start, seconds_between, utcnow
 from .database import Connection, IntegrityViolation, Row
 
 RUN_NAME_PREFIX: Final = "WR-AGS-"
-# The run columns that hold JSON objects, merged key by key (RFC 7396) by the writes below.
-_JSON_COLUMNS: Final = ("initial_context", "gathered_context", "logs")
-# ACTIVE_STATES, as SQL.
-_ACTIVE: Final = "r.state IN ('pending', 'running')"
+# A run of `r` that is open: ACTIVE_STATES (base.py), as SQL.
+OPEN_RUN_SQL: Final = "r.state IN ('pending', 'running')"
 
 _RUN_SELECT: Final = """
     SELECT r.*, w.uuid AS workflow_uuid, w.organization_id AS organization_id
@@ -100,21 +98,6 @@ class RunsStore(StoreBase):
         # a run just made has no transcript yet: its row is all there is to read
         return _run(row, workflow_uuid=workflow.uuid, organization_id=workflow.organization_id)
 
-    async def _locked_run(self, db: Connection, run_id: int) -> Row | None:
-        """The run's row, locked until this transaction ends (its JSON is merged in Python
-        and written back, which must not interleave with another instance's merge)."""
-        return await db.fetchrow(
-            "SELECT * FROM workflow_runs WHERE id = ?" + self._db.for_update, (run_id,)
-        )
-
-    @staticmethod
-    def _merged(row: Row, **patches: dict[str, Any] | None) -> list[str]:
-        """The JSON columns of `row` with `patches` merged in, in `_JSON_COLUMNS` order."""
-        return [
-            dumps(merge_patch(json.loads(row[column]), patches.get(column) or {}))
-            for column in _JSON_COLUMNS
-        ]
-
     async def mark_run_running(
         self, run_id: int, logs: dict[str, Any] | None = None, *, started_at: str | None = None
     ) -> None:
@@ -160,19 +143,23 @@ class RunsStore(StoreBase):
         """End a run once: state, times, reason and everything the call gathered.
         `ended_at` is when the call ended (a write retried later keeps it)."""
         now = ended_at or utcnow()
+        merge = self._db.merge_json
         async with self._db.transaction() as db:
-            row = await self._locked_run(db, run_id)
-            if row is None or row["state"] not in ACTIVE_STATES:
+            row = await db.fetchrow(
+                f"SELECT r.started_at FROM workflow_runs r WHERE r.id = ? AND {OPEN_RUN_SQL}"
+                + self._db.for_update, (run_id,),
+            )
+            if row is None:
                 return  # ended already (its instance was lost, or restarted): the first end stands
             duration = seconds_between(row["started_at"], now) if row["started_at"] else 0.0
             await db.execute(
-                """UPDATE workflow_runs SET state = ?, ended_at = ?, duration_seconds = ?,
-                       end_reason = ?, close_code = ?, error = ?,
-                       recording_path = COALESCE(?, recording_path),
-                       initial_context = ?, gathered_context = ?, logs = ?
-                   WHERE id = ?""",
+                f"""UPDATE workflow_runs SET state = ?, ended_at = ?, duration_seconds = ?,
+                        end_reason = ?, close_code = ?, error = ?,
+                        recording_path = COALESCE(?, recording_path),
+                        gathered_context = {merge("gathered_context")}, logs = {merge("logs")}
+                    WHERE id = ?""",
                 (state, now, duration, end_reason, close_code, error, recording_path,
-                 *self._merged(row, gathered_context=gathered_context, logs=logs), run_id),
+                 dumps(gathered_context or {}), dumps(logs or {}), run_id),
             )
             for seq, line in enumerate(transcript or []):
                 await db.execute(
@@ -188,7 +175,7 @@ class RunsStore(StoreBase):
         """Fail the open runs `where` selects (a lost call): ended now, counted to now."""
         now = utcnow()
         rows = await db.fetch(
-            f"SELECT r.id, r.started_at FROM workflow_runs r WHERE {_ACTIVE} AND ({where})"
+            f"SELECT r.id, r.started_at FROM workflow_runs r WHERE {OPEN_RUN_SQL} AND ({where})"
             + self._db.for_update,
             params,
         )

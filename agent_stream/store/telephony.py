@@ -6,9 +6,8 @@ from typing import Any
 
 from ..errors import Conflict, NotFound
 from ..models import ConfigInput, TelephonyConfig
-from .base import StoreBase, dumps, from_row, utcnow
+from .base import StoreBase, check_revision, dumps, from_row, utcnow
 from .database import Connection, IntegrityViolation, Row
-from .users import check_revision
 
 
 class TelephonyStore(StoreBase):

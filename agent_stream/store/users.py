@@ -6,10 +6,10 @@ import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from ..errors import Conflict, NotFound, Stale
+from ..errors import Conflict, NotFound
 from ..models import ApiKey, Organization, OrgApiKey, User
 from ..security import hash_api_key, hash_password, new_api_key, verify_password
-from .base import StoreBase, from_row, iso, utcnow
+from .base import StoreBase, check_revision, from_row, iso, utcnow
 from .database import Connection, IntegrityViolation, Row
 
 # Verified against for unknown emails; its password is random and never stored anywhere.
@@ -228,13 +228,3 @@ class UsersStore(StoreBase):
             if changed == 0:
                 raise NotFound("API key not found")
 
-
-def check_revision(current: int, expected: int | None, what: str) -> None:
-    """Compare-and-set: an edit made from what was read at revision `expected` is refused
-    when the row has changed since (None: the caller did not say, the edit applies)."""
-    if expected is not None and expected != current:
-        raise Stale(
-            f"{what} was changed by someone else since it was read (revision {expected}, now "
-            f"{current}): reload it and make the change again",
-            current=current,
-        )

@@ -7,9 +7,8 @@ from typing import Any, Final
 
 from ..errors import NotFound
 from ..models import AgentActivity, Workflow
-from .base import StoreBase, dumps, from_row, utcnow
+from .base import StoreBase, check_revision, dumps, from_row, utcnow
 from .database import Connection, Row
-from .users import check_revision
 
 _WORKFLOW_SELECT: Final = """
     SELECT w.*, d.id AS d_id, d.version AS d_version, d.definition AS d_definition,
