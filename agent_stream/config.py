@@ -44,6 +44,16 @@ HEARTBEAT_SECONDS: Final = 5.0
 INSTANCE_TIMEOUT_SECONDS: Final = 30.0
 
 
+def is_postgres_url(target: object) -> bool:
+    """Whether a `--db` value names PostgreSQL (else it is a SQLite file's path)."""
+    return isinstance(target, str) and target.startswith(("postgresql://", "postgres://"))
+
+
+def without_credentials(url: str) -> str:
+    """A database URL for logs and messages: its user and password left out."""
+    return re.sub(r"//[^@/]*@", "//", url)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything `create_app` needs; tests build one pointing at a temp database."""
@@ -99,7 +109,7 @@ class Settings:
     @property
     def database_shown(self) -> str:
         """The database for a log line: a URL without its user and password."""
-        return re.sub(r"//[^@/]*@", "//", self.db_url) if self.db_url else str(self.db_path)
+        return without_credentials(self.db_url) if self.db_url else str(self.db_path)
     # Where finished recordings go (AGENT_STREAM_RECORDINGS): a directory or
     # s3://bucket/prefix. Unset: `recordings` next to the database.
     recordings: str | None = None
@@ -144,7 +154,7 @@ class Settings:
         """Flags win over environment variables, which win over defaults. A worker count
         that is not a whole number of 1 or more is a ValueError saying so."""
         database = db or os.environ.get("AGENT_STREAM_DB") or DEFAULT_DB
-        postgres = database.startswith(("postgresql://", "postgres://"))
+        postgres = is_postgres_url(database)
         return cls(
             db_path=Path(DEFAULT_DB if postgres else database),
             db_url=database if postgres else None,

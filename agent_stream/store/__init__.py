@@ -10,7 +10,7 @@ import asyncio
 import logging
 from pathlib import Path
 
-from ..config import DB_BUSY_TIMEOUT_SECONDS, Settings
+from ..config import DB_BUSY_TIMEOUT_SECONDS, Settings, is_postgres_url
 from ..crypto import KEY_ENV, KEY_FILE_NAME, SecretBox, SecretKey, SecretKeyError, load_secret_key
 from .base import ACTIVE_STATES, utcnow
 from .database import Database
@@ -25,15 +25,11 @@ from .users import UsersStore
 from .workflows import WorkflowsStore
 
 __all__ = [
-    "ACTIVE_STATES", "LATEST_VERSION", "MIGRATIONS", "RUN_NAME_PREFIX", "Store", "is_postgres_url",
+    "ACTIVE_STATES", "LATEST_VERSION", "MIGRATIONS", "RUN_NAME_PREFIX", "Store",
     "open_store", "utcnow",
 ]
 
 log = logging.getLogger(__name__)
-
-
-def is_postgres_url(target: str | Path) -> bool:
-    return isinstance(target, str) and target.startswith(("postgresql://", "postgres://"))
 
 
 class Store(UsersStore, SessionsStore, WorkflowsStore, TelephonyStore, InstancesStore):

@@ -61,7 +61,7 @@ class Database(abc.ABC):
     # Appended to a SELECT that reads a row the transaction will write on the strength of
     # what it read (a quota, a compare-and-set): empty where writes are serialised anyway.
     for_update: str
-    # What `describe()` shows: never a password.
+    # Which database this is, for logs and messages: never a password.
     description: str
 
     @abc.abstractmethod

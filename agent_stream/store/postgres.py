@@ -20,6 +20,7 @@ import asyncpg
 import asyncpg.exceptions as pg_errors
 from asyncpg.pool import PoolConnectionProxy
 
+from ..config import without_credentials
 from ..errors import DatabaseUnavailable
 from .database import Connection, Database, IntegrityViolation, Row
 
@@ -114,7 +115,7 @@ class PostgresDatabase(Database):
                 url, min_size=pool_sizes[0], max_size=pool_sizes[1], timeout=busy_timeout,
                 command_timeout=busy_timeout * 2,
             )
-        return cls(pool, describe_url(url), busy_timeout)
+        return cls(pool, without_credentials(url), busy_timeout)
 
     async def close(self) -> None:
         try:
@@ -197,10 +198,3 @@ class PostgresDatabase(Database):
         rows = await self.fetch("SELECT to_regclass(?) IS NOT NULL", (name,))
         return bool(rows and rows[0][0])
 
-
-def describe_url(url: str) -> str:
-    """`PostgreSQL host:port/db` for logs and pages: the user and password left out."""
-    match = re.match(r"^postgres(?:ql)?://(?:[^@/]*@)?([^/?]*)(/[^?]*)?", url)
-    if not match:
-        return "PostgreSQL"
-    return f"PostgreSQL {match.group(1)}{match.group(2) or ''}"
