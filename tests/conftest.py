@@ -113,6 +113,13 @@ async def database_url(backend: str, request: pytest.FixtureRequest) -> str | No
     if backend == "sqlite":
         return None
     url = str(request.getfixturevalue("postgres_database"))
+    await empty_tables(url)
+    return url
+
+
+async def empty_tables(url: str) -> None:
+    """Every table of the PostgreSQL database at `url` emptied, its ids starting at 1 again
+    (the schema and its migrations stay)."""
     conn = await asyncpg.connect(url, timeout=5)
     try:
         tables = [r[0] for r in await conn.fetch(
@@ -123,7 +130,6 @@ async def database_url(backend: str, request: pytest.FixtureRequest) -> str | No
                 "TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE")
     finally:
         await conn.close()
-    return url
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

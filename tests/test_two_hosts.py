@@ -7,41 +7,31 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
-import asyncpg
 import pytest
 from aiohttp.test_utils import unused_port
 
 from agent_stream.crypto import KEY_ENV
 from agent_stream.simulator import SimulatedCall, connect, stream_url
 from tests.cloudonix_emulator import CloudonixEmulator
-from tests.conftest import DOMAIN, POSTGRES_SECRET_KEY, TOKEN, agent_over_api, keep_line_open
+from tests.conftest import (
+    DOMAIN,
+    POSTGRES_SECRET_KEY,
+    TOKEN,
+    agent_over_api,
+    empty_tables,
+    keep_line_open,
+)
 from tests.test_process import ROOT, wait_healthy
 
 
 @pytest.fixture
-def database(postgres_database: str) -> Iterator[str]:
+async def database(postgres_database: str) -> str:
     """The session's PostgreSQL database, emptied for this test."""
-    async def empty() -> None:
-        conn = await asyncpg.connect(postgres_database)
-        try:
-            tables = [r[0] for r in await conn.fetch(
-                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
-                " AND tablename != 'schema_migrations'")]
-            if tables:
-                await conn.execute("TRUNCATE " + ", ".join(f'"{t}"' for t in tables)
-                                   + " RESTART IDENTITY CASCADE")
-        finally:
-            await conn.close()
-
-    import concurrent.futures
-
-    with concurrent.futures.ThreadPoolExecutor(1) as thread:
-        thread.submit(asyncio.run, empty()).result()
-    yield postgres_database
+    await empty_tables(postgres_database)
+    return postgres_database
 
 
 async def test_two_serve_processes_share_one_postgresql_database(

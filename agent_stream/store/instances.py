@@ -55,14 +55,14 @@ class InstancesStore(RunsStore):
         cutoff = iso(datetime.now(UTC) - timedelta(seconds=timeout_seconds))
         lost = """r.instance_id != ? AND r.instance_id NOT IN (
                       SELECT id FROM instances WHERE heartbeat_at >= ?)"""
+        owners = await self._all(  # a read first: the check runs every few seconds
+            f"""SELECT r.instance_id, COUNT(*) FROM workflow_runs r
+                WHERE {OPEN_RUN_SQL} AND {lost} GROUP BY r.instance_id""",
+            (self.instance_id, cutoff),
+        )
+        if not owners:
+            return {}
         async with self._db.transaction() as db:
-            owners = await db.fetch(
-                f"""SELECT r.instance_id, COUNT(*) FROM workflow_runs r
-                    WHERE {OPEN_RUN_SQL} AND {lost} GROUP BY r.instance_id""",
-                (self.instance_id, cutoff),
-            )
-            if not owners:
-                return {}
             await self.fail_open_runs(
                 db, lost, (self.instance_id, cutoff),
                 end_reason="instance_lost", error="the instance serving this call stopped answering",
