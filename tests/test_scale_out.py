@@ -276,3 +276,5 @@ async def test_run_json_merges_keep_nested_keys_on_every_database(
     assert ended.logs == {"timing": {"accept_ms": 1.5, "running_ms": 2.5, "handshake_ms": 3.5,
                                      "ended_ms": 4.5}}
     assert ended.gathered_context == {"a": {"b": {"c": 1, "d": 2}}, "list": [1, 2]}
+    # and keys keep their order, as an operator reads them (the run page's log tables)
+    assert list(ended.logs["timing"]) == ["accept_ms", "running_ms", "handshake_ms", "ended_ms"]

@@ -91,6 +91,8 @@ MIGRATIONS: Final[list[Migration]] = [
               script("0004_instances.sql"), script("0004_instances.sql")),
     Migration(5, "PostgreSQL functions: RFC 7396 JSON merges, a new run's quota slot",
               nothing, script("0005_functions.postgresql.sql")),
+    Migration(6, "PostgreSQL JSON merges keep the order of keys",
+              nothing, script("0006_ordered_merge.postgresql.sql")),
 ]
 LATEST_VERSION: Final = MIGRATIONS[-1].number
 

@@ -187,8 +187,8 @@ class PostgresDatabase(Database):
         return "agent_stream_has_free_slot(?, ?::bigint[])", (owner_id, list(over_run_ids))
 
     def merge_json(self, column: str) -> str:
-        # migration 5's function; jsonb in, text out, as the column holds
-        return f"agent_stream_merge_patch({column}::jsonb, ?::jsonb)::text"
+        # migration 6's function: json in (which keeps key order), text out, as the column holds
+        return f"agent_stream_merge_patch({column}::json, ?::json)::text"
 
     def json_text(self, column: str, key: str) -> str:
         # json, not jsonb: it takes every string our JSON text may hold (\u0000 included)
