@@ -54,7 +54,7 @@
       data: {
         labels: buckets.map(function (b) { return b[0]; }),
         datasets: [{ label: label, data: buckets.map(function (b) { return b[1]; }),
-                     backgroundColor: color, borderRadius: 3 }]
+                     backgroundColor: color, borderRadius: 3, maxBarThickness: 48 }]
       },
       options: options({ scales: axes(false, false) })
     });
@@ -78,7 +78,8 @@
               return found.length ? found[0][2] : 0;
             }),
             backgroundColor: PROVIDER_COLORS[i % PROVIDER_COLORS.length],
-            borderRadius: 3
+            borderRadius: 3,
+            maxBarThickness: 26
           };
         })
       },

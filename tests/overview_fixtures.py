@@ -86,10 +86,10 @@ async def seed_calls(store: Store, tenant: Tenant) -> Seeded:
 # What the Overview shows of `seed_calls` (the day's counts, the distributions' buckets).
 EXPECTED: dict[str, Any] = {
     "totals": {"completed": 3, "transferred": 1, "failed": 2, "live": 1, "calls": 7},
-    "durations": {"< 15 s": 2, "30 s – 1 min": 1, "1 min – 2 min": 1, "2 min – 5 min": 1},
+    "durations": {"< 15 s": 2, "30–60 s": 1, "1–2 min": 1, "2–5 min": 1},
     "duration_median": 45.0,
     "duration_p90": 200.0,
-    "latencies": {"< 300 ms": 0, "300 ms – 600 ms": 2, "1.2 s – 1.6 s": 1},
+    "latencies": {"< 0.3 s": 0, "0.3–0.6 s": 2, "1.2–1.6 s": 1},
     "latency_median": 400.0,
     "latency_p90": 1500.0,
     "failures": [("agent_error", "twilio", 1), ("provider_timeout", "cloudonix", 1)],

@@ -94,8 +94,8 @@ def test_summarize_buckets_runs_by_their_utc_day_and_outcome() -> None:
         "completed": [0, 0, 0], "transferred": [1, 0, 0], "failed": [0, 0, 1], "live": [0, 0, 1]}
     assert list(overview.calls_per_day) == list(OUTCOMES)
     assert overview.totals["calls"] == 3
-    assert _counts(overview.durations) == {"1 min – 2 min": 1}
-    assert _counts(overview.latencies) == {"< 300 ms": 1, "300 ms – 600 ms": 1, "≥ 3 s": 1}
+    assert _counts(overview.durations) == {"1–2 min": 1}
+    assert _counts(overview.latencies) == {"< 0.3 s": 1, "0.3–0.6 s": 1, "≥ 3 s": 1}
     assert overview.failures == [("unknown", "plivo", 1)]
 
 

@@ -27,7 +27,7 @@ _ORG_RUNS: Final = """FROM workflow_runs r JOIN workflows w ON w.id = r.workflow
 
 # A reply: an agent line right after a caller line of the same run's transcript; its
 # latency is the silence between them (an agent line that overlaps the caller's is none).
-_REPLY_LATENCIES: Final = f"""
+_REPLY_LATENCIES: Final = """
     SELECT t.start_ms - t.previous_end AS latency_ms FROM (
         SELECT l.role, l.start_ms,
                LAG(l.role) OVER (PARTITION BY l.run_id ORDER BY l.seq) AS previous_role,
@@ -50,18 +50,15 @@ def outcome_of(state: str, end_reason: str | None) -> str:
 
 
 def _label(low: float, high: float | None, unit: str) -> str:
-    def show(value: float) -> str:
-        if unit == "ms" and value >= 900:
-            return f"{value / 1000:g} s"
-        if unit == "s" and value >= 60:
-            return f"{value / 60:g} min"
-        return f"{value:g} {unit}"
-
+    """A bucket's label in one unit: seconds for latencies (given in ms), minutes for
+    durations from a minute on."""
+    scale, shown = (1000, "s") if unit == "ms" else (60, "min") if (high or low) > 60 else (1, "s")
+    low_text, high_text = f"{low / scale:g}", f"{(high or 0) / scale:g}"
     if high is None:
-        return f"≥ {show(low)}"
+        return f"≥ {low_text} {shown}"
     if low == 0:
-        return f"< {show(high)}"
-    return f"{show(low)} – {show(high)}"
+        return f"< {high_text} {shown}"
+    return f"{low_text}–{high_text} {shown}"
 
 
 def histogram(values: Iterable[float], edges: Sequence[float], unit: str) -> list[Bucket]:
