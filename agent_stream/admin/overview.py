@@ -27,6 +27,7 @@ def chart_data(overview: Overview) -> dict[str, Any]:
 
 @page()
 async def overview(request: web.Request) -> web.StreamResponse:
+    """How the organization's calls went lately, for anyone signed in to it."""
     data = await store_of(request).organization_overview(user_of(request).organization_id)
     return render(
         request,
