@@ -10,7 +10,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from . import agents, auth, runs, talk, telephony, users
+from . import agents, auth, overview, runs, talk, telephony, users
 from .common import STATIC_DIR, TEMPLATES_DIR, html_error_middleware
 
 __all__ = ["html_error_middleware", "setup_routes", "setup_templates"]
@@ -98,6 +98,7 @@ def setup_routes(app: web.Application) -> None:
     r.add_post("/login", auth.login, name="admin_login_post")
     r.add_post("/logout", auth.logout, name="admin_logout")
 
+    r.add_get("/overview", overview.overview, name="admin_overview")
     r.add_get("/agents", agents.agents, name="admin_agents")
     r.add_post("/agents", agents.create_agent, name="admin_agents_create")
     r.add_get("/agents/{uuid}", agents.agent_editor, name="admin_agent")

@@ -1,7 +1,7 @@
 """All SQL of Agent Stream: a store returning dataclasses, on SQLite or PostgreSQL.
 
 `Store` gathers one part per aggregate (users.py, sessions.py, workflows.py, telephony.py,
-runs.py, instances.py); database.py is the seam between their SQL and the two databases
+runs.py, instances.py, overview.py); database.py is the seam between their SQL and the two databases
 (sqlite.py, postgres.py); migrations.py brings either to the latest schema.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ from .base import ACTIVE_STATES, utcnow
 from .database import Database
 from .instances import InstancesStore
 from .migrations import LATEST_VERSION, MIGRATIONS, migrate
+from .overview import OverviewStore
 from .postgres import POOL_SIZES, PostgresDatabase
 from .runs import RUN_NAME_PREFIX
 from .sessions import SessionsStore
@@ -32,7 +33,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class Store(UsersStore, SessionsStore, WorkflowsStore, TelephonyStore, InstancesStore):
+class Store(
+    UsersStore, SessionsStore, WorkflowsStore, TelephonyStore, InstancesStore, OverviewStore
+):
     """The database of one Agent Stream process."""
 
     @classmethod
