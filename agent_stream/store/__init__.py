@@ -1,7 +1,7 @@
 """All SQL of Agent Stream: a store returning dataclasses, on SQLite or PostgreSQL.
 
 `Store` gathers one part per aggregate (users.py, sessions.py, workflows.py, telephony.py,
-runs.py, instances.py); database.py is the seam between their SQL and the two databases
+runs.py, instances.py, webhooks.py); database.py is the seam between their SQL and the two databases
 (sqlite.py, postgres.py); migrations.py brings either to the latest schema.
 """
 from __future__ import annotations
@@ -22,6 +22,7 @@ from .sessions import SessionsStore
 from .sqlite import SqliteDatabase
 from .telephony import TelephonyStore
 from .users import UsersStore
+from .webhooks import WebhooksStore
 from .workflows import WorkflowsStore
 
 __all__ = [
@@ -32,7 +33,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class Store(UsersStore, SessionsStore, WorkflowsStore, TelephonyStore, InstancesStore):
+class Store(
+    UsersStore, SessionsStore, WorkflowsStore, TelephonyStore, InstancesStore, WebhooksStore
+):
     """The database of one Agent Stream process."""
 
     @classmethod
