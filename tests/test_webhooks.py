@@ -8,6 +8,7 @@ import functools
 import hashlib
 import hmac
 import json
+import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
@@ -244,8 +245,10 @@ async def test_webhooks_are_managed_through_the_api_and_never_show_their_secret(
 
 
 async def test_a_call_is_reported_started_and_completed_signed_with_the_run_as_the_api_shows_it(
-    client: TestClient, tenant: Tenant, dial: Dial, store: Store, receivers: Any
+    client: TestClient, tenant: Tenant, dial: Dial, store: Store, receivers: Any,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="agent_stream.webhooks")
     receiver = await receivers()
     webhook = await add_webhook(client, tenant, receiver.url)
     assert await short_call(dial, tenant) == (1000, "call ended")
@@ -265,6 +268,9 @@ async def test_a_call_is_reported_started_and_completed_signed_with_the_run_as_t
     api_run = await (await client.get(f"/api/v1/workflow-runs/{run.id}", headers=tenant.headers)).json()
     assert completed["run"] == api_run
     assert completed["created_at"] == run.ended_at
+
+    assert "/hook: HTTP 200" in caplog.text  # logged without the URL's query, nor the secret
+    assert "query-secret-123" not in caplog.text and SECRET not in caplog.text
 
     assert {d["event"] for d in shown} == {"run.started", "run.completed"}
     for d in shown:
