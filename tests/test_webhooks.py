@@ -19,9 +19,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from agent_stream.config import Settings
-from agent_stream.keys import STORE
+from agent_stream.keys import STORE, WEBHOOKS
 from agent_stream.simulator import SimulatedCall
-from agent_stream.store import Store
+from agent_stream.store import Store, utcnow
 from agent_stream.webhooks import delivery
 from tests.admin_fixtures import Operator, make_operator
 from tests.cloudonix_emulator import CloudonixEmulator
@@ -333,6 +333,29 @@ async def test_an_attempt_that_keeps_failing_is_shown_with_its_error_and_next_at
     assert shown["next_attempt_at"] > shown["last_attempt_at"]
 
 
+async def test_a_delivery_still_refused_24_hours_after_its_event_is_given_up(
+    client: TestClient, tenant: Tenant, dial: Dial, receivers: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(delivery, "RETRY_FOR_SECONDS", 0.0)  # the 24 hours are over at once
+    outcomes: list[str] = []
+    client.app[WEBHOOKS].on_outcome = outcomes.append  # where the metrics counter goes
+    receiver = await receivers(fail_first=100)
+    webhook = await add_webhook(client, tenant, receiver.url, events=["run.completed"])
+    await short_call(dial, tenant)
+
+    async def given_up() -> dict[str, Any]:
+        while True:
+            shown = await deliveries(client, tenant, webhook["id"])
+            if shown and shown[0]["status"] == "failed":
+                return shown[0]
+            await asyncio.sleep(0.05)
+
+    shown = await asyncio.wait_for(given_up(), 10)
+    assert (shown["attempts"], shown["error"], shown["next_attempt_at"]) == (1, "HTTP 500", None)
+    await until(lambda: outcomes == ["failed"])
+    assert len(receiver.requests) == 1
+
+
 async def test_a_paused_webhook_is_sent_nothing(
     client: TestClient, tenant: Tenant, dial: Dial, receivers: Any
 ) -> None:
@@ -411,9 +434,15 @@ async def test_runs_a_crashed_server_left_are_reported_by_its_next_start(
     org_id = crash.workflow.organization_id
     await crash.store.create_webhook(org_id, url=receiver.url, events=ALL_EVENTS, secret=SECRET)
     run = await crash.open_run()  # running when the server died: run.started is queued
+    now = utcnow()
+    due = await crash.store.due_deliveries(now=now, max_claims_per_webhook=2)
+    claimed = await crash.store.claim_deliveries(  # it died sending it, claimed for long
+        [d[0] for d in due], instance_id=settings.instance_id, now=now,
+        until="9999-12-31T00:00:00.000+00:00")
+    assert [c.delivery.event for c in claimed] == ["run.started"]
     await crash.store.close()
 
-    await serve_app(settings)  # fails the run (server_restarted) and sends both events
+    await serve_app(settings)  # takes its claims back, fails the run and sends both events
     await until(lambda: len(receiver.accepted()) == 2)
     assert receiver.events() == ["run.failed", "run.started"]
     failed = next(r.json for r in receiver.accepted() if r.json["event"] == "run.failed")
