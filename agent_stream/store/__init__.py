@@ -1,8 +1,9 @@
 """All SQL of Agent Stream: a store returning dataclasses, on SQLite or PostgreSQL.
 
 `Store` gathers one part per aggregate (users.py, sessions.py, workflows.py, telephony.py,
-runs.py, instances.py, overview.py); database.py is the seam between their SQL and the two databases
-(sqlite.py, postgres.py); migrations.py brings either to the latest schema.
+runs.py, instances.py, overview.py, webhooks.py); database.py is the seam between their SQL
+and the two databases (sqlite.py, postgres.py); migrations.py brings either to the latest
+schema.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from .sessions import SessionsStore
 from .sqlite import SqliteDatabase
 from .telephony import TelephonyStore
 from .users import UsersStore
+from .webhooks import WebhooksStore
 from .workflows import WorkflowsStore
 
 __all__ = [
@@ -34,7 +36,8 @@ log = logging.getLogger(__name__)
 
 
 class Store(
-    UsersStore, SessionsStore, WorkflowsStore, TelephonyStore, InstancesStore, OverviewStore
+    UsersStore, SessionsStore, WorkflowsStore, TelephonyStore, InstancesStore, OverviewStore,
+    WebhooksStore,
 ):
     """The database of one Agent Stream process."""
 
