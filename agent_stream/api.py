@@ -138,8 +138,14 @@ def _definition(definition: Any) -> dict[str, Any] | None:
         return None
     problems = validate_definition(definition)
     if problems:
-        raise ApiError(400, "invalid workflow definition", problems)
+        raise ApiError(400, _invalid_definition(problems), problems)
     return definition  # type: ignore[no-any-return]
+
+
+def _invalid_definition(problems: list[str]) -> str:
+    """The 400's sentence: the first problem, and how many more `problems` lists."""
+    more = f" (and {len(problems) - 1} more: see problems)" if len(problems) > 1 else ""
+    return f"invalid workflow definition: {problems[0]}{more}"
 
 
 def etag(revision: int) -> str:
@@ -293,7 +299,9 @@ _ETAG: Final = Header("ETag", 'The revision as a strong entity tag ("3"): send i
                               "If-Match to edit only what you read.")
 _IF_MATCH: Final = Header(
     "If-Match", 'The ETag you read ("3"), a list of them, or *: the edit is refused with 412 '
-                "when the resource changed since. A weak tag never matches.")
+                "when the resource changed since. A weak tag never matches.",
+    {"type": "string", "pattern": r'^[ \t]*(\*|(W/)?"[^"\x00-\x20\x7f]*"([ \t]*,[ \t]*(W/)?'
+                                  r'"[^"\x00-\x20\x7f]*")*)[ \t]*$'})
 _RETRY_AFTER: Final = Header("Retry-After", "Seconds to wait before trying again.",
                              {"type": "string", "pattern": "^[0-9]+$"})
 COMMON_ANSWERS: Final = {
@@ -435,7 +443,7 @@ async def publish_workflow(request: web.Request) -> web.Response:
         raise ApiError(409, "an archived workflow cannot be published; set status to draft first")
     problems = validate_definition(current.definition)
     if problems:
-        raise ApiError(400, "invalid workflow definition", problems)
+        raise ApiError(400, _invalid_definition(problems), problems)
     try:
         workflow = await store.publish_workflow(
             user.organization_id, current.uuid, revision=revision

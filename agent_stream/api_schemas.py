@@ -25,7 +25,15 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from .providers import ALIASES, PROVIDERS
 from .providers.base import ConfigField, Provider
-from .workflow import DTMF_DIGITS, ENGINES, NODE_KINDS, STT_PROVIDERS, TTS_PROVIDERS
+from .providers.configs import check_config
+from .workflow import (
+    DTMF_DIGITS,
+    ENGINES,
+    NODE_KINDS,
+    STARTER_DEFINITION,
+    STT_PROVIDERS,
+    TTS_PROVIDERS,
+)
 
 MAX_TEXT: Final = 200  # a workflow's name
 MAX_ROW_ID: Final = 2**63 - 1  # what SQLite and PostgreSQL's bigint hold
@@ -37,7 +45,8 @@ WORKFLOW_STATUSES: Final = ("draft", "published", "archived")
 # A configuration's phone numbers (the same rule as providers/configs.py).
 NUMBER_PATTERN: Final = r"^\s*\+?[0-9*#]{2,20}\s*$"
 # One line of text: no control characters (a NUL is no text PostgreSQL stores), not blank.
-_LINE_PATTERN: Final = r"^[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*$"
+_LINE_PATTERN: Final = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"
+NAME_MESSAGE: Final = "must be one line of text, not blank"
 
 
 # -- validation and its messages -----------------------------------------------------------------
@@ -48,7 +57,7 @@ class Body(BaseModel):
 
     model_config = ConfigDict(strict=True)
     # What to say when a field is wrong, instead of the generic message (by field name).
-    messages: ClassVar[Mapping[str, str]] = {}
+    messages: ClassVar[Mapping[str, str]] = {"name": NAME_MESSAGE}
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -108,6 +117,10 @@ def configurable_providers() -> list[str]:
     return sorted(n for n, p in (PROVIDERS | ALIASES).items() if p.needs_configuration)
 
 
+# Errors a field's own message does not replace: what is wrong is plain already.
+_GENERIC_KINDS: Final = frozenset({"string_type", "string_too_long", "list_type"})
+
+
 def _message(error: ErrorDetails, messages: Mapping[str, str], loc: tuple[int | str, ...]) -> str:
     kind, ctx = error["type"], error.get("ctx") or {}
     name = loc[0] if loc else ""
@@ -115,7 +128,7 @@ def _message(error: ErrorDetails, messages: Mapping[str, str], loc: tuple[int | 
         return "is required"
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         return f"provider must be one of: {', '.join(configurable_providers())}"
-    if isinstance(name, str) and name in messages:
+    if isinstance(name, str) and name in messages and kind not in _GENERIC_KINDS:
         return messages[name]
     generic = {
         "string_type": "must be text (a JSON string)",
@@ -260,8 +273,8 @@ class WorkflowSettings(BaseModel):
 
     language: str | None = None
     voice: str | None = None
-    max_duration_seconds: float | None = Field(None, gt=0)
-    silence_timeout_seconds: float | None = Field(None, gt=0)
+    max_duration_seconds: float | None = Field(default=None, gt=0)
+    silence_timeout_seconds: float | None = Field(default=None, gt=0)
     engine: Literal[ENGINES] | None = None  # type: ignore[valid-type]
     llm: LLMSettings | None = None
     stt: STT = None  # type: ignore[valid-type]
@@ -274,7 +287,7 @@ class Definition(BaseModel):
 
     version: int | None = None
     global_prompt: str | None = None
-    settings: WorkflowSettings | None = None
+    settings: WorkflowSettings = Field(default_factory=lambda: WorkflowSettings())
     nodes: list[Node] = Field(min_length=1, description="Exactly one of kind start.")
     edges: list[Edge] = Field(default_factory=list)
 
@@ -289,6 +302,10 @@ DefinitionField = Annotated[Definition | None, SkipValidation]
 class WorkflowCreate(Body):
     """A new workflow (agent); without a definition it gets the starter agent."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"name": "Front desk"}, {"name": "Front desk", "definition": STARTER_DEFINITION},
+    ]})
+
     name: Name
     definition: DefinitionField = None
 
@@ -297,7 +314,11 @@ class WorkflowPatch(Body):
     """An edit: what is given changes. A new definition is a new version."""
 
     messages = {"status": "can be set to draft or archived; use /publish to publish",
-                "revision": REVISION_MESSAGE}
+                "revision": REVISION_MESSAGE, "name": NAME_MESSAGE}
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"name": "Night shift"}, {"status": "archived"}, {"status": "draft"},
+    ]})
 
     name: Name | None = None
     definition: DefinitionField = None
@@ -334,11 +355,16 @@ class WorkflowList(BaseModel):
 # -- telephony configurations (contract section 7) -----------------------------------------------
 
 
+# A configuration's name: one line (empty or left out: named after the account).
+ConfigName = Annotated[str, Field(pattern=r"^[^\x00-\x1f\x7f]*$")]
+
+
 class ConfigBody(Body):
     """A telephony configuration's body (one model per provider)."""
 
     provider: str
-    name: str | None = Field(None, description="Defaults to the account id, or the provider.")
+    name: ConfigName | None = Field(None, description="Defaults to the account id, or the "
+                                                      "provider (at most 120 characters kept).")
     from_numbers: list[Annotated[str, Field(pattern=NUMBER_PATTERN)]] | None = Field(
         None, description="Numbers of this account (digits, optional leading +): a call to one "
                           "of them selects this configuration."
@@ -349,7 +375,7 @@ class ConfigPatchBody(Body):
     """An edit of a configuration: a secret left out is kept; an optional field sent empty
     is cleared."""
 
-    name: str | None = None
+    name: ConfigName | None = None
     from_numbers: list[Annotated[str, Field(pattern=NUMBER_PATTERN)]] | None = None
     revision: Revision | None = None
 
@@ -377,7 +403,8 @@ def _title(provider: Provider) -> str:
 
 
 def _messages(provider: Provider) -> dict[str, str]:
-    said = {"from_numbers": _NUMBERS_MESSAGE, "revision": REVISION_MESSAGE}
+    said = {"from_numbers": _NUMBERS_MESSAGE, "revision": REVISION_MESSAGE,
+            "name": "must be one line of text (no control characters)"}
     for spec in provider.fields:
         if spec.pattern_message:
             said[spec.name] = spec.pattern_message
@@ -394,7 +421,26 @@ def _create_model(provider: Provider) -> type[ConfigBody]:
         **{spec.name: _field(spec, required=spec.required) for spec in provider.fields},
     )
     model.messages = _messages(provider)
+    example = _example(provider)
+    if example is not None:
+        model.model_config["json_schema_extra"] = {"examples": [example]}
+        model.model_rebuild(force=True)
     return model  # type: ignore[no-any-return]
+
+
+def _example(provider: Provider) -> dict[str, Any] | None:
+    """A configuration of `provider` the API takes (its CLI stand-in's), for the document's
+    examples; none where the stand-in is no valid configuration (a generated key)."""
+    if type(provider).stand_in_secrets is not Provider.stand_in_secrets:
+        return None  # a key made for the occasion: no example worth showing
+    example = {"provider": provider.name,
+               **provider.stand_in_fields("http://pbx.example.com:8088"),
+               **provider.stand_in_secrets()}
+    for spec in provider.fields:
+        if spec.required and spec.name not in example:
+            return None
+    _, problems = check_config(provider, example, creating=True, blank_keeps_secret=False)
+    return None if problems else example
 
 
 def _patch_model(provider: Provider) -> type[ConfigPatchBody]:
