@@ -297,11 +297,14 @@ def run_json(run: Run, *, transcript: bool = True) -> dict[str, Any]:
 _ERROR: Final = schemas.Error
 _ETAG: Final = Header("ETag", 'The revision as a strong entity tag ("3"): send it back in '
                               "If-Match to edit only what you read.")
+# What _if_match takes: *, or a comma-separated list of entity tags (empty elements, and so an
+# empty list that matches nothing, allowed as RFC 9110 5.6.1 says).
+_ONE_TAG: Final = r'[ \t]*((W/)?"[^"\x00-\x20\x7f]*")?[ \t]*'
+_IF_MATCH_PATTERN: Final = rf"^([ \t]*\*[ \t]*|{_ONE_TAG}(,{_ONE_TAG})*)$"
 _IF_MATCH: Final = Header(
     "If-Match", 'The ETag you read ("3"), a list of them, or *: the edit is refused with 412 '
                 "when the resource changed since. A weak tag never matches.",
-    {"type": "string", "pattern": r'^[ \t]*(\*|(W/)?"[^"\x00-\x20\x7f]*"([ \t]*,[ \t]*(W/)?'
-                                  r'"[^"\x00-\x20\x7f]*")*)[ \t]*$'})
+    {"type": "string", "pattern": _IF_MATCH_PATTERN})
 _RETRY_AFTER: Final = Header("Retry-After", "Seconds to wait before trying again.",
                              {"type": "string", "pattern": "^[0-9]+$"})
 COMMON_ANSWERS: Final = {
@@ -470,6 +473,7 @@ def _checked_config(
 @operation(
     "Store a provider account", tags=_TELEPHONY,
     request=("TelephonyConfigurationCreate", schemas.CONFIG_CREATE),
+    examples=schemas.CONFIG_EXAMPLES,
     description="The fields are the provider's (contract section 7), chosen by `provider`. "
                 "Secrets are never answered: only `has_{field}` and `{field}_hint`.",
     responses={201: _one_answer("Stored.", _CONFIG), 400: _BAD,

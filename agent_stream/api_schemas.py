@@ -486,6 +486,10 @@ for _provider in _CONFIGURABLE:
 PATCH_MODELS: Final = {p.name: _patch_model(p) for p in _CONFIGURABLE}
 ANSWER_MODELS: Final = {p.name: _answer_model(p) for p in _CONFIGURABLE}
 
+# A body each provider takes (where its CLI stand-in is one), for the document's examples.
+CONFIG_EXAMPLES: Final = tuple(
+    example for p in _CONFIGURABLE if (example := _example(p)) is not None
+)
 _ANSWER: Final = _tagged(ANSWER_MODELS.values())
 CONFIG_CREATE: Final[TypeAdapter[Any]] = TypeAdapter(_tagged(dict.fromkeys(CREATE_MODELS.values())))
 CONFIG_PATCH: Final[TypeAdapter[Any]] = TypeAdapter(

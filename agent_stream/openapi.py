@@ -66,6 +66,7 @@ class Operation:
     auth: bool = True
     tags: tuple[str, ...] = ()
     description: str = ""
+    examples: tuple[Mapping[str, Any], ...] = ()  # request bodies it takes
 
 
 def operation(
@@ -79,10 +80,11 @@ def operation(
     auth: bool = True,
     tags: tuple[str, ...] = (),
     description: str = "",
+    examples: tuple[Mapping[str, Any], ...] = (),
 ) -> Callable[[H], H]:
     """Describe a handler for the API document (the handler itself is not changed)."""
     described = Operation(summary, responses, request, request_required, query, headers, auth,
-                          tags, description)
+                          tags, description, examples)
 
     def mark(handler: H) -> H:
         setattr(handler, _OPERATION, described)
@@ -236,10 +238,12 @@ def _operation_object(
     if params:
         body["parameters"] = params
     if op.request is not None:
-        body["requestBody"] = {
-            "required": op.request_required,
-            "content": {"application/json": {"schema": schemas.ref(op.request, "validation")}},
-        }
+        media: dict[str, Any] = {"schema": schemas.ref(op.request, "validation")}
+        if op.examples:
+            media["examples"] = {f"example{n}": {"value": dict(example)}
+                                 for n, example in enumerate(op.examples, 1)}
+        body["requestBody"] = {"required": op.request_required,
+                               "content": {"application/json": media}}
     answers = dict(op.responses)
     for status, answer in common.items():
         if status == 401 and not op.auth:

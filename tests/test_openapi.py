@@ -3,6 +3,7 @@ the real answers of the real app matching what it declares."""
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import pytest
@@ -321,6 +322,20 @@ async def test_text_a_database_may_not_hold_is_refused_or_kept_never_a_500(
         "provider": "telnyx", "api_key": "KEY-1234", "name": "bad\x00name"})
     assert response.status == 400
     assert (await response.json())["problems"][0]["field"] == "name"
+
+
+async def test_the_if_match_pattern_is_what_the_server_parses(
+    client: TestClient, tenant: Tenant
+) -> None:
+    doc = await document(client)
+    operation = doc["paths"]["/api/v1/workflows/{uuid}"]["patch"]
+    pattern = next(p for p in operation["parameters"] if p["name"] == "If-Match")["schema"]["pattern"]
+    path = f"/api/v1/workflows/{tenant.workflow.uuid}"
+    for value in ["*", " * ", "", '"1"', '"9", W/"1"', '"9",,"1"', ", ", "3", '"3', "W/",
+                  '"3" junk', '"3";', "**", 'W/"3" "4"', '"3""4"']:
+        response = await client.patch(path, headers=tenant.headers | {"If-Match": value},
+                                      json={"name": "Tagged"})
+        assert (response.status != 400) == bool(re.search(pattern, value)), (value, response.status)
 
 
 async def test_an_unsupported_method_is_405_with_allow(client: TestClient, tenant: Tenant) -> None:
