@@ -10,7 +10,9 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from . import api_schemas as schemas
 from . import recordings, strict_json
+from .api_schemas import Invalid, validated, validated_config
 from .errors import (
     RETRY_AFTER_SECONDS,
     Conflict,
@@ -21,7 +23,8 @@ from .errors import (
 )
 from .keys import CALLS, RECORDINGS, SETTINGS, STORE
 from .models import ConfigInput, Run, TelephonyConfig, User, Workflow
-from .providers import ALIASES, PROVIDERS, provider_named
+from .openapi import Answer, Header, Schema, build_document, operation, serve_document
+from .providers import provider_named
 from .providers.base import Provider
 from .providers.configs import check_config, needs_no_configuration, save_config, secret_hints
 from .recordings.serving import recording_response
@@ -31,14 +34,16 @@ from .workflow import merge_secrets, redact_secrets, starter_definition, validat
 
 log = logging.getLogger(__name__)
 
-MAX_PAGE: Final = 200
-MAX_ROW_ID: Final = 2**63 - 1
-DEFAULT_PAGE: Final = 50
-RUN_STATES: Final = ("pending", "running", "completed", "failed")
-EDITABLE_STATUSES: Final = ("draft", "archived")
+MAX_PAGE: Final = schemas.MAX_PAGE
+MAX_ROW_ID: Final = schemas.MAX_ROW_ID
+DEFAULT_PAGE: Final = schemas.DEFAULT_PAGE
+RUN_STATES: Final = schemas.RUN_STATES
 # One entity tag of an If-Match list (RFC 9110 8.8.3): optional W/, then a quoted opaque tag.
 _ENTITY_TAG: Final = re.compile(r'(W/)?"([^"\x00-\x20\x7f]*)"')
 ANY_TAG: Final = frozenset({"*"})
+
+# Headers of an aiohttp HTTP error that its JSON answer keeps.
+_KEPT_HEADERS: Final = frozenset({"Allow", "Retry-After"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # What a 400 lists: a definition's problems as sentences, a configuration's by field.
@@ -74,6 +79,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except ApiError as exc:
         return _error(exc.status, exc.message, exc.problems)
+    except Invalid as exc:
+        return _error(400, exc.message, exc.problems)
     except NotFound as exc:
         return _error(404, str(exc))
     except Conflict as exc:
@@ -88,7 +95,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if not request.path.startswith("/api/") or exc.status < 400:
             raise
-        return _error(exc.status, exc.reason)
+        kept = {k: v for k, v in exc.headers.items() if k in _KEPT_HEADERS}  # 405's Allow
+        return _error(exc.status, exc.reason, headers=kept)
     except Exception:
         path = redact_path(request.path, request.match_info)
         log.exception("unhandled error on %s %s", request.method, path)
@@ -124,40 +132,20 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _text(body: dict[str, Any], key: str, *, required: bool = False) -> str | None:
-    limit = 200
-    value = body.get(key)
-    if value is None:
-        if required:
-            raise ApiError(400, f"'{key}' is required")
+def _definition(definition: Any) -> dict[str, Any] | None:
+    """A definition given in a body, once its graph holds together (every problem listed)."""
+    if definition is None:
         return None
-    if not isinstance(value, str) or not value.strip():
-        raise ApiError(400, f"'{key}' must be a non-empty string")
-    if len(value) > limit:
-        raise ApiError(400, f"'{key}' is longer than {limit} characters")
-    return value.strip()
-
-
-def _int_param(request: web.Request, key: str, default: int, lo: int, hi: int) -> int:
-    raw = request.query.get(key)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, f"'{key}' must be an integer") from None
-    if not lo <= value <= hi:
-        raise ApiError(400, f"'{key}' must be between {lo} and {hi}")
-    return value
-
-
-def _definition(body: dict[str, Any]) -> dict[str, Any] | None:
-    if "definition" not in body or body["definition"] is None:
-        return None
-    problems = validate_definition(body["definition"])
+    problems = validate_definition(definition)
     if problems:
-        raise ApiError(400, "invalid workflow definition", problems)
-    return body["definition"]  # type: ignore[no-any-return]
+        raise ApiError(400, _invalid_definition(problems), problems)
+    return definition  # type: ignore[no-any-return]
+
+
+def _invalid_definition(problems: list[str]) -> str:
+    """The 400's sentence: the first problem, and how many more `problems` lists."""
+    more = f" (and {len(problems) - 1} more: see problems)" if len(problems) > 1 else ""
+    return f"invalid workflow definition: {problems[0]}{more}"
 
 
 def etag(revision: int) -> str:
@@ -223,15 +211,9 @@ class EditCheck:
         return ApiError(409 if self.body_revision is not None else 412, str(exc))
 
 
-def edit_check(request: web.Request, body: dict[str, Any] | None) -> EditCheck:
-    """If-Match and the body's "revision", checked for form before anything is read."""
-    tags = _if_match(request)
-    raw = (body or {}).get("revision")
-    if raw is not None and (
-        not isinstance(raw, int) or isinstance(raw, bool) or not 0 < raw <= MAX_ROW_ID
-    ):
-        raise ApiError(400, "'revision' must be a positive integer (the revision you read)")
-    return EditCheck(tags, raw)
+def edit_check(request: web.Request, revision: int | None) -> EditCheck:
+    """If-Match (checked for form here) and the body's "revision" (by its schema)."""
+    return EditCheck(_if_match(request), revision)
 
 
 def _id(request: web.Request, key: str) -> int:
@@ -310,14 +292,65 @@ def run_json(run: Run, *, transcript: bool = True) -> dict[str, Any]:
     return body
 
 
+# -- what the operations answer (openapi.py describes each handler from these) ---------------
+
+_ERROR: Final = schemas.Error
+_ETAG: Final = Header("ETag", 'The revision as a strong entity tag ("3"): send it back in '
+                              "If-Match to edit only what you read.")
+# What _if_match takes: *, or a comma-separated list of entity tags (empty elements, and so an
+# empty list that matches nothing, allowed as RFC 9110 5.6.1 says).
+_ONE_TAG: Final = r'[ \t]*((W/)?"[^"\x00-\x20\x7f]*")?[ \t]*'
+_IF_MATCH_PATTERN: Final = rf"^([ \t]*\*[ \t]*|{_ONE_TAG}(,{_ONE_TAG})*)$"
+_IF_MATCH: Final = Header(
+    "If-Match", 'The ETag you read ("3"), a list of them, or *: the edit is refused with 412 '
+                "when the resource changed since. A weak tag never matches.",
+    {"type": "string", "pattern": _IF_MATCH_PATTERN})
+_RETRY_AFTER: Final = Header("Retry-After", "Seconds to wait before trying again.",
+                             {"type": "string", "pattern": "^[0-9]+$"})
+COMMON_ANSWERS: Final = {
+    401: Answer("Missing, invalid or revoked API key.", _ERROR),
+    408: Answer("The request body did not arrive in time.", _ERROR),
+    413: Answer("The request body is larger than 1 MiB.", _ERROR),
+    503: Answer("The database does not answer right now; try again.", _ERROR,
+                headers=(_RETRY_AFTER,)),
+}
+_BAD: Final = Answer("The body, query or a header is malformed: `error` says which field and "
+                     "what is wrong, `problems` lists every problem.", _ERROR)
+_MISSING: Final = Answer("Not found in the caller's organization.", _ERROR)
+_STALE_BODY: Final = Answer("`revision` is not the current one (or a uniqueness rule).", _ERROR)
+_STALE_TAG: Final = Answer("If-Match names another revision than the current one.", _ERROR)
+
+
+def _one_answer(description: str, model: Schema) -> Answer:
+    return Answer(description, model, headers=(_ETAG,))
+
+
+_WORKFLOW: Final = schemas.Workflow
+_CONFIG: Final = ("TelephonyConfiguration", schemas.CONFIG_ANSWER)
+_WORKFLOWS: Final = ("Workflows",)
+_TELEPHONY: Final = ("Telephony configurations",)
+_RUNS: Final = ("Runs",)
+_SERVICE: Final = ("Service",)
+
+
 # -- handlers ------------------------------------------------------------------------------
 
 
+@operation("Liveness", auth=False, tags=_SERVICE,
+           responses={200: Answer("The process runs.", schemas.Health)})
 async def health(request: web.Request) -> web.Response:
     """Up, and which process answered: with `--workers` the port is several processes."""
     return web.json_response({"status": "ok", "instance": request.app[SETTINGS].instance_id})
 
 
+@operation(
+    "Readiness for a load balancer", auth=False, tags=_SERVICE,
+    responses={
+        200: Answer("The database answers and the process takes new calls.", schemas.Ready),
+        503: Answer("Draining for a shutdown, or the database does not answer.",
+                    schemas.NotReady, headers=(_RETRY_AFTER,)),
+    },
+)
 async def ready(request: web.Request) -> web.Response:
     """Whether a load balancer should send this process new calls: not while it drains for
     a shutdown, nor while its database does not answer (it recovers by itself)."""
@@ -333,25 +366,32 @@ async def ready(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready"})
 
 
+@operation(
+    "Create a workflow (agent)", request=schemas.WorkflowCreate, tags=_WORKFLOWS,
+    responses={201: _one_answer("Created, with its uuid.", _WORKFLOW), 400: _BAD},
+)
 async def create_workflow(request: web.Request) -> web.Response:
     user = await api_user(request)
-    body = await json_body(request)
-    name = _text(body, "name", required=True)
-    definition = _definition(body)
+    body = validated(schemas.WorkflowCreate, await json_body(request))
+    definition = _definition(body.definition)
     definition = merge_secrets(definition, None) if definition else starter_definition()
     workflow = await request.app[STORE].create_workflow(
-        organization_id=user.organization_id, owner_user_id=user.id, name=name or "",
+        organization_id=user.organization_id, owner_user_id=user.id, name=body.name,
         definition=definition,
     )
     return _one(workflow_json(workflow), workflow.revision, status=201)
 
 
+@operation("List the organization's workflows", tags=_WORKFLOWS,
+           responses={200: Answer("Newest first.", schemas.WorkflowList)})
 async def list_workflows(request: web.Request) -> web.Response:
     user = await api_user(request)
     workflows = await request.app[STORE].list_workflows(user.organization_id)
     return web.json_response({"workflows": [workflow_json(w) for w in workflows]})
 
 
+@operation("Read a workflow", tags=_WORKFLOWS,
+           responses={200: _one_answer("The workflow.", _WORKFLOW), 404: _MISSING})
 async def get_workflow(request: web.Request) -> web.Response:
     user = await api_user(request)
     workflow = await request.app[STORE].get_workflow(
@@ -360,35 +400,45 @@ async def get_workflow(request: web.Request) -> web.Response:
     return _one(workflow_json(workflow), workflow.revision)
 
 
+@operation(
+    "Edit a workflow", request=schemas.WorkflowPatch, headers=(_IF_MATCH,), tags=_WORKFLOWS,
+    responses={200: _one_answer("The edited workflow.", _WORKFLOW), 400: _BAD, 404: _MISSING,
+               409: _STALE_BODY, 412: _STALE_TAG},
+)
 async def patch_workflow(request: web.Request) -> web.Response:
     """Edit; with If-Match or "revision", only if nobody changed it since it was read."""
     user = await api_user(request)
-    body = await json_body(request)
-    check = edit_check(request, body)
-    status = body.get("status")
-    if status is not None and status not in EDITABLE_STATUSES:
-        raise ApiError(400, "'status' can be set to draft or archived; use /publish to publish")
-    name = _text(body, "name")
+    body = validated(schemas.WorkflowPatch, await json_body(request))
+    check = edit_check(request, body.revision)
     store: Store = request.app[STORE]
-    definition = _definition(body)
+    definition = _definition(body.definition)
     current = await store.get_workflow(user.organization_id, request.match_info["uuid"])
     revision = check.expected(current.revision, "the workflow")
     if definition is not None:  # a missing or masked LLM API key keeps the stored one
         definition = merge_secrets(definition, current.definition)
     try:
         workflow = await store.update_workflow(
-            user.organization_id, current.uuid, name=name, definition=definition, status=status,
-            revision=revision,
+            user.organization_id, current.uuid, name=body.name, definition=definition,
+            status=body.status, revision=revision,
         )
     except Stale as exc:
         raise check.refused(exc) from None
     return _one(workflow_json(workflow), workflow.revision)
 
 
+@operation(
+    "Publish the latest version", request=schemas.PublishBody, request_required=False,
+    headers=(_IF_MATCH,), tags=_WORKFLOWS,
+    responses={200: _one_answer("Published (the uuid never changes).", _WORKFLOW), 400: _BAD,
+               404: _MISSING, 409: Answer("Archived, or `revision` is not the current one.",
+                                          _ERROR),
+               412: _STALE_TAG},
+)
 async def publish_workflow(request: web.Request) -> web.Response:
     """Publish the latest version; a body is optional (only its "revision" is read)."""
     user = await api_user(request)
-    check = edit_check(request, await json_body(request) if request.body_exists else None)
+    body = validated(schemas.PublishBody, await json_body(request) if request.body_exists else {})
+    check = edit_check(request, body.revision)
     store: Store = request.app[STORE]
     current = await store.get_workflow(user.organization_id, request.match_info["uuid"])
     revision = check.expected(current.revision, "the workflow")
@@ -396,7 +446,7 @@ async def publish_workflow(request: web.Request) -> web.Response:
         raise ApiError(409, "an archived workflow cannot be published; set status to draft first")
     problems = validate_definition(current.definition)
     if problems:
-        raise ApiError(400, "invalid workflow definition", problems)
+        raise ApiError(400, _invalid_definition(problems), problems)
     try:
         workflow = await store.publish_workflow(
             user.organization_id, current.uuid, revision=revision
@@ -420,46 +470,69 @@ def _checked_config(
     return given
 
 
+@operation(
+    "Store a provider account", tags=_TELEPHONY,
+    request=("TelephonyConfigurationCreate", schemas.CONFIG_CREATE),
+    examples=schemas.CONFIG_EXAMPLES,
+    description="The fields are the provider's (contract section 7), chosen by `provider`. "
+                "Secrets are never answered: only `has_{field}` and `{field}_hint`.",
+    responses={201: _one_answer("Stored.", _CONFIG), 400: _BAD,
+               409: Answer("The organization already has a configuration of this account.",
+                           _ERROR)},
+)
 async def create_telephony(request: web.Request) -> web.Response:
     user = await api_user(request)
     body = await json_body(request)
-    name = _text(body, "provider", required=True) or ""
-    provider = provider_named(name)
-    if provider is None:
-        configurable = (n for n, p in (PROVIDERS | ALIASES).items() if p.needs_configuration)
-        raise ApiError(400, f"provider must be one of: {', '.join(sorted(configurable))}")
-    if (refusal := needs_no_configuration(provider)) is not None:
+    named = body.get("provider")
+    provider = provider_named(named) if isinstance(named, str) else None
+    if provider is not None and (refusal := needs_no_configuration(provider)) is not None:
         raise ApiError(400, refusal)
+    provider = provider_named(validated_config(body).provider)
+    assert provider is not None  # the schema names only configurable providers
     given = _checked_config(provider, body, creating=True)
     config = await save_config(request.app[STORE], provider, user.organization_id, given)
     return _one(telephony_json(config), config.revision, status=201)
 
 
+@operation("List the organization's telephony configurations", tags=_TELEPHONY,
+           responses={200: Answer("Every configuration, secrets only as hints.",
+                                  schemas.TelephonyConfigurationList)})
 async def list_telephony(request: web.Request) -> web.Response:
     user = await api_user(request)
     configs = await request.app[STORE].list_telephony_configs(user.organization_id)
     return web.json_response({"telephony_configurations": [telephony_json(c) for c in configs]})
 
 
+@operation("Read a telephony configuration", tags=_TELEPHONY,
+           responses={200: _one_answer("The configuration.", _CONFIG), 404: _MISSING})
 async def get_telephony(request: web.Request) -> web.Response:
     user = await api_user(request)
     config = await request.app[STORE].get_telephony_config(user.organization_id, _id(request, "id"))
     return _one(telephony_json(config), config.revision)
 
 
+@operation(
+    "Edit a telephony configuration", tags=_TELEPHONY,
+    request=("TelephonyConfigurationPatch", schemas.CONFIG_PATCH), headers=(_IF_MATCH,),
+    description="The fields of the configuration's provider; a secret left out is kept, an "
+                "optional field sent empty is cleared. `provider` cannot change.",
+    responses={200: _one_answer("The edited configuration.", _CONFIG), 400: _BAD,
+               404: _MISSING, 409: _STALE_BODY, 412: _STALE_TAG},
+)
 async def patch_telephony(request: web.Request) -> web.Response:
     """Edit; with If-Match or "revision", only if nobody changed it since it was read."""
     user = await api_user(request)
     body = await json_body(request)
-    check = edit_check(request, body)
     if "provider" in body:
         raise ApiError(400, "'provider' cannot be changed; create a new configuration")
+    tags = _if_match(request)
     store: Store = request.app[STORE]
     current = await store.get_telephony_config(user.organization_id, _id(request, "id"))
-    revision = check.expected(current.revision, "the telephony configuration")
     provider = provider_named(current.provider)
-    if provider is None:
+    if provider is None or current.provider not in schemas.PATCH_MODELS:
         raise ApiError(409, f"provider {current.provider!r} is no longer supported")
+    check = EditCheck(tags, validated(schemas.PATCH_MODELS[current.provider], body).revision)
+    revision = check.expected(current.revision, "the telephony configuration")
     given = _checked_config(provider, body, creating=False)
     try:
         config = await save_config(
@@ -470,6 +543,10 @@ async def patch_telephony(request: web.Request) -> web.Response:
     return _one(telephony_json(config), config.revision)
 
 
+@operation(
+    "Delete a telephony configuration", headers=(_IF_MATCH,), tags=_TELEPHONY,
+    responses={204: Answer("Deleted."), 400: _BAD, 404: _MISSING, 412: _STALE_TAG},
+)
 async def delete_telephony(request: web.Request) -> web.Response:
     """Delete; with If-Match, only if nobody changed it since it was read."""
     user = await api_user(request)
@@ -487,34 +564,53 @@ async def delete_telephony(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+@operation(
+    "List runs (calls)", query=schemas.RunsQuery, tags=_RUNS,
+    responses={200: Answer("A page of runs, newest first, without transcripts.", schemas.RunList),
+               400: _BAD, 404: Answer("`workflow_uuid` is not the organization's.", _ERROR)},
+)
 async def list_runs(request: web.Request) -> web.Response:
     user = await api_user(request)
-    state = request.query.get("state")
-    if state is not None and state not in RUN_STATES:
-        raise ApiError(400, f"'state' must be one of: {', '.join(RUN_STATES)}")
-    workflow_uuid = request.query.get("workflow_uuid")
+    query = validated(schemas.RunsQuery, {k: request.query[k] for k in request.query}, strict=False)
     store: Store = request.app[STORE]
-    if workflow_uuid:
-        await store.get_workflow(user.organization_id, workflow_uuid)  # 404 across organizations
-    limit = _int_param(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
-    offset = _int_param(request, "offset", 0, 0, 10**9)
+    if query.workflow_uuid:  # 404 across organizations
+        await store.get_workflow(user.organization_id, query.workflow_uuid)
     runs, total = await store.list_runs(
-        user.organization_id, workflow_uuid=workflow_uuid, state=state, limit=limit, offset=offset
+        user.organization_id, workflow_uuid=query.workflow_uuid or None, state=query.state,
+        limit=query.limit, offset=query.offset,
     )
     return web.json_response({
         "runs": [run_json(r, transcript=False) for r in runs],
         "total": total,
-        "limit": limit,
-        "offset": offset,
+        "limit": query.limit,
+        "offset": query.offset,
     })
 
 
+@operation("Read a run", tags=_RUNS,
+           responses={200: Answer("The run with its transcript.", schemas.Run), 404: _MISSING})
 async def get_run(request: web.Request) -> web.Response:
     user = await api_user(request)
     run = await request.app[STORE].get_run(user.organization_id, _id(request, "id"))
     return web.json_response(run_json(run))
 
 
+_WAV: Final = {"type": "string", "contentMediaType": "audio/wav"}
+
+
+@operation(
+    "A run's recording", tags=_RUNS,
+    description="Stereo WAV: the caller left, the agent right. Range requests are answered.",
+    headers=(Header("Range", "One byte range (players seek)."),),
+    responses={
+        200: Answer("The WAV.", media_type="audio/wav", schema=_WAV),
+        206: Answer("The byte range asked for.", media_type="audio/wav", schema=_WAV,
+                    headers=(Header("Content-Range", "Which bytes of how many."),)),
+        404: Answer("No such run, or it has no recording.", _ERROR),
+        416: Answer("The range asked for is outside the recording.",
+                    headers=(Header("Content-Range", "bytes */SIZE"),)),
+    },
+)
 async def get_run_recording(request: web.Request) -> web.StreamResponse:
     """The WAV of a run, from the recordings store (range requests answered for players)."""
     user = await api_user(request)
@@ -522,6 +618,9 @@ async def get_run_recording(request: web.Request) -> web.StreamResponse:
     return await recording_response(request, request.app[RECORDINGS], run.recording_path)
 
 
+@operation("Refused stream connections (1008)", tags=_RUNS,
+           responses={200: Answer("The organization's latest, newest first.",
+                                  schemas.RejectionList)})
 async def list_rejections(request: web.Request) -> web.Response:
     """Stream connections refused with 1008 for this organization's agents."""
     user = await api_user(request)
@@ -535,10 +634,24 @@ async def list_rejections(request: web.Request) -> web.Response:
     })
 
 
+def api_document(app: web.Application) -> dict[str, Any]:
+    """The OpenAPI document of every described route of `app`."""
+    return build_document(
+        app, title="Agent Stream management API", version="1",
+        description="Agents (workflows), telephony configurations, runs and their recordings, "
+                    "scoped to the API key's organization. Errors are JSON `{\"error\": ...}`.",
+        common=COMMON_ANSWERS,
+    )
+
+
 def setup_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/api/v1/health", health, name="health")
     r.add_get("/api/v1/ready", ready, name="ready")
+    r.add_get("/api/v1/openapi.json", operation(
+        "This document (OpenAPI 3.1)", auth=False, tags=_SERVICE,
+        responses={200: Answer("The OpenAPI document.", schema={"type": "object"})},
+    )(serve_document(api_document)), name="api_openapi")
     r.add_post("/api/v1/workflows", create_workflow, name="api_workflows_create")
     r.add_get("/api/v1/workflows", list_workflows, name="api_workflows")
     r.add_get("/api/v1/workflows/{uuid}", get_workflow, name="api_workflow")

@@ -76,14 +76,26 @@ def validate_definition(definition: Any) -> list[str]:
     if not isinstance(edges, list):
         problems.append("definition.edges must be a list")
         edges = []
+    version = definition.get("version")
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
+        problems.append("definition.version must be an integer")
+    if definition.get("global_prompt") is not None and not isinstance(
+        definition.get("global_prompt"), str
+    ):
+        problems.append("definition.global_prompt must be text")
     settings = definition.get("settings", {})
     if not isinstance(settings, dict):
         problems.append("definition.settings must be an object")
     else:
         for key in ("max_duration_seconds", "silence_timeout_seconds"):
             value = settings.get(key)
-            if value is not None and (not isinstance(value, (int, float)) or value <= 0):
+            if value is not None and (
+                not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0
+            ):
                 problems.append(f"settings.{key} must be a positive number")
+        for key in ("language", "voice"):
+            if settings.get(key) is not None and not isinstance(settings.get(key), str):
+                problems.append(f"settings.{key} must be text")
         problems.extend(_engine_problems(settings))
         problems.extend(_speech_problems(settings, "stt", STT_PROVIDERS))
         problems.extend(_speech_problems(settings, "tts", TTS_PROVIDERS))
@@ -110,9 +122,11 @@ def validate_definition(definition: Any) -> list[str]:
             starts.append(node_id)
         if kind == "transfer" and not node.get("destination"):
             problems.append(f"{where}: a transfer node needs a destination")
-        for text_key in ("say", "prompt"):
+        for text_key in ("say", "prompt", "destination"):
             if node.get(text_key) is not None and not isinstance(node.get(text_key), str):
                 problems.append(f"{where}.{text_key} must be text")
+        if node.get("interruptible") is not None and not isinstance(node.get("interruptible"), bool):
+            problems.append(f"{where}.interruptible must be true or false")
     if not starts:
         problems.append("there is no start node")
     elif len(starts) > 1:
@@ -134,6 +148,10 @@ def validate_definition(definition: Any) -> list[str]:
         phrases = edge.get("phrases", [])
         if not isinstance(phrases, list) or not all(isinstance(p, str) for p in phrases):
             problems.append(f"{where}.phrases must be a list of text")
+        if edge.get("condition") is not None and not isinstance(edge.get("condition"), str):
+            problems.append(f"{where}.condition must be text")
+        if edge.get("fallback") is not None and not isinstance(edge.get("fallback"), bool):
+            problems.append(f"{where}.fallback must be true or false")
         if isinstance(edge.get("from"), str) and edge["from"] in outgoing and edge.get("to") in ids:
             outgoing[edge["from"]].append(edge["to"])
 

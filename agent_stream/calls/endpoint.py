@@ -10,6 +10,7 @@ from aiohttp import WSCloseCode, web
 
 from ..errors import GOING_AWAY
 from ..keys import CALLS, SETTINGS
+from ..openapi import undocumented
 from ..security import short_uuid
 from .call import Call
 
@@ -26,6 +27,7 @@ class StreamSocket(web.WebSocketResponse):
         return await super().close(code=code, message=message, drain=drain)
 
 
+@undocumented("the Agent Stream WebSocket (contract section 2), not the JSON management API")
 async def agent_stream(request: web.Request) -> web.StreamResponse:
     """GET /api/v1/agent-stream/[{provider}/]{agent_uuid}: accept, then run the call."""
     accepted_at = time.monotonic()

@@ -72,6 +72,8 @@ def check_config(
     name = raw.get("name")
     if name is not None and not isinstance(name, str):
         problems.append(Problem("name", "The name must be text."))
+    elif isinstance(name, str) and _CONTROL.search(name):
+        problems.append(Problem("name", "The name is one line, without control characters."))
     elif isinstance(name, str) and name.strip():
         given.name = name.strip()[:MAX_NAME]
     numbers = raw.get("from_numbers")

@@ -20,6 +20,12 @@ _WORKFLOW_SELECT: Final = """
 """
 
 
+def _unstorable(workflow_uuid: str) -> bool:
+    """A uuid no workflow can have: with a NUL, which PostgreSQL text cannot even be compared
+    with (it refuses the statement), so it is not found rather than a database error."""
+    return "\x00" in workflow_uuid
+
+
 def _workflow(row: Row) -> Workflow:
     return from_row(
         Workflow, row,
@@ -63,6 +69,8 @@ class WorkflowsStore(StoreBase):
     async def _workflow_by_uuid(
         self, db: Connection | None, organization_id: int, workflow_uuid: str
     ) -> Workflow:
+        if _unstorable(workflow_uuid):
+            raise NotFound("workflow not found")
         row = await self._one(
             _WORKFLOW_SELECT + " WHERE w.uuid = ? AND w.organization_id = ?",
             (workflow_uuid, organization_id),
@@ -77,6 +85,8 @@ class WorkflowsStore(StoreBase):
     ) -> Workflow:
         """The workflow, its row locked for this transaction's edit; a Conflict when it has
         changed since `revision`."""
+        if _unstorable(workflow_uuid):
+            raise NotFound("workflow not found")
         row = await db.fetchrow(
             "SELECT revision FROM workflows WHERE uuid = ? AND organization_id = ?" + self._db.for_update,
             (workflow_uuid, organization_id),
@@ -91,6 +101,8 @@ class WorkflowsStore(StoreBase):
     ) -> Workflow | None:
         """The workflow an Agent Stream URL names; archived ones do not take calls (but
         their refusals are still shown to their operators)."""
+        if _unstorable(workflow_uuid):
+            return None
         archived = "" if include_archived else " AND w.status != 'archived'"
         row = await self._one(_WORKFLOW_SELECT + " WHERE w.uuid = ?" + archived, (workflow_uuid,))
         return _workflow(row) if row else None

@@ -14,6 +14,7 @@ from typing import Final
 from aiohttp import web
 
 from ...keys import STORE
+from ...openapi import undocumented
 from ...security import SECRET_ROUTE_VARIABLE
 from ..base import OneTimeTokens
 from .client import dial_xml
@@ -34,6 +35,7 @@ async def transfer_link(tokens: OneTimeTokens, public_url: str, destination: str
     return f"{public_url.rstrip('/')}{PATH_PREFIX}{token}"
 
 
+@undocumented("a one-time URL Plivo fetches during a transfer, not the management API")
 async def transfer_xml(request: web.Request) -> web.Response:
     """GET by Plivo, once: the Plivo XML that dials the destination the token was made for."""
     token = request.match_info[SECRET_ROUTE_VARIABLE]
