@@ -15,6 +15,7 @@ from .store import Store
 if TYPE_CHECKING:
     from .calls.registry import CallRegistry
     from .calls.selection import ConfigSource
+    from .metrics import Metrics
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
@@ -26,3 +27,5 @@ RUN_WRITES = web.AppKey("run_writes", RunWriteQueue)
 RECORDINGS: web.AppKey[RecordingStore] = web.AppKey("recordings")
 # Where calls find telephony configurations: the store (the CLI test call adds a stand-in).
 CONFIG_SOURCE: web.AppKey[ConfigSource] = web.AppKey("config_source")
+# The series /metrics shows (metrics.py).
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")

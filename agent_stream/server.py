@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 
-from . import admin, api
+from . import admin, api, metrics
 from .calls import endpoint
 from .calls.registry import CallRegistry
 from .calls.run_writes import RunWriteQueue
@@ -218,6 +218,7 @@ def setup_routes(app: web.Application) -> None:
         app.router.add_routes(provider.routes())
     api.setup_routes(app)
     admin.setup_routes(app)
+    metrics.setup_routes(app)
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -229,6 +230,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[CALLS] = CallRegistry()
+    app.cleanup_ctx.append(metrics.metrics_ctx)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_recordings_ctx)
     app.cleanup_ctx.append(_http_ctx)

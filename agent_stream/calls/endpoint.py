@@ -9,7 +9,7 @@ from typing import Final
 from aiohttp import WSCloseCode, web
 
 from ..errors import GOING_AWAY
-from ..keys import CALLS, SETTINGS
+from ..keys import CALLS, METRICS, SETTINGS
 from ..security import short_uuid
 from .call import Call
 
@@ -40,6 +40,7 @@ async def agent_stream(request: web.Request) -> web.StreamResponse:
     )
     await ws.prepare(request)
     if not registry.accepting:
+        request.app[METRICS].rejected("shutting_down", None)
         await ws.close(code=GOING_AWAY, message=b"server shutting down")
         return ws
     call = Call(request, ws, accepted_at)

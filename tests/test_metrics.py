@@ -1,0 +1,252 @@
+"""`GET /metrics` (contract section 9): who may read it, and what real calls make of it.
+The exposition is read with prometheus-client's own parser, as Prometheus would."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.parser import text_string_to_metric_families
+
+from agent_stream.config import Settings
+from agent_stream.metrics import GAP_BUCKETS, add_sorted
+from agent_stream.server import create_app, runner_options
+from agent_stream.simulator import tone_ulaw
+from agent_stream.store import Store
+from tests.cloudonix_emulator import CloudonixEmulator
+from tests.conftest import (
+    Dial,
+    MakeTenant,
+    ServeApp,
+    Tenant,
+    answered,
+    finished_run,
+    short_call,
+    until,
+)
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+METRICS_TOKEN = "metrics-SECRET-token-0123456789"
+
+
+def parse(text: str) -> Samples:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """A sample's value; 0 for a series not (yet) there, as Prometheus treats it."""
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+async def scrape(client: TestClient, headers: Mapping[str, str] | None = None) -> Samples:
+    async with client.get("/metrics", headers=headers) as response:
+        assert response.status == 200, await response.text()
+        assert response.content_type == "text/plain"
+        return parse(await response.text())
+
+
+async def status_of(http: aiohttp.ClientSession, url: str, headers: Mapping[str, str]) -> tuple[int, Any]:
+    async with http.get(url, headers=headers) as response:
+        body = await response.json() if response.status == 401 else await response.text()
+        return response.status, body
+
+
+# -- who may read it ----------------------------------------------------------------------
+
+
+async def test_loopback_reads_metrics_without_a_token(client: TestClient) -> None:
+    samples = await scrape(client)
+    assert value(samples, "process_resident_memory_bytes") > 0
+    assert value(samples, "process_cpu_seconds_total") > 0
+    assert any(name == "python_info" for name, _ in samples)
+
+
+async def test_with_a_token_every_client_needs_it_or_an_api_key(
+    serve_app: ServeApp, settings: Settings, make_tenant: MakeTenant,
+) -> None:
+    guarded = dataclasses.replace(settings, metrics_token=METRICS_TOKEN)
+    assert METRICS_TOKEN not in repr(guarded)
+    client = await serve_app(guarded)
+    tenant = await make_tenant()  # on the same database
+    http, url = client.session, str(client.make_url("/metrics"))
+
+    status, body = await status_of(http, url, {})
+    assert status == 401 and "Authorization: Bearer" in body["error"]  # loopback included
+    status, body = await status_of(http, url, {"Authorization": "Bearer wrong"})
+    assert (status, body) == (401, {"error": "invalid metrics token or API key"})
+    assert (await status_of(http, url, {"Authorization": f"Bearer {METRICS_TOKEN}"}))[0] == 200
+    assert (await status_of(http, url, tenant.headers))[0] == 200
+
+
+def non_loopback_address() -> str | None:
+    """This machine's address on its default route (no packet is sent), if it has one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("203.0.113.1", 9))
+        except OSError:
+            return None
+        address: str = probe.getsockname()[0]
+    return None if address.startswith("127.") else address
+
+
+async def test_a_client_from_elsewhere_needs_an_api_key_and_cannot_pose_as_loopback(
+    settings: Settings, make_tenant: MakeTenant,
+) -> None:
+    address = non_loopback_address()
+    if address is None:
+        pytest.skip("this machine has no address but loopback")
+    server = TestServer(create_app(settings), host=address)
+    await server.start_server(**runner_options(settings))
+    try:
+        tenant = await make_tenant()
+        url = f"http://{address}:{server.port}/metrics"
+        async with aiohttp.ClientSession() as http:
+            status, body = await status_of(http, url, {})
+            assert status == 401 and "non-loopback" in body["error"]
+            forged = {"X-Forwarded-For": "127.0.0.1", "X-Real-IP": "127.0.0.1",
+                      "Forwarded": "for=127.0.0.1"}
+            assert (await status_of(http, url, forged))[0] == 401
+            assert (await status_of(http, url, {"Authorization": "Bearer nope"}))[0] == 401
+            assert (await status_of(http, url, tenant.headers))[0] == 200
+    finally:
+        await server.close()
+
+
+# -- what calls make of it ----------------------------------------------------------------
+
+
+async def test_a_call_shows_in_the_counters_gauge_and_histograms(
+    client: TestClient, dial: Dial, tenant: Tenant, store: Store, emulator: CloudonixEmulator,
+) -> None:
+    call = await answered(dial, tenant.workflow.uuid)
+    await until(lambda: "utt-1" in call.marks)  # the greeting went out
+    during = await scrape(client)
+    assert value(during, "agent_stream_calls_live", provider="cloudonix") == 1
+    assert value(during, "agent_stream_calls_started_total", provider="cloudonix") == 1
+
+    await call.press("0")  # the starter agent's transfer: a reply, then the provider's API
+    assert await call.wait_closed(timeout=20) == (1000, "call transferred")
+    run = await finished_run(store, tenant)
+    assert run.end_reason == "transfer"
+    after = await scrape(client)
+    cloudonix = {"provider": "cloudonix"}
+    assert value(after, "agent_stream_calls_live", **cloudonix) == 0
+    assert value(after, "agent_stream_calls_ended_total", provider="cloudonix",
+                 end_reason="transfer", close_code="1000") == 1
+    # the same figures as the run's logs
+    frames_out = run.logs["outbound_audio"]["media_frames_out"]
+    assert value(after, "agent_stream_outbound_audio_gap_seconds_count", **cloudonix) == frames_out - 1
+    assert value(after, "agent_stream_outbound_audio_gap_seconds_bucket", le="+Inf",
+                 **cloudonix) == frames_out - 1
+    assert run.logs["reply_latency"]["replies"] >= 1
+    assert value(after, "agent_stream_reply_latency_seconds_count", **cloudonix) == (
+        run.logs["reply_latency"]["replies"])
+    assert value(after, "agent_stream_reply_latency_seconds_sum", **cloudonix) > 0
+    assert value(after, "agent_stream_handshake_seconds_count", **cloudonix) == 1
+    assert value(after, "agent_stream_validation_seconds_count", **cloudonix) == 1
+    assert value(after, "agent_stream_provider_api_requests_total", provider="cloudonix",
+                 operation="validate", status="200") == 1
+    assert value(after, "agent_stream_provider_api_requests_total", provider="cloudonix",
+                 operation="transfer", status="200") == 1
+    assert [r.method for r in emulator.requests].count("POST") == 1
+
+
+async def test_a_failed_validation_counts_the_provider_s_answer_and_the_4400(
+    client: TestClient, dial: Dial, tenant: Tenant, store: Store,
+) -> None:
+    call = await dial(tenant.workflow.uuid, live_session=False)  # the emulator answers 404
+    call.start_reading()
+    await call.handshake()
+    code, _ = await call.wait_closed(timeout=20)
+    assert code == 4400
+    assert (await finished_run(store, tenant)).end_reason == "handshake_failed"
+    samples = await scrape(client)
+    assert value(samples, "agent_stream_provider_api_requests_total", provider="cloudonix",
+                 operation="validate", status="404") == 1
+    assert value(samples, "agent_stream_calls_ended_total", provider="cloudonix",
+                 end_reason="handshake_failed", close_code="4400") == 1
+    assert value(samples, "agent_stream_validation_seconds_count", provider="cloudonix") == 1
+    assert value(samples, "agent_stream_handshake_seconds_count", provider="cloudonix") == 0
+    assert value(samples, "agent_stream_calls_live", provider="cloudonix") == 0
+
+
+async def test_refused_connections_count_by_reason_with_known_providers_only(
+    client: TestClient, dial: Dial, tenant: Tenant,
+) -> None:
+    unknown = await dial(tenant.workflow.uuid, provider="made-up-provider")
+    assert (await unknown.wait_closed(timeout=10))[0] == 1008
+    missing = await dial("00000000-0000-4000-8000-000000000000")
+    assert (await missing.wait_closed(timeout=10))[0] == 1008
+    samples = await scrape(client)
+    assert value(samples, "agent_stream_stream_rejections_total", reason="unknown_provider",
+                 provider="unknown") == 1
+    assert value(samples, "agent_stream_stream_rejections_total", reason="workflow_not_found",
+                 provider="cloudonix") == 1
+    assert not any("made-up-provider" in str(labels) for _, labels in samples)
+    assert value(samples, "agent_stream_calls_started_total", provider="cloudonix") == 0
+
+
+async def test_a_caller_hanging_up_ends_the_live_call(
+    client: TestClient, dial: Dial, tenant: Tenant, store: Store,
+) -> None:
+    assert await short_call(dial, tenant) == (1000, "call ended")
+    await finished_run(store, tenant)
+    samples = await scrape(client)
+    assert value(samples, "agent_stream_calls_ended_total", provider="cloudonix",
+                 end_reason="caller_hangup", close_code="1000") == 1
+    assert value(samples, "agent_stream_calls_live", provider="cloudonix") == 0
+
+
+async def test_a_long_call_feeds_its_gaps_before_it_ends(
+    client: TestClient, dial: Dial, tenant: Tenant, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from agent_stream.calls import call as call_module
+
+    monkeypatch.setattr(call_module, "WATCHDOG_PERIOD", 0.2)
+    call = await answered(dial, tenant.workflow.uuid)
+    await until(lambda: "utt-1" in call.marks)
+
+    async def gaps_seen() -> float:
+        return value(await scrape(client), "agent_stream_outbound_audio_gap_seconds_count",
+                     provider="cloudonix")
+
+    deadline = asyncio.get_running_loop().time() + 15
+    while await gaps_seen() == 0:
+        assert asyncio.get_running_loop().time() < deadline, "no gaps while the call is live"
+        await call.send_audio(tone_ulaw(0.1), realtime=False)  # the line stays open
+        await asyncio.sleep(0.1)
+    await call.hang_up()
+    await call.wait_closed(timeout=20)
+
+
+# -- the batch that feeds the histograms ----------------------------------------------------
+
+
+def test_a_sorted_batch_counts_as_its_observations_would() -> None:
+    values = [0.005, 0.02, 0.02, 0.021, 0.03, 0.1, 0.7, 2.5, 0.0199]
+    one, batched = CollectorRegistry(), CollectorRegistry()
+    for registry, feed in ((one, "each"), (batched, "batch")):
+        histogram = Histogram("gap_seconds", "", ["provider"], buckets=GAP_BUCKETS, registry=registry)
+        child = histogram.labels("twilio")
+        if feed == "each":
+            for v in values:
+                child.observe(v)
+        else:
+            add_sorted(child, sorted(values))
+            add_sorted(child, [])
+    def samples(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
+        return {(s.name, s.labels.get("le", "")): s.value
+                for family in registry.collect() for s in family.samples
+                if not s.name.endswith("_created")}
+    assert samples(batched) == samples(one)
+    assert samples(batched)[("gap_seconds_bucket", "0.02")] == 4
