@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import signal
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -17,19 +20,25 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent_stream.config import Settings
 from agent_stream.metrics import GAP_BUCKETS, add_sorted
 from agent_stream.server import create_app, runner_options
-from agent_stream.simulator import tone_ulaw
+from agent_stream.simulator import SimulatedCall, connect, stream_url, tone_ulaw
 from agent_stream.store import Store
+from agent_stream.workflow import starter_definition
 from tests.cloudonix_emulator import CloudonixEmulator
 from tests.conftest import (
+    DOMAIN,
+    TOKEN,
     Dial,
     MakeTenant,
     ServeApp,
     Tenant,
+    agent_over_api,
     answered,
     finished_run,
     short_call,
     until,
 )
+from tests.test_process import alive, run_cli
+from tests.test_workers import START_TIMEOUT, Served
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 METRICS_TOKEN = "metrics-SECRET-token-0123456789"
@@ -250,3 +259,89 @@ def test_a_sorted_batch_counts_as_its_observations_would() -> None:
                 if not s.name.endswith("_created")}
     assert samples(batched) == samples(one)
     assert samples(batched)[("gap_seconds_bucket", "0.02")] == 4
+
+
+# -- several workers ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_workers(tmp_path: Path, cloudonix: tuple[CloudonixEmulator, str]) -> Iterator[Served]:
+    """`serve --workers 2` as an operator runs it, on the test's Cloudonix emulator."""
+    db = tmp_path / "data" / "agent_stream.db"
+    assert run_cli("create-user", "--email", "o@example.com", "--password", "pw", db=db).returncode == 0
+    served = Served(tmp_path, "--workers", "2", env={"CLOUDONIX_API_BASE_URL": cloudonix[1]})
+    try:
+        yield served
+    finally:
+        orphans = served.workers().values()
+        served.stop()
+        for pid in orphans:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+async def test_any_worker_answers_for_all_of_them_and_a_dead_one_leaves_the_live_gauge(
+    two_workers: Served, cloudonix: tuple[CloudonixEmulator, str],
+) -> None:
+    served, emulator = two_workers, cloudonix[0]
+    emulator.add_domain(DOMAIN, TOKEN)
+    api_key = run_cli("create-api-key", "--email", "o@example.com", db=served.db).stdout.split()[-1]
+    headers = {"Authorization": f"Bearer {api_key}"}
+    await served.answering({served.instance(0), served.instance(1)})
+    pids = served.workers()
+    definition = starter_definition()
+    definition["settings"]["silence_timeout_seconds"] = 120  # the calls wait quietly
+    fresh = aiohttp.TCPConnector(force_close=True)  # the kernel picks a worker per connection
+    async with aiohttp.ClientSession(connector=fresh) as http:
+        agent = await agent_over_api(http, served.base, headers, domain="acme", definition=definition)
+        calls: dict[str, list[SimulatedCall]] = {served.instance(0): [], served.instance(1): []}
+        while not all(calls.values()):
+            assert sum(map(len, calls.values())) < 30, "every call went to one worker"
+            call = await connect(http, stream_url(served.base, agent, domain="acme"))
+            call.account_sid = DOMAIN
+            emulator.add_session(DOMAIN, call.session)
+            call.start_reading()
+            await call.handshake()
+            made = sum(map(len, calls.values())) + 1
+            deadline = asyncio.get_running_loop().time() + START_TIMEOUT
+            while True:  # until this call's run is there (newest first)
+                async with http.get(f"{served.base}/api/v1/workflow-runs?workflow_uuid={agent}",
+                                    headers=headers) as response:
+                    runs = (await response.json())["runs"]
+                if len(runs) == made and runs[0]["state"] == "running":
+                    break
+                assert asyncio.get_running_loop().time() < deadline, runs
+                await asyncio.sleep(0.05)
+            calls[runs[0]["instance_id"]].append(call)
+        total = sum(map(len, calls.values()))
+
+        async def scraped() -> Samples:
+            async with http.get(f"{served.base}/metrics") as response:
+                assert response.status == 200, await response.text()
+                return parse(await response.text())
+
+        for _ in range(6):  # whichever worker answers, it answers for both
+            samples = await scraped()
+            assert value(samples, "agent_stream_calls_live", provider="cloudonix") == total
+            assert value(samples, "agent_stream_calls_started_total", provider="cloudonix") == total
+            worker_pids = {dict(labels).get("pid") for name, labels in samples
+                           if name == "agent_stream_worker_resident_memory_bytes"}
+            assert worker_pids == {str(pid) for pid in pids.values()}
+
+        os.kill(pids[1], signal.SIGKILL)  # its calls die with it; its counts stay
+        left = calls[served.instance(0)]
+        deadline = asyncio.get_running_loop().time() + START_TIMEOUT
+        while value(samples := await scraped(), "agent_stream_calls_live", provider="cloudonix") != len(left):
+            assert asyncio.get_running_loop().time() < deadline, "the dead worker's calls stay live"
+            await asyncio.sleep(0.1)
+        assert value(samples, "agent_stream_calls_started_total", provider="cloudonix") == total
+
+        for call in left:
+            await call.hang_up()
+            assert await call.wait_closed(timeout=30) == (1000, "call ended")
+        deadline = asyncio.get_running_loop().time() + START_TIMEOUT
+        while value(samples := await scraped(), "agent_stream_calls_ended_total", provider="cloudonix",
+                    end_reason="caller_hangup", close_code="1000") != len(left):
+            assert asyncio.get_running_loop().time() < deadline, "the ended calls are not counted"
+            await asyncio.sleep(0.1)
+        assert value(samples, "agent_stream_calls_live", provider="cloudonix") == 0
