@@ -157,10 +157,14 @@ async def test_a_call_shows_in_the_counters_gauge_and_histograms(
     assert value(after, "agent_stream_outbound_audio_gap_seconds_count", **cloudonix) == frames_out - 1
     assert value(after, "agent_stream_outbound_audio_gap_seconds_bucket", le="+Inf",
                  **cloudonix) == frames_out - 1
-    assert run.logs["reply_latency"]["replies"] >= 1
-    assert value(after, "agent_stream_reply_latency_seconds_count", **cloudonix) == (
-        run.logs["reply_latency"]["replies"])
-    assert value(after, "agent_stream_reply_latency_seconds_sum", **cloudonix) > 0
+    # one reply: the key pressed, then "Connecting you now." as the transcript shows them
+    caller_turn, reply = run.transcript[1], run.transcript[2]
+    assert (caller_turn.role, reply.role) == ("caller", "agent")
+    waited_ms = reply.start_ms - caller_turn.end_ms
+    assert run.logs["reply_latency"] == {"replies": 1, "p50_ms": waited_ms, "max_ms": waited_ms}
+    assert value(after, "agent_stream_reply_latency_seconds_count", **cloudonix) == 1
+    assert value(after, "agent_stream_reply_latency_seconds_sum", **cloudonix) == pytest.approx(
+        waited_ms / 1000)
     assert value(after, "agent_stream_handshake_seconds_count", **cloudonix) == 1
     assert value(after, "agent_stream_validation_seconds_count", **cloudonix) == 1
     assert value(after, "agent_stream_provider_api_requests_total", provider="cloudonix",
