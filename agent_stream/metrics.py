@@ -161,24 +161,29 @@ class Metrics:
     # -- what the calls report ---------------------------------------------------------
 
     def call_started(self, provider: str) -> None:
+        """A call got its run: it is live until `call_ended`, which its `finally` calls."""
         label = self.provider(provider)
         self.calls_started.labels(label).inc()
         self.calls_live.labels(label).inc()
 
     def call_ended(self, provider: str, end_reason: str, close_code: int) -> None:
+        """A call's run ended (whatever happened): no longer live, counted by how."""
         label = self.provider(provider)
         reason = end_reason if end_reason in END_REASONS else OTHER
         self.calls_ended.labels(label, reason, str(close_code)).inc()
         self.calls_live.labels(label).dec()
 
     def rejected(self, reason: str, provider: str | None) -> None:
+        """A connection refused before any run (`reason`: one of REJECTION_REASONS)."""
         label = reason if reason in REJECTION_REASONS else OTHER
         self.rejections.labels(label, self.provider(provider)).inc()
 
     def handshake_done(self, provider: str, seconds: float) -> None:
+        """A handshake that passed, validation included."""
         self.handshake_seconds.labels(self.provider(provider)).observe(seconds)
 
     def validated(self, provider: str, seconds: float) -> None:
+        """A session validation answered (or failed, or timed out) after `seconds`."""
         self.validation_seconds.labels(self.provider(provider)).observe(seconds)
 
     def api_request(self, provider: str, operation: str, status: str) -> None:
