@@ -553,3 +553,6 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/api/v1/workflow-runs/{id}", get_run, name="api_run")
     r.add_get("/api/v1/workflow-runs/{id}/recording", get_run_recording, name="api_run_recording")
     r.add_get("/api/v1/stream-rejections", list_rejections, name="api_rejections")
+    from .webhooks import api as webhooks_api  # here: it imports this module's helpers
+
+    webhooks_api.add_routes(r)

@@ -14,21 +14,9 @@ from aiohttp import web
 from .config import Settings
 from .crypto import SecretKeyError, new_secret_key
 from .errors import Conflict, DatabaseUnavailable, NotFound
+from .logs import configure_logging
 from .store import open_store
 from .workflow import DTMF_DIGITS
-
-
-def configure_logging(level: int = logging.INFO, *, tag: str = "") -> None:
-    """Plain stdlib logging; pipecat's loguru output (and its import banner) is kept to
-    warnings and above, so it must run before pipecat is imported. `tag` starts every
-    message (which worker wrote it, where several share one log)."""
-    logging.basicConfig(
-        level=level, format=f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s"
-    )
-    from loguru import logger
-
-    logger.remove()
-    logger.add(sys.stderr, level="WARNING")
 
 
 class _Step(argparse.Action):
@@ -168,7 +156,7 @@ def _run(command: str, settings: Settings, args: argparse.Namespace) -> int:
     if command == "create-api-key":
         return asyncio.run(_create_api_key(settings, args))
     if command == "call":
-        configure_logging(level=logging.WARNING)
+        configure_logging(level=logging.WARNING, log_format=settings.log_format)
         from .testcall import parse_steps, run_test_call
 
         return asyncio.run(
@@ -177,11 +165,12 @@ def _run(command: str, settings: Settings, args: argparse.Namespace) -> int:
         )
     parent_pid: int | None = args.parent_pid  # set: a worker of `--workers`
     if parent_pid is None and settings.workers > 1:
-        configure_logging()
+        configure_logging(log_format=settings.log_format)
         from .workers import supervise
 
         return supervise(settings)
-    configure_logging(tag="" if parent_pid is None else f"[worker {settings.worker_index}] ")
+    configure_logging(log_format=settings.log_format,
+                      worker=None if parent_pid is None else settings.worker_index)
     return _serve(settings, parent_pid)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Final
 
 from .crypto import KEY_ENV, KEY_FILE_NAME
+from .logs import LOG_FORMAT_ENV, LogFormat, log_format_from
 from .recordings.location import LocalLocation, RecordingsLocation, parse_location
 
 DEFAULT_HOST: Final = "0.0.0.0"
@@ -115,6 +116,8 @@ class Settings:
     # Where finished recordings go (AGENT_STREAM_RECORDINGS): a directory or
     # s3://bucket/prefix. Unset: `recordings` next to the database.
     recordings: str | None = None
+    # AGENT_STREAM_LOG_FORMAT: readable text lines, or one JSON object a line (logs.py).
+    log_format: LogFormat = "text"
     # `recordings` parsed, once: a bad value stops the start, not a call.
     recordings_location: RecordingsLocation = field(init=False, repr=False, compare=False)
 
@@ -174,6 +177,7 @@ class Settings:
             recordings=os.environ.get("AGENT_STREAM_RECORDINGS") or None,
             workers=_worker_count(workers, os.environ.get("AGENT_STREAM_WORKERS")),
             worker_index=worker_index,
+            log_format=log_format_from(os.environ.get(LOG_FORMAT_ENV)),
         )
 
 

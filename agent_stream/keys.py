@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from .calls.registry import CallRegistry
     from .calls.selection import ConfigSource
     from .metrics import Metrics
+    from .webhooks.delivery import WebhookSender
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
@@ -29,3 +30,5 @@ RECORDINGS: web.AppKey[RecordingStore] = web.AppKey("recordings")
 CONFIG_SOURCE: web.AppKey[ConfigSource] = web.AppKey("config_source")
 # The series /metrics shows (metrics.py).
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+# The webhook sender of a serving process (absent in the CLI test call's server).
+WEBHOOKS: web.AppKey[WebhookSender] = web.AppKey("webhooks")

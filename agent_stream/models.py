@@ -157,3 +157,90 @@ class OrgApiKey:
 class AgentActivity:
     last_run_at: str | None
     runs_since: int
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """One bar of a distribution: its label, and how many fall in [low, high)."""
+
+    label: str
+    low: float
+    high: float | None
+    count: int
+
+
+@dataclass(frozen=True)
+class LiveCall:
+    """A call of the organization going on now (a pending or running run)."""
+
+    run_id: int
+    run_name: str
+    agent_name: str
+    agent_uuid: str
+    provider: str
+    state: str
+    created_at: str
+    started_at: str | None
+
+
+@dataclass(frozen=True)
+class Overview:
+    """An organization's last days of calls, as the Overview page charts them."""
+
+    days: list[str]  # the UTC days, oldest first, YYYY-MM-DD
+    calls_per_day: dict[str, list[int]]  # outcome -> a count per day of `days`
+    totals: dict[str, int]  # outcome -> calls of all `days`, and "calls"
+    durations: list[Bucket]  # seconds of the calls that were answered
+    duration_median: float | None
+    duration_p90: float | None
+    latencies: list[Bucket]  # milliseconds from a caller's line to the agent's reply
+    latency_median: float | None
+    latency_p90: float | None
+    failures: list[tuple[str, str, int]]  # (end reason, provider, failed calls), most first
+    live: list[LiveCall]
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """An organization's receiver of run events (CONTRACT section 9)."""
+
+    id: int
+    organization_id: int
+    url: str
+    events: list[str]
+    secret: str  # opened from its sealed column: never shown, only signs
+    active: bool
+    revision: int
+    created_at: str
+    updated_at: str
+
+
+@dataclass(frozen=True)
+class WebhookDelivery:
+    """One run event for one webhook: sent until accepted, or failed after 24 hours."""
+
+    id: int
+    webhook_id: int
+    run_id: int
+    event: str
+    event_id: str  # the body's "id" and the Idempotency-Key, the same on every attempt
+    state: str  # pending, delivered, failed
+    attempts: int
+    created_at: str
+    next_attempt_at: str | None
+    status_code: int | None
+    latency_ms: int | None
+    error: str | None
+    last_attempt_at: str | None
+    delivered_at: str | None
+
+
+@dataclass(frozen=True)
+class DueDelivery:
+    """A delivery this instance has claimed, with what its attempt needs."""
+
+    delivery: WebhookDelivery
+    organization_id: int
+    url: str
+    secret: str
+    body: str | None  # the JSON of the first attempt, when there was one

@@ -21,7 +21,18 @@ from .calls.selection import StoredConfigs
 from .config import SHUTDOWN_GRACE_SECONDS, Settings
 from .errors import RequestTooSlow
 from .heartbeat import keep_heartbeat
-from .keys import CALLS, CONFIG_SOURCE, HTTP, RECORDINGS, RUN_WRITES, SETTINGS, SPEECH, STORE
+from .keys import (
+    CALLS,
+    CONFIG_SOURCE,
+    HTTP,
+    METRICS,
+    RECORDINGS,
+    RUN_WRITES,
+    SETTINGS,
+    SPEECH,
+    STORE,
+    WEBHOOKS,
+)
 from .pipeline.call import RECORDING_SAMPLE_RATE
 from .pipeline.recorder import recover_recordings
 from .providers import PROVIDERS
@@ -29,6 +40,7 @@ from .recordings import open_recordings
 from .security import redact_path
 from .speech import SpeechServices
 from .store import open_store
+from .webhooks import delivery
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +187,28 @@ async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
+    """A serving process sends webhook deliveries, on its own HTTP client (a dead receiver
+    holds none of the provider API's connections); the CLI test call's server does not."""
+    if not app[SETTINGS].recover_at_start:
+        yield
+        return
+    store = app[STORE]
+    connector = aiohttp.TCPConnector(limit=delivery.SENDERS)
+    async with aiohttp.ClientSession(
+        connector=connector, cookie_jar=aiohttp.DummyCookieJar(), raise_for_status=False
+    ) as session:
+        app[WEBHOOKS] = sender = delivery.WebhookSender(store, session, app[SETTINGS].instance_id,
+                                                        on_outcome=app[METRICS].webhook_outcome)
+        store.run_event_listeners.append(sender.poke)
+        task = asyncio.create_task(sender.run(), name="webhook sender")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        store.run_event_listeners.remove(sender.poke)
+
+
 async def _speech_ctx(app: web.Application) -> AsyncIterator[None]:
     """The shared speech engines; their thread and process end with the app."""
     speech = SpeechServices()
@@ -234,6 +268,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_recordings_ctx)
     app.cleanup_ctx.append(_http_ctx)
+    app.cleanup_ctx.append(_webhooks_ctx)
     app.cleanup_ctx.append(_speech_ctx)
     app.on_shutdown.append(_close_live_calls)
     admin.setup_templates(app)

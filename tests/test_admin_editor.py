@@ -153,3 +153,19 @@ def test_speech_sections_in_the_settings_form() -> None:
         definition, same | {"tts_base_url": "https://elsewhere.example/v1"}
     )
     assert "api_key" not in moved["settings"]["tts"]
+
+
+def test_the_drawing_gets_nodes_and_edges_with_their_form_indexes_and_no_settings() -> None:
+    definition = starter_definition()
+    definition["settings"]["llm"] = {"base_url": "http://llm", "api_key": "sk-drawing-1234"}
+    definition["edges"].append({"from": "book", "to": "human", "phrases": ["agent", 7]})
+    graph = editor.graph_of(definition)
+
+    assert [(n["index"], n["id"], n["kind"]) for n in graph["nodes"]] == [
+        (0, "start", "start"), (1, "book", "agent"), (2, "human", "transfer"), (3, "bye", "end")]
+    assert graph["edges"][0] == {
+        "index": 0, "from": "start", "to": "book", "phrases": ["yes", "book an appointment"],
+        "dtmf": "1", "fallback": False, "condition": "the caller wants to book"}
+    assert [e["fallback"] for e in graph["edges"]] == [False, False, True, True, False]
+    assert graph["edges"][4]["phrases"] == ["agent"]  # only text is drawn
+    assert "sk-drawing" not in repr(graph) and set(graph) == {"nodes", "edges"}

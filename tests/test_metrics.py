@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
@@ -349,3 +350,28 @@ async def test_any_worker_answers_for_all_of_them_and_a_dead_one_leaves_the_live
             assert asyncio.get_running_loop().time() < deadline, "the ended calls are not counted"
             await asyncio.sleep(0.1)
         assert value(samples, "agent_stream_calls_live", provider="cloudonix") == 0
+
+
+async def test_webhook_deliveries_count_by_outcome(
+    client: TestClient, dial: Dial, tenant: Tenant, aiohttp_server: Any,
+) -> None:
+    received: list[bytes] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.read())
+        return web.Response(status=204)
+
+    receiver = web.Application()
+    receiver.router.add_post("/hook", hook)
+    server = await aiohttp_server(receiver)
+    response = await client.post("/api/v1/webhooks", headers=tenant.headers, json={
+        "url": str(server.make_url("/hook")), "events": ["run.completed"]})
+    assert response.status == 201, await response.text()
+    await short_call(dial, tenant)
+    await until(lambda: len(received) == 1)
+    deadline = asyncio.get_running_loop().time() + 15
+    while value(samples := await scrape(client), "agent_stream_webhook_deliveries_total",
+                outcome="delivered") != 1:
+        assert asyncio.get_running_loop().time() < deadline, "the delivery is not counted"
+        await asyncio.sleep(0.05)
+    assert value(samples, "agent_stream_webhook_deliveries_total", outcome="failed") == 0

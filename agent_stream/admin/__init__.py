@@ -10,7 +10,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from . import agents, auth, runs, talk, telephony, users
+from . import agents, auth, overview, runs, talk, telephony, users, webhooks
 from .common import STATIC_DIR, TEMPLATES_DIR, html_error_middleware
 
 __all__ = ["html_error_middleware", "setup_routes", "setup_templates"]
@@ -98,6 +98,7 @@ def setup_routes(app: web.Application) -> None:
     r.add_post("/login", auth.login, name="admin_login_post")
     r.add_post("/logout", auth.logout, name="admin_logout")
 
+    r.add_get("/overview", overview.overview, name="admin_overview")
     r.add_get("/agents", agents.agents, name="admin_agents")
     r.add_post("/agents", agents.create_agent, name="admin_agents_create")
     r.add_get("/agents/{uuid}", agents.agent_editor, name="admin_agent")
@@ -129,6 +130,13 @@ def setup_routes(app: web.Application) -> None:
     r.add_post("/telephony/{id}", telephony.update, name="admin_telephony_update")
     r.add_get("/telephony/{id}/delete", telephony.delete_page, name="admin_telephony_delete")
     r.add_post("/telephony/{id}/delete", telephony.delete, name="admin_telephony_delete_post")
+
+    r.add_get("/webhooks", webhooks.webhooks, name="admin_webhooks")
+    r.add_post("/webhooks", webhooks.create, name="admin_webhooks_create")
+    r.add_get("/webhooks/{id}", webhooks.detail, name="admin_webhook")
+    r.add_post("/webhooks/{id}", webhooks.update, name="admin_webhook_update")
+    r.add_post("/webhooks/{id}/active", webhooks.set_active, name="admin_webhook_active")
+    r.add_post("/webhooks/{id}/delete", webhooks.delete, name="admin_webhook_delete")
 
     r.add_get("/users", users.users, name="admin_users")
     r.add_post("/users", users.create_user, name="admin_users_create")

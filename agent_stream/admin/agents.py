@@ -204,6 +204,7 @@ async def _editor_page(
             "new_node_index": len(nodes),
             "new_edge_index": len(edges),
             "kinds": editor.NODE_KIND_CHOICES,
+            "graph": editor.graph_of(definition),
             "problems": problems or editor.Problems(),
             "raw_json": raw_json if raw_json is not None else editor.shown_json(definition),
             "global_prompt": prompt

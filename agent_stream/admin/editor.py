@@ -217,6 +217,28 @@ def without_edge(definition: dict[str, Any], index: int) -> dict[str, Any]:
     return candidate
 
 
+def graph_of(definition: dict[str, Any]) -> dict[str, Any]:
+    """What the editor's drawing shows of the saved definition (`static/graph.js`): each
+    node with its form's index, each edge with its phrases, digit and fallback. No settings,
+    so no key."""
+    nodes = [n for n in definition.get("nodes") or [] if isinstance(n, dict)]
+    edges = [e for e in definition.get("edges") or [] if isinstance(e, dict)]
+    return {
+        "nodes": [
+            {"index": i, "id": str(n.get("id") or ""), "kind": str(n.get("kind") or ""),
+             "say": str(n.get("say") or "")[:160]}
+            for i, n in enumerate(nodes)
+        ],
+        "edges": [
+            {"index": i, "from": str(e.get("from") or ""), "to": str(e.get("to") or ""),
+             "phrases": [str(p) for p in e.get("phrases") or [] if isinstance(p, str)],
+             "dtmf": str(e.get("dtmf") or ""), "fallback": bool(e.get("fallback")),
+             "condition": str(e.get("condition") or "")[:160]}
+            for i, e in enumerate(edges)
+        ],
+    }
+
+
 def shown_json(definition: dict[str, Any]) -> str:
     """The raw JSON view: the LLM key only as its hint (`redact_secrets`, as the API does)."""
     return json.dumps(redact_secrets(definition), indent=2, ensure_ascii=False)

@@ -36,6 +36,7 @@ from ..errors import (
     clip_reason,
 )
 from ..keys import CONFIG_SOURCE, HTTP, METRICS, RECORDINGS, RUN_WRITES, SETTINGS, SPEECH, STORE
+from ..logs import CALL_FIELDS
 from ..metrics import CallFeed, Metrics
 from ..models import TelephonyConfig, Workflow
 from ..pipeline.call import CallPipeline, let_live_calls_run
@@ -69,10 +70,12 @@ WATCHDOG_PERIOD: Final = 5.0
 
 
 class CallLog(logging.LoggerAdapter[logging.Logger]):
-    """Every line of a call carries its run name and the shortened agent uuid."""
+    """Every line of a call carries its run name, the shortened agent uuid and the provider
+    (logs.py shows them), also when logged outside the call's own task."""
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
-        return f"[{(self.extra or {}).get('call')}] {msg}", kwargs
+        kwargs["extra"] = {**(self.extra or {}), **kwargs.get("extra", {})}
+        return msg, kwargs
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,11 @@ class Call:
         self.agent_gathered: dict[str, Any] = {}
         self.agent_logs: dict[str, Any] = {}
         self._speech_providers: list[ProviderRecognizer | ProviderSynthesizer] = []
-        self.log = CallLog(log, {"call": f"agent {short_uuid(self.agent_uuid)}"})
+        # What this call's log lines say about it; the run's name joins once it exists.
+        self.log_fields: dict[str, str] = {"agent": short_uuid(self.agent_uuid)}
+        if self.provider is not None:
+            self.log_fields["provider"] = self.provider.name
+        self.log = CallLog(log, self.log_fields)
 
     async def shut_down(self) -> None:
         """Server shutdown: close the socket; the handler task notices and ends the run."""
@@ -121,6 +128,7 @@ class Call:
         """The whole life of the call. Nothing escapes it: whatever happens after the `101`,
         the socket gets a close frame with a code and a reason, and a run that was created
         ends with its reason."""
+        about_this_call = CALL_FIELDS.set(self.log_fields)  # for every line below this task
         try:
             record = await self._open_run()
             if record is not None:
@@ -133,6 +141,7 @@ class Call:
             await self.close_socket(SERVER_FAILURE, "internal server error")
         finally:
             self.finished.set()
+            CALL_FIELDS.reset(about_this_call)
             # aiohttp keeps the socket's error, whose traceback holds the frame of the socket's
             # own close(): a cycle through the socket, the request and the connection
             if (error := self.ws.exception()) is not None:
@@ -226,7 +235,7 @@ class Call:
     async def _run(self, record: RunRecord) -> None:
         """Steps 4-5: running, handshake, media; the run always ends, whatever happens."""
         run = record.run
-        self.log.extra = {"call": f"run {run.name} agent {short_uuid(self.agent_uuid)}"}
+        self.log_fields["run"] = run.name
         pipeline: CallPipeline | None = None
         connected: Connected | None = None
         outcome = self.outcome.crashed()

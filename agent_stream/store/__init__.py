@@ -1,8 +1,9 @@
 """All SQL of Agent Stream: a store returning dataclasses, on SQLite or PostgreSQL.
 
 `Store` gathers one part per aggregate (users.py, sessions.py, workflows.py, telephony.py,
-runs.py, instances.py); database.py is the seam between their SQL and the two databases
-(sqlite.py, postgres.py); migrations.py brings either to the latest schema.
+runs.py, instances.py, overview.py, webhooks.py); database.py is the seam between their SQL
+and the two databases (sqlite.py, postgres.py); migrations.py brings either to the latest
+schema.
 """
 from __future__ import annotations
 
@@ -16,12 +17,14 @@ from .base import ACTIVE_STATES, utcnow
 from .database import Database
 from .instances import InstancesStore
 from .migrations import LATEST_VERSION, MIGRATIONS, migrate
+from .overview import OverviewStore
 from .postgres import POOL_SIZES, PostgresDatabase
 from .runs import RUN_NAME_PREFIX
 from .sessions import SessionsStore
 from .sqlite import SqliteDatabase
 from .telephony import TelephonyStore
 from .users import UsersStore
+from .webhooks import WebhooksStore
 from .workflows import WorkflowsStore
 
 __all__ = [
@@ -32,7 +35,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class Store(UsersStore, SessionsStore, WorkflowsStore, TelephonyStore, InstancesStore):
+class Store(
+    UsersStore, SessionsStore, WorkflowsStore, TelephonyStore, InstancesStore, OverviewStore,
+    WebhooksStore,
+):
     """The database of one Agent Stream process."""
 
     @classmethod

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -77,6 +77,13 @@ class StoreBase:
         self._box = secret_box
         # The serving process whose runs this store creates (None: a CLI command, no runs).
         self.instance_id = instance_id
+        # Told when this process has written a run's start or end, which may have queued
+        # webhook deliveries (the sender wakes up instead of waiting for its next poll).
+        self.run_event_listeners: list[Callable[[], None]] = []
+
+    def _run_event_written(self) -> None:
+        for listener in self.run_event_listeners:
+            listener()
 
     async def _one(
         self, sql: str, params: Sequence[Any] = (), *, db: Connection | None = None

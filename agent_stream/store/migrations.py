@@ -93,6 +93,8 @@ MIGRATIONS: Final[list[Migration]] = [
               nothing, script("0005_functions.postgresql.sql")),
     Migration(6, "PostgreSQL JSON merges keep the order of keys",
               nothing, script("0006_ordered_merge.postgresql.sql")),
+    Migration(7, "run webhooks and their deliveries, written with the run state they report",
+              script("0007_webhooks.sqlite.sql"), script("0007_webhooks.postgresql.sql")),
 ]
 LATEST_VERSION: Final = MIGRATIONS[-1].number
 

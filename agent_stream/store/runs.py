@@ -109,6 +109,7 @@ class RunsStore(StoreBase):
                     logs = {self._db.merge_json("logs")} WHERE id = ? AND state = 'pending'""",
             (started_at or utcnow(), dumps(logs or {}), run_id),
         )
+        self._run_event_written()
 
     async def merge_run_context(
         self,
@@ -170,6 +171,7 @@ class RunsStore(StoreBase):
                     (run_id, seq, line.role, line.text, line.start_ms, line.end_ms,
                      int(line.interrupted)),
                 )
+        self._run_event_written()
 
     async def fail_open_runs(
         self, db: Connection, where: str, params: tuple[Any, ...], *, end_reason: str, error: str
