@@ -75,6 +75,8 @@ class Settings:
     # The key that encrypts provider secrets (AGENT_STREAM_SECRET_KEY); unset: the key file
     # next to the SQLite database (crypto.py).
     secret_key: str | None = field(default=None, repr=False)
+    # AGENT_STREAM_METRICS_TOKEN: then /metrics wants it (or an API key) from every client.
+    metrics_token: str | None = field(default=None, repr=False)
     handshake_timeout: float = HANDSHAKE_TIMEOUT_SECONDS
     provider_api_timeout: float = PROVIDER_API_TIMEOUT_SECONDS
     max_stream_message_bytes: int = MAX_STREAM_MESSAGE_BYTES
@@ -170,6 +172,7 @@ class Settings:
             },
             public_url=(os.environ.get("AGENT_STREAM_PUBLIC_URL") or "").rstrip("/") or None,
             secret_key=os.environ.get(KEY_ENV) or None,
+            metrics_token=os.environ.get("AGENT_STREAM_METRICS_TOKEN") or None,
             preload_speech=True,
             recordings=os.environ.get("AGENT_STREAM_RECORDINGS") or None,
             workers=_worker_count(workers, os.environ.get("AGENT_STREAM_WORKERS")),

@@ -69,9 +69,14 @@ class StreamError(Exception):
 
 
 class RoutingError(StreamError):
-    """No run may be created: unknown provider, workflow not found, quota exceeded."""
+    """No run may be created: unknown provider, workflow not found, quota exceeded. `kind`
+    names the refusal for machines (metrics.REJECTION_REASONS); `reason` for people."""
 
     code = ROUTING_FAILURE
+
+    def __init__(self, reason: str, *, kind: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
 
 
 class QuotaExceeded(RoutingError):

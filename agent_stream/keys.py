@@ -15,6 +15,7 @@ from .store import Store
 if TYPE_CHECKING:
     from .calls.registry import CallRegistry
     from .calls.selection import ConfigSource
+    from .metrics import Metrics
     from .webhooks.delivery import WebhookSender
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -27,5 +28,7 @@ RUN_WRITES = web.AppKey("run_writes", RunWriteQueue)
 RECORDINGS: web.AppKey[RecordingStore] = web.AppKey("recordings")
 # Where calls find telephony configurations: the store (the CLI test call adds a stand-in).
 CONFIG_SOURCE: web.AppKey[ConfigSource] = web.AppKey("config_source")
+# The series /metrics shows (metrics.py).
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 # The webhook sender of a serving process (absent in the CLI test call's server).
 WEBHOOKS: web.AppKey[WebhookSender] = web.AppKey("webhooks")

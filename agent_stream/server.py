@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 
-from . import admin, api
+from . import admin, api, metrics
 from .calls import endpoint
 from .calls.registry import CallRegistry
 from .calls.run_writes import RunWriteQueue
@@ -21,7 +21,18 @@ from .calls.selection import StoredConfigs
 from .config import SHUTDOWN_GRACE_SECONDS, Settings
 from .errors import RequestTooSlow
 from .heartbeat import keep_heartbeat
-from .keys import CALLS, CONFIG_SOURCE, HTTP, RECORDINGS, RUN_WRITES, SETTINGS, SPEECH, STORE, WEBHOOKS
+from .keys import (
+    CALLS,
+    CONFIG_SOURCE,
+    HTTP,
+    METRICS,
+    RECORDINGS,
+    RUN_WRITES,
+    SETTINGS,
+    SPEECH,
+    STORE,
+    WEBHOOKS,
+)
 from .pipeline.call import RECORDING_SAMPLE_RATE
 from .pipeline.recorder import recover_recordings
 from .providers import PROVIDERS
@@ -187,7 +198,8 @@ async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
     async with aiohttp.ClientSession(
         connector=connector, cookie_jar=aiohttp.DummyCookieJar(), raise_for_status=False
     ) as session:
-        app[WEBHOOKS] = sender = delivery.WebhookSender(store, session, app[SETTINGS].instance_id)
+        app[WEBHOOKS] = sender = delivery.WebhookSender(store, session, app[SETTINGS].instance_id,
+                                                        on_outcome=app[METRICS].webhook_outcome)
         store.run_event_listeners.append(sender.poke)
         task = asyncio.create_task(sender.run(), name="webhook sender")
         yield
@@ -240,6 +252,7 @@ def setup_routes(app: web.Application) -> None:
         app.router.add_routes(provider.routes())
     api.setup_routes(app)
     admin.setup_routes(app)
+    metrics.setup_routes(app)
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -251,6 +264,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[CALLS] = CallRegistry()
+    app.cleanup_ctx.append(metrics.metrics_ctx)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_recordings_ctx)
     app.cleanup_ctx.append(_http_ctx)

@@ -16,9 +16,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +30,7 @@ from aiohttp import web
 
 from .config import Settings
 from .lifeline import watch_parent
+from .metrics import MULTIPROC_ENV, forget_worker
 from .store import open_store
 
 log = logging.getLogger(__name__)
@@ -75,12 +78,18 @@ def supervise(settings: Settings) -> int:
     # the database reaches the workers in their environment: a PostgreSQL URL may carry a
     # password, which a command line shows to every user of the machine (ps)
     os.environ["AGENT_STREAM_DB"] = settings.database
+    # the workers' metrics, which any one of them adds up for a scrape (metrics.py): a new
+    # directory each start, as prometheus-client wants, removed at the end
+    metrics_dir = tempfile.mkdtemp(prefix="agent-stream-metrics-")
+    os.environ[MULTIPROC_ENV] = metrics_dir
     supervisor = Supervisor(settings.workers, lambda index: worker_command(settings, port, index))
     try:
         return asyncio.run(supervisor.run())
     except WorkersFailing as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 async def _check_database(settings: Settings) -> None:
@@ -217,6 +226,7 @@ class Supervisor:
             if self._stopping.is_set():  # stopped while it was being started
                 self._terminate(proc)
             code = await proc.wait()
+            forget_worker(proc.pid)  # its calls are no longer live; its counts stay
             if self._stopping.is_set():
                 log.info("worker %d (pid %d) %s", index, proc.pid, describe_exit(code))
                 return

@@ -14,6 +14,7 @@ import time
 import uuid as uuidlib
 from collections.abc import MutableMapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Final
 
 import aiohttp
@@ -34,8 +35,9 @@ from ..errors import (
     StreamError,
     clip_reason,
 )
-from ..keys import CONFIG_SOURCE, HTTP, RECORDINGS, RUN_WRITES, SETTINGS, SPEECH, STORE
+from ..keys import CONFIG_SOURCE, HTTP, METRICS, RECORDINGS, RUN_WRITES, SETTINGS, SPEECH, STORE
 from ..logs import CALL_FIELDS
+from ..metrics import CallFeed, Metrics
 from ..models import TelephonyConfig, Workflow
 from ..pipeline.call import CallPipeline, let_live_calls_run
 from ..pipeline.frames import StreamStopFrame
@@ -92,6 +94,8 @@ class Call:
         self.ws = ws
         self.settings: Settings = request.app[SETTINGS]
         self.store: Store = request.app[STORE]
+        self.metrics: Metrics = request.app[METRICS]
+        self._feed: CallFeed | None = None  # the call's gaps and replies to the histograms
         self.agent_uuid = request.match_info["agent_uuid"]
         self.newer_form = "provider" in request.match_info
         name = request.match_info.get("provider") or request.query.get("provider") or ""
@@ -151,16 +155,17 @@ class Call:
             await self._reject(exc)
         except DatabaseUnavailable as exc:
             self.log.warning("refused with %d: %s", SERVER_FAILURE, exc)
+            self.metrics.rejected("database_unavailable", self._provider_label())
             await self.close_socket(SERVER_FAILURE, str(exc))
         return None
 
     async def _route(self) -> RunRecord:
         """Steps 1-3: provider, workflow, quota and the new run (or a 1008, no run)."""
         if not self.provider_name:
-            raise RoutingError("missing provider")
+            raise RoutingError("missing provider", kind="missing_provider")
         provider = self.provider
         if provider is None:
-            raise RoutingError(f"unknown provider {self.provider_name[:32]!r}")
+            raise RoutingError(f"unknown provider {self.provider_name[:32]!r}", kind="unknown_provider")
         workflow = await self._find_workflow()
         owner = await self.store.get_user(workflow.owner_user_id)
         self._workflow = workflow
@@ -181,13 +186,13 @@ class Call:
         try:
             uuidlib.UUID(self.agent_uuid)
         except ValueError:
-            raise RoutingError("workflow not found") from None
+            raise RoutingError("workflow not found", kind="workflow_not_found") from None
         workflow = await self.store.find_stream_workflow(self.agent_uuid, include_archived=True)
         if workflow is None:
-            raise RoutingError("workflow not found")
+            raise RoutingError("workflow not found", kind="workflow_not_found")
         if workflow.status == "archived":
             self._workflow = workflow  # the refusal is shown in that agent's Runs tab
-            raise RoutingError("workflow not found")
+            raise RoutingError("workflow not found", kind="workflow_not_found")
         return workflow
 
     def _initial_context(self, provider: Provider) -> dict[str, Any]:
@@ -209,6 +214,7 @@ class Call:
         """A 1008: no run, but a rejection operators can see (if the database takes it)."""
         workflow = self._workflow
         self.log.warning("rejected with %d: %s", exc.code, exc.reason)
+        self.metrics.rejected(exc.kind, self._provider_label())
         try:
             await self.store.add_rejection(
                 provider=self.provider_name or None,
@@ -222,6 +228,10 @@ class Call:
             self.log.warning("the rejection is not recorded: %s", unavailable)
         await self.close_socket(exc.code, exc.reason)
 
+    def _provider_label(self) -> str | None:
+        """The provider by its own name ("asterisk" for "ari"), or as the URL gave it."""
+        return self.provider.name if self.provider is not None else self.provider_name
+
     async def _run(self, record: RunRecord) -> None:
         """Steps 4-5: running, handshake, media; the run always ends, whatever happens."""
         run = record.run
@@ -229,15 +239,18 @@ class Call:
         pipeline: CallPipeline | None = None
         connected: Connected | None = None
         outcome = self.outcome.crashed()
-        assert self.provider is not None  # _route refused the call otherwise
+        provider = self.provider
+        assert provider is not None  # _route refused the call otherwise
+        self.metrics.call_started(provider.name)
         try:
             running_ms = round((time.monotonic() - self.accepted_at) * 1000, 1)
             await record.running({"timing": {"accept_to_running_ms": running_ms}})
             self.log.info("running (%.1f ms after accept)", running_ms)
-            connected = await self._handshake(self.provider, record)
+            connected = await self._handshake(provider, record)
             recording_path = self.settings.recordings_dir / f"{run.id}.wav"
             pipeline = CallPipeline(self.ws, connected.wire, recording_path,
                                     self.request.app[RECORDINGS])
+            self._feed = self.metrics.feed(provider.name)
             await let_live_calls_run()
             agent = self._agent(pipeline, AgentActions(self, connected.control))
             await let_live_calls_run()
@@ -257,6 +270,7 @@ class Call:
             try:
                 await self._end(record, outcome, pipeline, connected.wire if connected else None)
             finally:
+                self.metrics.call_ended(provider.name, outcome.end_reason, outcome.close_code)
                 if pipeline is not None:
                     pipeline.release()  # freed at once, not by a full collection: memory.py
 
@@ -285,6 +299,8 @@ class Call:
                 gathered.update(_keypress_context(pipeline))
                 transcript = pipeline.transcript.flush()
                 logs["outbound_audio"] = _gap_summary(pipeline)
+                logs["reply_latency"] = _reply_summary(pipeline)
+                self._feed_metrics(pipeline)
             except Exception:
                 self.log.exception("stopping the call pipeline failed")
         gathered.update(self.agent_gathered)
@@ -374,9 +390,15 @@ class Call:
             public_url=public_url(self.request),
             tokens=self.store,
             send_text=self._send_text,
+            api_requests=partial(self.metrics.api_request, provider.name),
         ))
-        await control.validate()
+        validating = time.monotonic()
+        try:
+            await control.validate()
+        finally:
+            self.metrics.validated(provider.name, time.monotonic() - validating)
         elapsed_ms = (time.monotonic() - began) * 1000
+        self.metrics.handshake_done(provider.name, elapsed_ms / 1000)
         await self._remember(record, provider, start, config, selected.by, elapsed_ms)
         self.log.info("handshake done in %.1f ms", elapsed_ms)
         return Connected(provider.wire(start, log=self.log), control)
@@ -438,7 +460,7 @@ class Call:
         """
         loop = asyncio.get_running_loop()
         self._last_message_at = loop.time()
-        watchdog = asyncio.create_task(self._watch_for_silence(), name="provider watchdog")
+        watchdog = asyncio.create_task(self._watch_for_silence(pipeline), name="provider watchdog")
         try:
             while True:
                 try:
@@ -455,15 +477,23 @@ class Call:
         finally:
             watchdog.cancel()
 
-    async def _watch_for_silence(self) -> None:
+    async def _watch_for_silence(self, pipeline: CallPipeline) -> None:
+        """Close a call whose provider went quiet; meanwhile, hand its figures to the
+        histograms every few seconds, so a long call shows before it ends."""
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(WATCHDOG_PERIOD)
+            self._feed_metrics(pipeline)
             if loop.time() - self._last_message_at >= MEDIA_IDLE_TIMEOUT:
                 outcome = self.outcome.provider_silent(MEDIA_IDLE_TIMEOUT)
                 self.log.warning(outcome.close_reason)
                 await self.close_socket(outcome.close_code, outcome.close_reason)
                 return
+
+    def _feed_metrics(self, pipeline: CallPipeline) -> None:
+        """The gaps and replies measured since the last time, to the histograms."""
+        if self._feed is not None:
+            self._feed.take(pipeline.transport.output().gaps, pipeline.transcript.replies_ms)
 
     async def close_socket(self, code: int, reason: str) -> None:
         """Send our close frame (once); a peer that is already gone is only logged."""
@@ -559,6 +589,14 @@ def _gap_summary(pipeline: CallPipeline) -> dict[str, Any]:
         "gap_p99_ms": round(gaps[min(len(gaps) - 1, int(len(gaps) * 0.99))] * 1000, 1),
         "gap_max_ms": round(gaps[-1] * 1000, 1),
     }
+
+
+def _reply_summary(pipeline: CallPipeline) -> dict[str, Any]:
+    """How long the caller waited for the agent: end of their speech to its next audio."""
+    replies = sorted(pipeline.transcript.replies_ms)
+    if not replies:
+        return {"replies": 0}
+    return {"replies": len(replies), "p50_ms": replies[len(replies) // 2], "max_ms": replies[-1]}
 
 
 def _keypress_context(pipeline: CallPipeline) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import Final
 from aiohttp import WSCloseCode, web
 
 from ..errors import GOING_AWAY
-from ..keys import CALLS, SETTINGS
+from ..keys import CALLS, METRICS, SETTINGS
 from ..openapi import undocumented
 from ..security import short_uuid
 from .call import Call
@@ -42,6 +42,7 @@ async def agent_stream(request: web.Request) -> web.StreamResponse:
     )
     await ws.prepare(request)
     if not registry.accepting:
+        request.app[METRICS].rejected("shutting_down", None)
         await ws.close(code=GOING_AWAY, message=b"server shutting down")
         return ws
     call = Call(request, ws, accepted_at)

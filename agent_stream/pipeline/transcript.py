@@ -43,6 +43,10 @@ class CallTranscript:
     # Told (role, text) of each line as it happens: an agent line when its audio starts
     # going out, a caller line when it is recognized. None (most calls): nobody is told.
     listener: Callable[[str, str], None] | None = None
+    # How long the caller waited for each reply: the end of their turn (speech or key) to
+    # the agent's next audio going out, as the transcript's lines show it.
+    replies_ms: list[int] = field(default_factory=list)
+    _turn_ended_ms: int | None = None  # a caller turn the agent has not answered yet
 
     def now_ms(self) -> int:
         return int((time.monotonic() - self.started) * 1000)
@@ -71,6 +75,9 @@ class CallTranscript:
             return
         if utterance.started_ms is None:
             utterance.started_ms = self.now_ms()
+            if self._turn_ended_ms is not None and len(self.replies_ms) < 10_000:
+                self.replies_ms.append(max(0, utterance.started_ms - self._turn_ended_ms))
+            self._turn_ended_ms = None
             if self.listener is not None:
                 self.listener("agent", utterance.text)
         utterance.sent_bytes += size
@@ -127,6 +134,7 @@ class CallTranscript:
 
     def caller_said(self, text: str, start_ms: int, end_ms: int) -> None:
         self.lines.append(TranscriptLine("caller", text, start_ms, end_ms))
+        self._turn_ended_ms = end_ms
         if self.listener is not None:
             self.listener("caller", text)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hmac
 import json
 import logging
@@ -21,7 +22,7 @@ import re
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Protocol
 
@@ -367,6 +368,9 @@ class ControlContext:
     # A text message on the call's own socket (Asterisk hangs up with a command there);
     # False when the socket is already closed.
     send_text: Callable[[str], Awaitable[bool]]
+    # Told (operation, status) of every REST request: its HTTP status, or "timeout" or
+    # "error" when none came (the metrics; nobody is told by default).
+    api_requests: Callable[[str, str], None] = field(default=lambda _operation, _status: None)
 
 
 class CallControl(ABC):
@@ -381,6 +385,7 @@ class CallControl(ABC):
         self._http = call.http
         self._timeout = aiohttp.ClientTimeout(total=call.timeout)
         self._headers = dict(headers)  # the credentials: never in a repr or a log line
+        self._api_requests = call.api_requests
 
     @abstractmethod
     async def validate(self) -> None:
@@ -403,9 +408,7 @@ class CallControl(ABC):
         the status; returns the parsed JSON body when asked for (a 4400 when the body is
         not JSON), else None."""
         try:
-            async with self._http.get(
-                url, params=params, headers=self._headers, timeout=self._timeout
-            ) as response:
+            async with self.request("GET", url, "validate", params=params) as response:
                 status = response.status
                 raw = await response.read() if read_json and status == 200 else b""
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -424,10 +427,31 @@ class CallControl(ABC):
     async def act(self, method: str, url: URL, action: str, **body: Any) -> int:
         """One hang-up or transfer request (`body`: its `json` or `data`): its status, or
         ProviderApiError when it is a refusal."""
-        async with self._http.request(
-            method, url, headers=self._headers, timeout=self._timeout, **body
-        ) as response:
+        async with self.request(method, url, action, **body) as response:
             return self.checked(response.status, action)
+
+    @contextlib.asynccontextmanager
+    async def request(
+        self, method: str, url: URL, operation: str, **options: Any
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Every request to the provider's API goes through here: with the configuration's
+        credentials and the API timeout, and counted by its answer (`api_requests`)."""
+        counted = False
+        try:
+            async with self._http.request(
+                method, url, headers=self._headers, timeout=self._timeout, **options
+            ) as response:
+                counted = True
+                self._api_requests(operation, str(response.status))
+                yield response
+        except TimeoutError:
+            if not counted:
+                self._api_requests(operation, "timeout")
+            raise
+        except aiohttp.ClientError:
+            if not counted:
+                self._api_requests(operation, "error")
+            raise
 
     def checked(self, status: int, action: str) -> int:
         """A hang-up's or transfer's status, or ProviderApiError when it is a refusal."""

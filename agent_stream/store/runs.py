@@ -72,7 +72,8 @@ class RunsStore(StoreBase):
         # call of this owner waits for (none when there is no limit)
         max_minutes, max_calls = owner.monthly_minutes_limit, owner.max_concurrent_calls
         if max_minutes is not None and await self._seconds_used(None, owner.id) / 60.0 >= max_minutes:
-            raise QuotaExceeded(f"quota exceeded: {max_minutes} monthly call minutes used")
+            raise QuotaExceeded(f"quota exceeded: {max_minutes} monthly call minutes used",
+                                kind="quota_minutes")
         free, free_params = "1 = 1", ()
         if max_calls is not None:
             free, free_params = self._db.has_free_slot(owner.id, sorted(set(over_run_ids)))
@@ -94,7 +95,8 @@ class RunsStore(StoreBase):
                 if attempt == 9:
                     raise
         if row is None:
-            raise QuotaExceeded(f"quota exceeded: {max_calls} concurrent calls already running")
+            raise QuotaExceeded(f"quota exceeded: {max_calls} concurrent calls already running",
+                                kind="quota_concurrent_calls")
         # a run just made has no transcript yet: its row is all there is to read
         return _run(row, workflow_uuid=workflow.uuid, organization_id=workflow.organization_id)
 

@@ -56,9 +56,7 @@ class TelnyxControl(CallControl):
         return await self._action(self._transfer, {"to": destination}, "transfer")
 
     async def _action(self, url: URL, body: dict[str, str], action: str) -> int:
-        async with self._http.post(
-            url, json=body, headers=self._headers, timeout=self._timeout
-        ) as response:
+        async with self.request("POST", url, action, json=body) as response:
             if response.status < 300:
                 return response.status
             if response.status == ALREADY_OVER and names_call_ended(await response.read()):
