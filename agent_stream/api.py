@@ -301,7 +301,7 @@ _ETAG: Final = Header("ETag", 'The revision as a strong entity tag ("3"): send i
 # empty list that matches nothing, allowed as RFC 9110 5.6.1 says).
 _ONE_TAG: Final = r'[ \t]*((W/)?"[^"\x00-\x20\x7f]*")?[ \t]*'
 _IF_MATCH_PATTERN: Final = rf"^([ \t]*\*[ \t]*|{_ONE_TAG}(,{_ONE_TAG})*)$"
-_IF_MATCH: Final = Header(
+IF_MATCH: Final = Header(
     "If-Match", 'The ETag you read ("3"), a list of them, or *: the edit is refused with 412 '
                 "when the resource changed since. A weak tag never matches.",
     {"type": "string", "pattern": _IF_MATCH_PATTERN})
@@ -314,14 +314,14 @@ COMMON_ANSWERS: Final = {
     503: Answer("The database does not answer right now; try again.", _ERROR,
                 headers=(_RETRY_AFTER,)),
 }
-_BAD: Final = Answer("The body, query or a header is malformed: `error` says which field and "
+BAD_REQUEST: Final = Answer("The body, query or a header is malformed: `error` says which field and "
                      "what is wrong, `problems` lists every problem.", _ERROR)
-_MISSING: Final = Answer("Not found in the caller's organization.", _ERROR)
-_STALE_BODY: Final = Answer("`revision` is not the current one (or a uniqueness rule).", _ERROR)
-_STALE_TAG: Final = Answer("If-Match names another revision than the current one.", _ERROR)
+MISSING: Final = Answer("Not found in the caller's organization.", _ERROR)
+STALE_BODY: Final = Answer("`revision` is not the current one (or a uniqueness rule).", _ERROR)
+STALE_TAG: Final = Answer("If-Match names another revision than the current one.", _ERROR)
 
 
-def _one_answer(description: str, model: Schema) -> Answer:
+def one_answer(description: str, model: Schema) -> Answer:
     return Answer(description, model, headers=(_ETAG,))
 
 
@@ -368,7 +368,7 @@ async def ready(request: web.Request) -> web.Response:
 
 @operation(
     "Create a workflow (agent)", request=schemas.WorkflowCreate, tags=_WORKFLOWS,
-    responses={201: _one_answer("Created, with its uuid.", _WORKFLOW), 400: _BAD},
+    responses={201: one_answer("Created, with its uuid.", _WORKFLOW), 400: BAD_REQUEST},
 )
 async def create_workflow(request: web.Request) -> web.Response:
     user = await api_user(request)
@@ -391,7 +391,7 @@ async def list_workflows(request: web.Request) -> web.Response:
 
 
 @operation("Read a workflow", tags=_WORKFLOWS,
-           responses={200: _one_answer("The workflow.", _WORKFLOW), 404: _MISSING})
+           responses={200: one_answer("The workflow.", _WORKFLOW), 404: MISSING})
 async def get_workflow(request: web.Request) -> web.Response:
     user = await api_user(request)
     workflow = await request.app[STORE].get_workflow(
@@ -401,9 +401,9 @@ async def get_workflow(request: web.Request) -> web.Response:
 
 
 @operation(
-    "Edit a workflow", request=schemas.WorkflowPatch, headers=(_IF_MATCH,), tags=_WORKFLOWS,
-    responses={200: _one_answer("The edited workflow.", _WORKFLOW), 400: _BAD, 404: _MISSING,
-               409: _STALE_BODY, 412: _STALE_TAG},
+    "Edit a workflow", request=schemas.WorkflowPatch, headers=(IF_MATCH,), tags=_WORKFLOWS,
+    responses={200: one_answer("The edited workflow.", _WORKFLOW), 400: BAD_REQUEST, 404: MISSING,
+               409: STALE_BODY, 412: STALE_TAG},
 )
 async def patch_workflow(request: web.Request) -> web.Response:
     """Edit; with If-Match or "revision", only if nobody changed it since it was read."""
@@ -428,11 +428,11 @@ async def patch_workflow(request: web.Request) -> web.Response:
 
 @operation(
     "Publish the latest version", request=schemas.PublishBody, request_required=False,
-    headers=(_IF_MATCH,), tags=_WORKFLOWS,
-    responses={200: _one_answer("Published (the uuid never changes).", _WORKFLOW), 400: _BAD,
-               404: _MISSING, 409: Answer("Archived, or `revision` is not the current one.",
+    headers=(IF_MATCH,), tags=_WORKFLOWS,
+    responses={200: one_answer("Published (the uuid never changes).", _WORKFLOW), 400: BAD_REQUEST,
+               404: MISSING, 409: Answer("Archived, or `revision` is not the current one.",
                                           _ERROR),
-               412: _STALE_TAG},
+               412: STALE_TAG},
 )
 async def publish_workflow(request: web.Request) -> web.Response:
     """Publish the latest version; a body is optional (only its "revision" is read)."""
@@ -476,7 +476,7 @@ def _checked_config(
     examples=schemas.CONFIG_EXAMPLES,
     description="The fields are the provider's (contract section 7), chosen by `provider`. "
                 "Secrets are never answered: only `has_{field}` and `{field}_hint`.",
-    responses={201: _one_answer("Stored.", _CONFIG), 400: _BAD,
+    responses={201: one_answer("Stored.", _CONFIG), 400: BAD_REQUEST,
                409: Answer("The organization already has a configuration of this account.",
                            _ERROR)},
 )
@@ -504,7 +504,7 @@ async def list_telephony(request: web.Request) -> web.Response:
 
 
 @operation("Read a telephony configuration", tags=_TELEPHONY,
-           responses={200: _one_answer("The configuration.", _CONFIG), 404: _MISSING})
+           responses={200: one_answer("The configuration.", _CONFIG), 404: MISSING})
 async def get_telephony(request: web.Request) -> web.Response:
     user = await api_user(request)
     config = await request.app[STORE].get_telephony_config(user.organization_id, _id(request, "id"))
@@ -513,11 +513,11 @@ async def get_telephony(request: web.Request) -> web.Response:
 
 @operation(
     "Edit a telephony configuration", tags=_TELEPHONY,
-    request=("TelephonyConfigurationPatch", schemas.CONFIG_PATCH), headers=(_IF_MATCH,),
+    request=("TelephonyConfigurationPatch", schemas.CONFIG_PATCH), headers=(IF_MATCH,),
     description="The fields of the configuration's provider; a secret left out is kept, an "
                 "optional field sent empty is cleared. `provider` cannot change.",
-    responses={200: _one_answer("The edited configuration.", _CONFIG), 400: _BAD,
-               404: _MISSING, 409: _STALE_BODY, 412: _STALE_TAG},
+    responses={200: one_answer("The edited configuration.", _CONFIG), 400: BAD_REQUEST,
+               404: MISSING, 409: STALE_BODY, 412: STALE_TAG},
 )
 async def patch_telephony(request: web.Request) -> web.Response:
     """Edit; with If-Match or "revision", only if nobody changed it since it was read."""
@@ -544,8 +544,8 @@ async def patch_telephony(request: web.Request) -> web.Response:
 
 
 @operation(
-    "Delete a telephony configuration", headers=(_IF_MATCH,), tags=_TELEPHONY,
-    responses={204: Answer("Deleted."), 400: _BAD, 404: _MISSING, 412: _STALE_TAG},
+    "Delete a telephony configuration", headers=(IF_MATCH,), tags=_TELEPHONY,
+    responses={204: Answer("Deleted."), 400: BAD_REQUEST, 404: MISSING, 412: STALE_TAG},
 )
 async def delete_telephony(request: web.Request) -> web.Response:
     """Delete; with If-Match, only if nobody changed it since it was read."""
@@ -567,7 +567,7 @@ async def delete_telephony(request: web.Request) -> web.Response:
 @operation(
     "List runs (calls)", query=schemas.RunsQuery, tags=_RUNS,
     responses={200: Answer("A page of runs, newest first, without transcripts.", schemas.RunList),
-               400: _BAD, 404: Answer("`workflow_uuid` is not the organization's.", _ERROR)},
+               400: BAD_REQUEST, 404: Answer("`workflow_uuid` is not the organization's.", _ERROR)},
 )
 async def list_runs(request: web.Request) -> web.Response:
     user = await api_user(request)
@@ -588,7 +588,7 @@ async def list_runs(request: web.Request) -> web.Response:
 
 
 @operation("Read a run", tags=_RUNS,
-           responses={200: Answer("The run with its transcript.", schemas.Run), 404: _MISSING})
+           responses={200: Answer("The run with its transcript.", schemas.Run), 404: MISSING})
 async def get_run(request: web.Request) -> web.Response:
     user = await api_user(request)
     run = await request.app[STORE].get_run(user.organization_id, _id(request, "id"))

@@ -26,6 +26,14 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 from .providers import ALIASES, PROVIDERS
 from .providers.base import ConfigField, Provider
 from .providers.configs import check_config
+from .webhooks.checks import (
+    DEFAULT_DELIVERIES,
+    MAX_DELIVERIES,
+    MAX_SECRET_CHARS,
+    MAX_URL_CHARS,
+    MIN_SECRET_CHARS,
+)
+from .webhooks.checks import EVENTS as WEBHOOK_EVENTS
 from .workflow import (
     DTMF_DIGITS,
     ENGINES,
@@ -588,3 +596,111 @@ class Ready(BaseModel):
 class NotReady(BaseModel):
     status: Literal["draining", "unavailable"]
     error: str
+
+
+# -- webhooks (contract section 9) ---------------------------------------------------------------
+
+WebhookEvent = Literal[WEBHOOK_EVENTS]  # type: ignore[valid-type]
+WebhookUrl = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_URL_CHARS, pattern=r"^\s*[Hh][Tt][Tt][Pp][Ss]?://",
+          description="Where deliveries are POSTed: http:// or https://, with a host, no "
+                      "user or password, no #fragment."),
+]
+WebhookEvents = Annotated[
+    list[WebhookEvent], Field(min_length=1, description="The run events it receives.")
+]
+WebhookSecret = Annotated[
+    str,
+    Field(min_length=MIN_SECRET_CHARS, max_length=MAX_SECRET_CHARS, json_schema_extra={
+        "writeOnly": True},
+        description="Signs every delivery (HMAC-SHA256); no spaces at either end. Never "
+                    "answered again, only `secret_hint`."),
+]
+_WEBHOOK_MESSAGES: Final = {
+    "url": "must be an http:// or https:// URL",
+    "events": f"must be a non-empty list of: {', '.join(WEBHOOK_EVENTS)}",
+    "secret": f"must be {MIN_SECRET_CHARS} to {MAX_SECRET_CHARS} characters",
+    "revision": REVISION_MESSAGE,
+}
+
+
+class WebhookCreate(Body):
+    """A new receiver of run events; without a secret, one is generated and answered once."""
+
+    messages = _WEBHOOK_MESSAGES
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"url": "https://crm.example.com/hooks/agent-stream",
+         "events": ["run.completed", "run.failed"]},
+    ]})
+
+    url: WebhookUrl
+    events: WebhookEvents
+    secret: WebhookSecret | None = None
+    active: bool | None = Field(None, description="false: paused (no deliveries). Default true.")
+
+
+class WebhookPatch(Body):
+    """An edit: what is given changes; the secret is kept unless a new one is given."""
+
+    messages = _WEBHOOK_MESSAGES
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"active": False}, {"events": ["run.failed"]},
+    ]})
+
+    url: WebhookUrl | None = None
+    events: WebhookEvents | None = None
+    secret: WebhookSecret | None = None
+    active: bool | None = Field(None, description="false pauses it, true resumes it.")
+    revision: Revision | None = None
+
+
+class Webhook(BaseModel):
+    """A webhook as answered: its secret only as a hint."""
+
+    id: int
+    url: str
+    events: list[WebhookEvent]
+    active: bool
+    has_secret: bool
+    secret_hint: str
+    created_at: str
+    updated_at: str
+    revision: int
+
+
+class NewWebhook(Webhook):
+    """The creation's answer: `secret` is there, once, when the server generated it."""
+
+    secret: str | None = Field(None, description="The generated secret; shown only this once.")
+
+
+class WebhookList(BaseModel):
+    webhooks: list[Webhook]
+
+
+class DeliveriesQuery(BaseModel):
+    limit: int = Field(DEFAULT_DELIVERIES, ge=1, le=MAX_DELIVERIES,
+                       description="Deliveries in the answer, newest first.")
+
+
+class Delivery(BaseModel):
+    """One run event sent (or being sent) to one webhook."""
+
+    id: int
+    event: WebhookEvent
+    event_id: str = Field(description="The body's `id` and the Idempotency-Key.")
+    run_id: int
+    status: Literal["pending", "delivered", "failed"]
+    status_code: int | None = Field(description="The receiver's answer to the last attempt.")
+    attempts: int
+    latency_ms: int | None
+    error: str | None
+    created_at: str
+    last_attempt_at: str | None
+    next_attempt_at: str | None
+    delivered_at: str | None
+
+
+class DeliveryList(BaseModel):
+    deliveries: list[Delivery]

@@ -7,20 +7,32 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from ..api import MAX_ROW_ID, ApiError, api_user, edit_check, etag, json_body
+from .. import api_schemas as schemas
+from ..api import (
+    BAD_REQUEST,
+    IF_MATCH,
+    MAX_ROW_ID,
+    MISSING,
+    STALE_BODY,
+    STALE_TAG,
+    ApiError,
+    api_user,
+    edit_check,
+    etag,
+    json_body,
+    one_answer,
+)
+from ..api_schemas import validated
 from ..errors import NotFound, Stale
 from ..keys import STORE
 from ..models import Webhook, WebhookDelivery
+from ..openapi import Answer, operation
 from ..security import mask_secret
 from ..store import Store
 from .checks import WebhookInput, check_webhook
 from .signing import new_secret
 
-DEFAULT_DELIVERIES: Final = 50
-MAX_DELIVERIES: Final = 200
-# What a PATCH may change; what a GET answered besides may be sent back and is ignored.
-_EDITABLE: Final = frozenset({"url", "events", "secret", "active", "revision"})
-_READ_ONLY: Final = frozenset({"id", "secret_hint", "has_secret", "created_at", "updated_at"})
+_WEBHOOKS: Final = ("Webhooks",)
 
 
 def webhook_json(webhook: Webhook) -> dict[str, Any]:
@@ -66,12 +78,10 @@ def _webhook_id(request: web.Request) -> int:
     return int(raw)
 
 
-def _checked(body: dict[str, Any], *, creating: bool) -> WebhookInput:
-    unknown = sorted(set(body) - _EDITABLE - _READ_ONLY)
-    if unknown:
-        raise ApiError(400, f"unknown field '{unknown[0]}': a webhook has url, events, secret "
-                            f"and active")
-    given, problems = check_webhook(body, creating=creating)
+def _checked(body: schemas.WebhookCreate | schemas.WebhookPatch, *, creating: bool) -> WebhookInput:
+    """What the schema let through, checked further (a URL's host, no credentials) by the
+    check the admin's form uses too."""
+    given, problems = check_webhook(body.model_dump(exclude_none=True), creating=creating)
     if problems:
         field, message = next(iter(problems.items()))
         raise ApiError(400, f"'{field}' {message}",
@@ -79,10 +89,15 @@ def _checked(body: dict[str, Any], *, creating: bool) -> WebhookInput:
     return given
 
 
+@operation(
+    "Add a webhook", request=schemas.WebhookCreate, tags=_WEBHOOKS,
+    responses={201: one_answer("Added; with `secret` when the server generated it.",
+                                schemas.NewWebhook), 400: BAD_REQUEST},
+)
 async def create_webhook(request: web.Request) -> web.Response:
     """201 with the webhook; with `secret` too when none was given (generated, shown once)."""
     user = await api_user(request)
-    given = _checked(await json_body(request), creating=True)
+    given = _checked(validated(schemas.WebhookCreate, await json_body(request)), creating=True)
     secret = given.secret or new_secret()
     webhook = await request.app[STORE].create_webhook(
         user.organization_id, url=given.url or "", events=given.events or [], secret=secret,
@@ -94,24 +109,34 @@ async def create_webhook(request: web.Request) -> web.Response:
     return _answer(body, webhook.revision, status=201)
 
 
+@operation("List the organization's webhooks", tags=_WEBHOOKS,
+           responses={200: Answer("Every webhook, secrets only as hints.", schemas.WebhookList)})
 async def list_webhooks(request: web.Request) -> web.Response:
     user = await api_user(request)
     webhooks = await request.app[STORE].list_webhooks(user.organization_id)
     return web.json_response({"webhooks": [webhook_json(w) for w in webhooks]})
 
 
+@operation("Read a webhook", tags=_WEBHOOKS,
+           responses={200: one_answer("The webhook.", schemas.Webhook), 404: MISSING})
 async def get_webhook(request: web.Request) -> web.Response:
     user = await api_user(request)
     webhook = await request.app[STORE].get_webhook(user.organization_id, _webhook_id(request))
     return _answer(webhook_json(webhook), webhook.revision)
 
 
+@operation(
+    "Edit, pause or resume a webhook", request=schemas.WebhookPatch, headers=(IF_MATCH,),
+    tags=_WEBHOOKS,
+    responses={200: one_answer("The edited webhook.", schemas.Webhook), 400: BAD_REQUEST,
+               404: MISSING, 409: STALE_BODY, 412: STALE_TAG},
+)
 async def patch_webhook(request: web.Request) -> web.Response:
     """Edit (`"active": false` pauses it); with If-Match or "revision", only if nobody
     changed it since it was read. A secret is kept unless a new one is given."""
     user = await api_user(request)
-    body = await json_body(request)
-    check = edit_check(request, body)
+    body = validated(schemas.WebhookPatch, await json_body(request))
+    check = edit_check(request, body.revision)
     given = _checked(body, creating=False)
     store: Store = request.app[STORE]
     current = await store.get_webhook(user.organization_id, _webhook_id(request))
@@ -126,6 +151,10 @@ async def patch_webhook(request: web.Request) -> web.Response:
     return _answer(webhook_json(webhook), webhook.revision)
 
 
+@operation(
+    "Delete a webhook and its deliveries", headers=(IF_MATCH,), tags=_WEBHOOKS,
+    responses={204: Answer("Deleted."), 400: BAD_REQUEST, 404: MISSING, 412: STALE_TAG},
+)
 async def delete_webhook(request: web.Request) -> web.Response:
     """Delete it and its deliveries; with If-Match, only if nobody changed it since."""
     user = await api_user(request)
@@ -143,14 +172,18 @@ async def delete_webhook(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+@operation(
+    "A webhook's last deliveries", query=schemas.DeliveriesQuery, tags=_WEBHOOKS,
+    responses={200: Answer("Newest first: status, attempts, latency and error of each.",
+                           schemas.DeliveryList), 400: BAD_REQUEST, 404: MISSING},
+)
 async def list_deliveries(request: web.Request) -> web.Response:
     """The webhook's last deliveries, newest first (`?limit=`, at most 200)."""
     user = await api_user(request)
-    raw = request.query.get("limit", str(DEFAULT_DELIVERIES))
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_DELIVERIES:
-        raise ApiError(400, f"'limit' must be an integer between 1 and {MAX_DELIVERIES}")
+    query = validated(schemas.DeliveriesQuery, {k: request.query[k] for k in request.query},
+                      strict=False)
     deliveries = await request.app[STORE].list_deliveries(
-        user.organization_id, _webhook_id(request), limit=int(raw)
+        user.organization_id, _webhook_id(request), limit=query.limit
     )
     return web.json_response({"deliveries": [delivery_json(d) for d in deliveries]})
 

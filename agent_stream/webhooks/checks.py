@@ -10,6 +10,9 @@ EVENTS: Final = ("run.started", "run.completed", "run.failed")
 MAX_URL_CHARS: Final = 2000
 MIN_SECRET_CHARS: Final = 16
 MAX_SECRET_CHARS: Final = 200
+# How many deliveries the API answers by default, and at most.
+DEFAULT_DELIVERIES: Final = 50
+MAX_DELIVERIES: Final = 200
 
 
 @dataclass(frozen=True)
