@@ -216,6 +216,25 @@ def edit_check(request: web.Request, revision: int | None) -> EditCheck:
     return EditCheck(_if_match(request), revision)
 
 
+async def delete_unless_changed(
+    request: web.Request,
+    current_revision: Callable[[], Awaitable[int]],
+    delete: Callable[[int | None], Awaitable[None]],
+    what: str,
+) -> web.Response:
+    """204 once `delete` ran; with If-Match, only if `what` is still at the revision the
+    caller read (412 otherwise, also when someone changes it in between)."""
+    check = edit_check(request, None)
+    revision = None
+    if check.tags is not None:
+        revision = check.expected(await current_revision(), what)
+    try:
+        await delete(revision)
+    except Stale as exc:
+        raise check.refused(exc) from None
+    return web.Response(status=204)
+
+
 def _id(request: web.Request, key: str) -> int:
     """A row id from the path; anything SQLite could not store is simply not found."""
     try:
@@ -550,18 +569,17 @@ async def patch_telephony(request: web.Request) -> web.Response:
 async def delete_telephony(request: web.Request) -> web.Response:
     """Delete; with If-Match, only if nobody changed it since it was read."""
     user = await api_user(request)
-    check = edit_check(request, None)
     store: Store = request.app[STORE]
     config_id = _id(request, "id")
-    revision = None
-    if check.tags is not None:
-        current = await store.get_telephony_config(user.organization_id, config_id)
-        revision = check.expected(current.revision, "the telephony configuration")
-    try:
+
+    async def current_revision() -> int:
+        return (await store.get_telephony_config(user.organization_id, config_id)).revision
+
+    async def delete(revision: int | None) -> None:
         await store.delete_telephony_config(user.organization_id, config_id, revision=revision)
-    except Stale as exc:
-        raise check.refused(exc) from None
-    return web.Response(status=204)
+
+    return await delete_unless_changed(request, current_revision, delete,
+                                       "the telephony configuration")
 
 
 @operation(

@@ -4,61 +4,22 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-from aiohttp.test_utils import unused_port
-
-from agent_stream.simulator import connect, stream_url, tone_ulaw
 from tests.cloudonix_emulator import CloudonixEmulator
-from tests.conftest import DOMAIN, TOKEN, agent_over_api
-from tests.test_process import ROOT, run_cli, wait_healthy
+from tests.conftest import TOKEN
+from tests.test_process import ROOT, serve_one_call
 
 
-async def serve_one_call(
+async def serve_and_log(
     tmp_path: Path, cloudonix: tuple[CloudonixEmulator, str], **env: str
 ) -> tuple[str, str, str, str]:
-    """`python app.py` with `env`, one Cloudonix call ended by SIGTERM: (stderr, the agent
-    uuid, the API key, the run's name)."""
-    emulator, api_base = cloudonix
-    emulator.add_domain(DOMAIN, TOKEN)
-    db = tmp_path / "data" / "agent_stream.db"
-    assert run_cli("create-user", "--email", "o@example.com", "--password", "pw", db=db).returncode == 0
-    api_key = run_cli("create-api-key", "--email", "o@example.com", db=db).stdout.split()[-1]
-    port = unused_port()
-    proc = subprocess.Popen(
-        [sys.executable, "app.py"], cwd=ROOT, text=True,
-        env=os.environ | env | {
-            "AGENT_STREAM_PORT": str(port), "AGENT_STREAM_HOST": "127.0.0.1",
-            "AGENT_STREAM_DB": str(db), "CLOUDONIX_API_BASE_URL": api_base,
-        },
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        async with aiohttp.ClientSession() as http:
-            await wait_healthy(http, base, proc)
-            agent_uuid = await agent_over_api(
-                http, base, {"Authorization": f"Bearer {api_key}"}, domain="acme"
-            )
-            call = await connect(http, stream_url(base, agent_uuid, domain="acme", call_id="C-7"))
-            call.account_sid = DOMAIN
-            emulator.add_session(DOMAIN, call.session)
-            call.start_reading()
-            await call.handshake()
-            await call.send_audio(tone_ulaw(0.3))
-            proc.send_signal(signal.SIGTERM)
-            assert await call.wait_closed() == (1001, "server shutting down")
-        _, stderr = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, stderr
+    """One call into `python app.py` with `env`: (stderr, agent uuid, API key, run name)."""
+    db, agent_uuid, api_key, stderr = await serve_one_call(tmp_path, cloudonix, **env)
     with sqlite3.connect(db) as conn:
         (run_name,) = conn.execute("SELECT name FROM workflow_runs").fetchone()
     return stderr, agent_uuid, api_key, run_name
@@ -67,7 +28,7 @@ async def serve_one_call(
 async def test_json_logs_are_one_object_a_line_and_name_the_run(
     tmp_path: Path, cloudonix: tuple[CloudonixEmulator, str]
 ) -> None:
-    stderr, agent_uuid, api_key, run_name = await serve_one_call(
+    stderr, agent_uuid, api_key, run_name = await serve_and_log(
         tmp_path, cloudonix, AGENT_STREAM_LOG_FORMAT="json"
     )
     lines: list[dict[str, Any]] = [json.loads(line) for line in stderr.splitlines()]
@@ -96,7 +57,7 @@ async def test_json_logs_are_one_object_a_line_and_name_the_run(
 async def test_text_logs_stay_readable_with_the_run_in_front(
     tmp_path: Path, cloudonix: tuple[CloudonixEmulator, str]
 ) -> None:
-    stderr, agent_uuid, _, run_name = await serve_one_call(tmp_path, cloudonix)
+    stderr, agent_uuid, _, run_name = await serve_and_log(tmp_path, cloudonix)
     short = f"{agent_uuid[:8]}…"
     assert f"agent_stream.calls.call: [run {run_name} agent {short}] completed: server_shutdown" in stderr
     assert not any(line.startswith("{") for line in stderr.splitlines())

@@ -86,28 +86,32 @@ async def wait_healthy(http: aiohttp.ClientSession, base: str, proc: subprocess.
     raise AssertionError("server did not become healthy")
 
 
-async def test_serve_then_sigterm_closes_live_calls_and_finishes_runs(
-    tmp_path: Path, cloudonix: tuple[CloudonixEmulator, str]
-) -> None:
+async def serve_one_call(
+    tmp_path: Path, cloudonix: tuple[CloudonixEmulator, str], **env: str
+) -> tuple[Path, str, str, str]:
+    """`python app.py` (with `env`) on a new database, one Cloudonix call into it, then
+    SIGTERM while the call talks: (the database, the agent uuid, the API key, stderr)."""
     emulator, api_base = cloudonix
     emulator.add_domain(DOMAIN, TOKEN)
     db = tmp_path / "data" / "agent_stream.db"
     assert run_cli("create-user", "--email", "o@example.com", "--password", "pw", db=db).returncode == 0
     api_key = run_cli("create-api-key", "--email", "o@example.com", db=db).stdout.split()[-1]
     port = unused_port()
-    env = os.environ | {
-        "AGENT_STREAM_PORT": str(port), "AGENT_STREAM_HOST": "127.0.0.1",
-        "AGENT_STREAM_DB": str(db), "CLOUDONIX_API_BASE_URL": api_base,
-    }
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "app.py"], cwd=ROOT, text=True,
+        env=os.environ | env | {
+            "AGENT_STREAM_PORT": str(port), "AGENT_STREAM_HOST": "127.0.0.1",
+            "AGENT_STREAM_DB": str(db), "CLOUDONIX_API_BASE_URL": api_base,
+        },
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
     base = f"http://127.0.0.1:{port}"
-    headers = {"Authorization": f"Bearer {api_key}"}
     try:
         async with aiohttp.ClientSession() as http:
             await wait_healthy(http, base, proc)
-            agent_uuid = await agent_over_api(http, base, headers, domain="acme")
-
+            agent_uuid = await agent_over_api(
+                http, base, {"Authorization": f"Bearer {api_key}"}, domain="acme"
+            )
             call = await connect(http, stream_url(base, agent_uuid, domain="acme", call_id="C-9"))
             call.account_sid = DOMAIN
             emulator.add_session(DOMAIN, call.session)
@@ -121,6 +125,13 @@ async def test_serve_then_sigterm_closes_live_calls_and_finishes_runs(
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, stderr
+    return db, agent_uuid, api_key, stderr
+
+
+async def test_serve_then_sigterm_closes_live_calls_and_finishes_runs(
+    tmp_path: Path, cloudonix: tuple[CloudonixEmulator, str]
+) -> None:
+    db, agent_uuid, api_key, stderr = await serve_one_call(tmp_path, cloudonix)
 
     with sqlite3.connect(db) as conn:
         state, end_reason, close_code, ended = conn.execute(

@@ -17,6 +17,7 @@ from ..api import (
     STALE_TAG,
     ApiError,
     api_user,
+    delete_unless_changed,
     edit_check,
     etag,
     json_body,
@@ -158,18 +159,16 @@ async def patch_webhook(request: web.Request) -> web.Response:
 async def delete_webhook(request: web.Request) -> web.Response:
     """Delete it and its deliveries; with If-Match, only if nobody changed it since."""
     user = await api_user(request)
-    check = edit_check(request, None)
     store: Store = request.app[STORE]
     webhook_id = _webhook_id(request)
-    revision = None
-    if check.tags is not None:
-        current = await store.get_webhook(user.organization_id, webhook_id)
-        revision = check.expected(current.revision, "the webhook")
-    try:
+
+    async def current_revision() -> int:
+        return (await store.get_webhook(user.organization_id, webhook_id)).revision
+
+    async def delete(revision: int | None) -> None:
         await store.delete_webhook(user.organization_id, webhook_id, revision=revision)
-    except Stale as exc:
-        raise check.refused(exc) from None
-    return web.Response(status=204)
+
+    return await delete_unless_changed(request, current_revision, delete, "the webhook")
 
 
 @operation(
