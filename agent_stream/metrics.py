@@ -282,11 +282,22 @@ def _refused(reason: str) -> web.Response:
                              headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
 
 
+# A loopback peer sending one of these is a reverse proxy on this box relaying a client
+# from anywhere: that client is not on this machine.
+PROXY_HEADERS: Final = ("X-Forwarded-For", "Forwarded", "X-Real-IP")
+
+
+def from_this_machine(request: web.Request) -> bool:
+    """A client on this machine: a loopback peer that relays nobody else's request."""
+    return is_loopback(request.remote) and not any(h in request.headers for h in PROXY_HEADERS)
+
+
 async def metrics_page(request: web.Request) -> web.Response:
-    """GET /metrics. No token configured: loopback clients freely, others with an API key.
-    A token configured: the token or an API key from every client."""
+    """GET /metrics. No token configured: clients on this machine freely, others (and
+    anyone a reverse proxy relays) with an API key. A token configured: the token or an
+    API key from every client."""
     token = request.app[SETTINGS].metrics_token
-    if token is None and is_loopback(request.remote):
+    if token is None and from_this_machine(request):
         return _page(request.app[METRICS])
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     given = given.strip()

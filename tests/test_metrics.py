@@ -81,6 +81,19 @@ async def test_loopback_reads_metrics_without_a_token(client: TestClient) -> Non
     assert any(name == "python_info" for name, _ in samples)
 
 
+async def test_a_reverse_proxy_on_this_box_relays_no_free_metrics(
+    client: TestClient, tenant: Tenant
+) -> None:
+    """nginx on the same machine connects from loopback for every client on the internet:
+    what it relays (it says so in a forwarding header) wants an API key."""
+    http, url = client.session, str(client.make_url("/metrics"))
+    for relayed in ({"X-Forwarded-For": "203.0.113.9"}, {"Forwarded": "for=203.0.113.9"},
+                    {"X-Real-IP": "203.0.113.9"}):
+        status, body = await status_of(http, url, relayed)
+        assert status == 401 and "API key" in body["error"], relayed
+        assert (await status_of(http, url, relayed | tenant.headers))[0] == 200
+
+
 async def test_with_a_token_every_client_needs_it_or_an_api_key(
     serve_app: ServeApp, settings: Settings, make_tenant: MakeTenant,
 ) -> None:

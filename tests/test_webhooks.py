@@ -458,6 +458,49 @@ async def test_runs_a_crashed_server_left_are_reported_by_its_next_start(
         check_signature(received)
 
 
+async def test_the_sender_takes_new_events_first_and_never_a_retry_before_it_is_due(
+    crash: Crash, receivers: Any
+) -> None:
+    """A receiver that keeps failing piles up retries: a new event of anyone goes before
+    them; a webhook with its attempts under way is left for later; and a delivery another
+    instance tried and failed after we read it is not claimed again before its backoff."""
+    receiver = await receivers()
+    store = crash.store
+    await store.create_webhook(crash.workflow.organization_id, url=receiver.url,
+                               events=["run.started"], secret=SECRET)
+    await crash.open_run()
+    (first,) = await store.due_deliveries(now=utcnow(), max_claims_per_webhook=2)
+    seen_by_b = await store.due_deliveries(now=utcnow(), max_claims_per_webhook=2)
+    now = utcnow()
+    (taken,) = await store.claim_deliveries([first[0]], instance_id="a:1:0", now=now,
+                                            until="9999-12-31T00:00:00.000+00:00")
+    assert await store.record_attempt(  # failed: due again in an hour
+        first[0], instance_id="a:1:0", state="pending",
+        next_attempt_at="9999-01-01T00:00:00.000+00:00", status_code=503, latency_ms=3,
+        error="HTTP 503", body="{}", at=now)
+    assert await store.claim_deliveries([d[0] for d in seen_by_b], instance_id="b:1:0",
+                                        now=utcnow(), until="9999-12-31T00:00:00.000+00:00") == []
+
+    # the retry comes due again (older than any new event), then a new event arrives
+    assert len(await store.claim_deliveries([first[0]], instance_id="a:1:0", now="9999-01-02",
+                                            until="9999-12-31T00:00:00.000+00:00")) == 1
+    await store.record_attempt(first[0], instance_id="a:1:0", state="pending",
+                               next_attempt_at=taken.delivery.created_at, status_code=503,
+                               latency_ms=3, error="HTTP 503", body="{}", at=now)
+    await crash.open_run()
+    due = await store.due_deliveries(now=utcnow(), max_claims_per_webhook=2)
+    assert len(due) == 2 and due[1][0] == first[0]  # the new event first, the retry after
+
+    # one attempt under way and one allowed per webhook: nothing more of it is due
+    newest = due[0][0]
+    assert await store.claim_deliveries([newest], instance_id="a:1:0", now=utcnow(),
+                                        until="9999-12-31T00:00:00.000+00:00")
+    assert await store.due_deliveries(now=utcnow(), max_claims_per_webhook=1) == []
+    assert [d[0] for d in await store.due_deliveries(now=utcnow(), max_claims_per_webhook=2)] \
+        == [first[0]]
+    await store.close()
+
+
 async def test_two_instances_on_one_database_send_each_event_once(
     client: TestClient, serve_app: ServeApp, settings: Settings, tenant: Tenant, dial: Dial,
     receivers: Any, dial_to: Callable[[TestClient], Dial],

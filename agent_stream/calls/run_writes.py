@@ -13,6 +13,7 @@ the next start fails the runs whose end was not written (`server_restarted`).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
@@ -107,7 +108,8 @@ class RunWriteQueue:
                     try:
                         if await self._apply(run_id, writes[0]) and writes[0].refused:
                             log.info("%s: %s written after the database came back",
-                                     writes[0].run_name, writes[0].what)
+                                     writes[0].run_name, writes[0].what,
+                                     extra={"run": writes[0].run_name})
                     except DatabaseUnavailable:
                         return False  # still down: every run waits for the next try
                     writes.pop(0)
@@ -138,7 +140,7 @@ class RunWriteQueue:
             if not write.refused:
                 write.refused = True
                 log.warning("%s: %s not written yet (%s); retrying in the background",
-                            write.run_name, write.what, exc)
+                            write.run_name, write.what, exc, extra={"run": write.run_name})
             raise
         if write.ends_run:
             self.over.discard(run_id)
@@ -146,7 +148,10 @@ class RunWriteQueue:
 
     def _retry_in_background(self) -> None:
         if self._retrier is None:
-            self._retrier = asyncio.create_task(self._retry(), name="run write retrier")
+            # In a context of its own: the call whose write first waited must not lend its
+            # run's name (logs.CALL_FIELDS) to the lines about every other run's writes.
+            self._retrier = asyncio.create_task(self._retry(), name="run write retrier",
+                                                context=contextvars.Context())
 
     async def _retry(self) -> None:
         try:

@@ -95,6 +95,8 @@ MIGRATIONS: Final[list[Migration]] = [
               nothing, script("0006_ordered_merge.postgresql.sql")),
     Migration(7, "run webhooks and their deliveries, written with the run state they report",
               script("0007_webhooks.sqlite.sql"), script("0007_webhooks.postgresql.sql")),
+    Migration(8, "indexes for the Overview, the webhook sender and its prune",
+              script("0008_indexes.sql"), script("0008_indexes.sql")),
 ]
 LATEST_VERSION: Final = MIGRATIONS[-1].number
 

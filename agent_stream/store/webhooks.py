@@ -131,18 +131,23 @@ class WebhooksStore(StoreBase):
     async def due_deliveries(
         self, *, now: str, max_claims_per_webhook: int
     ) -> list[tuple[int, int, int]]:
-        """(delivery, webhook, organization) of pending deliveries due by `now`, oldest first,
-        unclaimed, of active webhooks with fewer than `max_claims_per_webhook` attempts under
-        way on any instance. A read: the claim (`claim_deliveries`) decides."""
+        """(delivery, webhook, organization) of pending deliveries due by `now`, unclaimed,
+        of active webhooks with fewer than `max_claims_per_webhook` attempts under way on any
+        instance: first attempts first (a receiver that keeps failing never holds back
+        another's new events), then the oldest. A read: the claim (`claim_deliveries`)
+        decides. The busy webhooks are counted once, from the pending rows only (a partial
+        index), never per candidate over a webhook's whole history."""
         rows = await self._all(
             """SELECT d.id, d.webhook_id, h.organization_id
                FROM webhook_deliveries d JOIN webhooks h ON h.id = d.webhook_id
                WHERE d.state = 'pending' AND d.next_attempt_at <= ? AND h.active = 1
                  AND (d.claimed_until IS NULL OR d.claimed_until < ?)
-                 AND (SELECT COUNT(*) FROM webhook_deliveries c
-                      WHERE c.webhook_id = d.webhook_id AND c.state = 'pending'
-                        AND c.claimed_until >= ?) < ?
-               ORDER BY d.next_attempt_at, d.id LIMIT ?""",
+                 AND d.webhook_id NOT IN (
+                     SELECT c.webhook_id FROM webhook_deliveries c
+                     WHERE c.state = 'pending' AND c.claimed_until >= ?
+                     GROUP BY c.webhook_id HAVING COUNT(*) >= ?)
+               ORDER BY CASE WHEN d.attempts = 0 THEN 0 ELSE 1 END, d.next_attempt_at, d.id
+               LIMIT ?""",
             (now, now, now, max_claims_per_webhook, _CANDIDATES),
         )
         return [(int(r[0]), int(r[1]), int(r[2])) for r in rows]
@@ -150,18 +155,19 @@ class WebhooksStore(StoreBase):
     async def claim_deliveries(
         self, ids: Sequence[int], *, instance_id: str, now: str, until: str
     ) -> list[DueDelivery]:
-        """Claim those of `ids` nobody has claimed since they were read (on PostgreSQL a
-        concurrent claim waits for ours, then finds them taken): the deliveries this
-        instance now sends, with their webhook's URL and secret."""
+        """Claim those of `ids` still due that nobody has claimed since they were read (on
+        PostgreSQL a concurrent claim waits for ours, then finds them taken; one another
+        instance tried and failed meanwhile is due later, so not sent early): the
+        deliveries this instance now sends, with their webhook's URL and secret."""
         if not ids:
             return []
         async with self._db.transaction() as db:
             claimed = await db.fetch(
                 f"""UPDATE webhook_deliveries SET claimed_by = ?, claimed_until = ?
                     WHERE id IN ({_placeholders(ids)}) AND state = 'pending'
-                      AND (claimed_until IS NULL OR claimed_until < ?)
+                      AND (claimed_until IS NULL OR claimed_until < ?) AND next_attempt_at <= ?
                     RETURNING id""",
-                (instance_id, until, *ids, now),
+                (instance_id, until, *ids, now, now),
             )
             mine = [int(r[0]) for r in claimed]
             if not mine:
