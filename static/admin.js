@@ -1,5 +1,6 @@
-/* Agent Stream admin: copy to clipboard with a toast, the ⋮ menu, live run updates.
-   No dependencies; every page also works without it except for these three things. */
+/* Agent Stream admin: copy to clipboard with a toast, the ⋮ menu, live run updates, and no
+   second POST when a page showing a new secret is reloaded.
+   No dependencies; every page also works without it except for these things. */
 (function () {
   "use strict";
 
@@ -151,7 +152,18 @@
     setTimeout(poll, delay);
   }
 
+  // -- a secret shown once: the page answering the form's POST stands for a plain page ----------
+
+  // Without this a reload would post the form again: a second webhook or API key, with a new
+  // secret shown. With it the history entry is a GET of that page, which shows no secret.
+  function forgetPost(el) {
+    if (window.history && window.history.replaceState) {
+      window.history.replaceState(null, "", el.getAttribute("data-replace-url"));
+    }
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     document.querySelectorAll("[data-live-status]").forEach(watch);
+    document.querySelectorAll("[data-replace-url]").forEach(forgetPost);
   });
 })();

@@ -574,9 +574,13 @@ async def test_the_admin_adds_edits_pauses_and_deletes_webhooks_and_shows_delive
     other = await make_tenant(name="Other", domain="other.cloudonix.net", token="other-token-1234")
     stranger = await make_operator(client, store, other)
     assert (await stranger.get(f"/webhooks/{webhook.id}")).status == 404
+    assert (await stranger.get(f"/webhooks/{webhook.id}/delete")).status == 404
     assert (await stranger.post(f"/webhooks/{webhook.id}/delete")).status == 404
 
     operator = await make_operator(client, store, tenant, email="second-admin@example.com")
+    asked = await operator.get(f"/webhooks/{webhook.id}/delete")  # asks first, deletes nothing
+    assert asked.status == 200 and "Delete this webhook?" in asked.html
+    assert "••••" + SECRET[-4:] in asked.html and len(await store.list_webhooks(tenant.org_id)) == 1
     deleted = await operator.post(f"/webhooks/{webhook.id}/delete")
     assert "Webhook deleted" in deleted.html
     assert await store.list_webhooks(tenant.org_id) == []

@@ -136,6 +136,7 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/webhooks/{id}", webhooks.detail, name="admin_webhook")
     r.add_post("/webhooks/{id}", webhooks.update, name="admin_webhook_update")
     r.add_post("/webhooks/{id}/active", webhooks.set_active, name="admin_webhook_active")
+    r.add_get("/webhooks/{id}/delete", webhooks.delete_page, name="admin_webhook_delete_page")
     r.add_post("/webhooks/{id}/delete", webhooks.delete, name="admin_webhook_delete")
 
     r.add_get("/users", users.users, name="admin_users")

@@ -152,6 +152,14 @@ async def set_active(request: web.Request) -> web.StreamResponse:
 
 
 @page()
+async def delete_page(request: web.Request) -> web.StreamResponse:
+    """Deleting asks first: the deliveries go with it, those still waiting are never sent."""
+    return render(request, "webhook_delete.html", {
+        "webhook": shown(await _webhook(request)), "nav": "webhooks",
+    })
+
+
+@page()
 async def delete(request: web.Request) -> web.StreamResponse:
     webhook = await _webhook(request)
     await store_of(request).delete_webhook(webhook.organization_id, webhook.id)
