@@ -12,6 +12,7 @@ from typing import Final
 from .crypto import KEY_ENV, KEY_FILE_NAME
 from .logs import LOG_FORMAT_ENV, LogFormat, log_format_from
 from .recordings.location import LocalLocation, RecordingsLocation, parse_location
+from .webhooks.targets import ALLOW_PRIVATE_ENV
 
 DEFAULT_HOST: Final = "0.0.0.0"
 DEFAULT_PORT: Final = 8000
@@ -77,6 +78,9 @@ class Settings:
     secret_key: str | None = field(default=None, repr=False)
     # AGENT_STREAM_METRICS_TOKEN: then /metrics wants it (or an API key) from every client.
     metrics_token: str | None = field(default=None, repr=False)
+    # AGENT_STREAM_WEBHOOKS_ALLOW_PRIVATE=1: webhooks may deliver to loopback and private
+    # networks (webhooks/targets.py says why they may not by default).
+    webhooks_allow_private: bool = False
     handshake_timeout: float = HANDSHAKE_TIMEOUT_SECONDS
     provider_api_timeout: float = PROVIDER_API_TIMEOUT_SECONDS
     max_stream_message_bytes: int = MAX_STREAM_MESSAGE_BYTES
@@ -173,12 +177,18 @@ class Settings:
             public_url=(os.environ.get("AGENT_STREAM_PUBLIC_URL") or "").rstrip("/") or None,
             secret_key=os.environ.get(KEY_ENV) or None,
             metrics_token=os.environ.get("AGENT_STREAM_METRICS_TOKEN") or None,
+            webhooks_allow_private=_flag(os.environ.get(ALLOW_PRIVATE_ENV)),
             preload_speech=True,
             recordings=os.environ.get("AGENT_STREAM_RECORDINGS") or None,
             workers=_worker_count(workers, os.environ.get("AGENT_STREAM_WORKERS")),
             worker_index=worker_index,
             log_format=log_format_from(os.environ.get(LOG_FORMAT_ENV)),
         )
+
+
+def _flag(value: str | None) -> bool:
+    """An on/off environment variable: 1, true, yes or on (any case) is on."""
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _worker_count(flag: int | None, env_value: str | None) -> int:

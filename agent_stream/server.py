@@ -41,6 +41,7 @@ from .security import redact_path
 from .speech import SpeechServices
 from .store import open_store
 from .webhooks import delivery
+from .webhooks.targets import PublicOnlyResolver
 
 log = logging.getLogger(__name__)
 
@@ -194,12 +195,17 @@ async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     store = app[STORE]
-    connector = aiohttp.TCPConnector(limit=delivery.SENDERS)
+    allow_private = app[SETTINGS].webhooks_allow_private
+    connector = aiohttp.TCPConnector(
+        limit=delivery.SENDERS, resolver=None if allow_private else PublicOnlyResolver()
+    )
     async with aiohttp.ClientSession(
         connector=connector, cookie_jar=aiohttp.DummyCookieJar(), raise_for_status=False
     ) as session:
-        app[WEBHOOKS] = sender = delivery.WebhookSender(store, session, app[SETTINGS].instance_id,
-                                                        on_outcome=app[METRICS].webhook_outcome)
+        app[WEBHOOKS] = sender = delivery.WebhookSender(
+            store, session, app[SETTINGS].instance_id, allow_private=allow_private,
+            on_outcome=app[METRICS].webhook_outcome,
+        )
         store.run_event_listeners.append(sender.poke)
         task = asyncio.create_task(sender.run(), name="webhook sender")
         yield

@@ -154,6 +154,7 @@ def settings(
         api_base_urls={"cloudonix": cloudonix[1]},
         handshake_timeout=2.0,
         provider_api_timeout=1.0,
+        webhooks_allow_private=True,  # the tests' webhook receivers listen on 127.0.0.1
     )
 
 

@@ -31,6 +31,7 @@ from tests.conftest import (
     MakeTenant,
     ServeApp,
     Tenant,
+    create_tenant,
     finished_run,
     open_call,
     short_call,
@@ -172,6 +173,23 @@ async def all_delivered(
         while True:
             found[:] = await deliveries(client, tenant, webhook_id)
             if sum(d["status"] == "delivered" for d in found) >= count:
+                return
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(poll(), 20)
+    return found
+
+
+async def tried_deliveries(
+    client: TestClient, tenant: Tenant, webhook_id: int, count: int
+) -> list[dict[str, Any]]:
+    """The webhook's deliveries once `count` of them have been attempted at least once."""
+    found: list[dict[str, Any]] = []
+
+    async def poll() -> None:
+        while True:
+            found[:] = await deliveries(client, tenant, webhook_id)
+            if sum(d["attempts"] >= 1 for d in found) >= count:
                 return
             await asyncio.sleep(0.05)
 
@@ -499,6 +517,29 @@ async def test_the_sender_takes_new_events_first_and_never_a_retry_before_it_is_
     assert [d[0] for d in await store.due_deliveries(now=utcnow(), max_claims_per_webhook=2)] \
         == [first[0]]
     await store.close()
+
+
+async def test_receivers_on_a_private_network_are_refused_unless_the_operator_allows_them(
+    serve_app: ServeApp, settings: Settings, receivers: Any, emulator: CloudonixEmulator,
+    dial_to: Callable[[TestClient], Dial],
+) -> None:
+    """By default a webhook cannot make the server POST into its own network: neither an
+    address written out (127.0.0.1) nor a name resolving to one (localhost)."""
+    client = await serve_app(replace(settings, webhooks_allow_private=False))  # the only one
+    tenant = await create_tenant(client.app[STORE], emulator)
+    receiver = await receivers()
+    by_address = await add_webhook(client, tenant, receiver.url)
+    by_name = await add_webhook(client, tenant, receiver.url.replace("127.0.0.1", "localhost"))
+    assert await short_call(dial_to(client), tenant) == (1000, "call ended")
+
+    for webhook, host in ((by_address, "127.0.0.1"), (by_name, "localhost")):
+        tried = await tried_deliveries(client, tenant, webhook["id"], 2)
+        for shown in tried:
+            assert shown["status"] == "pending" and shown["status_code"] is None
+            assert shown["error"] == (f"cannot connect: {host} is not a public address; "
+                                      f"receivers on a private network need "
+                                      f"AGENT_STREAM_WEBHOOKS_ALLOW_PRIVATE=1")
+    assert receiver.requests == []  # nothing reached it
 
 
 async def test_two_instances_on_one_database_send_each_event_once(

@@ -30,6 +30,7 @@ from ..models import DueDelivery
 from ..store import Store
 from ..store.base import iso, utcnow
 from .signing import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, shown_url, signature
+from .targets import private_literal
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +86,12 @@ class WebhookSender:
 
     def __init__(
         self, store: Store, http: aiohttp.ClientSession, instance_id: str,
-        *, on_outcome: OutcomeCallback | None = None,
+        *, allow_private: bool = False, on_outcome: OutcomeCallback | None = None,
     ) -> None:
         self._store = store
-        self._http = http
+        self._http = http  # with a PublicOnlyResolver unless `allow_private`
         self._instance = instance_id
+        self._allow_private = allow_private
         # Told of each attempt's outcome (a metrics counter); must not raise.
         self.on_outcome = on_outcome
         self._wake = asyncio.Event()
@@ -213,6 +215,8 @@ class WebhookSender:
         started = time.monotonic()
         if body is None:
             error = "the run no longer exists"
+        elif not self._allow_private and (refused := private_literal(due.url)):
+            error = f"cannot connect: {refused}"
         else:
             timestamp = int(time.time())
             headers = {
