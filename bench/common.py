@@ -62,6 +62,28 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
+def tree_cpu_by_role(pid: int) -> dict[str, float]:
+    """CPU of a process tree by role: the supervisor, the serving processes (workers, or
+    the one server), and the speech decoders (children of a serving process)."""
+    roles: dict[str, float] = {}
+    for member in process_tree(pid):
+        try:
+            command = Path(f"/proc/{member}/cmdline").read_bytes().split(b"\0")
+            seconds = cpu_seconds(member)
+        except FileNotFoundError:
+            continue
+        if b"--parent-pid" in command:
+            role = "workers"
+        elif member == pid:
+            role = "supervisor" if any(b"--parent-pid" in Path(f"/proc/{c}/cmdline").read_bytes()
+                                       for c in process_tree(pid)[1:]
+                                       if Path(f"/proc/{c}/cmdline").exists()) else "server"
+        else:
+            role = "decoders"
+        roles[role] = roles.get(role, 0.0) + seconds
+    return roles
+
+
 def tree_rss_mb(pid: int) -> float:
     total = 0.0
     for member in process_tree(pid):

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import aiohttp
-from common import bench_server, percentile, tree_cpu_seconds, tree_rss_mb
+from common import bench_server, percentile, tree_cpu_by_role, tree_cpu_seconds, tree_rss_mb
 from provider_bench import one_call
 
 from agent_stream.server import server_event_loop
@@ -68,6 +68,8 @@ async def main() -> None:
             for n in [int(x) for x in args.waves.split(",")]:
                 idle_rss = tree_rss_mb(pid)
                 cpu0 = tree_cpu_seconds(pid)
+                roles0 = tree_cpu_by_role(pid)
+                callers0 = sum(os.times()[:2])
                 began = time.monotonic()
                 peak = [idle_rss]
 
@@ -84,6 +86,9 @@ async def main() -> None:
                 sampler.cancel()
                 wall = time.monotonic() - began
                 cpu = tree_cpu_seconds(pid) - cpu0
+                roles = {role: seconds - roles0.get(role, 0.0)
+                         for role, seconds in tree_cpu_by_role(pid).items()}
+                callers = sum(os.times()[:2]) - callers0
                 runs = await bench.runs(http, n)
                 ok = sum(1 for r in results if r["close"] == (1000, "agent hung up"))
                 v2v = [r["v2v"] * 1000 for r in results if "v2v" in r]
@@ -96,6 +101,10 @@ async def main() -> None:
                       f"       {percentile(client_gaps, 0.99):8.1f}"
                       f"       {cpu / wall * 100:6.0f}  {cpu / call_seconds * 1000:10.2f}"
                       f"     {(peak[0] - idle_rss) / n:8.2f}")
+                print("      CPU ms per call-second by role: " + ", ".join(
+                    f"{role} {seconds / call_seconds * 1000:.2f}"
+                    for role, seconds in sorted(roles.items())
+                ) + f"; callers {callers / call_seconds * 1000:.2f}; wall {wall:.1f} s")
                 for failure in sorted({str(r["close"]) for r in results if r["close"][0] != 1000}
                                       | {f"run {r['state']}: {r['error']}" for r in runs if r["error"]}):
                     print(f"      not ok: {failure}")
