@@ -4,6 +4,7 @@ the recording and never the call, and the next start stores what a refusal or a 
 from __future__ import annotations
 
 import array
+import asyncio
 import dataclasses
 import io
 import logging
@@ -14,12 +15,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiobotocore.session import get_session
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 from moto.server import ThreadedMotoServer
 
 from agent_stream.audio import ulaw_to_pcm16
+from agent_stream.calls import call as call_module
 from agent_stream.config import Settings
 from agent_stream.keys import STORE
 from agent_stream.recordings.location import LocalLocation, S3Location, parse_location
@@ -295,3 +299,78 @@ async def test_a_start_whose_bucket_refuses_keeps_every_leftover_and_asks_once(
     assert len(refusals) == 1 and "NoSuchBucket" in refusals[0]
     assert "the other leftovers wait for the next start" in caplog.text
     assert (await client.get("/api/v1/health")).status == 200
+
+
+class HoldingProxy:
+    """The bucket behind a slow link: S3 requests pass through to moto, but uploads (PUT)
+    wait until `release()`, as a bucket that stopped answering would make them."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.held = asyncio.Event()  # an upload arrived and waits
+        self.answered = False  # an upload got its answer
+        self._release = asyncio.Event()
+
+    def release(self) -> None:
+        self._release.set()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        if request.method == "PUT":
+            self.held.set()
+            await self._release.wait()
+        headers = {k: v for k, v in request.headers.items()
+                   if k.lower() not in ("host", "content-length", "transfer-encoding")}
+        async with aiohttp.ClientSession() as http, http.request(
+            request.method, self.upstream + request.path_qs, headers=headers, data=body
+        ) as answer:
+            payload = await answer.read()
+            kept = {k: v for k, v in answer.headers.items()
+                    if k.lower() not in ("content-length", "transfer-encoding", "content-encoding",
+                                         "connection", "server", "date")}
+        if request.method == "PUT":
+            self.answered = True
+        return web.Response(status=answer.status, body=payload, headers=kept)
+
+
+async def test_a_slow_bucket_neither_keeps_the_caller_on_the_line_nor_loses_the_recording(
+    tenant: Tenant, settings: Settings, bucket: Bucket, aws_env: str,
+    emulator: CloudonixEmulator, serve_app: ServeApp, aiohttp_server: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    proxy = HoldingProxy(aws_env)
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", proxy.handle)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", str((await aiohttp_server(app)).make_url("")).rstrip("/"))
+    monkeypatch.setattr(call_module, "RECORDING_WAIT_SECONDS", 0.2)  # instead of 5 s
+    slow = await serve_app(settings)
+    store = slow.app[STORE]
+    call = await open_call(slow.session, str(slow.make_url("/")), emulator, tenant.workflow.uuid,
+                           call_id="C-1", caller="+15555550100", called="+15555550199")
+    call.start_reading()
+    await call.handshake()
+    await call.send_audio(tone_ulaw(TONE_SECONDS), realtime=False)
+    await call.hang_up()
+    assert await call.wait_closed(timeout=30) == (1000, "call ended")
+
+    # the caller was let go while the upload still waited for the bucket
+    assert proxy.held.is_set() and not proxy.answered
+    run = await finished_run(store, tenant)
+    assert (run.state, run.end_reason, run.recording_path) == ("completed", "caller_hangup", None)
+
+    proxy.release()  # the bucket answers: the run gets its recording, nothing was lost
+    key = f"{PREFIX}/{run.id}.wav"
+
+    async def recorded() -> None:
+        while True:
+            if (await store.get_run_by_id(run.id)).recording_path is not None:
+                return
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(recorded(), 20)
+    stored = await store.get_run_by_id(run.id)
+    assert stored.recording_path == f"s3://{bucket.name}/{key}"
+    assert "recording_error" not in stored.logs
+    left, _, _ = stereo(await bucket.get(key))
+    assert left.startswith(ulaw_to_pcm16(tone_ulaw(TONE_SECONDS)))
+    assert spooled(settings) == []

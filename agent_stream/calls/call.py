@@ -41,6 +41,7 @@ from ..metrics import CallFeed, Metrics
 from ..models import TelephonyConfig, Workflow
 from ..pipeline.call import CallPipeline, let_live_calls_run
 from ..pipeline.frames import StreamStopFrame
+from ..pipeline.recorder import CallRecorder
 from ..providers import provider_named
 from ..providers.base import (
     CallActionFailed,
@@ -66,6 +67,9 @@ log = logging.getLogger(__name__)
 
 # A live call sends media every 20 ms; this much silence on the socket means a dead peer.
 MEDIA_IDLE_TIMEOUT: Final = 30.0
+# How long the end of a call waits for the recordings store (a bucket) before it ends the
+# run and closes the socket anyway: a slow or dead store must not keep a caller on the line.
+RECORDING_WAIT_SECONDS: Final = 5.0
 WATCHDOG_PERIOD: Final = 5.0
 
 
@@ -293,7 +297,8 @@ class Call:
             logs["media_frames_in"] = wire.media_frames
         if pipeline is not None:
             try:
-                recording = await pipeline.stop(graceful=outcome.state == "completed")
+                recording = await pipeline.stop(graceful=outcome.state == "completed",
+                                                recording_wait=RECORDING_WAIT_SECONDS)
                 if pipeline.recorder.failure:
                     logs["recording_error"] = pipeline.recorder.failure
                 gathered.update(_keypress_context(pipeline))
@@ -325,6 +330,20 @@ class Call:
         self.log.info("%s: %s (close %d)%s", outcome.state, outcome.end_reason, outcome.close_code,
                       "" if written else ", the run is written once the database answers")
         await self.close_socket(outcome.close_code, outcome.close_reason)
+        if pipeline is not None and pipeline.recorder.still_storing:
+            self.log.warning("the recordings store has not answered within %.0f s: the run "
+                             "gets its recording when it does", RECORDING_WAIT_SECONDS)
+            record.after_the_call(self._store_recording_late(record, pipeline.recorder))
+
+    async def _store_recording_late(self, record: RunRecord, recorder: CallRecorder) -> None:
+        """The end of a recording whose store was slow: the run points to it once stored,
+        or says why not (the raw tracks then stay for the next start)."""
+        reference = await recorder.stored()
+        if reference is not None:
+            await record.recording(reference)
+            self.log.info("recording stored after the call")
+        elif recorder.failure:
+            await record.merge(logs={"recording_error": recorder.failure})
 
     def _agent(self, pipeline: CallPipeline, actions: AgentActions) -> VoiceAgent:
         """The engine for this workflow: scripted unless an LLM endpoint is configured."""

@@ -32,6 +32,8 @@ RunWrite = Callable[[Store], Awaitable[None]]
 # Waits between tries of a refused write: short first (a lock is often brief), then longer.
 FIRST_RETRY_DELAY: Final = 0.05
 MAX_RETRY_DELAY: Final = 5.0
+# How long shutdown waits for work after calls (a recording on its way to a slow store).
+AFTER_CALL_GRACE_SECONDS: Final = 10.0
 
 
 def _delays() -> Iterator[float]:
@@ -80,6 +82,7 @@ class RunWriteQueue:
         self._lock = asyncio.Lock()
         self._retrier: asyncio.Task[None] | None = None
         self.over: set[int] = set()  # runs whose call is over, their end not written yet
+        self._after_calls: set[asyncio.Task[None]] = set()
 
     async def write(self, run_id: int, write: _Write) -> bool:
         """Write now, after the run's earlier writes; True when it landed, False when it
@@ -163,8 +166,29 @@ class RunWriteQueue:
         finally:
             self._retrier = None
 
+    def after_the_call(self, work: Awaitable[None], run_name: str) -> None:
+        """Finish `work` for a call that is over (a slow recording store), in the background;
+        shutdown waits for it a while (`close`)."""
+
+        async def finishing() -> None:
+            try:
+                await work
+            except Exception:
+                log.exception("%s: finishing after the call failed", run_name,
+                              extra={"run": run_name})
+
+        task = asyncio.create_task(finishing(), name=f"after the call {run_name}")
+        self._after_calls.add(task)
+        task.add_done_callback(self._after_calls.discard)
+
     async def close(self) -> None:
-        """At shutdown: one last try; what is left is failed by the next start."""
+        """At shutdown: work after calls gets `AFTER_CALL_GRACE_SECONDS` (a recording left
+        then is stored by the next start), then one last try of the writes; what is left is
+        failed by the next start."""
+        if self._after_calls:
+            await asyncio.wait(set(self._after_calls), timeout=AFTER_CALL_GRACE_SECONDS)
+            for task in set(self._after_calls):
+                task.cancel()
         if self._retrier is not None:
             self._retrier.cancel()
             await asyncio.gather(self._retrier, return_exceptions=True)
@@ -254,6 +278,16 @@ class RunRecord:
         return await self._write(_Write(
             self.run.name, "the end of the run", end, fallback=bare_end, ends_run=True
         ))
+
+    async def recording(self, reference: str) -> bool:
+        """The recording, stored after the run ended (a slow store)."""
+        return await self._write(_Write(
+            self.run.name, "the recording",
+            lambda store: store.set_run_recording(self.run.id, reference, logs={}),
+        ))
+
+    def after_the_call(self, work: Awaitable[None]) -> None:
+        self._queue.after_the_call(work, self.run.name)
 
     async def _write(self, write: _Write) -> bool:
         """True when the write landed now; False when it waits for the database."""

@@ -119,9 +119,10 @@ class CallPipeline:
     async def deliver(self, frame: Frame) -> None:
         await self.transport.input().deliver(frame)
 
-    async def stop(self, *, graceful: bool) -> str | None:
+    async def stop(self, *, graceful: bool, recording_wait: float | None = None) -> str | None:
         """End the pipeline (letting queued output drain when graceful), then write the
-        recording. Returns the store's reference to it."""
+        recording. Returns the store's reference to it (None while the store has not
+        answered within `recording_wait` seconds: `recorder.still_storing`)."""
         try:
             if self._task is not None and self.worker is not None:
                 if graceful and not self._task.done():
@@ -138,7 +139,7 @@ class CallPipeline:
         finally:
             for line in list(self._line_sends):  # the call is over: a line still unsent never will be
                 line.cancel()
-            path = await self.recorder.finish()
+            path = await self.recorder.finish(wait=recording_wait)
         return path
 
     def release(self) -> None:

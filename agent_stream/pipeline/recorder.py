@@ -124,18 +124,31 @@ class CallRecorder:
         self._agent.clear()
         _writer.submit(self._append, caller, agent)
 
-    async def finish(self) -> str | None:
+    async def finish(self, *, wait: float | None = None) -> str | None:
         """Write what is pending, then the stereo WAV, and hand it to the store; safe to
         call more than once. Returns the store's reference to the recording: None when
-        there is none (the disk or the store refused it: see `failure`). Once begun, the
-        work completes even if the caller is cancelled."""
+        there is none (the disk or the store refused it: see `failure`), or when the store
+        takes longer than `wait` seconds (then `still_storing`: `stored()` says how it
+        went). Once begun, the work completes even if the caller is cancelled."""
         if self._recording:
             self._flush()
             self._recording = False
             self._finished = asyncio.ensure_future(self._close_and_merge())
         if self._finished is not None:
-            await asyncio.shield(self._finished)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._finished), wait)
+            if not self._finished.done():
+                return None
         return self.reference if self.failure is None else None
+
+    @property
+    def still_storing(self) -> bool:
+        """The recording is on its way to a store that has not answered yet."""
+        return self._finished is not None and not self._finished.done()
+
+    async def stored(self) -> str | None:
+        """`finish()`'s answer, however long the store takes."""
+        return await self.finish()
 
     # -- on the writer thread ------------------------------------------------------------
 
