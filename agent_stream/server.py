@@ -149,6 +149,7 @@ async def _recordings_ctx(app: web.Application) -> AsyncIterator[None]:
                 log.info("recordings left by a previous process: %d recovered, %d leftover(s) "
                          "removed", leftovers.recovered, leftovers.removed)
         yield
+        await app[RUN_WRITES].finish_after_calls()  # uploads of ended calls, while we can
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -24,6 +24,7 @@ from moto.server import ThreadedMotoServer
 
 from agent_stream.audio import ulaw_to_pcm16
 from agent_stream.calls import call as call_module
+from agent_stream.calls import run_writes
 from agent_stream.config import Settings
 from agent_stream.keys import STORE
 from agent_stream.recordings.location import LocalLocation, S3Location, parse_location
@@ -373,4 +374,37 @@ async def test_a_slow_bucket_neither_keeps_the_caller_on_the_line_nor_loses_the_
     assert "recording_error" not in stored.logs
     left, _, _ = stereo(await bucket.get(key))
     assert left.startswith(ulaw_to_pcm16(tone_ulaw(TONE_SECONDS)))
+    assert spooled(settings) == []
+
+
+async def test_a_recording_still_uploading_at_shutdown_is_stored_by_the_next_start(
+    tenant: Tenant, settings: Settings, bucket: Bucket, aws_env: str,
+    emulator: CloudonixEmulator, serve_app: ServeApp, aiohttp_server: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    proxy = HoldingProxy(aws_env)
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", proxy.handle)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", str((await aiohttp_server(app)).make_url("")).rstrip("/"))
+    monkeypatch.setattr(call_module, "RECORDING_WAIT_SECONDS", 0.2)
+    monkeypatch.setattr(run_writes, "AFTER_CALL_GRACE_SECONDS", 0.2)
+    slow = await serve_app(settings)
+    call = await open_call(slow.session, str(slow.make_url("/")), emulator, tenant.workflow.uuid,
+                           call_id="C-1", caller="+15555550100", called="+15555550199")
+    call.start_reading()
+    await call.handshake()
+    await call.send_audio(tone_ulaw(TONE_SECONDS), realtime=False)
+    await call.hang_up()
+    assert await call.wait_closed(timeout=30) == (1000, "call ended")
+    run = await finished_run(slow.app[STORE], tenant)
+    await proxy.held.wait()
+    await slow.close()  # the upload still waits for the bucket: it is given up, tracks kept
+    assert not proxy.answered
+    assert {f"{run.id}.agent.pcm", f"{run.id}.caller.pcm"} <= set(spooled(settings))
+
+    proxy.release()  # the bucket is back: the next start merges and uploads them
+    restarted = await serve_app(settings)
+    recovered = await restarted.app[STORE].get_run_by_id(run.id)
+    assert recovered.recording_path == f"s3://{bucket.name}/{PREFIX}/{run.id}.wav"
+    assert recovered.logs["recording_recovered"] is True
     assert spooled(settings) == []

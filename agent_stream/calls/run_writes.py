@@ -181,14 +181,20 @@ class RunWriteQueue:
         self._after_calls.add(task)
         task.add_done_callback(self._after_calls.discard)
 
-    async def close(self) -> None:
-        """At shutdown: work after calls gets `AFTER_CALL_GRACE_SECONDS` (a recording left
-        then is stored by the next start), then one last try of the writes; what is left is
-        failed by the next start."""
+    async def finish_after_calls(self) -> None:
+        """At shutdown, before the recordings store closes: work after calls gets
+        `AFTER_CALL_GRACE_SECONDS`; a recording still on its way then is stored by the next
+        start (its tracks stay)."""
         if self._after_calls:
             await asyncio.wait(set(self._after_calls), timeout=AFTER_CALL_GRACE_SECONDS)
             for task in set(self._after_calls):
                 task.cancel()
+            await asyncio.gather(*self._after_calls, return_exceptions=True)
+
+    async def close(self) -> None:
+        """At shutdown: what work after calls is left, then one last try of the writes;
+        what is left is failed by the next start."""
+        await self.finish_after_calls()
         if self._retrier is not None:
             self._retrier.cancel()
             await asyncio.gather(self._retrier, return_exceptions=True)
