@@ -216,14 +216,7 @@ async def test_a_bucket_that_refuses_costs_the_recording_not_the_call(
     refused = dataclasses.replace(settings, recordings=f"s3://{absent.name}/{PREFIX}")
     refusing = await serve_app(refused)
     store = refusing.app[STORE]
-    url = str(refusing.make_url("/"))
-    call = await open_call(refusing.session, url, emulator, tenant.workflow.uuid,
-                           call_id="C-1", caller="+15555550100", called="+15555550199")
-    call.start_reading()
-    await call.handshake()
-    await call.send_audio(tone_ulaw(TONE_SECONDS), realtime=False)
-    await call.hang_up()
-    assert await call.wait_closed(timeout=30) == (1000, "call ended")
+    assert await tone_call_into(refusing, emulator, tenant) == (1000, "call ended")
 
     run = await finished_run(store, tenant)
     assert (run.state, run.end_reason, run.recording_path) == ("completed", "caller_hangup", None)
@@ -334,25 +327,40 @@ class HoldingProxy:
         return web.Response(status=answer.status, body=payload, headers=kept)
 
 
-async def test_a_slow_bucket_neither_keeps_the_caller_on_the_line_nor_loses_the_recording(
-    tenant: Tenant, settings: Settings, bucket: Bucket, aws_env: str,
-    emulator: CloudonixEmulator, serve_app: ServeApp, aiohttp_server: Any,
+@pytest.fixture
+async def slow_bucket(
+    aws_env: str, settings: Settings, serve_app: ServeApp, aiohttp_server: Any,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:
+) -> tuple[HoldingProxy, TestClient]:
+    """An app whose bucket is behind a HoldingProxy; a call's end waits 0.2 s for it."""
     proxy = HoldingProxy(aws_env)
     app = web.Application()
     app.router.add_route("*", "/{path:.*}", proxy.handle)
     monkeypatch.setenv("AWS_ENDPOINT_URL", str((await aiohttp_server(app)).make_url("")).rstrip("/"))
     monkeypatch.setattr(call_module, "RECORDING_WAIT_SECONDS", 0.2)  # instead of 5 s
-    slow = await serve_app(settings)
-    store = slow.app[STORE]
-    call = await open_call(slow.session, str(slow.make_url("/")), emulator, tenant.workflow.uuid,
+    return proxy, await serve_app(settings)
+
+
+async def tone_call_into(
+    app: TestClient, emulator: CloudonixEmulator, tenant: Tenant
+) -> tuple[int | None, str]:
+    """A call of `tone_call`'s into another app than the fixtures' one."""
+    call = await open_call(app.session, str(app.make_url("/")), emulator, tenant.workflow.uuid,
                            call_id="C-1", caller="+15555550100", called="+15555550199")
     call.start_reading()
     await call.handshake()
     await call.send_audio(tone_ulaw(TONE_SECONDS), realtime=False)
     await call.hang_up()
-    assert await call.wait_closed(timeout=30) == (1000, "call ended")
+    return await call.wait_closed(timeout=30)
+
+
+async def test_a_slow_bucket_neither_keeps_the_caller_on_the_line_nor_loses_the_recording(
+    tenant: Tenant, settings: Settings, bucket: Bucket, emulator: CloudonixEmulator,
+    slow_bucket: tuple[HoldingProxy, TestClient],
+) -> None:
+    proxy, slow = slow_bucket
+    store = slow.app[STORE]
+    assert await tone_call_into(slow, emulator, tenant) == (1000, "call ended")
 
     # the caller was let go while the upload still waited for the bucket
     assert proxy.held.is_set() and not proxy.answered
@@ -378,24 +386,13 @@ async def test_a_slow_bucket_neither_keeps_the_caller_on_the_line_nor_loses_the_
 
 
 async def test_a_recording_still_uploading_at_shutdown_is_stored_by_the_next_start(
-    tenant: Tenant, settings: Settings, bucket: Bucket, aws_env: str,
-    emulator: CloudonixEmulator, serve_app: ServeApp, aiohttp_server: Any,
+    tenant: Tenant, settings: Settings, bucket: Bucket, emulator: CloudonixEmulator,
+    serve_app: ServeApp, slow_bucket: tuple[HoldingProxy, TestClient],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    proxy = HoldingProxy(aws_env)
-    app = web.Application()
-    app.router.add_route("*", "/{path:.*}", proxy.handle)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", str((await aiohttp_server(app)).make_url("")).rstrip("/"))
-    monkeypatch.setattr(call_module, "RECORDING_WAIT_SECONDS", 0.2)
-    monkeypatch.setattr(run_writes, "AFTER_CALL_GRACE_SECONDS", 0.2)
-    slow = await serve_app(settings)
-    call = await open_call(slow.session, str(slow.make_url("/")), emulator, tenant.workflow.uuid,
-                           call_id="C-1", caller="+15555550100", called="+15555550199")
-    call.start_reading()
-    await call.handshake()
-    await call.send_audio(tone_ulaw(TONE_SECONDS), realtime=False)
-    await call.hang_up()
-    assert await call.wait_closed(timeout=30) == (1000, "call ended")
+    monkeypatch.setattr(run_writes, "AFTER_CALL_GRACE_SECONDS", 0.2)  # instead of 10 s
+    proxy, slow = slow_bucket
+    assert await tone_call_into(slow, emulator, tenant) == (1000, "call ended")
     run = await finished_run(slow.app[STORE], tenant)
     await proxy.held.wait()
     await slow.close()  # the upload still waits for the bucket: it is given up, tracks kept
