@@ -168,7 +168,7 @@ class RunWriteQueue:
 
     def after_the_call(self, work: Awaitable[None], run_name: str) -> None:
         """Finish `work` for a call that is over (a slow recording store), in the background;
-        shutdown waits for it a while (`close`)."""
+        shutdown waits for it a while (`finish_after_calls`)."""
 
         async def finishing() -> None:
             try:
