@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import ipaddress
 import os
 from bisect import bisect_right
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -45,11 +44,10 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from .errors import DatabaseUnavailable
 from .keys import METRICS, SETTINGS, STORE
 from .providers import PROVIDERS
+from .security import parse_ip
 
 # Where the workers of one supervisor keep their series (prometheus-client reads it at import).
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
-# A bearer token that /metrics then wants from every client, loopback included.
-TOKEN_ENV: Final = "AGENT_STREAM_METRICS_TOKEN"
 
 # Seconds between two outbound media messages of a call while the agent speaks: 20 ms when
 # on time; 100 ms is a packetizing provider's packet (Exotel); beyond, a stall.
@@ -205,23 +203,18 @@ class Metrics:
     def exposition(self) -> bytes:
         """Every series, in the text format."""
         if self.multiprocess_dir:
-            self._sample_this_process()
+            self.sample_process()
         return generate_latest(self.registry)
 
-    def _sample_this_process(self) -> None:
-        """This worker's CPU and memory, into its share of the per-worker gauges (each
-        worker updates its own: `sample_process` runs in every worker)."""
+    def sample_process(self) -> None:
+        """This worker's CPU and memory, into its share of the per-worker gauges
+        (multiprocess mode only: every worker runs this every few seconds and when scraped)."""
         for family in self._process.collect():
             for sample in family.samples:
                 if sample.name == "process_cpu_seconds_total":
                     self.worker_cpu.set(sample.value)
                 elif sample.name == "process_resident_memory_bytes":
                     self.worker_memory.set(sample.value)
-
-    def sample_process(self) -> None:
-        """Called every few seconds in each worker (multiprocess mode only)."""
-        if self.multiprocess_dir:
-            self._sample_this_process()
 
 
 class CallFeed:
@@ -266,15 +259,8 @@ def add_sorted(histogram: Histogram, values: Sequence[float]) -> None:
 
 def is_loopback(remote: str | None) -> bool:
     """The peer's own address (never a forwarded header) is on this machine."""
-    if not remote:
-        return False
-    try:
-        address = ipaddress.ip_address(remote.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
+    address = parse_ip(remote)
+    return address is not None and address.is_loopback
 
 
 def _refused(reason: str) -> web.Response:

@@ -1,9 +1,11 @@
-"""Password and API-key hashing, and the shortening/masking that keeps secrets out of logs."""
+"""Password and API-key hashing, the shortening/masking that keeps secrets out of logs, and
+the reading of a peer's or receiver's IP address that access checks judge."""
 from __future__ import annotations
 
 import base64
 import hashlib
 import hmac
+import ipaddress
 import re
 import secrets
 from collections.abc import Mapping
@@ -96,3 +98,17 @@ def mask_secret(secret: str | None) -> str:
     if not secret:
         return ""
     return "••••" + secret[-4:] if len(secret) > 8 else "••••"
+
+
+def parse_ip(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An address as written by a socket or a resolver (an IPv6 zone `%eth0` dropped, an
+    IPv4-mapped IPv6 address as its IPv4), or None when `text` is no IP address."""
+    if not text:
+        return None
+    try:
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address

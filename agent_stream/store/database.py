@@ -15,6 +15,11 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 
+def placeholders(values: Sequence[Any]) -> str:
+    """`?, ?, ?` for an `IN (...)` of `values` (each one a parameter, never SQL text)."""
+    return ", ".join("?" * len(values))
+
+
 class Row(Protocol):
     """A result row: by column name or position (aiosqlite.Row and asyncpg.Record both)."""
 

@@ -14,7 +14,7 @@ from typing import Any, Final
 import aiosqlite
 
 from ..errors import DatabaseUnavailable
-from .database import Connection, Database, IntegrityViolation, Row
+from .database import Connection, Database, IntegrityViolation, Row, placeholders
 
 log = logging.getLogger(__name__)
 # aiosqlite logs every statement with its parameters at DEBUG, bearer tokens included:
@@ -166,7 +166,7 @@ class SqliteDatabase(Database):
 
     def has_free_slot(self, owner_id: int, over_run_ids: Sequence[int]) -> tuple[str, tuple[Any, ...]]:
         """A count in the statement: exact, since SQLite runs one write at a time."""
-        over = ("AND r.id NOT IN (" + ", ".join("?" * len(over_run_ids)) + ")") if over_run_ids else ""
+        over = f"AND r.id NOT IN ({placeholders(over_run_ids)})" if over_run_ids else ""
         limit = "(SELECT max_concurrent_calls FROM users WHERE id = ?)"
         return f"""{limit} IS NULL OR (
             SELECT COUNT(*) FROM workflow_runs r JOIN workflows w ON w.id = r.workflow_id

@@ -16,17 +16,13 @@ from typing import Any, Final
 from ..errors import NotFound
 from ..models import DueDelivery, Webhook, WebhookDelivery
 from .base import StoreBase, check_revision, dumps, from_row, utcnow
-from .database import Connection, Row
+from .database import Connection, Row, placeholders
 
 # Due deliveries read at once, before those of busy webhooks are left for later.
 _CANDIDATES: Final = 100
 _DELIVERY_COLUMNS: Final = """d.id, d.webhook_id, d.run_id, d.event, d.event_id, d.state,
     d.attempts, d.created_at, d.next_attempt_at, d.status_code, d.latency_ms, d.error,
     d.last_attempt_at, d.delivered_at"""
-
-
-def _placeholders(values: Sequence[Any]) -> str:
-    return ", ".join("?" * len(values))
 
 
 class WebhooksStore(StoreBase):
@@ -164,7 +160,7 @@ class WebhooksStore(StoreBase):
         async with self._db.transaction() as db:
             claimed = await db.fetch(
                 f"""UPDATE webhook_deliveries SET claimed_by = ?, claimed_until = ?
-                    WHERE id IN ({_placeholders(ids)}) AND state = 'pending'
+                    WHERE id IN ({placeholders(ids)}) AND state = 'pending'
                       AND (claimed_until IS NULL OR claimed_until < ?) AND next_attempt_at <= ?
                     RETURNING id""",
                 (instance_id, until, *ids, now, now),
@@ -176,7 +172,7 @@ class WebhooksStore(StoreBase):
                 f"""SELECT {_DELIVERY_COLUMNS}, d.body, h.organization_id, h.url,
                         h.secret AS sealed_secret
                     FROM webhook_deliveries d JOIN webhooks h ON h.id = d.webhook_id
-                    WHERE d.id IN ({_placeholders(mine)}) ORDER BY d.next_attempt_at, d.id""",
+                    WHERE d.id IN ({placeholders(mine)}) ORDER BY d.next_attempt_at, d.id""",
                 mine,
             )
         return [
@@ -220,7 +216,7 @@ class WebhooksStore(StoreBase):
         if ids is not None:
             if not ids:
                 return 0
-            where += f" AND id IN ({_placeholders(ids)})"
+            where += f" AND id IN ({placeholders(ids)})"
             params.extend(ids)
         return await self._db.execute(
             f"UPDATE webhook_deliveries SET claimed_by = NULL, claimed_until = NULL WHERE {where}",

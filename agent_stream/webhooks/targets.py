@@ -11,7 +11,6 @@ unless the operator runs receivers there (`AGENT_STREAM_WEBHOOKS_ALLOW_PRIVATE=1
 from __future__ import annotations
 
 import errno
-import ipaddress
 import socket
 from typing import Final
 
@@ -19,18 +18,15 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
+from ..security import parse_ip
+
 ALLOW_PRIVATE_ENV: Final = "AGENT_STREAM_WEBHOOKS_ALLOW_PRIVATE"
 
 
 def is_public(address: str) -> bool:
     """A globally routable address (an IPv4-mapped IPv6 one judged as its IPv4)."""
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
+    ip = parse_ip(address)
+    return ip is not None and ip.is_global and not ip.is_multicast
 
 
 class PrivateTarget(OSError):
@@ -45,9 +41,7 @@ def private_literal(url: str) -> str | None:
     """The refusal for a URL whose host is a non-public IP address written out (aiohttp
     connects to those without asking the resolver), else None."""
     host = URL(url).host or ""
-    try:
-        ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
+    if parse_ip(host) is None:
         return None  # a name: the resolver judges what it resolves to
     return None if is_public(host) else str(PrivateTarget(host).strerror)
 
