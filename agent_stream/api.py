@@ -154,7 +154,7 @@ def etag(revision: int) -> str:
     return f'"{revision}"'
 
 
-def _one(body: dict[str, Any], revision: int, *, status: int = 200) -> web.Response:
+def one_resource(body: dict[str, Any], revision: int, *, status: int = 200) -> web.Response:
     """The answer about one editable resource, with the ETag an edit sends back in If-Match."""
     return web.json_response(body, status=status, headers={"ETag": etag(revision)})
 
@@ -398,7 +398,7 @@ async def create_workflow(request: web.Request) -> web.Response:
         organization_id=user.organization_id, owner_user_id=user.id, name=body.name,
         definition=definition,
     )
-    return _one(workflow_json(workflow), workflow.revision, status=201)
+    return one_resource(workflow_json(workflow), workflow.revision, status=201)
 
 
 @operation("List the organization's workflows", tags=_WORKFLOWS,
@@ -416,7 +416,7 @@ async def get_workflow(request: web.Request) -> web.Response:
     workflow = await request.app[STORE].get_workflow(
         user.organization_id, request.match_info["uuid"]
     )
-    return _one(workflow_json(workflow), workflow.revision)
+    return one_resource(workflow_json(workflow), workflow.revision)
 
 
 @operation(
@@ -442,7 +442,7 @@ async def patch_workflow(request: web.Request) -> web.Response:
         )
     except Stale as exc:
         raise check.refused(exc) from None
-    return _one(workflow_json(workflow), workflow.revision)
+    return one_resource(workflow_json(workflow), workflow.revision)
 
 
 @operation(
@@ -472,7 +472,7 @@ async def publish_workflow(request: web.Request) -> web.Response:
         )
     except Stale as exc:
         raise check.refused(exc) from None
-    return _one(workflow_json(workflow), workflow.revision)
+    return one_resource(workflow_json(workflow), workflow.revision)
 
 
 def _checked_config(
@@ -510,7 +510,7 @@ async def create_telephony(request: web.Request) -> web.Response:
     assert provider is not None  # the schema names only configurable providers
     given = _checked_config(provider, body, creating=True)
     config = await save_config(request.app[STORE], provider, user.organization_id, given)
-    return _one(telephony_json(config), config.revision, status=201)
+    return one_resource(telephony_json(config), config.revision, status=201)
 
 
 @operation("List the organization's telephony configurations", tags=_TELEPHONY,
@@ -527,7 +527,7 @@ async def list_telephony(request: web.Request) -> web.Response:
 async def get_telephony(request: web.Request) -> web.Response:
     user = await api_user(request)
     config = await request.app[STORE].get_telephony_config(user.organization_id, _id(request, "id"))
-    return _one(telephony_json(config), config.revision)
+    return one_resource(telephony_json(config), config.revision)
 
 
 @operation(
@@ -559,7 +559,7 @@ async def patch_telephony(request: web.Request) -> web.Response:
         )
     except Stale as exc:
         raise check.refused(exc) from None
-    return _one(telephony_json(config), config.revision)
+    return one_resource(telephony_json(config), config.revision)
 
 
 @operation(

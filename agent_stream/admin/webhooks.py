@@ -9,7 +9,7 @@ from aiohttp import web
 
 from ..errors import Stale
 from ..models import Webhook
-from ..security import mask_secret
+from ..webhooks.api import webhook_json
 from ..webhooks.checks import EVENTS, check_webhook
 from ..webhooks.signing import new_secret
 from .common import (
@@ -29,19 +29,6 @@ WEBHOOK_CHANGED: Final = changed_elsewhere("This webhook", "the webhook")
 DELIVERIES_SHOWN: Final = 25
 
 
-def shown(webhook: Webhook) -> dict[str, Any]:
-    """A webhook as a page shows it: its secret only as dots and its last four."""
-    return {
-        "id": webhook.id,
-        "url": webhook.url,
-        "events": webhook.events,
-        "active": webhook.active,
-        "secret_hint": mask_secret(webhook.secret),
-        "updated_at": webhook.updated_at,
-        "revision": webhook.revision,
-    }
-
-
 def _given(form: dict[str, str], events: list[str]) -> dict[str, Any]:
     """A posted form in the shape the shared check takes (a blank secret: keep or generate)."""
     return {"url": form.get("url", ""), "events": events, "secret": form.get("secret") or None}
@@ -57,7 +44,7 @@ async def _list_page(
 ) -> web.Response:
     webhooks = await store_of(request).list_webhooks(user_of(request).organization_id)
     return render(request, "webhooks.html", {
-        "webhooks": [shown(w) for w in webhooks],
+        "webhooks": [webhook_json(w) for w in webhooks],
         "events": EVENTS,
         "form": form or {"events": list(EVENTS)},
         "problems": problems or {},
@@ -102,7 +89,7 @@ async def _detail_page(
         webhook.organization_id, webhook.id, limit=DELIVERIES_SHOWN
     )
     return render(request, "webhook_edit.html", {
-        "webhook": shown(webhook),
+        "webhook": webhook_json(webhook),
         "events": EVENTS,
         "form": form or {"url": webhook.url, "events": webhook.events},
         "problems": problems or {},
@@ -155,7 +142,7 @@ async def set_active(request: web.Request) -> web.StreamResponse:
 async def delete_page(request: web.Request) -> web.StreamResponse:
     """Deleting asks first: the deliveries go with it, those still waiting are never sent."""
     return render(request, "webhook_delete.html", {
-        "webhook": shown(await _webhook(request)), "nav": "webhooks",
+        "webhook": webhook_json(await _webhook(request)), "nav": "webhooks",
     })
 
 

@@ -19,9 +19,9 @@ from ..api import (
     api_user,
     delete_unless_changed,
     edit_check,
-    etag,
     json_body,
     one_answer,
+    one_resource,
 )
 from ..api_schemas import validated
 from ..errors import NotFound, Stale
@@ -68,10 +68,6 @@ def delivery_json(delivery: WebhookDelivery) -> dict[str, Any]:
     }
 
 
-def _answer(body: dict[str, Any], revision: int, *, status: int = 200) -> web.Response:
-    return web.json_response(body, status=status, headers={"ETag": etag(revision)})
-
-
 def _webhook_id(request: web.Request) -> int:
     raw = request.match_info["id"]
     if not raw.isdigit() or not 0 < int(raw) <= MAX_ROW_ID:
@@ -107,7 +103,7 @@ async def create_webhook(request: web.Request) -> web.Response:
     body = webhook_json(webhook)
     if given.secret is None:
         body["secret"] = secret
-    return _answer(body, webhook.revision, status=201)
+    return one_resource(body, webhook.revision, status=201)
 
 
 @operation("List the organization's webhooks", tags=_WEBHOOKS,
@@ -123,7 +119,7 @@ async def list_webhooks(request: web.Request) -> web.Response:
 async def get_webhook(request: web.Request) -> web.Response:
     user = await api_user(request)
     webhook = await request.app[STORE].get_webhook(user.organization_id, _webhook_id(request))
-    return _answer(webhook_json(webhook), webhook.revision)
+    return one_resource(webhook_json(webhook), webhook.revision)
 
 
 @operation(
@@ -149,7 +145,7 @@ async def patch_webhook(request: web.Request) -> web.Response:
         )
     except Stale as exc:
         raise check.refused(exc) from None
-    return _answer(webhook_json(webhook), webhook.revision)
+    return one_resource(webhook_json(webhook), webhook.revision)
 
 
 @operation(

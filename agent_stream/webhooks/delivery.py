@@ -97,7 +97,6 @@ class WebhookSender:
         self._wake = asyncio.Event()
         self._queue: asyncio.Queue[DueDelivery] = asyncio.Queue(maxsize=QUEUE_SIZE)
         self._claimed: dict[int, DueDelivery] = {}  # claimed, not yet recorded
-        self._per_organization: Counter[int] = Counter()
         self._database_down = False
         self._pruned_at = 0.0
 
@@ -143,7 +142,7 @@ class WebhookSender:
             )
             picked: list[int] = []
             webhooks: set[int] = set()
-            organizations = Counter(self._per_organization)
+            organizations = Counter(d.organization_id for d in self._claimed.values())
             for delivery_id, webhook_id, organization_id in due:
                 if len(picked) >= free:
                     break
@@ -169,7 +168,6 @@ class WebhookSender:
             self._database_down = False
         for due_delivery in claimed:
             self._claimed[due_delivery.delivery.id] = due_delivery
-            self._per_organization[due_delivery.organization_id] += 1
             self._queue.put_nowait(due_delivery)  # never full: claimed no more than it holds
 
     async def _prune(self) -> None:
@@ -191,9 +189,6 @@ class WebhookSender:
             except Exception:
                 log.exception("webhook delivery %d failed", due.delivery.id)
             self._claimed.pop(due.delivery.id, None)
-            self._per_organization[due.organization_id] -= 1
-            if self._per_organization[due.organization_id] <= 0:
-                del self._per_organization[due.organization_id]
             self.poke()  # a sender is free, and this webhook's next delivery may go
 
     async def _body(self, due: DueDelivery) -> str | None:
