@@ -25,7 +25,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from .providers import ALIASES, PROVIDERS
 from .providers.base import ConfigField, Provider
-from .providers.configs import check_config
+from .providers.configs import CONTROL_CHARACTERS, check_config
 from .webhooks.checks import (
     DEFAULT_DELIVERIES,
     MAX_DELIVERIES,
@@ -53,7 +53,9 @@ WORKFLOW_STATUSES: Final = ("draft", "published", "archived")
 # A configuration's phone numbers (the same rule as providers/configs.py).
 NUMBER_PATTERN: Final = r"^\s*\+?[0-9*#]{2,20}\s*$"
 # One line of text: no control characters (a NUL is no text PostgreSQL stores), not blank.
-_LINE_PATTERN: Final = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"
+_LINE_PATTERN: Final = (
+    rf"^[^{CONTROL_CHARACTERS}]*[^\s{CONTROL_CHARACTERS}][^{CONTROL_CHARACTERS}]*$"
+)
 NAME_MESSAGE: Final = "must be one line of text, not blank"
 
 
@@ -364,7 +366,7 @@ class WorkflowList(BaseModel):
 
 
 # A configuration's name: one line (empty or left out: named after the account).
-ConfigName = Annotated[str, Field(pattern=r"^[^\x00-\x1f\x7f]*$")]
+ConfigName = Annotated[str, Field(pattern=rf"^[^{CONTROL_CHARACTERS}]*$")]
 
 
 class ConfigBody(Body):

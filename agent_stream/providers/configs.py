@@ -16,7 +16,9 @@ from .base import Problem, Provider
 
 MAX_NAME: Final = 120
 _NUMBER_RE: Final = re.compile(r"\+?[0-9*#]{2,20}")
-_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+# What a one-line value must not hold (the API's schemas say the same with it).
+CONTROL_CHARACTERS: Final = r"\x00-\x1f\x7f"
+_CONTROL: Final = re.compile(f"[{CONTROL_CHARACTERS}]")
 _MULTILINE_CONTROL: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # line breaks and tabs allowed
 
 
