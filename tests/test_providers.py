@@ -263,6 +263,23 @@ async def test_a_custom_parameter_names_the_configuration_by_id_or_name(
     assert (await call.wait_closed())[1] == f"no {title(kit)} telephony configuration 'nope'"
 
 
+async def test_a_nul_in_a_custom_parameter_loses_nothing_else(
+    client: TestClient, store: Store, kit: Kit, line: Line
+) -> None:
+    """PostgreSQL's JSON functions refuse a NUL: it is kept as U+FFFD, and the merge that
+    carries the call's context (call id, numbers, parameters, the start event) goes in."""
+    call = await dial(client, kit, line, custom_parameters={"note": "a\x00b"})
+    await call.handshake()
+    await until(lambda: call.received_media_bytes > 0)
+    await call.hang_up()
+    assert await call.wait_closed() == kit.hang_up_close
+    run = await finished_run(store, line)
+    assert (run.state, run.end_reason) == ("completed", "caller_hangup")
+    assert run.initial_context["custom_parameters"] == kit.stream_parameters({"note": "a\ufffdb"}, call)
+    assert run.gathered_context["call_id"]
+    assert run.logs["inbound_webhook"]["start"]
+
+
 def title(kit: Kit) -> str:
     return {"cloudonix": "Cloudonix", "twilio": "Twilio", "telnyx": "Telnyx", "plivo": "Plivo",
             "vonage": "Vonage", "asterisk": "Asterisk", "exotel": "Exotel"}[kit.provider]

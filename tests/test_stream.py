@@ -178,6 +178,29 @@ async def test_routing_failures_close_1008_without_a_run(
     assert agent_uuid not in repr(rejection) or len(agent_uuid) <= 8
 
 
+async def test_a_nul_in_the_stream_url_loses_nothing(
+    dial: Dial, tenant: Tenant, store: Store
+) -> None:
+    """A NUL is no text PostgreSQL stores or merges: it is kept as U+FFFD, and the
+    rejection, the run and everything the handshake adds to it are all there."""
+    call = await dial(tenant.workflow.uuid, provider="sky\x00pe", newer_form=True)
+    assert await call.wait_closed() == (1008, "unknown provider 'sky\\x00pe'")
+    rejection = (await store.list_rejections())[0]
+    assert (rejection.provider, rejection.reason) == ("sky\ufffdpe", "unknown provider 'sky\\x00pe'")
+
+    call = await dial(tenant.workflow.uuid, caller="+1555\x00", call_id="C-\x00")
+    await call.handshake()
+    await call.send_audio(tone_ulaw(0.1), realtime=False)
+    await handshake_done(store, tenant)
+    await call.hang_up()
+    run = await finished_run(store, tenant)
+    assert (run.state, run.end_reason) == ("completed", "caller_hangup")
+    assert run.initial_context["caller_number"] == "+1555\ufffd"
+    assert run.gathered_context["call_id"] == "C-\ufffd"
+    assert run.gathered_context["cloudonix_stream_sid"]  # the handshake's merge went in
+    assert run.logs["inbound_webhook"]["url_form"] == "query" and run.logs["inbound_webhook"]["start"]
+
+
 async def test_archived_workflow_is_not_found(
     dial: Dial, tenant: Tenant, store: Store
 ) -> None:

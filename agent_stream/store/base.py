@@ -6,7 +6,7 @@ import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar, overload
 
 from ..crypto import SecretBox
 from ..errors import Stale
@@ -49,6 +49,34 @@ def dumps(value: Any) -> str:
     """JSON for a column: standard JSON only (NaN and Infinity are refused here, as SQLite's
     JSON functions and PostgreSQL's json type would refuse the row)."""
     return json.dumps(value, allow_nan=False)
+
+
+def call_json(value: Any) -> str:
+    """JSON for a run's columns, which hold what providers and callers sent: a NUL in it
+    (PostgreSQL's JSON functions cannot merge one, its text cannot hold one) is stored as
+    U+FFFD on both backends, so one stray byte in a custom parameter costs nothing else."""
+    text = dumps(value)
+    return dumps(_without_nul(value)) if "\\u0000" in text else text
+
+
+@overload
+def call_text(value: str) -> str: ...
+@overload
+def call_text(value: None) -> None: ...
+def call_text(value: str | None) -> str | None:
+    """Text from a call (a transcript line, a reason quoting what the provider sent) as a
+    column can hold it: a NUL becomes U+FFFD, as in `call_json`."""
+    return value.replace("\x00", "\ufffd") if value is not None and "\x00" in value else value
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_without_nul(v) for v in value]
+    return value
 
 
 def check_revision(current: int, expected: int | None, what: str) -> None:

@@ -9,7 +9,7 @@ from typing import Any, Final
 
 from ..errors import NotFound, QuotaExceeded
 from ..models import Rejection, Run, TranscriptLine, User, Workflow
-from .base import StoreBase, dumps, from_row, month_start, seconds_between, utcnow
+from .base import StoreBase, call_json, call_text, from_row, month_start, seconds_between, utcnow
 from .database import Connection, IntegrityViolation, Row
 
 RUN_NAME_PREFIX: Final = "WR-AGS-"
@@ -87,7 +87,7 @@ class RunsStore(StoreBase):
                         SELECT ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ? WHERE {free}
                         RETURNING *""",
                     (workflow.id, workflow.live_definition_id, name, call_type, mode,
-                     dumps(initial_context), dumps(gathered_context), dumps(logs), utcnow(),
+                     call_json(initial_context), call_json(gathered_context), call_json(logs), utcnow(),
                      self.instance_id, *free_params),
                 )
                 break
@@ -107,7 +107,7 @@ class RunsStore(StoreBase):
         await self._db.execute(
             f"""UPDATE workflow_runs SET state = 'running', started_at = ?,
                     logs = {self._db.merge_json("logs")} WHERE id = ? AND state = 'pending'""",
-            (started_at or utcnow(), dumps(logs or {}), run_id),
+            (started_at or utcnow(), call_json(logs or {}), run_id),
         )
         self._run_event_written()
 
@@ -126,7 +126,8 @@ class RunsStore(StoreBase):
             f"""UPDATE workflow_runs SET initial_context = {merge("initial_context")},
                     gathered_context = {merge("gathered_context")}, logs = {merge("logs")}
                 WHERE id = ?""",
-            (dumps(initial_context or {}), dumps(gathered_context or {}), dumps(logs or {}), run_id),
+            (call_json(initial_context or {}), call_json(gathered_context or {}),
+             call_json(logs or {}), run_id),
         )
 
     async def finish_run(
@@ -161,14 +162,14 @@ class RunsStore(StoreBase):
                         recording_path = COALESCE(?, recording_path),
                         gathered_context = {merge("gathered_context")}, logs = {merge("logs")}
                     WHERE id = ?""",
-                (state, now, duration, end_reason, close_code, error, recording_path,
-                 dumps(gathered_context or {}), dumps(logs or {}), run_id),
+                (state, now, duration, end_reason, close_code, call_text(error), recording_path,
+                 call_json(gathered_context or {}), call_json(logs or {}), run_id),
             )
             for seq, line in enumerate(transcript or []):
                 await db.execute(
                     """INSERT INTO run_transcript_lines (run_id, seq, role, text, start_ms, end_ms,
                            interrupted) VALUES (?, ?, ?, ?, ?, ?, ?)""",
-                    (run_id, seq, line.role, line.text, line.start_ms, line.end_ms,
+                    (run_id, seq, line.role, call_text(line.text), line.start_ms, line.end_ms,
                      int(line.interrupted)),
                 )
         self._run_event_written()
@@ -200,7 +201,7 @@ class RunsStore(StoreBase):
         await self._db.execute(
             f"""UPDATE workflow_runs SET recording_path = ?, logs = {self._db.merge_json("logs")}
                 WHERE id = ?""",
-            (recording_path, dumps(logs or {}), run_id),
+            (recording_path, call_json(logs or {}), run_id),
         )
 
     async def get_run_by_id(self, run_id: int) -> Run:
@@ -278,7 +279,8 @@ class RunsStore(StoreBase):
             await db.execute(
                 """INSERT INTO stream_rejections (created_at, provider, agent_uuid_short,
                        workflow_id, organization_id, code, reason) VALUES (?, ?, ?, ?, ?, ?, ?)""",
-                (utcnow(), provider, agent_uuid_short, workflow_id, organization_id, code, reason),
+                (utcnow(), call_text(provider), call_text(agent_uuid_short), workflow_id,
+                 organization_id, code, call_text(reason)),
             )
 
     async def list_rejections(
