@@ -43,6 +43,9 @@ async def main() -> None:
     parser.add_argument("--callers-nice", type=int, default=0,
                         help="lower the callers' CPU priority by this much once the server runs "
                              "(on a box of two cores, simulated callers compete with the server)")
+    parser.add_argument("--callers-idle", action="store_true",
+                        help="run the callers at SCHED_IDLE once the server runs: they then get only "
+                             "CPU the server leaves, as callers on another machine would take none")
     parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--spread", type=float, default=5.0,
                         help="seconds over which a wave's calls arrive")
@@ -58,6 +61,8 @@ async def main() -> None:
         pid = bench.process.pid
         if args.callers_nice:
             os.nice(args.callers_nice)  # the server started before: it keeps its priority
+        if args.callers_idle:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
               f"{platform.python_version()}; starter agent, callers say 'yes' then 'goodbye'; "
               f"{args.workers} worker(s) on {args.db}")
@@ -105,6 +110,11 @@ async def main() -> None:
                     f"{role} {seconds / call_seconds * 1000:.2f}"
                     for role, seconds in sorted(roles.items())
                 ) + f"; callers {callers / call_seconds * 1000:.2f}; wall {wall:.1f} s")
+                # what the wave asked of the whole box: above the cores there are, someone waits
+                print("      share of the box's " + f"{os.cpu_count()} cores (100 % each): " + ", ".join(
+                    f"{role} {seconds / wall * 100:.0f} %" for role, seconds in sorted(roles.items())
+                ) + f", callers {callers / wall * 100:.0f} %, all {(cpu + callers) / wall * 100:.0f} %;"
+                    f" calls live on average {call_seconds / wall:.0f}")
                 for failure in sorted({str(r["close"]) for r in results if r["close"][0] != 1000}
                                       | {f"run {r['state']}: {r['error']}" for r in runs if r["error"]}):
                     print(f"      not ok: {failure}")
