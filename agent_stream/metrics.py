@@ -67,8 +67,10 @@ UNKNOWN_PROVIDER: Final = "unknown"
 END_REASONS: Final = frozenset({
     "agent_hangup", "transfer", "transfer_unsupported", "silence_timeout", "max_duration",
     "llm_error", "caller_hangup", "server_shutdown", "server_error", "agent_error",
-    "provider_timeout", "message_too_big", "handshake_failed",
+    "provider_timeout", "message_too_big", "handshake_failed", "server_restarted", "instance_lost",
 })
+# The close code of a call that ended with its process: no close frame was ever sent.
+NO_CLOSE_CODE: Final = "none"
 REJECTION_REASONS: Final = frozenset({
     "missing_provider", "unknown_provider", "workflow_not_found", "quota_minutes",
     "quota_concurrent_calls", "database_unavailable", "shutting_down",
@@ -170,6 +172,14 @@ class Metrics:
         reason = end_reason if end_reason in END_REASONS else OTHER
         self.calls_ended.labels(label, reason, str(close_code)).inc()
         self.calls_live.labels(label).dec()
+
+    def calls_lost(self, end_reason: str, providers: Iterable[str | None]) -> None:
+        """Runs failed because their calls died with a process (`server_restarted`,
+        `instance_lost`): ended calls too, with no close code. Their live count went with
+        the process that held them."""
+        reason = end_reason if end_reason in END_REASONS else OTHER
+        for provider in providers:
+            self.calls_ended.labels(self.provider(provider), reason, NO_CLOSE_CODE).inc()
 
     def rejected(self, reason: str, provider: str | None) -> None:
         """A connection refused before any run (`reason`: one of REJECTION_REASONS)."""

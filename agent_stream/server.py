@@ -163,7 +163,8 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     if settings.recover_at_start:
         recovered = await store.register_instance()
         if recovered:
-            log.warning("marked %d run(s) left open by a previous process as failed", recovered)
+            log.warning("marked %d run(s) left open by a previous process as failed", len(recovered))
+            app[METRICS].calls_lost("server_restarted", (run.provider for run in recovered))
     else:
         await store.heartbeat()
     app[STORE] = store
@@ -171,7 +172,11 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     if CONFIG_SOURCE not in app:
         app[CONFIG_SOURCE] = StoredConfigs(store)
     heartbeats = asyncio.create_task(
-        keep_heartbeat(store, settings, watch_others=settings.recover_at_start),
+        keep_heartbeat(
+            store, settings, watch_others=settings.recover_at_start,
+            on_lost=lambda failed: app[METRICS].calls_lost(
+                "instance_lost", (run.provider for run in failed)),
+        ),
         name="instance heartbeat",
     )
     yield

@@ -28,6 +28,7 @@ from tests.conftest import (
     until,
     wait_for_state,
 )
+from tests.test_metrics import scrape, value
 
 
 async def _dial_all(
@@ -106,6 +107,9 @@ async def test_a_live_instance_fails_the_runs_of_a_lost_one_and_never_a_live_one
         assert (run.state, run.end_reason) == ("failed", "instance_lost")
         assert run.error == "the instance serving this call stopped answering"
         assert run.duration_seconds is not None and run.ended_at is not None
+        # the watcher counts the lost call as ended, with no close code
+        lost_calls = {"provider": "cloudonix", "end_reason": "instance_lost", "close_code": "none"}
+        assert value(await scrape(watcher), "agent_stream_calls_ended_total", **lost_calls) == 1
         # the live instance's run, older than the timeout, is untouched
         assert (await store.get_run_by_id(alive_run)).state == "running"
         await alive.finish_run(alive_run, state="completed", end_reason="caller_hangup",
@@ -139,6 +143,8 @@ async def test_a_restarted_instance_fails_only_its_own_open_runs(
     assert own.instance_id == "restarting:8000:0"
     neighbour = await store.get_run_by_id(runs["neighbour:8000:0"])
     assert (neighbour.state, neighbour.end_reason) == ("running", None)
+    restarted_calls = {"provider": "cloudonix", "end_reason": "server_restarted", "close_code": "none"}
+    assert value(await scrape(restarted), "agent_stream_calls_ended_total", **restarted_calls) == 1
 
 
 async def test_a_run_names_the_instance_serving_its_call_in_the_api(

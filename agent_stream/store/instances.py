@@ -12,14 +12,13 @@ import os
 from datetime import UTC, datetime, timedelta
 
 from .base import iso, utcnow
-from .runs import OPEN_RUN_SQL, RunsStore
+from .runs import OPEN_RUN_SQL, FailedRun, RunsStore
 
 
 class InstancesStore(RunsStore):
-    async def register_instance(self) -> int:
+    async def register_instance(self) -> list[FailedRun]:
         """Announce this instance (its first heartbeat) and fail the runs it left open when
-        it last stopped, and runs of no instance (from before instances were recorded).
-        The number of runs failed."""
+        it last stopped, and runs of no instance (from before instances were recorded)."""
         assert self.instance_id is not None, "only a serving process is an instance"
         now = utcnow()
         async with self._db.transaction() as db:
@@ -49,22 +48,20 @@ class InstancesStore(RunsStore):
                     (self.instance_id, os.getpid(), now, now),
                 )
 
-    async def fail_runs_of_lost_instances(self, timeout_seconds: float) -> dict[str, int]:
+    async def fail_runs_of_lost_instances(self, timeout_seconds: float) -> list[FailedRun]:
         """Fail the open runs of every other instance whose heartbeat is older than
-        `timeout_seconds` (or that never registered): instance id -> runs failed."""
+        `timeout_seconds` (or that never registered)."""
         cutoff = iso(datetime.now(UTC) - timedelta(seconds=timeout_seconds))
         lost = """r.instance_id != ? AND r.instance_id NOT IN (
                       SELECT id FROM instances WHERE heartbeat_at >= ?)"""
         owners = await self._all(  # a read first: the check runs every few seconds
-            f"""SELECT r.instance_id, COUNT(*) FROM workflow_runs r
-                WHERE {OPEN_RUN_SQL} AND {lost} GROUP BY r.instance_id""",
+            f"SELECT 1 FROM workflow_runs r WHERE {OPEN_RUN_SQL} AND {lost} LIMIT 1",
             (self.instance_id, cutoff),
         )
         if not owners:
-            return {}
+            return []
         async with self._db.transaction() as db:
-            await self.fail_open_runs(
+            return await self.fail_open_runs(
                 db, lost, (self.instance_id, cutoff),
                 end_reason="instance_lost", error="the instance serving this call stopped answering",
             )
-        return {row[0]: int(row[1]) for row in owners}

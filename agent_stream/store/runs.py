@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any, Final
 
 from ..errors import NotFound, QuotaExceeded
@@ -15,6 +16,16 @@ from .database import Connection, IntegrityViolation, Row
 RUN_NAME_PREFIX: Final = "WR-AGS-"
 # A run of `r` that is open: ACTIVE_STATES (base.py), as SQL.
 OPEN_RUN_SQL: Final = "r.state IN ('pending', 'running')"
+
+
+
+@dataclass(frozen=True)
+class FailedRun:
+    """A run failed because its call was lost: whose it was, and the call's provider."""
+
+    instance_id: str | None
+    provider: str | None
+
 
 _RUN_SELECT: Final = """
     SELECT r.*, w.uuid AS workflow_uuid, w.organization_id AS organization_id
@@ -176,12 +187,14 @@ class RunsStore(StoreBase):
 
     async def fail_open_runs(
         self, db: Connection, where: str, params: tuple[Any, ...], *, end_reason: str, error: str
-    ) -> int:
-        """Fail the open runs `where` selects (a lost call): ended now, counted to now."""
+    ) -> list[FailedRun]:
+        """Fail the open runs `where` selects (a lost call): ended now, counted to now.
+        What was failed, as it was found under the rows' lock: an instance that lost the
+        race to another fails (and counts) nothing."""
         now = utcnow()
         rows = await db.fetch(
-            f"SELECT r.id, r.started_at FROM workflow_runs r WHERE {OPEN_RUN_SQL} AND ({where})"
-            + self._db.for_update,
+            f"""SELECT r.id, r.started_at, r.instance_id, r.mode FROM workflow_runs r
+                WHERE {OPEN_RUN_SQL} AND ({where})""" + self._db.for_update,
             params,
         )
         for row in rows:
@@ -191,7 +204,7 @@ class RunsStore(StoreBase):
                        end_reason = ?, error = ? WHERE id = ?""",
                 (now, duration, end_reason, error, row["id"]),
             )
-        return len(rows)
+        return [FailedRun(row["instance_id"], row["mode"]) for row in rows]
 
     async def set_run_recording(
         self, run_id: int, recording_path: str, *, logs: dict[str, Any] | None = None
