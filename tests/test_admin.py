@@ -142,6 +142,15 @@ async def test_every_page_but_login_and_first_run_needs_a_session(
     assert login.status == 200 and "Sign in" in await login.text()
 
 
+async def test_a_session_cookie_that_is_not_utf8_is_no_session(
+    client: TestClient, tenant: Tenant, non_utf8_headers: str
+) -> None:
+    """aiohttp reads a cookie's bytes that are not UTF-8 as lone surrogates: no session."""
+    cookie = {"Cookie": f"agent_stream_session=abc{non_utf8_headers}def"}
+    response = await client.get("/agents", headers=cookie, allow_redirects=False)
+    assert response.status == 303 and response.headers["Location"].startswith("/login?next=")
+
+
 async def test_sign_in_goes_to_next_and_sign_out_ends_the_session_server_side(
     client: TestClient, store: Store, tenant: Tenant
 ) -> None:
