@@ -1160,3 +1160,89 @@ async def test_telephony_takes_an_exotel_configuration_with_its_token_masked(
         "acme1", {"account_sid": "acme1", "api_key": "exokey123"}, {"api_token": token})
     page = await operator.get(f"/telephony/{config.id}")  # the key is no secret: shown to edit
     assert 'value="exokey123"' in page.html and token not in page.html
+
+
+# -- text no database holds ----------------------------------------------------------------------
+# PostgreSQL text cannot hold a NUL (the statement fails: a 500 there, while SQLite kept it):
+# a one-line value with a control character is refused with the form shown again and why.
+
+
+async def test_the_first_run_refuses_a_control_character_in_the_organization_or_email(
+    client: TestClient, store: Store
+) -> None:
+    token = csrf_of(await (await client.get("/setup")).text())
+    good = {"csrf_token": token, "organization": "Acme", "email": "ops@acme.test",
+            "password": "long enough", "password_again": "long enough"}
+    for field, value, message in (
+        ("organization", "Ac\x00me", "Name your organization on one line"),
+        ("email", "ops\x00@acme.test", "Enter an email address"),
+        ("email", "ops@acme.test\nBcc: x@y.test", "Enter an email address"),
+    ):
+        response = await client.post("/setup", data=good | {field: value}, allow_redirects=False)
+        assert response.status == 400, (field, await response.text())
+        assert message in await response.text()
+    assert await store.count_users() == 0
+
+
+async def test_a_sign_in_with_a_control_character_is_a_wrong_email_or_password(
+    client: TestClient, store: Store, tenant: Tenant
+) -> None:
+    await store.create_user(organization_id=tenant.org_id, email="di@example.com", password=PASSWORD)
+    token = csrf_of(await (await client.get("/login")).text())
+    for email in ("di@example.com\x00", "di\x00@example.com"):
+        response = await client.post("/login", data={"csrf_token": token, "email": email,
+                                                     "password": PASSWORD})
+        assert response.status == 401 and "Wrong email or password." in await response.text()
+    # %FF is no UTF-8: the form reads it as U+FFFD, an email nobody has
+    response = await client.post(
+        "/login", data=f"csrf_token={token}&email=di%FF%00@example.com&password=x",
+        headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status == 401
+    assert cookie(client, SESSION_COOKIE) is None
+
+
+async def test_a_csrf_token_with_other_characters_is_refused_like_any_wrong_one(
+    client: TestClient, operator: Operator
+) -> None:
+    """compare_digest refuses to compare text that is not ASCII (a TypeError: was a 500)."""
+    page = await operator.post("/agents", {"name": "Spoofed", "csrf_token": "é" * 43})
+    assert page.status == 403 and "Form expired" in page.html
+    client.session.cookie_jar.clear()
+    login = csrf_of(await (await client.get("/login")).text())
+    response = await client.post("/login", data={"csrf_token": login[:-1] + "é",
+                                                 "email": "x@example.com", "password": "x"})
+    assert response.status == 403
+
+
+async def test_agent_user_and_key_names_with_a_control_character_are_refused(
+    operator: Operator, store: Store
+) -> None:
+    org, uuid = operator.tenant.org_id, operator.tenant.workflow.uuid
+    before = [w.name for w in await store.list_workflows(org)]
+    page = await operator.post("/agents", {"name": "Front\x00desk"})
+    assert page.status == 400 and "one line" in page.html
+    page = await operator.post(f"/agents/{uuid}/rename", {"name": "Night\x00shift"})
+    assert page.status == 400 and "one line" in page.html
+    assert [w.name for w in await store.list_workflows(org)] == before
+
+    users, keys = await store.list_users(org), await store.list_api_keys(org)
+    page = await operator.post("/users", {"email": "new\x00@example.com", "password": PASSWORD})
+    assert page.status == 400 and "Enter an email address" in page.html
+    page = await operator.post("/api-keys", {"name": "deploy\x00", "user_id": str(operator.user.id)})
+    assert page.status == 400 and "one line" in page.html
+    assert (await store.list_users(org), await store.list_api_keys(org)) == (users, keys)
+
+
+async def test_raw_json_with_half_a_surrogate_pair_is_refused_and_the_editor_still_opens(
+    operator: Operator, store: Store
+) -> None:
+    """"\\ud800" is valid JSON but no text: the API refuses it, and so does this view (once
+    stored, the editor could no longer render the agent: every page of it was a 500)."""
+    uuid = operator.tenant.workflow.uuid
+    definition = starter_definition()
+    definition["nodes"][0]["say"] = "Hello \ud800"
+    page = await operator.post(f"/agents/{uuid}/definition", {"definition": json.dumps(definition)})
+    assert page.status == 400 and "unpaired surrogate" in page.html
+    stored = await store.get_workflow(operator.tenant.org_id, uuid)
+    assert stored.definition == operator.tenant.workflow.definition
+    assert (await operator.get(f"/agents/{uuid}")).status == 200

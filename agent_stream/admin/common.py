@@ -18,6 +18,7 @@ from multidict import MultiDictProxy
 from ..errors import RETRY_AFTER_SECONDS, Conflict, DatabaseUnavailable, NotFound, RequestTooSlow
 from ..keys import STORE
 from ..models import Organization, User
+from ..providers.configs import one_line
 from ..security import SESSION_COOKIE as SESSION_COOKIE  # the sign-in cookie, re-exported
 from ..security import hash_session_token, redact_uuids
 from ..store import Store
@@ -40,6 +41,7 @@ LOGIN_MAX_FAILURES: Final = 5
 LOGIN_WINDOW_SECONDS: Final = 15 * 60
 
 MIN_PASSWORD_LENGTH: Final = 8
+MAX_EMAIL_LENGTH: Final = 254
 RUNS_PAGE_SIZE: Final = 25
 LIVE_POLL_SECONDS: Final = 2
 
@@ -215,10 +217,22 @@ def anon_csrf(request: web.Request) -> str:
 
 
 def check_csrf(form: MultiDictProxy[Any], expected: str | None) -> None:
-    """403 unless the form carries the expected token (constant-time compare)."""
+    """403 unless the form carries the expected token (constant-time compare, of bytes:
+    compare_digest refuses text that is not ASCII, which a forged form may send)."""
     sent = form.get(CSRF_FIELD)
-    if not expected or not isinstance(sent, str) or not hmac.compare_digest(sent, expected):
+    if not expected or not isinstance(sent, str):
         raise CsrfRejected()
+    if not hmac.compare_digest(sent.encode("utf-8", "surrogatepass"), expected.encode()):
+        raise CsrfRejected()
+
+
+def email_problem(email: str) -> str | None:
+    """What is wrong with an email address a form gives (a user's, which signs them in)."""
+    if "@" not in email or len(email) > MAX_EMAIL_LENGTH:
+        return "Enter an email address."
+    if not one_line(email):
+        return "Enter an email address: one line, without control characters."
+    return None
 
 
 async def signed_in_user(request: web.Request) -> tuple[User, str] | None:
