@@ -658,6 +658,22 @@ async def test_settings_page_shows_the_agent_uuid_stream_url_and_cxml(
     # behind a TLS proxy the URL is wss://
     page = await operator.get(f"/agents/{uuid}/settings", headers={"X-Forwarded-Proto": "https"})
     assert f"wss://{host}/api/v1/agent-stream/{uuid}?provider=cloudonix" in page.html
+    # a proxy passes the host the client used on
+    page = await operator.get(f"/agents/{uuid}/settings",
+                              headers={"X-Forwarded-Host": "voice.example.com"})
+    assert f"ws://voice.example.com/api/v1/agent-stream/{uuid}?provider=cloudonix" in page.html
+
+
+async def test_a_forwarded_host_that_is_no_text_is_not_used(
+    operator: Operator, client: TestClient, non_utf8_headers: str
+) -> None:
+    """Bytes that are not UTF-8 (read as lone surrogates) are no host name: the page shows
+    the request's own host (it was a 500: no page can carry them)."""
+    uuid = operator.tenant.workflow.uuid
+    forwarded = {"X-Forwarded-Host": f"voice{non_utf8_headers}.example.com"}
+    page = await operator.get(f"/agents/{uuid}/settings", headers=forwarded)
+    assert page.status == 200
+    assert f"ws://127.0.0.1:{client.port}/api/v1/agent-stream/{uuid}?provider=" in page.html
 
 
 async def test_settings_page_shows_every_provider_s_url_and_snippet(
