@@ -1262,3 +1262,34 @@ async def test_raw_json_with_half_a_surrogate_pair_is_refused_and_the_editor_sti
     stored = await store.get_workflow(operator.tenant.org_id, uuid)
     assert stored.definition == operator.tenant.workflow.definition
     assert (await operator.get(f"/agents/{uuid}")).status == 200
+
+
+async def test_a_pre_sign_in_csrf_cookie_that_is_no_token_is_replaced(
+    client: TestClient, tenant: Tenant, non_utf8_headers: str
+) -> None:
+    """The cookie's value goes into the page's form: bytes that are not UTF-8 (lone
+    surrogates to aiohttp) could not (a 500), so such a cookie is no token, a new one is set."""
+    forged = {"Cookie": f"agent_stream_csrf={'a' * 30}{non_utf8_headers}"}
+    page = await client.get("/login", headers=forged)
+    assert page.status == 200 and "Sign in" in await page.text()
+    fresh = csrf_of(await page.text())
+    assert fresh != "a" * 30 + non_utf8_headers and cookie(client, "agent_stream_csrf").value == fresh
+    client.session.cookie_jar.clear()
+    response = await client.post("/login", headers=forged, data={
+        "csrf_token": "a" * 30, "email": "x@example.com", "password": "x"})
+    assert response.status == 403
+
+
+async def test_a_form_in_a_charset_nobody_knows_is_a_400(
+    client: TestClient, operator: Operator, non_utf8_headers: str
+) -> None:
+    for charset in ("no-such-charset", non_utf8_headers):
+        headers = {"Content-Type": f"application/x-www-form-urlencoded; charset={charset}"}
+        body = f"csrf_token={operator.csrf}&name=Agent"
+        response = await client.post("/agents", data=body, headers=headers)
+        assert response.status == 400, ascii(charset)
+        assert "The request could not be understood." in await response.text()
+    client.session.cookie_jar.clear()
+    response = await client.post("/login", data="email=a@b&password=x", headers={
+        "Content-Type": "application/x-www-form-urlencoded; charset=no-such-charset"})
+    assert response.status == 400

@@ -23,6 +23,7 @@ from .common import (
     email_problem,
     error_page,
     form_of,
+    posted,
     redirect,
     render,
     safe_next,
@@ -65,7 +66,7 @@ async def login_page(request: web.Request) -> web.StreamResponse:
 async def login(request: web.Request) -> web.StreamResponse:
     """Check the password, unless this email has failed too often from this address."""
     anon_csrf(request)
-    check_csrf(await request.post(), request.cookies.get(ANON_CSRF_COOKIE))
+    check_csrf(await posted(request), request.cookies.get(ANON_CSRF_COOKIE))
     form = await form_of(request)
     email, password = form.get("email", ""), form.get("password", "")
     next_path = safe_next(form.get("next")) or ""
@@ -117,7 +118,7 @@ async def logout(request: web.Request) -> web.StreamResponse:
     token = request.cookies.get(SESSION_COOKIE)
     found = await signed_in_user(request)
     if found is not None:
-        check_csrf(await request.post(), found[1])
+        check_csrf(await posted(request), found[1])
         await store_of(request).delete_session(token_hash(token or ""))
     response = redirect(request, url(request, "admin_login"), notice="signed_out")
     response.del_cookie(SESSION_COOKIE, path="/")
@@ -149,7 +150,7 @@ async def first_run_page(request: web.Request) -> web.StreamResponse:
 async def first_run(request: web.Request) -> web.StreamResponse:
     """Create the organization, its first admin and a starter agent, then sign in."""
     anon_csrf(request)
-    check_csrf(await request.post(), request.cookies.get(ANON_CSRF_COOKIE))
+    check_csrf(await posted(request), request.cookies.get(ANON_CSRF_COOKIE))
     store = store_of(request)
     if await store.count_users() > 0:
         raise web.HTTPSeeOther(url(request, "admin_login"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hmac
 import logging
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -34,6 +35,8 @@ ANON_CSRF_COOKIE: Final = "agent_stream_csrf"
 FLASH_COOKIE: Final = "agent_stream_flash"
 SESSION_SECONDS: Final = 14 * 24 * 3600
 CSRF_FIELD: Final = "csrf_token"
+# What the pre-sign-in CSRF cookie holds: secrets.token_urlsafe's alphabet.
+_ANON_TOKEN: Final = re.compile(r"[A-Za-z0-9_-]{20,200}")
 
 # Sign-in throttling: this many failures for one email from one address within the
 # window answer 429 until the oldest failure leaves the window.
@@ -207,9 +210,11 @@ def render(
 
 
 def anon_csrf(request: web.Request) -> str:
-    """Forms shown before sign-in (login, first run) carry a token bound to a cookie."""
+    """Forms shown before sign-in (login, first run) carry a token bound to a cookie (one of
+    ours: the page carries its value, which anything else, say bytes that are not UTF-8,
+    could break)."""
     token = request.cookies.get(ANON_CSRF_COOKIE)
-    if not token or len(token) < 20:
+    if not token or not _ANON_TOKEN.fullmatch(token):
         token = secrets.token_urlsafe(32)
         request[SET_ANON_CSRF] = True
     request[ANON_CSRF] = token
@@ -222,7 +227,8 @@ def check_csrf(form: MultiDictProxy[Any], expected: str | None) -> None:
     sent = form.get(CSRF_FIELD)
     if not expected or not isinstance(sent, str):
         raise CsrfRejected()
-    if not hmac.compare_digest(sent.encode("utf-8", "surrogatepass"), expected.encode()):
+    as_sent, as_expected = (t.encode("utf-8", "surrogatepass") for t in (sent, expected))
+    if not hmac.compare_digest(as_sent, as_expected):
         raise CsrfRejected()
 
 
@@ -259,7 +265,7 @@ def page(*, admin: bool = False) -> Callable[[Handler], Handler]:
             request[USER], request[SESSION_CSRF] = user, csrf
             request[ORGANIZATION] = await store_of(request).get_organization(user.organization_id)
             if request.method not in ("GET", "HEAD"):
-                check_csrf(await request.post(), csrf)
+                check_csrf(await posted(request), csrf)
             if admin and not user.is_admin:
                 raise AdminOnly()
             return await handler(request)
@@ -269,9 +275,17 @@ def page(*, admin: bool = False) -> Callable[[Handler], Handler]:
     return decorate
 
 
+async def posted(request: web.Request) -> MultiDictProxy[Any]:
+    """The posted form; a 400 when its charset is one nobody knows (it cannot be read)."""
+    try:
+        return await request.post()
+    except LookupError:
+        raise web.HTTPBadRequest() from None
+
+
 async def form_of(request: web.Request) -> dict[str, str]:
     """The posted form as plain text fields (files are not part of any admin form)."""
-    form = await request.post()
+    form = await posted(request)
     return {k: v.strip() if isinstance(v, str) else "" for k, v in form.items()}
 
 
