@@ -616,8 +616,8 @@ WebhookSecret = Annotated[
     str,
     Field(min_length=MIN_SECRET_CHARS, max_length=MAX_SECRET_CHARS, json_schema_extra={
         "writeOnly": True},
-        description="Signs every delivery (HMAC-SHA256); no spaces at either end. Never "
-                    "answered again, only `secret_hint`."),
+        description="Signs every delivery (HMAC-SHA256); one line, no spaces at either end. "
+                    "Never answered again, only `secret_hint`."),
 ]
 _WEBHOOK_MESSAGES: Final = {
     "url": "must be an http:// or https:// URL",

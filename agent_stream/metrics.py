@@ -44,7 +44,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from .errors import DatabaseUnavailable
 from .keys import METRICS, SETTINGS, STORE
 from .providers import PROVIDERS
-from .security import parse_ip
+from .security import header_bytes, parse_ip
 
 # Where the workers of one supervisor keep their series (prometheus-client reads it at import).
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
@@ -302,7 +302,7 @@ async def metrics_page(request: web.Request) -> web.Response:
             "metrics need 'Authorization: Bearer <metrics token or API key>'" if token else
             "metrics from a non-loopback client need 'Authorization: Bearer <API key>'"
         )
-    if token is not None and hmac.compare_digest(given.encode(), token.encode()):
+    if token is not None and hmac.compare_digest(header_bytes(given), token.encode()):
         return _page(request.app[METRICS])
     try:
         user = await request.app[STORE].user_for_api_key(given)

@@ -50,9 +50,17 @@ def new_api_key() -> str:
     return API_KEY_PREFIX + secrets.token_urlsafe(32)
 
 
+def header_bytes(value: str) -> bytes:
+    """A header's value as the client sent it: aiohttp reads bytes that are not UTF-8 as
+    lone surrogates (surrogateescape), which a plain `encode()` refuses with an exception."""
+    return value.encode("utf-8", "surrogateescape")
+
+
 def hash_api_key(key: str) -> str:
-    """API keys carry 256 random bits, so a plain SHA-256 is enough and allows lookup."""
-    return hashlib.sha256(key.encode()).hexdigest()
+    """API keys carry 256 random bits, so a plain SHA-256 is enough and allows lookup. What
+    is hashed may come from a header holding bytes that are not UTF-8 (lone surrogates, see
+    `header_bytes`): such a key matches none, instead of failing the request."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def new_one_time_token() -> str:

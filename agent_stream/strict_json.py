@@ -20,6 +20,16 @@ def _refuse_constant(name: str) -> Any:
 _DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
 
 
+def unpaired_surrogate(value: Any) -> bool:
+    """Whether parsed JSON holds half a surrogate pair ("\\ud800" is valid JSON but no text:
+    UTF-8, speech engines and databases refuse it), to be refused where it arrives."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def loads(text: str | bytes) -> Any:
     """`json.loads`, refusing NaN and the infinities (a ValueError, like any bad JSON)."""
     if isinstance(text, (bytes, bytearray)):

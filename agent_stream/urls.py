@@ -16,9 +16,10 @@ def is_secure(request: web.Request) -> bool:
 
 
 def public_host(request: web.Request) -> str:
-    """The host the client used, as a proxy passes it on."""
+    """The host the client used, as a proxy passes it on (not what is no host name: bytes
+    that are not UTF-8, which aiohttp reads as lone surrogates, or a control character)."""
     forwarded = request.headers.get("X-Forwarded-Host", "").split(",")[0].strip()
-    return forwarded or request.host
+    return forwarded if forwarded.isprintable() and forwarded else request.host
 
 
 def public_url(request: web.Request) -> str:

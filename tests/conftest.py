@@ -58,6 +58,20 @@ class Tenant:
 
 
 @pytest.fixture
+def non_utf8_headers(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Lets this test's client send header bytes that are not UTF-8, as a broken or hostile
+    client may: the character returned ("\\udcff", how aiohttp's server reads the byte 0xff)
+    goes out as that byte. Only the client's writing of request heads changes."""
+
+    def serialize(status_line: str, headers: Any) -> bytes:
+        lines = [status_line, *(f"{name}: {value}" for name, value in headers.items())]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
+
+    monkeypatch.setattr(aiohttp.http_writer, "_serialize_headers", serialize)
+    return "\udcff"
+
+
+@pytest.fixture
 async def cloudonix(aiohttp_server: Any) -> tuple[CloudonixEmulator, str]:
     return await start_emulator(aiohttp_server)
 

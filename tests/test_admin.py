@@ -142,6 +142,15 @@ async def test_every_page_but_login_and_first_run_needs_a_session(
     assert login.status == 200 and "Sign in" in await login.text()
 
 
+async def test_a_session_cookie_that_is_not_utf8_is_no_session(
+    client: TestClient, tenant: Tenant, non_utf8_headers: str
+) -> None:
+    """aiohttp reads a cookie's bytes that are not UTF-8 as lone surrogates: no session."""
+    cookie = {"Cookie": f"agent_stream_session=abc{non_utf8_headers}def"}
+    response = await client.get("/agents", headers=cookie, allow_redirects=False)
+    assert response.status == 303 and response.headers["Location"].startswith("/login?next=")
+
+
 async def test_sign_in_goes_to_next_and_sign_out_ends_the_session_server_side(
     client: TestClient, store: Store, tenant: Tenant
 ) -> None:
@@ -649,6 +658,22 @@ async def test_settings_page_shows_the_agent_uuid_stream_url_and_cxml(
     # behind a TLS proxy the URL is wss://
     page = await operator.get(f"/agents/{uuid}/settings", headers={"X-Forwarded-Proto": "https"})
     assert f"wss://{host}/api/v1/agent-stream/{uuid}?provider=cloudonix" in page.html
+    # a proxy passes the host the client used on
+    page = await operator.get(f"/agents/{uuid}/settings",
+                              headers={"X-Forwarded-Host": "voice.example.com"})
+    assert f"ws://voice.example.com/api/v1/agent-stream/{uuid}?provider=cloudonix" in page.html
+
+
+async def test_a_forwarded_host_that_is_no_text_is_not_used(
+    operator: Operator, client: TestClient, non_utf8_headers: str
+) -> None:
+    """Bytes that are not UTF-8 (read as lone surrogates) are no host name: the page shows
+    the request's own host (it was a 500: no page can carry them)."""
+    uuid = operator.tenant.workflow.uuid
+    forwarded = {"X-Forwarded-Host": f"voice{non_utf8_headers}.example.com"}
+    page = await operator.get(f"/agents/{uuid}/settings", headers=forwarded)
+    assert page.status == 200
+    assert f"ws://127.0.0.1:{client.port}/api/v1/agent-stream/{uuid}?provider=" in page.html
 
 
 async def test_settings_page_shows_every_provider_s_url_and_snippet(
@@ -1151,3 +1176,120 @@ async def test_telephony_takes_an_exotel_configuration_with_its_token_masked(
         "acme1", {"account_sid": "acme1", "api_key": "exokey123"}, {"api_token": token})
     page = await operator.get(f"/telephony/{config.id}")  # the key is no secret: shown to edit
     assert 'value="exokey123"' in page.html and token not in page.html
+
+
+# -- text no database holds ----------------------------------------------------------------------
+# PostgreSQL text cannot hold a NUL (the statement fails: a 500 there, while SQLite kept it):
+# a one-line value with a control character is refused with the form shown again and why.
+
+
+async def test_the_first_run_refuses_a_control_character_in_the_organization_or_email(
+    client: TestClient, store: Store
+) -> None:
+    token = csrf_of(await (await client.get("/setup")).text())
+    good = {"csrf_token": token, "organization": "Acme", "email": "ops@acme.test",
+            "password": "long enough", "password_again": "long enough"}
+    for field, value, message in (
+        ("organization", "Ac\x00me", "Name your organization on one line"),
+        ("email", "ops\x00@acme.test", "Enter an email address"),
+        ("email", "ops@acme.test\nBcc: x@y.test", "Enter an email address"),
+    ):
+        response = await client.post("/setup", data=good | {field: value}, allow_redirects=False)
+        assert response.status == 400, (field, await response.text())
+        assert message in await response.text()
+    assert await store.count_users() == 0
+
+
+async def test_a_sign_in_with_a_control_character_is_a_wrong_email_or_password(
+    client: TestClient, store: Store, tenant: Tenant
+) -> None:
+    await store.create_user(organization_id=tenant.org_id, email="di@example.com", password=PASSWORD)
+    token = csrf_of(await (await client.get("/login")).text())
+    for email in ("di@example.com\x00", "di\x00@example.com"):
+        response = await client.post("/login", data={"csrf_token": token, "email": email,
+                                                     "password": PASSWORD})
+        assert response.status == 401 and "Wrong email or password." in await response.text()
+    # %FF is no UTF-8: the form reads it as U+FFFD, an email nobody has
+    response = await client.post(
+        "/login", data=f"csrf_token={token}&email=di%FF%00@example.com&password=x",
+        headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status == 401
+    assert cookie(client, SESSION_COOKIE) is None
+
+
+async def test_a_csrf_token_with_other_characters_is_refused_like_any_wrong_one(
+    client: TestClient, operator: Operator
+) -> None:
+    """compare_digest refuses to compare text that is not ASCII (a TypeError: was a 500)."""
+    page = await operator.post("/agents", {"name": "Spoofed", "csrf_token": "é" * 43})
+    assert page.status == 403 and "Form expired" in page.html
+    client.session.cookie_jar.clear()
+    login = csrf_of(await (await client.get("/login")).text())
+    response = await client.post("/login", data={"csrf_token": login[:-1] + "é",
+                                                 "email": "x@example.com", "password": "x"})
+    assert response.status == 403
+
+
+async def test_agent_user_and_key_names_with_a_control_character_are_refused(
+    operator: Operator, store: Store
+) -> None:
+    org, uuid = operator.tenant.org_id, operator.tenant.workflow.uuid
+    before = [w.name for w in await store.list_workflows(org)]
+    page = await operator.post("/agents", {"name": "Front\x00desk"})
+    assert page.status == 400 and "one line" in page.html
+    page = await operator.post(f"/agents/{uuid}/rename", {"name": "Night\x00shift"})
+    assert page.status == 400 and "one line" in page.html
+    assert [w.name for w in await store.list_workflows(org)] == before
+
+    users, keys = await store.list_users(org), await store.list_api_keys(org)
+    page = await operator.post("/users", {"email": "new\x00@example.com", "password": PASSWORD})
+    assert page.status == 400 and "Enter an email address" in page.html
+    page = await operator.post("/api-keys", {"name": "deploy\x00", "user_id": str(operator.user.id)})
+    assert page.status == 400 and "one line" in page.html
+    assert (await store.list_users(org), await store.list_api_keys(org)) == (users, keys)
+
+
+async def test_raw_json_with_half_a_surrogate_pair_is_refused_and_the_editor_still_opens(
+    operator: Operator, store: Store
+) -> None:
+    """"\\ud800" is valid JSON but no text: the API refuses it, and so does this view (once
+    stored, the editor could no longer render the agent: every page of it was a 500)."""
+    uuid = operator.tenant.workflow.uuid
+    definition = starter_definition()
+    definition["nodes"][0]["say"] = "Hello \ud800"
+    page = await operator.post(f"/agents/{uuid}/definition", {"definition": json.dumps(definition)})
+    assert page.status == 400 and "unpaired surrogate" in page.html
+    stored = await store.get_workflow(operator.tenant.org_id, uuid)
+    assert stored.definition == operator.tenant.workflow.definition
+    assert (await operator.get(f"/agents/{uuid}")).status == 200
+
+
+async def test_a_pre_sign_in_csrf_cookie_that_is_no_token_is_replaced(
+    client: TestClient, tenant: Tenant, non_utf8_headers: str
+) -> None:
+    """The cookie's value goes into the page's form: bytes that are not UTF-8 (lone
+    surrogates to aiohttp) could not (a 500), so such a cookie is no token, a new one is set."""
+    forged = {"Cookie": f"agent_stream_csrf={'a' * 30}{non_utf8_headers}"}
+    page = await client.get("/login", headers=forged)
+    assert page.status == 200 and "Sign in" in await page.text()
+    fresh = csrf_of(await page.text())
+    assert fresh != "a" * 30 + non_utf8_headers and cookie(client, "agent_stream_csrf").value == fresh
+    client.session.cookie_jar.clear()
+    response = await client.post("/login", headers=forged, data={
+        "csrf_token": "a" * 30, "email": "x@example.com", "password": "x"})
+    assert response.status == 403
+
+
+async def test_a_form_in_a_charset_nobody_knows_is_a_400(
+    client: TestClient, operator: Operator, non_utf8_headers: str
+) -> None:
+    for charset in ("no-such-charset", non_utf8_headers):
+        headers = {"Content-Type": f"application/x-www-form-urlencoded; charset={charset}"}
+        body = f"csrf_token={operator.csrf}&name=Agent"
+        response = await client.post("/agents", data=body, headers=headers)
+        assert response.status == 400, ascii(charset)
+        assert "The request could not be understood." in await response.text()
+    client.session.cookie_jar.clear()
+    response = await client.post("/login", data="email=a@b&password=x", headers={
+        "Content-Type": "application/x-www-form-urlencoded; charset=no-such-charset"})
+    assert response.status == 400

@@ -120,6 +120,16 @@ async def test_every_endpoint_answers_401_json_without_a_valid_key(
     assert isinstance(body["error"], str) and body["error"]
 
 
+async def test_a_key_that_is_not_utf8_is_401_not_a_500(
+    client: TestClient, tenant: Tenant, non_utf8_headers: str
+) -> None:
+    """aiohttp reads a header's bytes that are not UTF-8 as lone surrogates: no key has one."""
+    key = tenant.headers["Authorization"]
+    for authorization in (f"Bearer ask_{non_utf8_headers}", key + non_utf8_headers):
+        response = await client.get("/api/v1/workflows", headers={"Authorization": authorization})
+        assert (await body_of(response, 401))["error"] == "invalid or revoked API key"
+
+
 async def test_valid_key_of_a_tenant_is_accepted(client: TestClient, tenant: Tenant) -> None:
     response = await client.get("/api/v1/workflows", headers=tenant.headers)
     await body_of(response, 200)

@@ -95,7 +95,7 @@ async def test_a_reverse_proxy_on_this_box_relays_no_free_metrics(
 
 
 async def test_with_a_token_every_client_needs_it_or_an_api_key(
-    serve_app: ServeApp, settings: Settings, make_tenant: MakeTenant,
+    serve_app: ServeApp, settings: Settings, make_tenant: MakeTenant, non_utf8_headers: str,
 ) -> None:
     guarded = dataclasses.replace(settings, metrics_token=METRICS_TOKEN)
     assert METRICS_TOKEN not in repr(guarded)
@@ -106,6 +106,9 @@ async def test_with_a_token_every_client_needs_it_or_an_api_key(
     status, body = await status_of(http, url, {})
     assert status == 401 and "Authorization: Bearer" in body["error"]  # loopback included
     status, body = await status_of(http, url, {"Authorization": "Bearer wrong"})
+    assert (status, body) == (401, {"error": "invalid metrics token or API key"})
+    # a byte that is not UTF-8 (aiohttp reads it as a lone surrogate) is just another token
+    status, body = await status_of(http, url, {"Authorization": f"Bearer {METRICS_TOKEN}{non_utf8_headers}"})
     assert (status, body) == (401, {"error": "invalid metrics token or API key"})
     assert (await status_of(http, url, {"Authorization": f"Bearer {METRICS_TOKEN}"}))[0] == 200
     assert (await status_of(http, url, tenant.headers))[0] == 200

@@ -22,10 +22,12 @@ from yarl import URL
 
 from agent_stream.audio import alaw_to_pcm16, pcm16_to_alaw, resample, rms, ulaw_to_pcm16
 from agent_stream.config import Settings
+from agent_stream.errors import clip_reason
 from agent_stream.models import Run, TelephonyConfig, Workflow
 from agent_stream.providers import provider_named
 from agent_stream.providers.exotel.wire import ExotelWire
 from agent_stream.providers.exotel.wire import parse_start as parse_exotel_start
+from agent_stream.providers.identifiers import IDENTIFIER_RULE
 from agent_stream.providers.twilio import signature
 from agent_stream.providers.vonage.client import destination_endpoint
 from agent_stream.simulator import SimulatedCall, caller_side, connect, stream_url, tone_ulaw
@@ -280,6 +282,26 @@ async def test_a_nul_in_a_custom_parameter_loses_nothing_else(
     assert run.logs["inbound_webhook"]["start"]
 
 
+async def test_an_unpaired_surrogate_in_a_custom_parameter_loses_nothing_else(
+    client: TestClient, store: Store, kit: Kit, line: Line
+) -> None:
+    """JSON may escape half a surrogate pair ("\\ud800"), which is no text: PostgreSQL's json
+    refuses it and UTF-8 cannot encode it. Kept as U+FFFD on both backends, like a NUL."""
+    if kit.provider in ("asterisk", "exotel"):
+        pytest.skip("its custom parameters travel in the stream URL, which carries UTF-8 only")
+    call = await dial(client, kit, line, custom_parameters={"note": "a\ud800b", "k\udfff": "v"})
+    await call.handshake()
+    await until(lambda: call.received_media_bytes > 0)
+    await call.hang_up()
+    assert await call.wait_closed() == kit.hang_up_close
+    run = await finished_run(store, line)
+    assert (run.state, run.end_reason) == ("completed", "caller_hangup")
+    assert run.initial_context["custom_parameters"] == kit.stream_parameters(
+        {"note": "a\ufffdb", "k\ufffd": "v"}, call)
+    assert run.gathered_context["call_id"]
+    assert run.logs["inbound_webhook"]["start"]
+
+
 def title(kit: Kit) -> str:
     return {"cloudonix": "Cloudonix", "twilio": "Twilio", "telnyx": "Telnyx", "plivo": "Plivo",
             "vonage": "Vonage", "asterisk": "Asterisk", "exotel": "Exotel"}[kit.provider]
@@ -507,7 +529,7 @@ only_twilio = pytest.mark.parametrize("kit", ["twilio"], indirect=True)
 
 @only_twilio
 async def test_twilio_upgrades_without_a_valid_signature_are_refused(
-    client: TestClient, kit: Kit, line: Line
+    client: TestClient, kit: Kit, line: Line, non_utf8_headers: str
 ) -> None:
     url = stream_url(str(client.make_url("/")), line.workflow.uuid, provider="twilio",
                      newer_form=True)
@@ -516,6 +538,8 @@ async def test_twilio_upgrades_without_a_valid_signature_are_refused(
     for headers, reason in (
         ({}, "missing X-Twilio-Signature"),
         ({"X-Twilio-Signature": signature("another-token", "wss://" + url.partition("://")[2])},
+         "X-Twilio-Signature does not match the stream URL and auth token"),
+        ({"X-Twilio-Signature": "c2lnbmF0dXJl" + non_utf8_headers},  # a byte that is not UTF-8
          "X-Twilio-Signature does not match the stream URL and auth token"),
     ):
         ws = await client.session.ws_connect(url, headers=headers, autoclose=False)
@@ -671,7 +695,7 @@ async def test_telnyx_a_codec_we_do_not_speak_is_a_4400_naming_it(
 
 @only_telnyx
 async def test_telnyx_a_configured_stream_auth_token_must_come_with_the_upgrade(
-    client: TestClient, store: Store, kit: Kit, line: Line
+    client: TestClient, store: Store, kit: Kit, line: Line, non_utf8_headers: str
 ) -> None:
     token = "stream-token-" + "x" * 20
     assert (await changed(client, line, {"stream_auth_token": token}))["has_stream_auth_token"] is True
@@ -679,12 +703,14 @@ async def test_telnyx_a_configured_stream_auth_token_must_come_with_the_upgrade(
         ({}, f"missing {TELNYX_TOKEN_HEADER}"),
         ({"stream_auth_token": token[:-1] + "y"},
          f"{TELNYX_TOKEN_HEADER} does not match the configured stream auth token"),
+        ({"stream_auth_token": token[:-1] + non_utf8_headers},  # a byte that is not UTF-8
+         f"{TELNYX_TOKEN_HEADER} does not match the configured stream auth token"),
     ):
         call = await dial(client, kit, line, upgrade_secrets=secrets)
         await call.handshake()
         assert await call.wait_closed() == (4400, reason)
         run = await finished_run(store, line)
-        assert (run.state, run.error) == ("failed", reason)
+        assert (run.state, run.error) == ("failed", clip_reason(reason))
     assert kit.requests() == []  # refused before anything was asked of Telnyx
 
     call = await dial(client, kit, line, upgrade_secrets={"stream_auth_token": token})
@@ -1043,7 +1069,7 @@ async def test_vonage_a_rate_we_do_not_take_or_no_call_uuid_is_a_4400(
 
 @only_vonage
 async def test_vonage_with_a_signature_secret_the_upgrade_must_carry_its_jwt(
-    client: TestClient, store: Store, kit: Kit, line: Line
+    client: TestClient, store: Store, kit: Kit, line: Line, non_utf8_headers: str
 ) -> None:
     secret = "vonage-signature-" + "s" * 24
     config = await changed(client, line, {"signature_secret": secret})
@@ -1058,6 +1084,20 @@ async def test_vonage_with_a_signature_secret_the_upgrade_must_carry_its_jwt(
         call = await dial(client, kit, line, upgrade_secrets=upgrade)
         await call.handshake()
         assert await call.wait_closed() == (4400, reason)
+
+    async def refused_with(token: str, reason: str, *, by_name: bool) -> None:
+        url = stream_url(str(client.make_url("/")), line.workflow.uuid, provider="vonage",
+                         newer_form=True)
+        ws = await client.session.ws_connect(url, headers={"Authorization": f"Bearer {token}"},
+                                             autoclose=False)
+        named = {"telephony_configuration": str(line.config_id)} if by_name else {}
+        call = SimulatedCall(ws, side=caller_side("vonage"), **kit.identity(line.account),
+                             custom_parameters=named)
+        await call.handshake()
+        assert await call.wait_closed() == (4400, clip_reason(reason))
+        run = await finished_run(store, line)
+        assert (run.state, run.error) == ("failed", clip_reason(reason))
+
     # signed with the right secret, but not for the application whose configuration the
     # NCCO's header names, or long ago
     forged = [
@@ -1068,14 +1108,17 @@ async def test_vonage_with_a_signature_secret_the_upgrade_must_carry_its_jwt(
     ]
     for claims, reason in forged:
         token = jwt.encode(claims | {"jti": str(uuid.uuid4())}, secret, algorithm="HS256")
-        url = stream_url(str(client.make_url("/")), line.workflow.uuid, provider="vonage",
-                         newer_form=True)
-        ws = await client.session.ws_connect(url, headers={"Authorization": f"Bearer {token}"},
-                                             autoclose=False)
-        call = SimulatedCall(ws, side=caller_side("vonage"), **kit.identity(line.account),
-                             custom_parameters={"telephony_configuration": str(line.config_id)})
-        await call.handshake()
-        assert await call.wait_closed() == (4400, reason)
+        await refused_with(token, reason, by_name=True)
+    # text no column holds in the claim that selects the configuration (JSON may escape half
+    # a surrogate pair, or a NUL), and a token with a byte that is not UTF-8: a 4400, never a
+    # database error or a 1011
+    for odd in ("a\ud800", "a\x00"):
+        token = jwt.encode({"application_id": odd, "iat": int(time.time())}, secret,
+                           algorithm="HS256")
+        await refused_with(token, "malformed 'start' event: application_id claim must be "
+                                  + IDENTIFIER_RULE, by_name=False)
+    await refused_with(f"eyJ{non_utf8_headers}.e30.", "Vonage signature does not verify with "
+                                                      "the signature secret", by_name=True)
     assert kit.requests() == []
 
     call = await dial(client, kit, line, upgrade_secrets=signed)

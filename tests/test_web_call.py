@@ -199,14 +199,18 @@ async def test_a_user_of_another_organization_is_refused(
                   "browser call refused: the signed-in user may not see this agent")
 
 
-@pytest.mark.parametrize("origin", ["https://evil.example", "null", "http://127.0.0.1:1"])
+@pytest.mark.parametrize("origin", [
+    "https://evil.example", "null", "http://127.0.0.1:1",
+    # no origin at all: malformed, or with bytes that are not UTF-8 (lone surrogates to aiohttp)
+    "http://[::1", "http://127.0.0.1:99999", "http://ev{not_utf8}il.example",
+])
 async def test_another_origin_is_refused(
     http: aiohttp.ClientSession, client: TestClient, store: Store, tenant: Tenant, admin: Admin,
-    origin: str,
+    origin: str, non_utf8_headers: str,
 ) -> None:
     token = await admin.token(tenant.workflow.uuid)
     call = await talk(http, client, tenant.workflow.uuid, session=admin.session, token=token,
-                      origin=origin)
+                      origin=origin.format(not_utf8=non_utf8_headers))
     await refused(call, store, tenant,
                   "browser call refused: the page is not of this server's origin")
 

@@ -260,6 +260,38 @@ async def test_webhooks_are_managed_through_the_api_and_never_show_their_secret(
     assert (await client.get(one, headers=tenant.headers)).status == 404
 
 
+async def test_a_control_character_in_a_url_or_secret_is_a_400_on_both_backends(
+    client: TestClient, store: Store, tenant: Tenant
+) -> None:
+    """A NUL is no text PostgreSQL stores (the insert failed: a 500; SQLite kept it), and a
+    URL or a secret is one line: refused by the check the API and the admin share."""
+    for body, field_name in (
+        ({"url": "https://hooks.example.com/in\x00", "events": ALL_EVENTS}, "url"),
+        ({"url": "https://hooks\x00.example.com/", "events": ALL_EVENTS}, "url"),
+        ({"url": "https://hooks.example.com/in\r\nX-Forged: 1", "events": ALL_EVENTS}, "url"),
+        ({"url": "https://hooks.example.com/in", "events": ALL_EVENTS,
+          "secret": "s" * 20 + "\x00"}, "secret"),
+    ):
+        response = await client.post("/api/v1/webhooks", json=body, headers=tenant.headers)
+        assert response.status == 400, (body, await response.text())
+        assert (await response.json())["problems"][0]["field"] == field_name
+    created = await add_webhook(client, tenant, "https://hooks.example.com/in")
+    one = f"/api/v1/webhooks/{created['id']}"
+    for body in ({"url": "https://hooks.example.com/\x00"}, {"secret": "s" * 20 + "\x00"}):
+        response = await client.patch(one, json=body, headers=tenant.headers)
+        assert response.status == 400, (body, await response.text())
+
+    operator = await make_operator(client, store, tenant)
+    for form in ({"url": "https://hooks.example.com/a\x00"},
+                 {"url": "https://hooks.example.com/a", "secret": "s" * 20 + "\x00"}):
+        page = await operator.post("/webhooks", form | {"events": ALL_EVENTS})
+        assert page.status == 400 and "control characters" in page.html, form
+        page = await operator.post(f"/webhooks/{created['id']}", form | {"events": ALL_EVENTS})
+        assert page.status == 400 and "control characters" in page.html, form
+    (stored,) = await store.list_webhooks(tenant.org_id)
+    assert stored.url == "https://hooks.example.com/in"
+
+
 # -- deliveries ----------------------------------------------------------------------------
 
 

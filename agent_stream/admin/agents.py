@@ -15,6 +15,7 @@ from .. import strict_json
 from ..errors import Stale
 from ..models import TelephonyConfig, Workflow
 from ..providers import PROVIDERS
+from ..providers.configs import one_line
 from ..urls import stream_base
 from ..workflow import ENGINES, STT_PROVIDERS, TTS_PROVIDERS, starter_definition
 from . import editor
@@ -86,6 +87,8 @@ def _name_problem(name: str) -> str | None:
         return "Give the agent a name."
     if len(name) > MAX_NAME:
         return f"Keep the name under {MAX_NAME} characters."
+    if not one_line(name):
+        return "Keep the name on one line, without control characters."
     return None
 
 
@@ -363,6 +366,11 @@ async def save_json(request: web.Request) -> web.StreamResponse:
         return await _editor_page(request, workflow, status=400, problems=problems, raw_json=raw)
     except RecursionError:
         problems = editor.Problems(general=["Not valid JSON: nested too deeply."])
+        return await _editor_page(request, workflow, status=400, problems=problems, raw_json=raw)
+    if strict_json.unpaired_surrogate(candidate):  # no page could show it again
+        problems = editor.Problems(
+            general=["Not valid text: the JSON has an unpaired surrogate (\\uD800-\\uDFFF)."]
+        )
         return await _editor_page(request, workflow, status=400, problems=problems, raw_json=raw)
     candidate = editor.from_page(candidate, workflow.definition)
     messages = editor.validate(candidate).all_messages()

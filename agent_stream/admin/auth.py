@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from aiohttp import web
 
 from ..errors import Conflict
+from ..providers.configs import one_line
 from ..workflow import starter_definition
 from .common import (
     ANON_CSRF_COOKIE,
@@ -19,8 +20,10 @@ from .common import (
     SESSION_SECONDS,
     anon_csrf,
     check_csrf,
+    email_problem,
     error_page,
     form_of,
+    posted,
     redirect,
     render,
     safe_next,
@@ -63,10 +66,12 @@ async def login_page(request: web.Request) -> web.StreamResponse:
 async def login(request: web.Request) -> web.StreamResponse:
     """Check the password, unless this email has failed too often from this address."""
     anon_csrf(request)
-    check_csrf(await request.post(), request.cookies.get(ANON_CSRF_COOKIE))
+    check_csrf(await posted(request), request.cookies.get(ANON_CSRF_COOKIE))
     form = await form_of(request)
     email, password = form.get("email", ""), form.get("password", "")
     next_path = safe_next(form.get("next")) or ""
+    if not one_line(email):  # nobody's email (and no database could look a NUL up)
+        return _wrong_password(request, email, next_path)
     ip = request.remote or "unknown"
     store = store_of(request)
     since = datetime.now(UTC) - timedelta(seconds=LOGIN_WINDOW_SECONDS)
@@ -92,16 +97,20 @@ async def login(request: web.Request) -> web.StreamResponse:
     if user is None:
         if email:
             await store.record_login_failure(email.lower(), ip)
-        return render(
-            request,
-            "login.html",
-            {"error": "Wrong email or password.", "email": email, "next": next_path},
-            status=401,
-        )
+        return _wrong_password(request, email, next_path)
     await store.clear_login_failures(email.lower(), ip)
     response = redirect(request, next_path or url(request, "admin_agents"))
     await start_session(request, response, user.id)
     return response
+
+
+def _wrong_password(request: web.Request, email: str, next_path: str) -> web.Response:
+    return render(
+        request,
+        "login.html",
+        {"error": "Wrong email or password.", "email": email, "next": next_path},
+        status=401,
+    )
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
@@ -109,7 +118,7 @@ async def logout(request: web.Request) -> web.StreamResponse:
     token = request.cookies.get(SESSION_COOKIE)
     found = await signed_in_user(request)
     if found is not None:
-        check_csrf(await request.post(), found[1])
+        check_csrf(await posted(request), found[1])
         await store_of(request).delete_session(token_hash(token or ""))
     response = redirect(request, url(request, "admin_login"), notice="signed_out")
     response.del_cookie(SESSION_COOKIE, path="/")
@@ -120,9 +129,10 @@ def _first_run_problems(form: dict[str, str]) -> dict[str, str]:
     problems: dict[str, str] = {}
     if not form.get("organization"):
         problems["organization"] = "Name your organization."
-    email = form.get("email", "")
-    if "@" not in email or len(email) > 254:
-        problems["email"] = "Enter an email address."
+    elif not one_line(form["organization"]):
+        problems["organization"] = "Name your organization on one line, without control characters."
+    if (problem := email_problem(form.get("email", ""))) is not None:
+        problems["email"] = problem
     if len(form.get("password", "")) < MIN_PASSWORD_LENGTH:
         problems["password"] = f"Use at least {MIN_PASSWORD_LENGTH} characters."
     elif form.get("password") != form.get("password_again"):
@@ -140,7 +150,7 @@ async def first_run_page(request: web.Request) -> web.StreamResponse:
 async def first_run(request: web.Request) -> web.StreamResponse:
     """Create the organization, its first admin and a starter agent, then sign in."""
     anon_csrf(request)
-    check_csrf(await request.post(), request.cookies.get(ANON_CSRF_COOKIE))
+    check_csrf(await posted(request), request.cookies.get(ANON_CSRF_COOKIE))
     store = store_of(request)
     if await store.count_users() > 0:
         raise web.HTTPSeeOther(url(request, "admin_login"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hmac
 import logging
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from multidict import MultiDictProxy
 from ..errors import RETRY_AFTER_SECONDS, Conflict, DatabaseUnavailable, NotFound, RequestTooSlow
 from ..keys import STORE
 from ..models import Organization, User
+from ..providers.configs import one_line
 from ..security import SESSION_COOKIE as SESSION_COOKIE  # the sign-in cookie, re-exported
 from ..security import hash_session_token, redact_uuids
 from ..store import Store
@@ -33,6 +35,8 @@ ANON_CSRF_COOKIE: Final = "agent_stream_csrf"
 FLASH_COOKIE: Final = "agent_stream_flash"
 SESSION_SECONDS: Final = 14 * 24 * 3600
 CSRF_FIELD: Final = "csrf_token"
+# What the pre-sign-in CSRF cookie holds: secrets.token_urlsafe's alphabet.
+_ANON_TOKEN: Final = re.compile(r"[A-Za-z0-9_-]{20,200}")
 
 # Sign-in throttling: this many failures for one email from one address within the
 # window answer 429 until the oldest failure leaves the window.
@@ -40,6 +44,7 @@ LOGIN_MAX_FAILURES: Final = 5
 LOGIN_WINDOW_SECONDS: Final = 15 * 60
 
 MIN_PASSWORD_LENGTH: Final = 8
+MAX_EMAIL_LENGTH: Final = 254
 RUNS_PAGE_SIZE: Final = 25
 LIVE_POLL_SECONDS: Final = 2
 
@@ -205,9 +210,11 @@ def render(
 
 
 def anon_csrf(request: web.Request) -> str:
-    """Forms shown before sign-in (login, first run) carry a token bound to a cookie."""
+    """Forms shown before sign-in (login, first run) carry a token bound to a cookie (one of
+    ours: the page carries its value, which anything else, say bytes that are not UTF-8,
+    could break)."""
     token = request.cookies.get(ANON_CSRF_COOKIE)
-    if not token or len(token) < 20:
+    if not token or not _ANON_TOKEN.fullmatch(token):
         token = secrets.token_urlsafe(32)
         request[SET_ANON_CSRF] = True
     request[ANON_CSRF] = token
@@ -215,10 +222,23 @@ def anon_csrf(request: web.Request) -> str:
 
 
 def check_csrf(form: MultiDictProxy[Any], expected: str | None) -> None:
-    """403 unless the form carries the expected token (constant-time compare)."""
+    """403 unless the form carries the expected token (constant-time compare, of bytes:
+    compare_digest refuses text that is not ASCII, which a forged form may send)."""
     sent = form.get(CSRF_FIELD)
-    if not expected or not isinstance(sent, str) or not hmac.compare_digest(sent, expected):
+    if not expected or not isinstance(sent, str):
         raise CsrfRejected()
+    as_sent, as_expected = (t.encode("utf-8", "surrogatepass") for t in (sent, expected))
+    if not hmac.compare_digest(as_sent, as_expected):
+        raise CsrfRejected()
+
+
+def email_problem(email: str) -> str | None:
+    """What is wrong with an email address a form gives (a user's, which signs them in)."""
+    if "@" not in email or len(email) > MAX_EMAIL_LENGTH:
+        return "Enter an email address."
+    if not one_line(email):
+        return "Enter an email address: one line, without control characters."
+    return None
 
 
 async def signed_in_user(request: web.Request) -> tuple[User, str] | None:
@@ -245,7 +265,7 @@ def page(*, admin: bool = False) -> Callable[[Handler], Handler]:
             request[USER], request[SESSION_CSRF] = user, csrf
             request[ORGANIZATION] = await store_of(request).get_organization(user.organization_id)
             if request.method not in ("GET", "HEAD"):
-                check_csrf(await request.post(), csrf)
+                check_csrf(await posted(request), csrf)
             if admin and not user.is_admin:
                 raise AdminOnly()
             return await handler(request)
@@ -255,9 +275,17 @@ def page(*, admin: bool = False) -> Callable[[Handler], Handler]:
     return decorate
 
 
+async def posted(request: web.Request) -> MultiDictProxy[Any]:
+    """The posted form; a 400 when its charset is one nobody knows (it cannot be read)."""
+    try:
+        return await request.post()
+    except LookupError:
+        raise web.HTTPBadRequest() from None
+
+
 async def form_of(request: web.Request) -> dict[str, str]:
     """The posted form as plain text fields (files are not part of any admin form)."""
-    form = await request.post()
+    form = await posted(request)
     return {k: v.strip() if isinstance(v, str) else "" for k, v in form.items()}
 
 

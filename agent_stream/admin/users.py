@@ -7,9 +7,11 @@ from typing import Any, Final
 from aiohttp import web
 
 from ..errors import Conflict, Stale
+from ..providers.configs import one_line
 from .common import (
     MIN_PASSWORD_LENGTH,
     changed_elsewhere,
+    email_problem,
     form_of,
     form_revision,
     int_id,
@@ -79,8 +81,8 @@ async def create_user(request: web.Request) -> web.StreamResponse:
     form = await form_of(request)
     problems: dict[str, str] = {}
     email = form.get("email", "")
-    if "@" not in email or len(email) > 254:
-        problems["email"] = "Enter an email address."
+    if (problem := email_problem(email)) is not None:
+        problems["email"] = problem
     if len(form.get("password", "")) < MIN_PASSWORD_LENGTH:
         problems["password"] = f"Use at least {MIN_PASSWORD_LENGTH} characters."
     monthly, problem = _quota(form.get("monthly_minutes_limit", ""))
@@ -144,6 +146,9 @@ async def create_key(request: web.Request) -> web.StreamResponse:
         organization_id, int(owner_id) if owner_id.isdigit() and len(owner_id) < 18 else 0
     )
     name = form.get("name", "")[:120] or "admin"
+    if not one_line(name):
+        problem = "Keep the name on one line, without control characters."
+        return await _users_page(request, status=400, problems={"key_name": problem})
     key, plaintext = await store_of(request).create_api_key(owner.id, name)
     return await _users_page(
         request, new_key={"name": key.name, "owner": owner.email, "value": plaintext}

@@ -18,6 +18,7 @@ from .common import (
     form_revision,
     int_id,
     page,
+    posted,
     redirect,
     render,
     store_of,
@@ -35,7 +36,7 @@ def _given(form: dict[str, str], events: list[str]) -> dict[str, Any]:
 
 
 async def _events(request: web.Request) -> list[str]:
-    return [str(e) for e in (await request.post()).getall("events", []) if str(e) in EVENTS]
+    return [str(e) for e in (await posted(request)).getall("events", []) if str(e) in EVENTS]
 
 
 async def _list_page(

@@ -22,6 +22,12 @@ _CONTROL: Final = re.compile(f"[{CONTROL_CHARACTERS}]")
 _MULTILINE_CONTROL: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # line breaks and tabs allowed
 
 
+def one_line(value: str) -> bool:
+    """Whether `value` holds no control character: a NUL is no text PostgreSQL stores, a
+    line break would end up in an HTTP header or split a log line."""
+    return _CONTROL.search(value) is None
+
+
 def needs_no_configuration(provider: Provider) -> str | None:
     """Why `provider` takes no configuration (the browser's test call), for the API's and
     the admin's 400; None for a provider that does."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, TypeVar, overload
@@ -17,6 +18,9 @@ if TYPE_CHECKING:
 
 # A run in these states is a live call's (of this process or another).
 ACTIVE_STATES: Final = ("pending", "running")
+# What no column of either database holds as text: a NUL, and any surrogate code point (only
+# a pair of them is a character, and Python decodes a pair into one).
+_UNSTORABLE: Final = re.compile("[\x00\ud800-\udfff]")
 # A model the store builds from rows (`from_row`).
 _Record = TypeVar("_Record", bound="DataclassInstance")
 
@@ -53,10 +57,13 @@ def dumps(value: Any) -> str:
 
 def call_json(value: Any) -> str:
     """JSON for a run's columns, which hold what providers and callers sent: a NUL in it
-    (PostgreSQL's JSON functions cannot merge one, its text cannot hold one) is stored as
-    U+FFFD on both backends, so one stray byte in a custom parameter costs nothing else."""
+    (PostgreSQL's JSON functions cannot merge one, its text cannot hold one) or half a
+    surrogate pair ("\\ud800" is valid JSON but no text: PostgreSQL's json refuses it, UTF-8
+    cannot encode it) is stored as U+FFFD on both backends, so one stray byte in a custom
+    parameter costs nothing else."""
     text = dumps(value)
-    return dumps(_without_nul(value)) if "\\u0000" in text else text
+    # an emoji is escaped as a pair (\ud83d\ude00): it takes the slow way and comes out the same
+    return dumps(_storable(value)) if "\\u0000" in text or "\\ud" in text else text
 
 
 @overload
@@ -65,17 +72,17 @@ def call_text(value: str) -> str: ...
 def call_text(value: None) -> None: ...
 def call_text(value: str | None) -> str | None:
     """Text from a call (a transcript line, a reason quoting what the provider sent) as a
-    column can hold it: a NUL becomes U+FFFD, as in `call_json`."""
-    return value.replace("\x00", "\ufffd") if value is not None and "\x00" in value else value
+    column can hold it: a NUL or a lone surrogate becomes U+FFFD, as in `call_json`."""
+    return _UNSTORABLE.sub("\ufffd", value) if value is not None else None
 
 
-def _without_nul(value: Any) -> Any:
+def _storable(value: Any) -> Any:
     if isinstance(value, str):
-        return value.replace("\x00", "\ufffd")
+        return _UNSTORABLE.sub("\ufffd", value)
     if isinstance(value, dict):
-        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+        return {_storable(k): _storable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_without_nul(v) for v in value]
+        return [_storable(v) for v in value]
     return value
 
 

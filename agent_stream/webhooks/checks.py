@@ -6,6 +6,8 @@ from typing import Any, Final
 
 from yarl import URL
 
+from ..providers.configs import one_line
+
 EVENTS: Final = ("run.started", "run.completed", "run.failed")
 MAX_URL_CHARS: Final = 2000
 MIN_SECRET_CHARS: Final = 16
@@ -31,6 +33,8 @@ def check_url(value: Any) -> str | None:
         return "must be an http:// or https:// URL"
     if len(value) > MAX_URL_CHARS:
         return f"is longer than {MAX_URL_CHARS} characters"
+    if not one_line(value.strip()):
+        return "must be one line, without control characters"
     try:
         url = URL(value.strip())
     except (ValueError, TypeError):
@@ -62,6 +66,8 @@ def check_secret(value: Any) -> str | None:
         return f"must be {MIN_SECRET_CHARS} to {MAX_SECRET_CHARS} characters"
     if value != value.strip():
         return "must not start or end with spaces"
+    if not one_line(value):
+        return "must be one line, without control characters"
     return None
 
 

@@ -16,6 +16,7 @@ from aiohttp import web
 from ...audio import Codec
 from ...errors import HandshakeError
 from ...models import TelephonyConfig
+from ...security import header_bytes
 from .. import base
 from ..identifiers import is_identifier
 from ..twilio_style import (
@@ -135,7 +136,7 @@ class TelnyxProvider(base.Provider):
         given = request.headers.get(AUTH_HEADER)
         if not given:
             raise HandshakeError(f"missing {AUTH_HEADER}")
-        if not hmac.compare_digest(given.encode(), expected.encode()):
+        if not hmac.compare_digest(header_bytes(given), expected.encode()):
             raise HandshakeError(f"{AUTH_HEADER} does not match the configured stream auth token")
 
     def wire(self, start: base.CallStart, *, log: base.LogAdapter) -> base.Wire:

@@ -48,7 +48,7 @@ def claimed_application(request: web.Request) -> str | None:
         return None
     try:
         claims = jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError:
+    except (jwt.PyJWTError, UnicodeError):  # UnicodeError: bytes that are not UTF-8
         return None
     application = claims.get("application_id") if isinstance(claims, dict) else None
     return application if isinstance(application, str) and application else None
@@ -110,7 +110,7 @@ class VonageProvider(base.Provider):
         try:
             claims = jwt.decode(token, secret, algorithms=["HS256"], leeway=LEEWAY_SECONDS,
                                 options={"require": ["iat"]})
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, UnicodeError):  # UnicodeError: bytes that are not UTF-8
             raise HandshakeError("Vonage signature does not verify with the signature secret") from None
         issued = claims.get("iat")
         too_old = time.time() - MAX_TOKEN_AGE_SECONDS - LEEWAY_SECONDS

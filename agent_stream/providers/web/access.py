@@ -23,10 +23,14 @@ class Sessions(Protocol):
     async def session_user(self, token_hash: str) -> tuple[User, str] | None: ...
 
 
-def origin_of(url: str) -> tuple[str, str, int | None]:
-    """(scheme, host, port) of a URL, the port made explicit, for comparing origins."""
-    parsed = URL(url)
-    return (parsed.scheme.lower(), (parsed.host or "").lower(), parsed.port)
+def origin_of(url: str) -> tuple[str, str, int | None] | None:
+    """(scheme, host, port) of a URL, the port made explicit, for comparing origins; None
+    for what is no URL (a bad port or IPv6 address, bytes that are not UTF-8)."""
+    try:
+        parsed = URL(url)
+        return (parsed.scheme.lower(), (parsed.host or "").lower(), parsed.port)
+    except ValueError:  # UnicodeError included
+        return None
 
 
 def check_origin(request: web.Request) -> None:
@@ -35,7 +39,8 @@ def check_origin(request: web.Request) -> None:
     origin = request.headers.get("Origin", "")
     if not origin:
         raise HandshakeError("browser call refused: the upgrade has no Origin")
-    if origin == "null" or origin_of(origin) != origin_of(public_url(request)):
+    given = origin_of(origin) if origin != "null" else None
+    if given is None or given != origin_of(public_url(request)):
         raise HandshakeError("browser call refused: the page is not of this server's origin")
 
 
