@@ -34,7 +34,6 @@ from .workflow import merge_secrets, redact_secrets, starter_definition, validat
 log = logging.getLogger(__name__)
 
 MAX_PAGE: Final = schemas.MAX_PAGE
-MAX_ROW_ID: Final = schemas.MAX_ROW_ID
 DEFAULT_PAGE: Final = schemas.DEFAULT_PAGE
 RUN_STATES: Final = schemas.RUN_STATES
 # One entity tag of an If-Match list (RFC 9110 8.8.3): optional W/, then a quoted opaque tag.
@@ -233,12 +232,9 @@ async def delete_unless_changed(
 
 
 def _id(request: web.Request, key: str) -> int:
-    """A row id from the path; anything SQLite could not store is simply not found."""
-    try:
-        value = int(request.match_info[key])
-    except ValueError:
-        raise NotFound("not found") from None
-    if not 0 < value <= MAX_ROW_ID:
+    """A row id from the path; anything else is simply not found."""
+    value = schemas.row_id(request.match_info[key])
+    if value is None:
         raise NotFound("not found")
     return value
 

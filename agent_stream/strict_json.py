@@ -20,6 +20,15 @@ def _refuse_constant(name: str) -> Any:
 _DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
 
 
+def whole_number(text: str, *, max_digits: int = 18) -> int | None:
+    """A whole number written in ASCII digits, as JSON, URLs and forms write one, or None.
+    `int()` also takes signs, spaces, underscores and other scripts' digits; `str.isdigit`
+    takes superscripts that `int()` then refuses with an exception."""
+    if not (text.isascii() and text.isdigit()) or len(text) > max_digits:
+        return None
+    return int(text)
+
+
 def unpaired_surrogate(value: Any) -> bool:
     """Whether parsed JSON holds half a surrogate pair ("\\ud800" is valid JSON but no text:
     UTF-8, speech engines and databases refuse it), to be refused where it arrives."""

@@ -246,6 +246,8 @@ def media_start(call: SimulatedCall, **changes: Any) -> str:
     ({"optimal_frame_size": 65_501},
      "malformed 'MEDIA_START' event: optimal_frame_size must be 1 to 65500, not '65501'"),
     ({"optimal_frame_size": "160"}, ""),  # digits as text: what plain text carries anyway
+    ({"optimal_frame_size": "\u00b2"},  # a digit to str.isdigit, none to int(): was a 1011
+     "malformed 'MEDIA_START' event: optimal_frame_size must be 1 to 65500, not '\u00b2'"),
     ({"channel_id": "../asterisk"},
      "malformed 'MEDIA_START' event: channel_id must be letters, digits and . _ : - only"),
 ])

@@ -868,9 +868,10 @@ async def test_plivo_l16_at_16_khz_both_ways(client: TestClient, store: Store, k
 
 @only_plivo
 @pytest.mark.parametrize(("encoding", "rate"), [("audio/x-alaw", 8000), ("audio/x-l16", 24000),
-                                                ("audio/x-mulaw", 16000)])
+                                                ("audio/x-mulaw", 16000),
+                                                ("audio/x-mulaw", "\u00b2")])  # no int(): was a 1011
 async def test_plivo_media_formats_it_does_not_stream_are_a_4400_naming_them(
-    client: TestClient, kit: Kit, line: Line, encoding: str, rate: int
+    client: TestClient, kit: Kit, line: Line, encoding: str, rate: int | str
 ) -> None:
     call = await dial(client, kit, line)
     message = plivo_start(kit.identity(line.account), line.account)
@@ -1274,6 +1275,8 @@ async def test_exotel_caller_audio_in_100_ms_chunks_is_heard_at_the_announced_ra
     ({"sample_rate": "8k"}, "unsupported sample_rate '8k' (need 8000, 16000 or 24000)"),
     ({"encoding": "audio/x-mulaw"}, "unsupported media encoding 'audio/x-mulaw' (need audio/x-raw)"),
     ({"bit_rate": "8"}, "unsupported bit_rate '8' (need 16)"),
+    ({"sample_rate": "\u00b2"},  # a digit to str.isdigit, none to int(): was a 1011
+     "unsupported sample_rate '\u00b2' (need 8000, 16000 or 24000)"),
 ])
 async def test_exotel_a_missing_or_unknown_sample_rate_is_a_4400_naming_it(
     client: TestClient, store: Store, kit: Kit, line: Line, media_format: dict[str, Any], reason: str

@@ -292,6 +292,28 @@ async def test_a_control_character_in_a_url_or_secret_is_a_400_on_both_backends(
     assert stored.url == "https://hooks.example.com/in"
 
 
+async def test_an_id_in_a_path_is_ascii_digits_or_not_found(
+    client: TestClient, store: Store, tenant: Tenant
+) -> None:
+    """Only the id as we write it names a row: not other scripts' digits (`int()` reads
+    "١" as 1), a sign, spaces or underscores, and a superscript ("²" passed `isdigit` and
+    failed `int`: a 500), in the API and the admin alike."""
+    webhook = (await add_webhook(client, tenant, "https://hooks.example.com/in"))["id"]
+    response = await client.get("/api/v1/telephony-configurations", headers=tenant.headers)
+    config = (await response.json())["telephony_configurations"][0]["id"]
+    arabic = str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")
+    operator = await make_operator(client, store, tenant)
+    for api, admin, row in (("/api/v1/webhooks/", "/webhooks/", webhook),
+                            ("/api/v1/telephony-configurations/", "/telephony/", config)):
+        assert (await client.get(f"{api}{row}", headers=tenant.headers)).status == 200
+        assert (await operator.get(f"{admin}{row}")).status == 200
+        for spelled in (str(row).translate(arabic), f"+{row}", f"%20{row}", f"{row}%20",
+                        f"0_{row}", "%C2%B2", "%C2%B9"):
+            response = await client.get(f"{api}{spelled}", headers=tenant.headers)
+            assert response.status == 404, (api, spelled, await response.text())
+            assert (await operator.get(f"{admin}{spelled}")).status == 404, (admin, spelled)
+
+
 # -- deliveries ----------------------------------------------------------------------------
 
 

@@ -23,6 +23,7 @@ from ..providers.configs import one_line
 from ..security import SESSION_COOKIE as SESSION_COOKIE  # the sign-in cookie, re-exported
 from ..security import hash_session_token, redact_uuids
 from ..store import Store
+from ..strict_json import whole_number
 from ..urls import is_secure
 
 log = logging.getLogger(__name__)
@@ -295,9 +296,10 @@ def form_revision(form: dict[str, str]) -> int | None:
     raw = form.get("revision", "")
     if not raw:
         return None
-    if not raw.isdigit() or len(raw) > 18:
+    revision = whole_number(raw)
+    if revision is None:
         raise web.HTTPBadRequest()
-    return int(raw)
+    return revision
 
 
 def changed_elsewhere(what: str, it: str) -> str:
@@ -306,11 +308,12 @@ def changed_elsewhere(what: str, it: str) -> str:
 
 
 def int_id(request: web.Request, key: str) -> int:
-    """A numeric id from the path; anything else (or a huge number) is simply not found."""
-    raw = request.match_info[key]
-    if not raw.isdigit() or len(raw) > 18:
+    """A row id or a list index from the path; anything else (or a huge number) is simply
+    not found."""
+    value = whole_number(request.match_info[key])
+    if value is None:
         raise NotFound(f"{key} not found")
-    return int(raw)
+    return value
 
 
 # -- HTML errors ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from ..errors import Conflict, Stale
 from ..providers.configs import one_line
+from ..strict_json import whole_number
 from .common import (
     MIN_PASSWORD_LENGTH,
     changed_elsewhere,
@@ -31,9 +32,10 @@ def _quota(raw: str) -> tuple[int | None, str | None]:
     """Blank means unlimited; otherwise a whole number >= 0."""
     if not raw:
         return None, None
-    if not raw.isdigit() or int(raw) > MAX_QUOTA:
+    value = whole_number(raw)
+    if value is None or value > MAX_QUOTA:
         return None, "Enter a whole number, or leave empty for unlimited."
-    return int(raw), None
+    return value, None
 
 
 async def _users_page(
@@ -143,7 +145,7 @@ async def create_key(request: web.Request) -> web.StreamResponse:
     form = await form_of(request)
     owner_id = form.get("user_id", "")
     owner = await store_of(request).get_org_user(
-        organization_id, int(owner_id) if owner_id.isdigit() and len(owner_id) < 18 else 0
+        organization_id, whole_number(owner_id, max_digits=17) or 0
     )
     name = form.get("name", "")[:120] or "admin"
     if not one_line(name):

@@ -11,7 +11,6 @@ from .. import api_schemas as schemas
 from ..api import (
     BAD_REQUEST,
     IF_MATCH,
-    MAX_ROW_ID,
     MISSING,
     STALE_BODY,
     STALE_TAG,
@@ -69,10 +68,10 @@ def delivery_json(delivery: WebhookDelivery) -> dict[str, Any]:
 
 
 def _webhook_id(request: web.Request) -> int:
-    raw = request.match_info["id"]
-    if not raw.isdigit() or not 0 < int(raw) <= MAX_ROW_ID:
+    value = schemas.row_id(request.match_info["id"])
+    if value is None:
         raise NotFound("webhook not found")
-    return int(raw)
+    return value
 
 
 def _checked(body: schemas.WebhookCreate | schemas.WebhookPatch, *, creating: bool) -> WebhookInput:

@@ -117,8 +117,8 @@ def media_codec(fields: Mapping[str, Any]) -> tuple[Codec, int]:
             f"unsupported format {str(name)[:40]!r} (need {', '.join(FORMATS)})"
         )
     size = fields.get("optimal_frame_size")
-    if isinstance(size, str) and size.isdigit():
-        size = int(size)
+    if isinstance(size, str):
+        size = strict_json.whole_number(size) or size
     if not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= MAX_MESSAGE:
         raise HandshakeError(
             f"malformed '{EVENT}' event: optimal_frame_size must be 1 to {MAX_MESSAGE},"

@@ -11,6 +11,7 @@ from typing import Any, Final
 
 from ...audio import Codec
 from ...errors import HandshakeError
+from ...strict_json import whole_number
 from ..base import INTERNAL_RATE, CallStart, LogAdapter, Packetizer, call_start, identifier, start_object
 from ..twilio_style import TwilioStyleWire, custom_parameters
 
@@ -27,9 +28,7 @@ def _number(value: Any) -> int | None:
     """A number Exotel writes as a string ("8000"); digits given as a number are taken too."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.isdigit() and len(value) <= 9:
-        return int(value)
-    return None
+    return whole_number(value, max_digits=9) if isinstance(value, str) else None
 
 
 def media_codec(media_format: Any) -> Codec:

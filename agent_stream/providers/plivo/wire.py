@@ -13,6 +13,7 @@ from pipecat.frames.frames import Frame
 
 from ...audio import Codec
 from ...errors import HandshakeError
+from ...strict_json import whole_number
 from ..base import (
     CONFIG_PARAMETER,
     INTERNAL_RATE,
@@ -65,9 +66,7 @@ def _rate(value: Any) -> int | None:
     """A sample rate as a number (Plivo sends one; digits in a string are taken too)."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
-    return None
+    return whole_number(value) if isinstance(value, str) else None
 
 
 def media_codec(start: dict[str, Any]) -> Codec:
