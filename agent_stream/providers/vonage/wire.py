@@ -27,7 +27,7 @@ CONNECTED: Final = "websocket:connected"
 RATES: Final = (8000, 16000, 24000)
 FRAME_MS: Final = 20
 # `audio/l16;rate=16000`, spaces allowed around the parameter
-_CONTENT_TYPE_RE: Final = re.compile(r"audio/l16\s*;\s*rate\s*=\s*(\d+)", re.IGNORECASE)
+_CONTENT_TYPE_RE: Final = re.compile(r"audio/l16\s*;\s*rate\s*=\s*(\d+)", re.IGNORECASE | re.ASCII)
 # The connected message's own keys: everything else came from the NCCO's headers.
 _OWN_KEYS: Final = frozenset({"event", "content-type"})
 MAX_HEADER_VALUE: Final = 500
