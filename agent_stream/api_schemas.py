@@ -24,9 +24,10 @@ from pydantic import (
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from . import strict_json
+from .plain_text import CONTROL_CHARACTERS
 from .providers import ALIASES, PROVIDERS
 from .providers.base import ConfigField, Provider
-from .providers.configs import CONTROL_CHARACTERS, check_config
+from .providers.configs import check_config
 from .webhooks.checks import (
     DEFAULT_DELIVERIES,
     MAX_DELIVERIES,

@@ -15,6 +15,7 @@ from .config import Settings
 from .crypto import SecretKeyError, new_secret_key
 from .errors import Conflict, DatabaseUnavailable, NotFound
 from .logs import configure_logging
+from .plain_text import email_problem, one_line
 from .store import open_store
 from .workflow import DTMF_DIGITS
 
@@ -88,6 +89,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _create_user(settings: Settings, args: argparse.Namespace) -> int:
+    problems = [f"--email: {problem}" for problem in [email_problem(args.email)] if problem]
+    if not one_line(args.org) or not args.org.strip():
+        problems.append("--org: name the organization on one line, without control characters")
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if problems:
+        return 2
     for flag, value in (("--monthly-minutes", args.monthly_minutes),
                         ("--max-concurrent-calls", args.max_concurrent_calls)):
         if value is not None and value < 0:

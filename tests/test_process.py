@@ -54,6 +54,13 @@ def test_create_user_and_api_key_commands(tmp_path: Path) -> None:
     assert "ops@example.com" in made.stdout
     again = run_cli("create-user", "--email", "ops@example.com", "--password", "x", db=db)
     assert again.returncode == 1 and "already exists" in again.stderr
+    # what the admin's forms refuse, the command refuses too, and creates nothing
+    for flags, said in ((("--email", "ops"), "--email: Enter an email address."),
+                        (("--email", "o\nps@example.com"), "--email: Enter an email address: one line"),
+                        (("--email", "x@example.com", "--org", "A\tcme"), "--org: name the organization")):
+        refused = run_cli("create-user", "--password", "pw", *flags, db=db)
+        assert refused.returncode == 2 and f"error: {said}" in refused.stderr, refused.stderr
+    assert run_cli("create-api-key", "--email", "x@example.com", db=db).returncode == 1
 
     key = run_cli("create-api-key", "--email", "ops@example.com", "--name", "deploy", db=db)
     assert key.returncode == 0, key.stderr

@@ -14,8 +14,8 @@ from aiohttp import web
 from .. import strict_json
 from ..errors import Stale
 from ..models import TelephonyConfig, Workflow
+from ..plain_text import one_line
 from ..providers import PROVIDERS
-from ..providers.configs import one_line
 from ..urls import stream_base
 from ..workflow import ENGINES, STT_PROVIDERS, TTS_PROVIDERS, starter_definition
 from . import editor

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from aiohttp import web
 
 from ..errors import Conflict
-from ..providers.configs import one_line
+from ..plain_text import email_problem, one_line
 from ..workflow import starter_definition
 from .common import (
     ANON_CSRF_COOKIE,
@@ -20,7 +20,6 @@ from .common import (
     SESSION_SECONDS,
     anon_csrf,
     check_csrf,
-    email_problem,
     error_page,
     form_of,
     posted,

@@ -19,7 +19,6 @@ from multidict import MultiDictProxy
 from ..errors import RETRY_AFTER_SECONDS, Conflict, DatabaseUnavailable, NotFound, RequestTooSlow
 from ..keys import STORE
 from ..models import Organization, User
-from ..providers.configs import one_line
 from ..security import SESSION_COOKIE as SESSION_COOKIE  # the sign-in cookie, re-exported
 from ..security import hash_session_token, redact_uuids
 from ..store import Store
@@ -45,7 +44,6 @@ LOGIN_MAX_FAILURES: Final = 5
 LOGIN_WINDOW_SECONDS: Final = 15 * 60
 
 MIN_PASSWORD_LENGTH: Final = 8
-MAX_EMAIL_LENGTH: Final = 254
 RUNS_PAGE_SIZE: Final = 25
 LIVE_POLL_SECONDS: Final = 2
 
@@ -231,15 +229,6 @@ def check_csrf(form: MultiDictProxy[Any], expected: str | None) -> None:
     as_sent, as_expected = (t.encode("utf-8", "surrogatepass") for t in (sent, expected))
     if not hmac.compare_digest(as_sent, as_expected):
         raise CsrfRejected()
-
-
-def email_problem(email: str) -> str | None:
-    """What is wrong with an email address a form gives (a user's, which signs them in)."""
-    if "@" not in email or len(email) > MAX_EMAIL_LENGTH:
-        return "Enter an email address."
-    if not one_line(email):
-        return "Enter an email address: one line, without control characters."
-    return None
 
 
 async def signed_in_user(request: web.Request) -> tuple[User, str] | None:

@@ -7,12 +7,11 @@ from typing import Any, Final
 from aiohttp import web
 
 from ..errors import Conflict, Stale
-from ..providers.configs import one_line
+from ..plain_text import email_problem, one_line
 from ..strict_json import whole_number
 from .common import (
     MIN_PASSWORD_LENGTH,
     changed_elsewhere,
-    email_problem,
     form_of,
     form_revision,
     int_id,

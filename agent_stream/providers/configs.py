@@ -10,22 +10,14 @@ from dataclasses import replace
 from typing import Any, Final
 
 from ..models import ConfigInput, TelephonyConfig
+from ..plain_text import one_line
 from ..security import mask_secret
 from ..store import Store
 from .base import Problem, Provider
 
 MAX_NAME: Final = 120
 _NUMBER_RE: Final = re.compile(r"\+?[0-9*#]{2,20}")
-# What a one-line value must not hold (the API's schemas say the same with it).
-CONTROL_CHARACTERS: Final = r"\x00-\x1f\x7f"
-_CONTROL: Final = re.compile(f"[{CONTROL_CHARACTERS}]")
 _MULTILINE_CONTROL: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # line breaks and tabs allowed
-
-
-def one_line(value: str) -> bool:
-    """Whether `value` holds no control character: a NUL is no text PostgreSQL stores, a
-    line break would end up in an HTTP header or split a log line."""
-    return _CONTROL.search(value) is None
 
 
 def needs_no_configuration(provider: Provider) -> str | None:
@@ -64,7 +56,8 @@ def check_config(
         if len(value) > spec.max_length:
             problems.append(Problem(spec.name, f"That {spec.label.lower()} is too long."))
             continue
-        if (_MULTILINE_CONTROL if spec.multiline else _CONTROL).search(value.strip()):
+        stripped = value.strip()
+        if _MULTILINE_CONTROL.search(stripped) if spec.multiline else not one_line(stripped):
             # a token with a line break would end up in an HTTP header
             problems.append(Problem(spec.name, f"That {spec.label.lower()} has a line break or "
                                                "another control character: paste it again."))
@@ -80,7 +73,7 @@ def check_config(
     name = raw.get("name")
     if name is not None and not isinstance(name, str):
         problems.append(Problem("name", "The name must be text."))
-    elif isinstance(name, str) and _CONTROL.search(name):
+    elif isinstance(name, str) and not one_line(name):
         problems.append(Problem("name", "The name is one line, without control characters."))
     elif isinstance(name, str) and name.strip():
         given.name = name.strip()[:MAX_NAME]

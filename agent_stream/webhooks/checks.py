@@ -6,7 +6,7 @@ from typing import Any, Final
 
 from yarl import URL
 
-from ..providers.configs import one_line
+from ..plain_text import one_line
 
 EVENTS: Final = ("run.started", "run.completed", "run.failed")
 MAX_URL_CHARS: Final = 2000
