@@ -50,14 +50,6 @@ MAX_ROW_ID: Final = 2**63 - 1  # what SQLite and PostgreSQL's bigint hold
 MAX_PAGE: Final = 200
 DEFAULT_PAGE: Final = 50
 MAX_OFFSET: Final = 10**9
-
-
-def row_id(raw: str) -> int | None:
-    """A row id as a URL path carries it (ASCII digits, `strict_json.whole_number`) within
-    what the databases hold, or None."""
-    value = strict_json.whole_number(raw, max_digits=19)
-    return value if value is not None and 0 < value <= MAX_ROW_ID else None
-
 RUN_STATES: Final = ("pending", "running", "completed", "failed")
 WORKFLOW_STATUSES: Final = ("draft", "published", "archived")
 # A configuration's phone numbers (the same rule as providers/configs.py).
@@ -67,6 +59,13 @@ _LINE_PATTERN: Final = (
     rf"^[^{CONTROL_CHARACTERS}]*[^\s{CONTROL_CHARACTERS}][^{CONTROL_CHARACTERS}]*$"
 )
 NAME_MESSAGE: Final = "must be one line of text, not blank"
+
+
+def row_id(raw: str) -> int | None:
+    """A row id as a URL path carries it (ASCII digits, `strict_json.whole_number`) within
+    what the databases hold, or None."""
+    value = strict_json.whole_number(raw, max_digits=19)
+    return value if value is not None and 0 < value <= MAX_ROW_ID else None
 
 
 # -- validation and its messages -----------------------------------------------------------------

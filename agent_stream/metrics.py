@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import os
 from bisect import bisect_right
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -44,7 +43,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from .errors import DatabaseUnavailable
 from .keys import METRICS, SETTINGS, STORE
 from .providers import PROVIDERS
-from .security import header_bytes, parse_ip
+from .security import parse_ip, same_secret
 
 # Where the workers of one supervisor keep their series (prometheus-client reads it at import).
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
@@ -302,7 +301,7 @@ async def metrics_page(request: web.Request) -> web.Response:
             "metrics need 'Authorization: Bearer <metrics token or API key>'" if token else
             "metrics from a non-loopback client need 'Authorization: Bearer <API key>'"
         )
-    if token is not None and hmac.compare_digest(header_bytes(given), token.encode()):
+    if token is not None and same_secret(given, token):
         return _page(request.app[METRICS])
     try:
         user = await request.app[STORE].user_for_api_key(given)

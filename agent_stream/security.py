@@ -50,16 +50,21 @@ def new_api_key() -> str:
     return API_KEY_PREFIX + secrets.token_urlsafe(32)
 
 
-def header_bytes(value: str) -> bytes:
-    """A header's value as the client sent it: aiohttp reads bytes that are not UTF-8 as
-    lone surrogates (surrogateescape), which a plain `encode()` refuses with an exception."""
-    return value.encode("utf-8", "surrogateescape")
+def same_secret(given: str, expected: str) -> bool:
+    """A secret a client sent (a token, a signature, a CSRF token) against ours, in
+    constant time. What a client sends may hold lone surrogates (aiohttp reads header
+    bytes that are not UTF-8 that way; a forged form or JSON may carry any), which
+    `str.encode()` and `compare_digest` on text refuse with an exception: such a value
+    matches nothing instead."""
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
+    )
 
 
 def hash_api_key(key: str) -> str:
     """API keys carry 256 random bits, so a plain SHA-256 is enough and allows lookup. What
     is hashed may come from a header holding bytes that are not UTF-8 (lone surrogates, see
-    `header_bytes`): such a key matches none, instead of failing the request."""
+    `same_secret`): such a key matches none, instead of failing the request."""
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 

@@ -54,11 +54,11 @@ class InstancesStore(RunsStore):
         cutoff = iso(datetime.now(UTC) - timedelta(seconds=timeout_seconds))
         lost = """r.instance_id != ? AND r.instance_id NOT IN (
                       SELECT id FROM instances WHERE heartbeat_at >= ?)"""
-        owners = await self._all(  # a read first: the check runs every few seconds
+        any_lost = await self._all(  # a read first: the check runs every few seconds
             f"SELECT 1 FROM workflow_runs r WHERE {OPEN_RUN_SQL} AND {lost} LIMIT 1",
             (self.instance_id, cutoff),
         )
-        if not owners:
+        if not any_lost:
             return []
         async with self._db.transaction() as db:
             return await self.fail_open_runs(

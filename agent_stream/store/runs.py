@@ -18,7 +18,6 @@ RUN_NAME_PREFIX: Final = "WR-AGS-"
 OPEN_RUN_SQL: Final = "r.state IN ('pending', 'running')"
 
 
-
 @dataclass(frozen=True)
 class FailedRun:
     """A run failed because its call was lost: whose it was, and the call's provider."""

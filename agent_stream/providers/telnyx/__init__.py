@@ -5,7 +5,6 @@ selecting the configuration, an optional stream auth token on the upgrade, and C
 Control's REST API for validation, hang-up and transfer."""
 from __future__ import annotations
 
-import hmac
 import json
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final
@@ -16,7 +15,7 @@ from aiohttp import web
 from ...audio import Codec
 from ...errors import HandshakeError
 from ...models import TelephonyConfig
-from ...security import header_bytes
+from ...security import same_secret
 from .. import base
 from ..identifiers import is_identifier
 from ..twilio_style import (
@@ -136,7 +135,7 @@ class TelnyxProvider(base.Provider):
         given = request.headers.get(AUTH_HEADER)
         if not given:
             raise HandshakeError(f"missing {AUTH_HEADER}")
-        if not hmac.compare_digest(header_bytes(given), expected.encode()):
+        if not same_secret(given, expected):
             raise HandshakeError(f"{AUTH_HEADER} does not match the configured stream auth token")
 
     def wire(self, start: base.CallStart, *, log: base.LogAdapter) -> base.Wire:

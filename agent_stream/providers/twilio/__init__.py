@@ -16,7 +16,7 @@ from aiohttp import web
 from ...audio import Codec
 from ...errors import HandshakeError
 from ...models import TelephonyConfig
-from ...security import header_bytes
+from ...security import same_secret
 from ...urls import public_url
 from .. import base
 from ..twilio_style import (
@@ -87,7 +87,7 @@ class TwilioProvider(base.Provider):
         if not given:
             raise HandshakeError(f"missing {SIGNATURE_HEADER}")
         expected = signature(config.value("auth_token"), signed_url(request))
-        if not hmac.compare_digest(header_bytes(given), expected.encode()):
+        if not same_secret(given, expected):
             raise HandshakeError(f"{SIGNATURE_HEADER} does not match the stream URL and auth token")
 
     def wire(self, start: base.CallStart, *, log: base.LogAdapter) -> base.Wire:

@@ -6,7 +6,6 @@ with a signature secret configured it must verify), the Voice API with an RS256 
 the application's private key for validation, hang-up and transfer."""
 from __future__ import annotations
 
-import hmac
 import json
 import time
 import uuid
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from ...audio import Codec
 from ...errors import HandshakeError
 from ...models import TelephonyConfig
+from ...security import same_secret
 from .. import base
 from .client import VonageControl, load_private_key
 from .wire import CONNECTED, VonageWire, parse_connected
@@ -117,8 +117,8 @@ class VonageProvider(base.Provider):
         if not isinstance(issued, (int, float)) or issued < too_old:
             raise HandshakeError("Vonage signature is too old (a replayed upgrade?)")
         claimed = claims.get("application_id")
-        if claimed is not None and not hmac.compare_digest(
-            str(claimed).lower().encode(), config.value("application_id").lower().encode()
+        if claimed is not None and not same_secret(
+            str(claimed).lower(), config.value("application_id").lower()
         ):
             raise HandshakeError("Vonage signature is for another application")
 
