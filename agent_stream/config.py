@@ -12,6 +12,7 @@ from typing import Final
 from .crypto import KEY_ENV, KEY_FILE_NAME
 from .logs import LOG_FORMAT_ENV, LogFormat, log_format_from
 from .recordings.location import LocalLocation, RecordingsLocation, parse_location
+from .speech.stt import DECODER_PRIORITIES, DecoderPriority
 from .webhooks.targets import ALLOW_PRIVATE_ENV
 
 DEFAULT_HOST: Final = "0.0.0.0"
@@ -22,6 +23,7 @@ DEFAULT_WORKERS: Final = 1
 # `{PROVIDER}_API_BASE_URL` points a provider's REST API elsewhere (tests: an emulator).
 API_BASE_URL_SUFFIX: Final = "_API_BASE_URL"
 
+DECODER_PRIORITY_ENV: Final = "AGENT_STREAM_DECODER_PRIORITY"
 # How long the provider has to send `connected` and `start` after the socket opens.
 HANDSHAKE_TIMEOUT_SECONDS: Final = 10.0
 # How long the provider REST API has to answer a session validation / hangup / transfer.
@@ -88,6 +90,8 @@ class Settings:
     run_write_retry_seconds: float = RUN_WRITE_RETRY_SECONDS
     request_header_timeout: float = REQUEST_HEADER_TIMEOUT_SECONDS
     request_body_timeout: float = REQUEST_BODY_TIMEOUT_SECONDS
+    # AGENT_STREAM_DECODER_PRIORITY: how the speech decoder shares the CPU (speech/stt.py).
+    decoder_priority: DecoderPriority = "idle"
     # Start the speech decoder process at startup, so the first caller does not wait ~1 s
     # for it (tests leave it off: most of them never speak).
     preload_speech: bool = False
@@ -183,7 +187,17 @@ class Settings:
             workers=_worker_count(workers, os.environ.get("AGENT_STREAM_WORKERS")),
             worker_index=worker_index,
             log_format=log_format_from(os.environ.get(LOG_FORMAT_ENV)),
+            decoder_priority=_decoder_priority(os.environ.get(DECODER_PRIORITY_ENV)),
         )
+
+
+def _decoder_priority(value: str | None) -> DecoderPriority:
+    """AGENT_STREAM_DECODER_PRIORITY, any case; unset or empty: idle."""
+    priority = (value or "idle").strip().lower()
+    for known in DECODER_PRIORITIES:
+        if priority == known:
+            return known
+    raise ValueError(f"{DECODER_PRIORITY_ENV} must be one of {', '.join(DECODER_PRIORITIES)}")
 
 
 def _flag(value: str | None) -> bool:

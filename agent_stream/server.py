@@ -39,6 +39,7 @@ from .providers import PROVIDERS
 from .recordings import open_recordings
 from .security import redact_path
 from .speech import SpeechServices
+from .speech.stt import GrammarRecognizer
 from .store import open_store
 from .webhooks import delivery
 from .webhooks.targets import PublicOnlyResolver
@@ -223,7 +224,7 @@ async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _speech_ctx(app: web.Application) -> AsyncIterator[None]:
     """The shared speech engines; their thread and process end with the app."""
-    speech = SpeechServices()
+    speech = SpeechServices(stt=GrammarRecognizer(priority=app[SETTINGS].decoder_priority))
     if app[SETTINGS].preload_speech:
         speech.stt.warm_up()
     app[SPEECH] = speech

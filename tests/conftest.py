@@ -169,6 +169,9 @@ def settings(
         handshake_timeout=2.0,
         provider_api_timeout=1.0,
         webhooks_allow_private=True,  # the tests' webhook receivers listen on 127.0.0.1
+        # Four test processes keep two cores busy: a decoder at idle priority could wait
+        # past its timeout there (the default's own test: test_voice_agent.py).
+        decoder_priority="normal",
     )
 
 

@@ -366,6 +366,18 @@ async def test_the_call_command_speaks_exotel_with_the_stand_in_s_basic_credenti
         assert "provider API:" not in done.stdout
 
 
+def test_an_unknown_decoder_priority_is_a_clear_error(tmp_path: Path) -> None:
+    served = subprocess.run(
+        [sys.executable, "app.py", "--port", str(unused_port()), "--db", str(tmp_path / "a.db")],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env=os.environ | {"AGENT_STREAM_DECODER_PRIORITY": "lowest"},
+    )
+    assert served.returncode == 2
+    assert served.stderr.strip() == (
+        "error: AGENT_STREAM_DECODER_PRIORITY must be one of idle, batch, normal")
+    assert not (tmp_path / "a.db").exists()  # refused before anything was created
+
+
 def test_postgresql_without_its_key_or_its_server_is_a_clear_error(tmp_path: Path) -> None:
     url = "postgresql://agent:hunter2@127.0.0.1:1/agent_stream"  # nothing listens on port 1
     env = {k: v for k, v in os.environ.items() if k != KEY_ENV}

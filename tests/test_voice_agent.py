@@ -4,17 +4,19 @@ transfers through the Cloudonix emulator. Transcript and recording are checked."
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import wave
 from typing import Any
 
 import pytest
 
+from agent_stream.config import Settings
 from agent_stream.engine import Workflow as EngineWorkflow
 from agent_stream.engine.scripted import ScriptedAgent
 from agent_stream.pipeline import transport
 from agent_stream.pipeline.transcript import CallTranscript
-from agent_stream.speech.stt import GrammarRecognizer
+from agent_stream.speech.stt import DecoderPriority, GrammarRecognizer
 from agent_stream.speech.tts import EspeakSynthesizer
 from agent_stream.store import Store
 from agent_stream.workflow import starter_definition
@@ -22,6 +24,7 @@ from tests.cloudonix_emulator import CloudonixEmulator
 from tests.conftest import (
     Dial,
     MakeTenant,
+    ServeApp,
     Tenant,
     answered,
     finished_run,
@@ -354,15 +357,39 @@ async def test_a_timer_that_breaks_is_logged_with_its_traceback_and_ends_the_cal
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policy")
-async def test_the_decoder_process_only_takes_cpu_time_the_server_leaves(
-    caller_voice: EspeakSynthesizer,
+@pytest.mark.parametrize(("priority", "policy", "niceness"), [
+    (None, "SCHED_IDLE", 0),  # the default: only CPU time the server leaves
+    ("batch", "SCHED_BATCH", 19),
+    ("normal", "SCHED_OTHER", 0),
+])
+async def test_the_decoder_process_takes_the_cpu_share_its_priority_says(
+    caller_voice: EspeakSynthesizer, priority: DecoderPriority | None, policy: str, niceness: int,
 ) -> None:
     before = spawned_children(os.getpid())
-    recognizer = GrammarRecognizer()
+    recognizer = GrammarRecognizer() if priority is None else GrammarRecognizer(priority=priority)
     try:
         pcm = await caller_voice.synthesize("yes", voice="en-us+m3", rate=160)
         assert await recognizer.recognize(pcm, ("yes", "no")) == "yes"
         (decoder,) = spawned_children(os.getpid()) - before
-        assert os.sched_getscheduler(decoder) == os.SCHED_IDLE
+        assert os.sched_getscheduler(decoder) == getattr(os, policy)
+        ours = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, decoder) == min(ours + niceness, 19)
     finally:
         recognizer.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policy")
+async def test_the_server_s_decoder_takes_the_priority_its_operator_set(
+    serve_app: ServeApp, settings: Settings, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AGENT_STREAM_DECODER_PRIORITY", " Batch ")
+    assert Settings.from_env().decoder_priority == "batch"
+    monkeypatch.setenv("AGENT_STREAM_DECODER_PRIORITY", "")
+    assert Settings.from_env().decoder_priority == "idle"
+    before = spawned_children(os.getpid())
+    await serve_app(dataclasses.replace(settings, decoder_priority="batch", preload_speech=True))
+    await until(lambda: bool(spawned_children(os.getpid()) - before), timeout=10)
+    (decoder,) = spawned_children(os.getpid()) - before
+    # the policy is set once the model is loaded (its start runs at normal priority)
+    await until(lambda: os.sched_getscheduler(decoder) == os.SCHED_BATCH, timeout=20)
+    assert os.getpriority(os.PRIO_PROCESS, decoder) == 19

@@ -17,7 +17,7 @@ import os
 import re
 import signal
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any, Final
+from typing import Any, Final, Literal, get_args
 
 from .. import audio
 from ..lifeline import watch_parent
@@ -26,6 +26,13 @@ DECODE_RATE: Final = 16000
 NOISE_FLOOR_RMS: Final = 30.0
 # Longest wait for one utterance's decode (a couple of seconds of speech takes ~20 ms).
 DECODE_TIMEOUT: Final = 10.0
+# How the decoder process shares the CPU with the server (AGENT_STREAM_DECODER_PRIORITY):
+# "idle" takes only CPU time nobody else wants (the default: audio pacing wins); "batch"
+# (SCHED_BATCH at niceness 19) yields to the server but still gets a small share on a box
+# that other work keeps busy; "normal" competes as an equal (a box shared with other busy
+# processes, where an idle decoder could wait past DECODE_TIMEOUT).
+DecoderPriority = Literal["idle", "batch", "normal"]
+DECODER_PRIORITIES: Final[tuple[DecoderPriority, ...]] = get_args(DecoderPriority)
 _WORD_RE: Final = re.compile(r"[a-z']+")
 
 log = logging.getLogger(__name__)
@@ -47,7 +54,7 @@ def grammar_for(phrases: tuple[str, ...]) -> tuple[str, str]:
     return "g" + hashlib.sha1(text.encode()).hexdigest()[:12], text
 
 
-def _init_worker() -> None:
+def _init_worker(priority: DecoderPriority) -> None:
     """Set up the decoder process. Ctrl-C is the server's to handle: the worker ends when
     the server shuts its pool down, without a traceback. The one-off start (~0.7 s of CPU:
     numpy, the acoustic model) runs at normal priority and only then does the process
@@ -58,7 +65,7 @@ def _init_worker() -> None:
     import numpy  # noqa: F401  (decode's first import, paid here)
 
     _load_decoder()
-    _yield_cpu_to_the_server()
+    _take_priority(priority)
 
 
 def _load_decoder() -> None:
@@ -72,13 +79,21 @@ def _load_decoder() -> None:
     _decoder = Decoder(config)
 
 
-def _yield_cpu_to_the_server() -> None:
+def _take_priority(priority: DecoderPriority) -> None:
     """Decoding is batch work and pacing live audio is not: on a busy machine the server's
-    event loop must win every CPU it asks for, or all calls hear a gap. So the decoder runs
-    only on CPU time nobody else wants (SCHED_IDLE; niceness 19 where that is missing).
-    At 80 calls on 2 cores this took the outbound gap p99 from 30-45 ms to 23-27 ms."""
+    event loop must win every CPU it asks for, or all calls hear a gap. By default the
+    decoder runs only on CPU time nobody else wants (SCHED_IDLE; niceness 19 where that is
+    missing). At 80 calls on 2 cores this took the outbound gap p99 from 30-45 ms to
+    23-27 ms. The price, on a box whose CPUs other work keeps busy, is decodes that wait:
+    "batch" or "normal" trade some of the gap for answers that never starve."""
+    if priority == "normal":
+        return
     try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        if priority == "idle":
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        else:
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+            os.nice(19)
     except (AttributeError, OSError):
         with contextlib.suppress(OSError):
             os.nice(19)
@@ -123,8 +138,9 @@ class GrammarRecognizer:
     """The decoder process every call shares; `recognize` never blocks the event loop.
     The process (and its ~0.4 s model load) starts on the first utterance."""
 
-    def __init__(self, workers: int = 1) -> None:
+    def __init__(self, workers: int = 1, priority: DecoderPriority = "idle") -> None:
         self._workers = workers
+        self._priority = priority
         self._pool: ProcessPoolExecutor | None = None
 
     def _executor(self) -> ProcessPoolExecutor:
@@ -133,12 +149,14 @@ class GrammarRecognizer:
                 max_workers=self._workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_init_worker,
+                initargs=(self._priority,),
             )
         return self._pool
 
     async def recognize(self, pcm8k: bytes, phrases: tuple[str, ...]) -> str | None:
-        """The phrase heard, or None; also None when the decoder, which only gets CPU time
-        the server leaves, cannot answer within DECODE_TIMEOUT (the turn is not understood)."""
+        """The phrase heard, or None; also None when the decoder, which by default only gets
+        CPU time the server leaves, cannot answer within DECODE_TIMEOUT (the turn is not
+        understood)."""
         if not phrases or not pcm8k:
             return None
         loop = asyncio.get_running_loop()
@@ -146,7 +164,10 @@ class GrammarRecognizer:
             async with asyncio.timeout(DECODE_TIMEOUT):
                 return await loop.run_in_executor(self._executor(), decode, pcm8k, phrases)
         except TimeoutError:
-            log.warning("speech decoder did not answer within %g s", DECODE_TIMEOUT)
+            log.warning(
+                "speech decoder did not answer within %g s (it runs at %s priority: see"
+                " AGENT_STREAM_DECODER_PRIORITY)", DECODE_TIMEOUT, self._priority,
+            )
             return None
 
     def warm_up(self) -> None:
