@@ -735,6 +735,13 @@ async def test_runs_listing_detail_and_recording(
     response = await client.get(recording, headers=tenant.headers | {"Range": "bytes=0-3"})
     assert response.status == 206
     assert await response.read() == b"RIFF"
+    response = await client.get(recording, headers=tenant.headers | {"Range": "bytes=-4"})
+    assert response.status == 206
+    assert await response.read() == wav[-4:]
+    for unsatisfiable in ("bytes=-0", "bytes=-00", f"bytes={len(wav)}-"):
+        response = await client.get(recording, headers=tenant.headers | {"Range": unsatisfiable})
+        assert response.status == 416, unsatisfiable
+        assert response.headers["Content-Range"] == f"bytes */{len(wav)}"
 
 
 async def test_runs_of_the_whole_organization_and_unknown_workflow(

@@ -162,6 +162,12 @@ async def test_a_calls_wav_lands_in_the_bucket_and_every_instance_serves_it(
     assert response.status == 206
     assert response.headers["Content-Range"] == f"bytes 0-3/{len(stored)}"
     assert await response.read() == b"RIFF"
+    response = await client.get(path, headers=tenant.headers | {"Range": "bytes=-4"})
+    assert (response.status, await response.read()) == (206, stored[-4:])
+    for unsatisfiable in ("bytes=-0", f"bytes={len(stored)}-"):
+        response = await client.get(path, headers=tenant.headers | {"Range": unsatisfiable})
+        assert response.status == 416, unsatisfiable
+        assert response.headers["Content-Range"] == f"bytes */{len(stored)}"
     detail = await (await client.get(f"/api/v1/workflow-runs/{run.id}", headers=tenant.headers)).json()
     assert detail["has_recording"] is True
 

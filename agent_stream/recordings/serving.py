@@ -2,7 +2,9 @@
 aiohttp's own Range support, bytes from a bucket with the same (players seek)."""
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 from collections.abc import Mapping
 from typing import Final
 
@@ -14,6 +16,9 @@ from .base import RecordingBytes, RecordingFile, RecordingStore
 log = logging.getLogger(__name__)
 
 WAV: Final = "audio/wav"
+# `Range: bytes=-0` asks for the last zero bytes: unsatisfiable (RFC 9110 14.1.2), where
+# aiohttp's range parsing (and so FileResponse) would answer the whole file.
+_EMPTY_SUFFIX: Final = re.compile(r"bytes=-0+", re.ASCII)
 
 
 async def recording_response(
@@ -32,6 +37,12 @@ async def recording_response(
     if recording is None:
         raise NotFound("this run's recording is missing from the recordings store")
     all_headers = {"Content-Type": WAV, **(headers or {})}
+    if _EMPTY_SUFFIX.fullmatch(request.headers.get("Range", "").strip()):
+        if isinstance(recording, RecordingFile):
+            size = (await asyncio.to_thread(recording.path.stat)).st_size
+        else:
+            size = len(recording.data)
+        return _unsatisfiable(size, all_headers | {"Accept-Ranges": "bytes"})
     if isinstance(recording, RecordingFile):
         return web.FileResponse(recording.path, headers=all_headers)
     return _bytes_response(request, recording, all_headers)
@@ -50,8 +61,13 @@ def _bytes_response(
     except ValueError:
         start, stop = size, size  # malformed: unsatisfiable, as aiohttp answers for a file
     if start >= stop:
-        return web.Response(status=416, headers=headers | {"Content-Range": f"bytes */{size}"})
+        return _unsatisfiable(size, headers)
     return web.Response(
         status=206, body=data[start:stop],
         headers=headers | {"Content-Range": f"bytes {start}-{stop - 1}/{size}"},
     )
+
+
+def _unsatisfiable(size: int, headers: dict[str, str]) -> web.Response:
+    """416, saying how many bytes there are, as RFC 9110 asks."""
+    return web.Response(status=416, headers=headers | {"Content-Range": f"bytes */{size}"})
