@@ -195,6 +195,8 @@ Name = Annotated[
           description="One line of text, not blank (stored stripped)."),
     AfterValidator(_not_blank),
 ]
+# One line, perhaps empty: no control character (an id, a model, a key, an address).
+OneLine = Annotated[str, Field(pattern=rf"^[^{CONTROL_CHARACTERS}]*$")]
 Revision = Annotated[
     int,
     Field(ge=1, le=MAX_ROW_ID,
@@ -226,12 +228,12 @@ class Error(BaseModel):
 class Node(BaseModel):
     """A node of the workflow graph."""
 
-    id: str = Field(min_length=1)
+    id: OneLine = Field(min_length=1)
     kind: Literal[NODE_KINDS]  # type: ignore[valid-type]
     say: str | None = Field(None, description="Spoken verbatim; {{caller_number}} and other "
                                               "context keys are substituted.")
     prompt: str | None = Field(None, description="What drives the LLM engine at this node.")
-    destination: str | None = Field(None, description="Where a transfer node transfers "
+    destination: OneLine | None = Field(None, description="Where a transfer node transfers "
                                                       "(required for kind transfer).")
     interruptible: bool | None = None
 
@@ -241,8 +243,8 @@ class Edge(BaseModel):
 
     model_config = ConfigDict(populate_by_name=True)
 
-    from_: str = Field(alias="from", description="A node id.")
-    to: str = Field(description="A node id.")
+    from_: OneLine = Field(alias="from", description="A node id.")
+    to: OneLine = Field(description="A node id.")
     phrases: list[str] = Field(default_factory=list)
     dtmf: Literal[tuple(sorted(DTMF_DIGITS))] | None = None  # type: ignore[valid-type]
     condition: str | None = None
@@ -252,9 +254,9 @@ class Edge(BaseModel):
 class LLMSettings(BaseModel):
     """An OpenAI-compatible chat endpoint; `api_key` is answered only as `api_key_hint`."""
 
-    base_url: str | None = Field(None, description="An http(s) URL without credentials.")
-    model: str | None = None
-    api_key: str | None = Field(None, json_schema_extra={"writeOnly": True})
+    base_url: OneLine | None = Field(None, description="An http(s) URL without credentials.")
+    model: OneLine | None = None
+    api_key: OneLine | None = Field(None, json_schema_extra={"writeOnly": True})
 
 
 def _optional(kind: Any) -> Any:
@@ -272,10 +274,10 @@ def _speech_settings(section: str, providers: tuple[str, ...]) -> Any:
         f"{section.upper()}Settings",
         __doc__=f"A {section.upper()} provider; `api_key` is answered only as `api_key_hint`.",
         provider=(_optional(Literal[providers]), None),
-        base_url=(str | None, Field(None, description="An http(s) URL without credentials.")),
-        model=(str | None, None),
-        voice=(str | None, None),
-        api_key=(str | None, Field(None, json_schema_extra={"writeOnly": True})),
+        base_url=(OneLine | None, Field(None, description="An http(s) URL without credentials.")),
+        model=(OneLine | None, None),
+        voice=(OneLine | None, None),
+        api_key=(OneLine | None, Field(None, json_schema_extra={"writeOnly": True})),
     )
     return Annotated[
         model | str | None,
@@ -290,8 +292,8 @@ TTS = _speech_settings("tts", TTS_PROVIDERS)
 class WorkflowSettings(BaseModel):
     """How the agent sounds and which engine and vendors it uses."""
 
-    language: str | None = None
-    voice: str | None = None
+    language: OneLine | None = None
+    voice: OneLine | None = None
     max_duration_seconds: float | None = Field(default=None, gt=0)
     silence_timeout_seconds: float | None = Field(default=None, gt=0)
     engine: Literal[ENGINES] | None = None  # type: ignore[valid-type]
@@ -375,7 +377,7 @@ class WorkflowList(BaseModel):
 
 
 # A configuration's name: one line (empty or left out: named after the account).
-ConfigName = Annotated[str, Field(pattern=rf"^[^{CONTROL_CHARACTERS}]*$")]
+ConfigName = OneLine
 
 
 class ConfigBody(Body):

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from .plain_text import one_line
 from .security import mask_secret
 
 NODE_KINDS: Final = ("start", "agent", "end", "transfer")
@@ -28,6 +29,8 @@ EMBEDDED_ALIASES: Final = {"": "embedded", "pocketsphinx": "embedded", "espeak":
 SECRET_SECTIONS: Final = ("llm", "stt", "tts")
 # What mask_secret() shows instead of a secret; a key sent back starting with it is a mask.
 MASK_PREFIX: Final = "••••"
+# Said of a one-line field (an id, a model, a key, an address) holding a control character.
+ONE_LINE: Final = "must be one line, without control characters"
 
 STARTER_DEFINITION: Final[dict[str, Any]] = {
     "version": 1,
@@ -96,6 +99,7 @@ def validate_definition(definition: Any) -> list[str]:
         for key in ("language", "voice"):
             if settings.get(key) is not None and not isinstance(settings.get(key), str):
                 problems.append(f"settings.{key} must be text")
+        problems.extend(_one_line_problems(settings, ("language", "voice"), "settings"))
         problems.extend(_engine_problems(settings))
         problems.extend(_speech_problems(settings, "stt", STT_PROVIDERS))
         problems.extend(_speech_problems(settings, "tts", TTS_PROVIDERS))
@@ -111,6 +115,8 @@ def validate_definition(definition: Any) -> list[str]:
         if not isinstance(node_id, str) or not node_id:
             problems.append(f"{where}.id must be a non-empty string")
             continue
+        if not one_line(node_id):
+            problems.append(f"{where}.id {ONE_LINE}")
         where = f"node {node_id!r}"
         if node_id in ids:
             problems.append(f"duplicate node id {node_id!r}")
@@ -125,6 +131,7 @@ def validate_definition(definition: Any) -> list[str]:
         for text_key in ("say", "prompt", "destination"):
             if node.get(text_key) is not None and not isinstance(node.get(text_key), str):
                 problems.append(f"{where}.{text_key} must be text")
+        problems.extend(_one_line_problems(node, ("destination",), where))
         if node.get("interruptible") is not None and not isinstance(node.get("interruptible"), bool):
             problems.append(f"{where}.interruptible must be true or false")
     if not starts:
@@ -212,6 +219,7 @@ def _engine_problems(settings: dict[str, Any]) -> list[str]:
         problems.append("settings.llm.model is required when settings.engine is llm")
     if llm.get("api_key") is not None and not isinstance(llm.get("api_key"), str):
         problems.append("settings.llm.api_key must be text")
+    problems.extend(_one_line_problems(llm, ("base_url", "model", "api_key"), "settings.llm"))
     return problems
 
 
@@ -234,7 +242,18 @@ def _speech_problems(settings: dict[str, Any], section: str, providers: tuple[st
     for key in ("model", "voice", "api_key"):
         if speech.get(key) is not None and not isinstance(speech.get(key), str):
             problems.append(f"{where}.{key} must be text")
+    problems.extend(_one_line_problems(speech, ("base_url", "model", "voice", "api_key"), where))
     return problems
+
+
+def _one_line_problems(section: dict[str, Any], keys: tuple[str, ...], where: str) -> list[str]:
+    """The `keys` of `section` that are text holding a control character: a name, a model,
+    a key or an address ends up in an HTTP header, a provider's XML or a log line, where a
+    line break or a NUL breaks it (spoken text, `say` and `prompt`, is kept as given)."""
+    return [
+        f"{where}.{key} {ONE_LINE}" for key in keys
+        if isinstance(section.get(key), str) and not one_line(section[key])
+    ]
 
 
 def _speech_section(value: Any) -> dict[str, Any] | None:

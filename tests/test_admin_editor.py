@@ -17,10 +17,18 @@ def test_every_kind_of_validation_message_lands_on_its_field() -> None:
     definition["edges"][1]["to"] = "nowhere"
     definition["edges"][2]["phrases"] = "no"
     definition["settings"]["max_duration_seconds"] = -1
+    definition["nodes"][1]["prompt"] = "Ask for a day.\nThen a time."  # spoken text: kept
+    definition["nodes"][3]["destination"] = "+1555\r\n"
+    definition["settings"]["voice"] = "en\x00"
     messages = validate_definition(definition)
     problems = editor.map_problems(messages, definition)
 
     assert problems.nodes[2]["destination"] == ["node 'human': a transfer node needs a destination"]
+    assert problems.nodes[3]["destination"] == [
+        "node 'bye'.destination must be one line, without control characters"]
+    assert problems.settings["voice"] == [
+        "settings.voice must be one line, without control characters"]
+    assert "prompt" not in problems.nodes.get(1, {})
     assert problems.nodes[4]["id"] == ["duplicate node id 'bye'"]
     assert "kind must be one of" in problems.nodes[5]["kind"][0]
     assert problems.nodes[6]["id"] == ["nodes[6].id must be a non-empty string"]

@@ -224,6 +224,36 @@ async def test_invalid_definition_lists_every_problem(
     assert len(await store.list_workflows(tenant.org_id)) == before
 
 
+async def test_one_line_fields_of_a_definition_refuse_control_characters(
+    client: TestClient, tenant: Tenant, store: Store
+) -> None:
+    """An id, a transfer destination, a model, a key or an address ends up in a log line, a
+    provider's XML or an HTTP header: a line break there is refused, spoken text keeps it."""
+    definition = starter_definition()
+    definition["nodes"][0]["say"] = "Hello.\nHow can I help?"  # spoken text: kept as given
+    definition["nodes"][0]["id"] = "start\r\nX-Injected: 1"
+    definition["nodes"][2]["destination"] = "+15555550123\x00"
+    definition["settings"]["voice"] = "en-us\n"
+    definition["settings"]["llm"] = {"base_url": "http://llm\n.example.com/v1",
+                                     "model": "gpt\x07", "api_key": "sk-1234\r\n"}
+    definition["settings"]["tts"] = {"provider": "openai", "voice": "alloy\t"}
+    response = await client.post("/api/v1/workflows", headers=tenant.headers,
+                                 json={"name": "Odd", "definition": definition})
+    problems = (await body_of(response, 400))["problems"]
+    one_line = "must be one line, without control characters"
+    assert [p for p in problems if one_line in p] == [
+        f"settings.voice {one_line}",
+        f"settings.llm.base_url {one_line}",
+        f"settings.llm.model {one_line}",
+        f"settings.llm.api_key {one_line}",
+        f"settings.tts.voice {one_line}",
+        f"nodes[0].id {one_line}",
+        f"node 'human'.destination {one_line}",
+    ]
+    assert "sk-1234" not in await response.text()  # a key is named, never echoed
+    assert [w.name for w in await store.list_workflows(tenant.org_id)] == [tenant.workflow.name]
+
+
 async def test_invalid_definition_in_a_patch_keeps_the_saved_version(
     client: TestClient, tenant: Tenant, store: Store
 ) -> None:
