@@ -7,13 +7,15 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 from .crypto import KEY_ENV, KEY_FILE_NAME
-from .logs import LOG_FORMAT_ENV, LogFormat, log_format_from
+from .logs import LOG_FORMAT_ENV, LOG_FORMATS, LogFormat
 from .recordings.location import LocalLocation, RecordingsLocation, parse_location
 from .speech.stt import DECODER_PRIORITIES, DecoderPriority
 from .webhooks.targets import ALLOW_PRIVATE_ENV
+
+Choice = TypeVar("Choice", bound=str)
 
 DEFAULT_HOST: Final = "0.0.0.0"
 DEFAULT_PORT: Final = 8000
@@ -186,18 +188,20 @@ class Settings:
             recordings=os.environ.get("AGENT_STREAM_RECORDINGS") or None,
             workers=_worker_count(workers, os.environ.get("AGENT_STREAM_WORKERS")),
             worker_index=worker_index,
-            log_format=log_format_from(os.environ.get(LOG_FORMAT_ENV)),
-            decoder_priority=_decoder_priority(os.environ.get(DECODER_PRIORITY_ENV)),
+            log_format=_one_of(LOG_FORMAT_ENV, LOG_FORMATS),
+            decoder_priority=_one_of(DECODER_PRIORITY_ENV, DECODER_PRIORITIES),
         )
 
 
-def _decoder_priority(value: str | None) -> DecoderPriority:
-    """AGENT_STREAM_DECODER_PRIORITY, any case; unset or empty: idle."""
-    priority = (value or "idle").strip().lower()
-    for known in DECODER_PRIORITIES:
-        if priority == known:
+def _one_of(name: str, choices: tuple[Choice, ...]) -> Choice:
+    """The environment variable `name` as one of `choices` (any case); unset or empty is
+    the first. Anything else is a ValueError naming them."""
+    value = os.environ.get(name)
+    chosen = (value or choices[0]).strip().lower()
+    for known in choices:
+        if chosen == known:
             return known
-    raise ValueError(f"{DECODER_PRIORITY_ENV} must be one of {', '.join(DECODER_PRIORITIES)}")
+    raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
 
 
 def _flag(value: str | None) -> bool:

@@ -29,15 +29,6 @@ CALL_FIELDS: contextvars.ContextVar[dict[str, str] | None] = contextvars.Context
 )
 
 
-def log_format_from(value: str | None) -> LogFormat:
-    """AGENT_STREAM_LOG_FORMAT's value: unset is text; anything unknown is a ValueError."""
-    chosen = (value or "text").strip().lower()
-    for known in LOG_FORMATS:
-        if chosen == known:
-            return known
-    raise ValueError(f"{LOG_FORMAT_ENV} must be one of {', '.join(LOG_FORMATS)}, not {value!r}")
-
-
 class CallFieldsFilter(logging.Filter):
     """Adds the current call's fields to a record that does not carry them already."""
 

@@ -374,7 +374,7 @@ def test_an_unknown_decoder_priority_is_a_clear_error(tmp_path: Path) -> None:
     )
     assert served.returncode == 2
     assert served.stderr.strip() == (
-        "error: AGENT_STREAM_DECODER_PRIORITY must be one of idle, batch, normal")
+        "error: AGENT_STREAM_DECODER_PRIORITY must be one of idle, batch, normal, not 'lowest'")
     assert not (tmp_path / "a.db").exists()  # refused before anything was created
 
 
