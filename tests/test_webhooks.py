@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from yarl import URL
 
 from agent_stream.config import Settings
 from agent_stream.keys import STORE, WEBHOOKS
@@ -260,12 +261,14 @@ async def test_webhooks_are_managed_through_the_api_and_never_show_their_secret(
     assert (await client.get(one, headers=tenant.headers)).status == 404
 
 
-async def test_a_control_character_in_a_url_or_secret_is_a_400_on_both_backends(
+async def test_a_control_character_or_a_bad_host_in_a_url_or_secret_is_a_400_on_both_backends(
     client: TestClient, store: Store, tenant: Tenant
 ) -> None:
     """A NUL is no text PostgreSQL stores (the insert failed: a 500; SQLite kept it), and a
-    URL or a secret is one line: refused by the check the API and the admin share."""
+    URL or a secret is one line: refused by the check the API and the admin share. A host
+    that is not valid punycode raised when read (a 500)."""
     for body, field_name in (
+        ({"url": "https://xn--a.example.com/in", "events": ALL_EVENTS}, "url"),  # no punycode
         ({"url": "https://hooks.example.com/in\x00", "events": ALL_EVENTS}, "url"),
         ({"url": "https://hooks\x00.example.com/", "events": ALL_EVENTS}, "url"),
         ({"url": "https://hooks.example.com/in\r\nX-Forged: 1", "events": ALL_EVENTS}, "url"),
@@ -277,17 +280,20 @@ async def test_a_control_character_in_a_url_or_secret_is_a_400_on_both_backends(
         assert (await response.json())["problems"][0]["field"] == field_name
     created = await add_webhook(client, tenant, "https://hooks.example.com/in")
     one = f"/api/v1/webhooks/{created['id']}"
-    for body in ({"url": "https://hooks.example.com/\x00"}, {"secret": "s" * 20 + "\x00"}):
+    for body in ({"url": "https://hooks.example.com/\x00"}, {"secret": "s" * 20 + "\x00"},
+                 {"url": "http://xn--/"}):
         response = await client.patch(one, json=body, headers=tenant.headers)
         assert response.status == 400, (body, await response.text())
 
     operator = await make_operator(client, store, tenant)
-    for form in ({"url": "https://hooks.example.com/a\x00"},
-                 {"url": "https://hooks.example.com/a", "secret": "s" * 20 + "\x00"}):
+    for form, said in (({"url": "https://hooks.example.com/a\x00"}, "control characters"),
+                       ({"url": "https://hooks.example.com/a", "secret": "s" * 20 + "\x00"},
+                        "control characters"),
+                       ({"url": "https://xn--abc-.example.com/a"}, "is not a valid URL")):
         page = await operator.post("/webhooks", form | {"events": ALL_EVENTS})
-        assert page.status == 400 and "control characters" in page.html, form
+        assert page.status == 400 and said in page.html, form
         page = await operator.post(f"/webhooks/{created['id']}", form | {"events": ALL_EVENTS})
-        assert page.status == 400 and "control characters" in page.html, form
+        assert page.status == 400 and said in page.html, form
     (stored,) = await store.list_webhooks(tenant.org_id)
     assert stored.url == "https://hooks.example.com/in"
 
@@ -342,8 +348,13 @@ async def test_a_call_is_reported_started_and_completed_signed_with_the_run_as_t
     assert completed["run"] == api_run
     assert completed["created_at"] == run.ended_at
 
-    assert "/hook: HTTP 200" in caplog.text  # logged without the URL's query, nor the secret
-    assert "query-secret-123" not in caplog.text and SECRET not in caplog.text
+    # logged by the receiver's origin: not its path (a Slack hook's path is its secret), its
+    # query, nor the signing secret
+    sent = [r.getMessage() for r in caplog.records if r.name.startswith("agent_stream.webhooks")]
+    origin = str(URL(receiver.url).origin())
+    assert sum(f" to {origin}: HTTP 200 " in line for line in sent) == 2, sent
+    assert not [line for line in sent if "/hook" in line or "query-secret-123" in line]
+    assert SECRET not in caplog.text
 
     assert {d["event"] for d in shown} == {"run.started", "run.completed"}
     for d in shown:

@@ -36,9 +36,12 @@ def check_url(value: Any) -> str | None:
     if not one_line(value.strip()):
         return "must be one line, without control characters"
     try:
-        url = URL(value.strip())
-    except (ValueError, TypeError):
+        return _url_problem(URL(value.strip()))
+    except (ValueError, TypeError):  # yarl decodes parts when read: a bad xn-- host here
         return "is not a valid URL"
+
+
+def _url_problem(url: URL) -> str | None:
     if url.scheme not in ("http", "https"):
         return "must start with http:// or https://"
     if not url.host:

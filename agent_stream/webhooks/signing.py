@@ -27,10 +27,10 @@ def signature(secret: str, body: bytes, timestamp: int) -> str:
 
 
 def shown_url(url: str) -> str:
-    """A receiver's URL for logs: scheme, host and path, never its query (which may carry
-    a token) nor credentials."""
+    """A receiver for logs: scheme, host and port only. A path may be the secret itself
+    (Slack's and Discord's hooks), a query may carry a token."""
     try:
         parsed = URL(url)
-        return str(parsed.with_user(None).with_query(None).with_fragment(None))
+        return str(parsed.origin())
     except (ValueError, TypeError):
         return "(invalid URL)"
