@@ -484,6 +484,36 @@ async def test_a_dead_receiver_delays_neither_the_call_nor_another_organizations
         assert (shown["status"], shown["error"]) == ("pending", "no answer within 3 s")
 
 
+async def test_an_organization_s_many_slow_webhooks_do_not_hold_back_another_s_new_event(
+    client: TestClient, make_tenant: MakeTenant, store: Store, receivers: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Three dead receivers of one organization and 120 runs: 360 first attempts, four at
+    a time. Another organization's event must not queue behind them (it did: the due list
+    was the 100 oldest, all the first organization's, and its cap skipped them all)."""
+    monkeypatch.setattr(delivery, "ATTEMPT_TIMEOUT_SECONDS", 30.0)
+    busy = await make_tenant(name="Busy", domain="busy.cloudonix.net", token="busy-token-1234")
+    other = await make_tenant(name="Other", domain="other.cloudonix.net", token="other-token-5678")
+    dead, alive = await receivers(hang=True), await receivers()
+    for _ in range(3):
+        await add_webhook(client, busy, dead.url, events=["run.started"])
+    await runs_started(store, busy, 120)
+    await until(lambda: dead.hanging >= delivery.MAX_IN_FLIGHT_PER_ORGANIZATION)
+    await add_webhook(client, other, alive.url, events=["run.started"])
+    await runs_started(store, other, 1)
+    await until(lambda: len(alive.accepted()) == 1, timeout=10)  # not after 360 others
+    assert dead.hanging == delivery.MAX_IN_FLIGHT_PER_ORGANIZATION  # still the cap, no more
+
+
+async def runs_started(store: Store, tenant: Tenant, count: int) -> None:
+    """`count` runs of the tenant's agent go running: each writes its run.started deliveries."""
+    owner = await store.get_user(tenant.user_id)
+    for _ in range(count):
+        run = await store.start_run(tenant.workflow, owner, mode="cloudonix", initial_context={},
+                                    gathered_context={}, logs={})
+        await store.mark_run_running(run.id)
+
+
 async def test_deliveries_survive_a_restart_between_tries_and_are_accepted_exactly_once(
     serve_app: ServeApp, settings: Settings, make_tenant: MakeTenant, receivers: Any,
     dial_to: Callable[[TestClient], Dial],
@@ -525,7 +555,8 @@ async def test_runs_a_crashed_server_left_are_reported_by_its_next_start(
     await crash.store.create_webhook(org_id, url=receiver.url, events=ALL_EVENTS, secret=SECRET)
     run = await crash.open_run()  # running when the server died: run.started is queued
     now = utcnow()
-    due = await crash.store.due_deliveries(now=now, max_claims_per_webhook=2)
+    due = await crash.store.due_deliveries(
+        now=now, max_claims_per_webhook=2, per_organization=delivery.MAX_IN_FLIGHT_PER_ORGANIZATION)
     claimed = await crash.store.claim_deliveries(  # it died sending it, claimed for long
         [d[0] for d in due], instance_id=settings.instance_id, now=now,
         until="9999-12-31T00:00:00.000+00:00")
@@ -541,6 +572,11 @@ async def test_runs_a_crashed_server_left_are_reported_by_its_next_start(
         check_signature(received)
 
 
+async def due_now(store: Store, *, max_claims_per_webhook: int = 2) -> list[tuple[int, int, int]]:
+    return await store.due_deliveries(now=utcnow(), max_claims_per_webhook=max_claims_per_webhook,
+                                      per_organization=delivery.MAX_IN_FLIGHT_PER_ORGANIZATION)
+
+
 async def test_the_sender_takes_new_events_first_and_never_a_retry_before_it_is_due(
     crash: Crash, receivers: Any
 ) -> None:
@@ -552,8 +588,8 @@ async def test_the_sender_takes_new_events_first_and_never_a_retry_before_it_is_
     await store.create_webhook(crash.workflow.organization_id, url=receiver.url,
                                events=["run.started"], secret=SECRET)
     await crash.open_run()
-    (first,) = await store.due_deliveries(now=utcnow(), max_claims_per_webhook=2)
-    seen_by_b = await store.due_deliveries(now=utcnow(), max_claims_per_webhook=2)
+    (first,) = await due_now(store)
+    seen_by_b = await due_now(store)
     now = utcnow()
     (taken,) = await store.claim_deliveries([first[0]], instance_id="a:1:0", now=now,
                                             until="9999-12-31T00:00:00.000+00:00")
@@ -571,16 +607,15 @@ async def test_the_sender_takes_new_events_first_and_never_a_retry_before_it_is_
                                next_attempt_at=taken.delivery.created_at, status_code=503,
                                latency_ms=3, error="HTTP 503", body="{}", at=now)
     await crash.open_run()
-    due = await store.due_deliveries(now=utcnow(), max_claims_per_webhook=2)
-    assert len(due) == 2 and due[1][0] == first[0]  # the new event first, the retry after
+    due = await due_now(store)
+    assert len(due) == 1 and due[0][0] != first[0]  # the webhook's next: the new event first
 
     # one attempt under way and one allowed per webhook: nothing more of it is due
     newest = due[0][0]
     assert await store.claim_deliveries([newest], instance_id="a:1:0", now=utcnow(),
                                         until="9999-12-31T00:00:00.000+00:00")
-    assert await store.due_deliveries(now=utcnow(), max_claims_per_webhook=1) == []
-    assert [d[0] for d in await store.due_deliveries(now=utcnow(), max_claims_per_webhook=2)] \
-        == [first[0]]
+    assert await due_now(store, max_claims_per_webhook=1) == []
+    assert [d[0] for d in await due_now(store)] == [first[0]]  # then the retry
     await store.close()
 
 

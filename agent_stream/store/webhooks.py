@@ -18,8 +18,10 @@ from ..models import DueDelivery, Webhook, WebhookDelivery
 from .base import StoreBase, check_revision, dumps, from_row, utcnow
 from .database import Connection, Row, placeholders
 
-# Due deliveries read at once, before those of busy webhooks are left for later.
+# Due deliveries read at once (each a different webhook's next).
 _CANDIDATES: Final = 100
+# The order deliveries go in: new events before retries, then the longest due.
+_NEXT_FIRST: Final = "retry, next_attempt_at, id"
 _DELIVERY_COLUMNS: Final = """d.id, d.webhook_id, d.run_id, d.event, d.event_id, d.state,
     d.attempts, d.created_at, d.next_attempt_at, d.status_code, d.latency_ms, d.error,
     d.last_attempt_at, d.delivered_at"""
@@ -125,26 +127,39 @@ class WebhooksStore(StoreBase):
     # -- the sender's side -------------------------------------------------------------------
 
     async def due_deliveries(
-        self, *, now: str, max_claims_per_webhook: int
+        self, *, now: str, max_claims_per_webhook: int, per_organization: int
     ) -> list[tuple[int, int, int]]:
         """(delivery, webhook, organization) of pending deliveries due by `now`, unclaimed,
         of active webhooks with fewer than `max_claims_per_webhook` attempts under way on any
-        instance: first attempts first (a receiver that keeps failing never holds back
-        another's new events), then the oldest. A read: the claim (`claim_deliveries`)
+        instance: each webhook's next one (first attempts first, then the oldest), at most
+        `per_organization` of an organization, first attempts of all before any retry. So
+        neither one webhook's backlog nor one organization's many slow webhooks fill the
+        list and hold back another's new event. A read: the claim (`claim_deliveries`)
         decides. The busy webhooks are counted once, from the pending rows only (a partial
         index), never per candidate over a webhook's whole history."""
         rows = await self._all(
-            """SELECT d.id, d.webhook_id, h.organization_id
-               FROM webhook_deliveries d JOIN webhooks h ON h.id = d.webhook_id
-               WHERE d.state = 'pending' AND d.next_attempt_at <= ? AND h.active = 1
-                 AND (d.claimed_until IS NULL OR d.claimed_until < ?)
-                 AND d.webhook_id NOT IN (
-                     SELECT c.webhook_id FROM webhook_deliveries c
-                     WHERE c.state = 'pending' AND c.claimed_until >= ?
-                     GROUP BY c.webhook_id HAVING COUNT(*) >= ?)
-               ORDER BY CASE WHEN d.attempts = 0 THEN 0 ELSE 1 END, d.next_attempt_at, d.id
-               LIMIT ?""",
-            (now, now, now, max_claims_per_webhook, _CANDIDATES),
+            f"""SELECT id, webhook_id, organization_id FROM (
+                    SELECT id, webhook_id, organization_id, retry, next_attempt_at,
+                           ROW_NUMBER() OVER (PARTITION BY organization_id
+                                              ORDER BY {_NEXT_FIRST}) AS in_organization
+                    FROM (
+                        SELECT d.id, d.webhook_id, h.organization_id, d.next_attempt_at,
+                               CASE WHEN d.attempts = 0 THEN 0 ELSE 1 END AS retry,
+                               ROW_NUMBER() OVER (
+                                   PARTITION BY d.webhook_id
+                                   ORDER BY CASE WHEN d.attempts = 0 THEN 0 ELSE 1 END,
+                                            d.next_attempt_at, d.id) AS in_webhook
+                        FROM webhook_deliveries d JOIN webhooks h ON h.id = d.webhook_id
+                        WHERE d.state = 'pending' AND d.next_attempt_at <= ? AND h.active = 1
+                          AND (d.claimed_until IS NULL OR d.claimed_until < ?)
+                          AND d.webhook_id NOT IN (
+                              SELECT c.webhook_id FROM webhook_deliveries c
+                              WHERE c.state = 'pending' AND c.claimed_until >= ?
+                              GROUP BY c.webhook_id HAVING COUNT(*) >= ?)
+                    ) next_of_webhook WHERE in_webhook = 1
+                ) next_of_organization WHERE in_organization <= ?
+                ORDER BY {_NEXT_FIRST} LIMIT ?""",
+            (now, now, now, max_claims_per_webhook, per_organization, _CANDIDATES),
         )
         return [(int(r[0]), int(r[1]), int(r[2])) for r in rows]
 

@@ -138,7 +138,8 @@ class WebhookSender:
                 return
             now = datetime.now(UTC)
             due = await self._store.due_deliveries(
-                now=iso(now), max_claims_per_webhook=MAX_IN_FLIGHT_PER_WEBHOOK
+                now=iso(now), max_claims_per_webhook=MAX_IN_FLIGHT_PER_WEBHOOK,
+                per_organization=MAX_IN_FLIGHT_PER_ORGANIZATION,
             )
             picked: list[int] = []
             webhooks: set[int] = set()
@@ -146,7 +147,8 @@ class WebhookSender:
             for delivery_id, webhook_id, organization_id in due:
                 if len(picked) >= free:
                     break
-                if webhook_id in webhooks or organizations[organization_id] >= MAX_IN_FLIGHT_PER_ORGANIZATION:
+                if (delivery_id in self._claimed or webhook_id in webhooks
+                        or organizations[organization_id] >= MAX_IN_FLIGHT_PER_ORGANIZATION):
                     continue  # its turn comes when one of its attempts is done
                 picked.append(delivery_id)
                 webhooks.add(webhook_id)
