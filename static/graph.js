@@ -162,20 +162,22 @@
     var g = new window.dagre.graphlib.Graph({ multigraph: true });
     g.setGraph({ rankdir: "LR", nodesep: 26, ranksep: 70, edgesep: 16, marginx: 14, marginy: 14 });
     g.setDefaultEdgeLabel(function () { return {}; });
-    var known = {};
-    graph.nodes.forEach(function (node) {
+    // dagre keeps nodes in plain objects: an id such as "constructor" or "__proto__" would
+    // break its layout, so it gets keys of our own ("n0", "n1" ...), the ids kept in a Map
+    var keys = new Map();
+    graph.nodes.forEach(function (node, position) {
       var width = Math.max(measure([{ text: node.id, cls: "node-id" }], "node"),
                            measure([{ text: node.kind, cls: "node-kind" }], "node"));
-      known[node.id] = true;
-      g.setNode(node.id, { width: Math.max(NODE_MIN_WIDTH, width + 2 * NODE_PAD),
-                           height: NODE_HEIGHT, node: node });
+      keys.set(node.id, "n" + position);
+      g.setNode("n" + position, { width: Math.max(NODE_MIN_WIDTH, width + 2 * NODE_PAD),
+                                  height: NODE_HEIGHT, node: node });
     });
     graph.edges.forEach(function (edge) {
-      if (!known[edge.from] || !known[edge.to]) return;
+      if (!keys.has(edge.from) || !keys.has(edge.to)) return;
       var lines = labelLines(edge);
       var width = 0;
       lines.forEach(function (runs) { width = Math.max(width, measure(runs, "label")); });
-      g.setEdge(edge.from, edge.to, {
+      g.setEdge(keys.get(edge.from), keys.get(edge.to), {
         width: lines.length ? width + 2 * LABEL_PAD : 0,
         height: lines.length ? lines.length * LABEL_LINE + LABEL_PAD : 0,
         labelpos: "c", edge: edge, lines: lines
@@ -222,8 +224,8 @@
       });
     });
 
-    g.nodes().forEach(function (id) {
-      var data = g.node(id), node = data.node;
+    g.nodes().forEach(function (key) {
+      var data = g.node(key), node = data.node;
       var label = "Node " + node.id + " (" + node.kind + ")" + (node.say ? ": " + node.say : "");
       var a = link(nodesLayer, "node-" + node.index, label);
       a.setAttribute("class", "graph-node kind-" + node.kind);

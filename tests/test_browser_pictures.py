@@ -137,6 +137,33 @@ async def test_the_editor_draws_the_workflow_and_a_click_brings_a_form_into_view
         [e["from"], e["to"]] for e in starter_definition()["edges"]]
 
 
+async def test_node_ids_that_are_names_of_javascript_s_object_are_drawn_too(
+    page: Page, store: Store, tenant: Tenant
+) -> None:
+    """The layout library keeps nodes in plain objects: an id like "constructor" broke
+    the layout (a TypeError) and "__proto__" vanished from it."""
+    definition = starter_definition()
+    renamed = {"start": "constructor", "book": "__proto__", "human": "toString",
+               "bye": "hasOwnProperty"}
+    for node in definition["nodes"]:
+        node["id"] = renamed[node["id"]]
+    for edge in definition["edges"]:
+        edge["from"], edge["to"] = renamed[edge["from"]], renamed[edge["to"]]
+    await store.update_workflow(tenant.org_id, tenant.workflow.uuid, definition=definition)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    await sign_in(page, store, tenant)
+    await page.goto(f"/agents/{tenant.workflow.uuid}")
+    await expect(page.locator("#workflow-graph svg .graph-node")).to_have_count(4)
+    shown = await drawing(page)
+    assert shown["nodes"] == [["constructor", "start"], ["__proto__", "agent"],
+                              ["toString", "transfer"], ["hasOwnProperty", "end"]]
+    assert shown["edges"] == [[e["from"], e["to"], True] for e in definition["edges"]]
+    assert shown["width"] > 300 and errors == []
+    await page.locator('#workflow-graph [data-node="hasOwnProperty"]').click()
+    await expect(page.locator("#node-3-id")).to_be_focused()
+
+
 # -- the Overview ------------------------------------------------------------------------------
 
 
