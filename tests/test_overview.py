@@ -14,7 +14,7 @@ from agent_stream.store import Store
 from agent_stream.store.overview import OUTCOMES, overview_days, summarize
 from tests.admin_fixtures import Operator, operator, other_tenant
 from tests.conftest import Dial, Tenant, finished_run, short_call
-from tests.overview_fixtures import EXPECTED, seed_calls, stored_call
+from tests.overview_fixtures import EXPECTED, lines, seed_calls, stored_call
 
 __all__ = ["operator", "other_tenant"]  # fixtures
 
@@ -75,28 +75,42 @@ async def test_a_real_call_shows_on_the_overview(
     assert overview.live == []
 
 
-def test_summarize_buckets_runs_by_their_utc_day_and_outcome() -> None:
+def test_summarize_buckets_calls_by_their_utc_day_and_outcome() -> None:
     days = overview_days(datetime(2026, 3, 3, 23, 59, tzinfo=UTC), 3)
     assert days == ["2026-03-01", "2026-03-02", "2026-03-03"]
-    runs = [
-        {"created_at": "2026-02-28T23:59:59.999+00:00", "state": "completed",
-         "end_reason": "caller_hangup", "mode": "twilio", "started_at": "x",
-         "duration_seconds": 3.0},  # before the period
-        {"created_at": "2026-03-01T00:00:00.000+00:00", "state": "completed",
-         "end_reason": "transfer", "mode": "twilio", "started_at": "x", "duration_seconds": 61.0},
-        {"created_at": "2026-03-03T12:00:00.000+00:00", "state": "failed",
-         "end_reason": None, "mode": "plivo", "started_at": None, "duration_seconds": 0.0},
-        {"created_at": "2026-03-03T12:00:01.000+00:00", "state": "pending",
-         "end_reason": None, "mode": "plivo", "started_at": None, "duration_seconds": None},
+    calls = [
+        {"day": "2026-02-28", "state": "completed", "end_reason": "caller_hangup",
+         "mode": "twilio", "calls": 4},  # before the period
+        {"day": "2026-03-01", "state": "completed", "end_reason": "transfer", "mode": "twilio",
+         "calls": 1},
+        {"day": "2026-03-03", "state": "failed", "end_reason": None, "mode": "plivo", "calls": 2},
+        {"day": "2026-03-03", "state": "pending", "end_reason": None, "mode": "plivo", "calls": 1},
     ]
-    overview = summarize(runs, [299, 300, 3000], [], days)
+    overview = summarize(calls, [(61.0, 1)], [(290.0, 1), (300.0, 2), (3000.0, 1)], [], days)
     assert overview.calls_per_day == {
-        "completed": [0, 0, 0], "transferred": [1, 0, 0], "failed": [0, 0, 1], "live": [0, 0, 1]}
+        "completed": [0, 0, 0], "transferred": [1, 0, 0], "failed": [0, 0, 2], "live": [0, 0, 1]}
     assert list(overview.calls_per_day) == list(OUTCOMES)
-    assert overview.totals["calls"] == 3
+    assert overview.totals["calls"] == 4
     assert _counts(overview.durations) == {"1–2 min": 1}
-    assert _counts(overview.latencies) == {"< 0.3 s": 1, "0.3–0.6 s": 1, "≥ 3 s": 1}
-    assert overview.failures == [("unknown", "plivo", 1)]
+    assert _counts(overview.latencies) == {"< 0.3 s": 1, "0.3–0.6 s": 2, "≥ 3 s": 1}
+    # nearest rank over the groups: the 2nd and the 4th of 4 replies
+    assert (overview.latency_median, overview.latency_p90) == (300.0, 3000.0)
+    assert overview.failures == [("unknown", "plivo", 2)]
+
+
+async def test_durations_and_latencies_are_floored_so_a_bucket_s_edge_stays_exact(
+    store: Store, tenant: Tenant
+) -> None:
+    """The database groups durations by tenths of a second and latencies by 10 ms,
+    rounding down: 14.99 s is under 15 s, 299 ms under 300 ms, on both databases."""
+    await stored_call(store, tenant, seconds=14.99, transcript=lines(
+        ("caller", 0, 1000), ("agent", 1299, 2000), ("caller", 3000, 3500), ("agent", 3800, 4000)))
+    await stored_call(store, tenant, seconds=15.0)
+    overview = await store.organization_overview(tenant.org_id)
+    assert _counts(overview.durations) == {"< 15 s": 1, "15–30 s": 1}
+    assert overview.duration_median == 14.9
+    assert _counts(overview.latencies) == {"< 0.3 s": 1, "0.3–0.6 s": 1}
+    assert overview.latency_median == 290.0
 
 
 # -- the page --------------------------------------------------------------------------------

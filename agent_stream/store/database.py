@@ -116,6 +116,11 @@ class Database(abc.ABC):
         """SQL for the text of `key` in the JSON object stored in `column`."""
 
     @abc.abstractmethod
+    def whole_part(self, expression: str) -> str:
+        """SQL for the whole part of `expression`, a number that is not negative (its
+        floor), as an integer."""
+
+    @abc.abstractmethod
     async def table_exists(self, name: str) -> bool: ...
 
     @abc.abstractmethod

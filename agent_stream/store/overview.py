@@ -1,10 +1,13 @@
 """The Overview page's figures: an organization's calls of the last 30 days by day and
 outcome, their durations and reply latencies, failures by reason and provider, and the
-calls live now. Bounded reads (one organization, 30 days) summed up in Python, so the day
-buckets are the same on SQLite and PostgreSQL (times are stored as ISO 8601 UTC text)."""
+calls live now. The database groups them (a busy organization's month is tens of
+thousands of runs and hundreds of thousands of transcript lines, never read row by row);
+Python turns the groups into the page's buckets and percentiles. Days are the first ten
+characters of the ISO 8601 UTC text times are stored as, the same on both databases."""
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -27,8 +30,10 @@ _ORG_RUNS: Final = """FROM workflow_runs r JOIN workflows w ON w.id = r.workflow
 
 # A reply: an agent line right after a caller line of the same run's transcript; its
 # latency is the silence between them (an agent line that overlaps the caller's is none).
-_REPLY_LATENCIES: Final = """
-    SELECT t.start_ms - t.previous_end AS latency_ms FROM (
+# Grouped by LATENCY_STEP_MS (floored: the buckets' edges stay exact).
+LATENCY_STEP_MS: Final = 10
+_REPLY_LATENCIES: Final = f"""
+    SELECT (t.start_ms - t.previous_end) / {LATENCY_STEP_MS} AS step, COUNT(*) AS replies FROM (
         SELECT l.role, l.start_ms,
                LAG(l.role) OVER (PARTITION BY l.run_id ORDER BY l.seq) AS previous_role,
                LAG(l.end_ms) OVER (PARTITION BY l.run_id ORDER BY l.seq) AS previous_end
@@ -37,6 +42,13 @@ _REPLY_LATENCIES: Final = """
         WHERE w.organization_id = ? AND r.created_at >= ?
     ) t
     WHERE t.role = 'agent' AND t.previous_role = 'caller' AND t.start_ms >= t.previous_end
+    GROUP BY (t.start_ms - t.previous_end) / {LATENCY_STEP_MS}
+"""
+# Calls by day, state, end reason and provider.
+_CALLS: Final = f"""
+    SELECT substr(r.created_at, 1, 10) AS day, r.state, r.end_reason, r.mode, COUNT(*) AS calls
+    {_ORG_RUNS}
+    GROUP BY substr(r.created_at, 1, 10), r.state, r.end_reason, r.mode
 """
 
 
@@ -61,12 +73,14 @@ def _label(low: float, high: float | None, unit: str) -> str:
     return f"{low_text}–{high_text} {shown}"
 
 
-def histogram(values: Iterable[float], edges: Sequence[float], unit: str) -> list[Bucket]:
+Weighted = tuple[float, int]  # a value, and how many calls or replies had it
+
+
+def histogram(values: Iterable[Weighted], edges: Sequence[float], unit: str) -> list[Bucket]:
     """Values counted into [edges[i], edges[i+1]) and a last, open bucket."""
     counts = [0] * len(edges)
-    for value in values:
-        index = max(0, sum(1 for edge in edges[1:] if value >= edge))
-        counts[index] += 1
+    for value, count in values:
+        counts[bisect_right(edges, value, lo=1) - 1] += count
     bounds = [*edges[1:], None]
     return [
         Bucket(_label(low, high, unit), low, high, count)
@@ -74,12 +88,18 @@ def histogram(values: Iterable[float], edges: Sequence[float], unit: str) -> lis
     ]
 
 
-def percentile(values: Sequence[float], share: float) -> float | None:
+def percentile(values: Sequence[Weighted], share: float) -> float | None:
     """The nearest-rank percentile (`share` of 1) of `values`, None of none."""
-    if not values:
-        return None
     ordered = sorted(values)
-    return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
+    total = sum(count for _, count in ordered)
+    if not total:
+        return None
+    rank, seen = max(1, math.ceil(share * total)), 0
+    for value, count in ordered:
+        seen += count
+        if seen >= rank:
+            return value
+    return ordered[-1][0]
 
 
 def overview_days(now: datetime, days: int = OVERVIEW_DAYS) -> list[str]:
@@ -89,28 +109,25 @@ def overview_days(now: datetime, days: int = OVERVIEW_DAYS) -> list[str]:
 
 
 def summarize(
-    runs: Iterable[dict[str, Any]],
-    latencies_ms: Iterable[float],
+    calls: Iterable[dict[str, Any]],
+    durations: Sequence[Weighted],
+    latencies_ms: Sequence[Weighted],
     live: list[LiveCall],
     days: list[str],
 ) -> Overview:
-    """The figures of `runs` (created_at, state, end_reason, mode, started_at,
-    duration_seconds) on `days`, with the reply latencies of their transcripts."""
+    """The figures of `calls` (day, state, end_reason, mode and how many calls) on `days`,
+    with the answered calls' durations (seconds) and their transcripts' reply latencies."""
     per_day = {outcome: [0] * len(days) for outcome in OUTCOMES}
     position = {day: index for index, day in enumerate(days)}
-    durations: list[float] = []
     failures: Counter[tuple[str, str]] = Counter()
-    for run in runs:
-        index = position.get(str(run["created_at"])[:10])
+    for group in calls:
+        index = position.get(str(group["day"]))
         if index is None:
             continue
-        outcome = outcome_of(run["state"], run["end_reason"])
-        per_day[outcome][index] += 1
+        outcome = outcome_of(group["state"], group["end_reason"])
+        per_day[outcome][index] += group["calls"]
         if outcome == "failed":
-            failures[(run["end_reason"] or "unknown", run["mode"] or "unknown")] += 1
-        if run["started_at"] and run["duration_seconds"] is not None and outcome != "live":
-            durations.append(float(run["duration_seconds"]))
-    latencies = [float(value) for value in latencies_ms]
+            failures[(group["end_reason"] or "unknown", group["mode"] or "unknown")] += group["calls"]
     totals = {outcome: sum(counts) for outcome, counts in per_day.items()}
     totals["calls"] = sum(totals.values())
     return Overview(
@@ -120,9 +137,9 @@ def summarize(
         durations=histogram(durations, DURATION_EDGES, "s"),
         duration_median=percentile(durations, 0.5),
         duration_p90=percentile(durations, 0.9),
-        latencies=histogram(latencies, LATENCY_EDGES, "ms"),
-        latency_median=percentile(latencies, 0.5),
-        latency_p90=percentile(latencies, 0.9),
+        latencies=histogram(latencies_ms, LATENCY_EDGES, "ms"),
+        latency_median=percentile(latencies_ms, 0.5),
+        latency_p90=percentile(latencies_ms, 0.9),
         failures=[(reason, provider, count) for (reason, provider), count in sorted(
             failures.items(), key=lambda item: (-item[1], item[0]))],
         live=live,
@@ -137,16 +154,21 @@ class OverviewStore(StoreBase):
         calls live now."""
         shown = overview_days(now or datetime.now(UTC), days)
         since = iso(datetime.fromisoformat(shown[0]).replace(tzinfo=UTC))
-        rows = await self._all(
-            f"""SELECT r.created_at, r.state, r.end_reason, r.mode, r.started_at,
-                       r.duration_seconds {_ORG_RUNS}""",
+        calls = await self._all(_CALLS, (organization_id, since))
+        tenths = self._db.whole_part("r.duration_seconds * 10")
+        durations = await self._all(
+            f"""SELECT {tenths} AS tenths, COUNT(*) AS calls {_ORG_RUNS}
+                AND r.started_at IS NOT NULL AND r.duration_seconds IS NOT NULL
+                AND NOT {OPEN_RUN_SQL}
+                GROUP BY {tenths}""",
             (organization_id, since),
         )
         latencies = await self._all(_REPLY_LATENCIES, (organization_id, since))
         return summarize(
-            ({key: row[key] for key in ("created_at", "state", "end_reason", "mode",
-                                        "started_at", "duration_seconds")} for row in rows),
-            (row["latency_ms"] for row in latencies),
+            [{key: row[key] for key in ("day", "state", "end_reason", "mode", "calls")}
+             for row in calls],
+            [(int(row["tenths"]) / 10, int(row["calls"])) for row in durations],
+            [(float(int(row["step"]) * LATENCY_STEP_MS), int(row["replies"])) for row in latencies],
             await self.live_calls(organization_id),
             shown,
         )

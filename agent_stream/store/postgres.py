@@ -194,6 +194,9 @@ class PostgresDatabase(Database):
         # json, not jsonb: it takes every string our JSON text may hold (\u0000 included)
         return f"({column}::json ->> '{key}')"
 
+    def whole_part(self, expression: str) -> str:
+        return f"FLOOR({expression})::bigint"  # a cast alone would round
+
     async def table_exists(self, name: str) -> bool:
         rows = await self.fetch("SELECT to_regclass(?) IS NOT NULL", (name,))
         return bool(rows and rows[0][0])

@@ -179,6 +179,9 @@ class SqliteDatabase(Database):
     def json_text(self, column: str, key: str) -> str:
         return f"json_extract({column}, '$.{key}')"
 
+    def whole_part(self, expression: str) -> str:
+        return f"CAST({expression} AS INTEGER)"  # truncates: the floor of what is not negative
+
     async def table_exists(self, name: str) -> bool:
         rows = await self.fetch("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
         return bool(rows)
