@@ -9,21 +9,27 @@ import hashlib
 import hmac
 import json
 import logging
+import os
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, unused_port
 from yarl import URL
 
 from agent_stream.config import Settings
+from agent_stream.crypto import KEY_ENV
 from agent_stream.keys import STORE, WEBHOOKS
 from agent_stream.simulator import SimulatedCall
 from agent_stream.store import Store, utcnow
 from agent_stream.webhooks import delivery
+from agent_stream.webhooks.targets import ALLOW_PRIVATE_ENV
 from tests.admin_fixtures import Operator, make_operator
 from tests.cloudonix_emulator import CloudonixEmulator
 from tests.conftest import (
@@ -39,6 +45,7 @@ from tests.conftest import (
     stored_bytes,
     until,
 )
+from tests.test_process import ROOT, wait_healthy
 
 SECRET = "whsec_test-secret-0123456789-abcdef"
 ALL_EVENTS = ["run.started", "run.completed", "run.failed"]
@@ -71,6 +78,7 @@ class Receiver:
     refuse_all: bool = False
     requests: list[Received] = field(default_factory=list)
     hanging: int = 0
+    held: list[bytes] = field(default_factory=list)  # the bodies of the requests it hangs on
     release: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -78,6 +86,7 @@ class Receiver:
         headers = dict(request.headers)
         if self.hang:
             self.hanging += 1
+            self.held.append(body)
             await self.release.wait()
             return web.Response(status=200)
         tries = sum(1 for r in self.requests if r.key == headers.get("Idempotency-Key"))
@@ -503,6 +512,42 @@ async def test_an_organization_s_many_slow_webhooks_do_not_hold_back_another_s_n
     await runs_started(store, other, 1)
     await until(lambda: len(alive.accepted()) == 1, timeout=10)  # not after 360 others
     assert dead.hanging == delivery.MAX_IN_FLIGHT_PER_ORGANIZATION  # still the cap, no more
+
+
+async def test_every_try_sends_the_body_of_the_first_even_after_a_crash_mid_attempt(
+    crash: Crash, serve_app: ServeApp, settings: Settings, receivers: Any,
+) -> None:
+    """A server is SIGKILLed in the middle of a first attempt and the run ends meanwhile;
+    the restarted instance tries again. One Idempotency-Key, one body: the run as the first
+    try saw it (the body was rendered again, with the run completed)."""
+    receiver = await receivers(hang=True)
+    store = crash.store
+    await store.create_webhook(crash.workflow.organization_id, url=receiver.url,
+                               events=["run.started"], secret=SECRET)
+    port = unused_port()
+    env = os.environ | {"AGENT_STREAM_DB": settings.database, ALLOW_PRIVATE_ENV: "1"} | (
+        {KEY_ENV: settings.secret_key} if settings.secret_key else {})
+    server = subprocess.Popen([sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)],
+                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        async with aiohttp.ClientSession() as http:
+            await wait_healthy(http, f"http://127.0.0.1:{port}", server)
+        run = await crash.open_run()
+        await until(lambda: receiver.hanging == 1)
+    finally:
+        server.kill()
+        server.communicate(timeout=30)
+    await store.finish_run(run.id, state="completed", end_reason="caller_hangup", close_code=1000)
+    await store.close()
+    receiver.hang = False
+
+    # the same instance restarted takes its claim back at once
+    await serve_app(replace(settings, port=port))
+    await until(lambda: len(receiver.accepted()) == 1)
+    (accepted,) = receiver.accepted()
+    assert accepted.body == receiver.held[0]
+    assert (accepted.json["event"], accepted.json["run"]["state"]) == ("run.started", "running")
+    check_signature(accepted)
 
 
 async def runs_started(store: Store, tenant: Tenant, count: int) -> None:

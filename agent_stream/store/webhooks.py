@@ -198,6 +198,17 @@ class WebhooksStore(StoreBase):
             for r in rows
         ]
 
+    async def keep_delivery_body(self, delivery_id: int, *, instance_id: str, body: str) -> str | None:
+        """Fix a delivery's body before its first attempt is sent, so every retry (by any
+        instance, after any crash) sends the same bytes: the body now stored (ours, or one
+        an earlier attempt fixed). None when the claim is no longer ours: send nothing."""
+        row = await self._db.write_returning(
+            """UPDATE webhook_deliveries SET body = COALESCE(body, ?)
+               WHERE id = ? AND claimed_by = ? AND state = 'pending' RETURNING body""",
+            (body, delivery_id, instance_id),
+        )
+        return None if row is None else str(row[0])
+
     async def record_attempt(
         self,
         delivery_id: int,

@@ -194,7 +194,10 @@ class WebhookSender:
             self.poke()  # a sender is free, and this webhook's next delivery may go
 
     async def _body(self, due: DueDelivery) -> str | None:
-        """The JSON of a first attempt: the event and the run as the API shows it now."""
+        """The JSON every attempt sends: fixed (stored) before the first one goes, with the
+        event and the run as the API shows it then. None when the run no longer exists."""
+        if due.body is not None:
+            return due.body
         try:
             run = await self._store.get_run_by_id(due.delivery.run_id)
         except NotFound:
@@ -206,7 +209,13 @@ class WebhookSender:
     async def _attempt(self, due: DueDelivery) -> None:
         """One POST, its outcome recorded: delivered (2xx), retried, or failed for good."""
         d = due.delivery
-        body = due.body or await self._body(due)
+        body = await self._body(due)
+        if body is not None and due.body is None:
+            kept = await self._store.keep_delivery_body(d.id, instance_id=self._instance, body=body)
+            if kept is None:
+                log.info("webhook delivery %d: claimed by another instance meanwhile", d.id)
+                return
+            body = kept
         status: int | None = None
         error: str | None = None
         started = time.monotonic()
