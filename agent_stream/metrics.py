@@ -96,8 +96,9 @@ class Metrics:
             registry=own,
         )
         self.calls_ended = Counter(
-            "agent_stream_calls_ended", "Calls whose run ended, by provider, end reason and close code.",
-            ["provider", "end_reason", "close_code"], registry=own,
+            "agent_stream_calls_ended",
+            "Calls whose run ended, by provider, the run's state, end reason and close code.",
+            ["provider", "state", "end_reason", "close_code"], registry=own,
         )
         self.rejections = Counter(
             "agent_stream_stream_rejections", "Stream connections refused before a run, by reason.",
@@ -165,11 +166,13 @@ class Metrics:
         self.calls_started.labels(label).inc()
         self.calls_live.labels(label).inc()
 
-    def call_ended(self, provider: str, end_reason: str, close_code: int) -> None:
-        """A call's run ended (whatever happened): no longer live, counted by how."""
+    def call_ended(self, provider: str, state: str, end_reason: str, close_code: int) -> None:
+        """A call's run ended (whatever happened): no longer live, counted by how. The
+        run's `state` (completed or failed) is what an alert on failing calls wants: a
+        close code does not say it (an LLM that fails mid-call still closes with 1000)."""
         label = self.provider(provider)
         reason = end_reason if end_reason in END_REASONS else OTHER
-        self.calls_ended.labels(label, reason, str(close_code)).inc()
+        self.calls_ended.labels(label, _ended_state(state), reason, str(close_code)).inc()
         self.calls_live.labels(label).dec()
 
     def calls_lost(self, end_reason: str, providers: Iterable[str | None]) -> None:
@@ -178,7 +181,7 @@ class Metrics:
         the process that held them."""
         reason = end_reason if end_reason in END_REASONS else OTHER
         for provider in providers:
-            self.calls_ended.labels(self.provider(provider), reason, NO_CLOSE_CODE).inc()
+            self.calls_ended.labels(self.provider(provider), "failed", reason, NO_CLOSE_CODE).inc()
 
     def rejected(self, reason: str, provider: str | None) -> None:
         """A connection refused before any run (`reason`: one of REJECTION_REASONS)."""
@@ -224,6 +227,11 @@ class Metrics:
                     self.worker_cpu.set(sample.value)
                 elif sample.name == "process_resident_memory_bytes":
                     self.worker_memory.set(sample.value)
+
+
+def _ended_state(state: str) -> str:
+    """A run's end state as a label: completed or failed (anything else: other)."""
+    return state if state in ("completed", "failed") else OTHER
 
 
 class CallFeed:

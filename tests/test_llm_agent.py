@@ -25,6 +25,7 @@ from agent_stream.workflow import (
 from tests.cloudonix_emulator import CloudonixEmulator
 from tests.conftest import Dial, MakeTenant, Tenant, answered, finished_run, say, until
 from tests.openai_emulator import MODEL, OpenAIEmulator, failure, start_openai_emulator, text, tool_call
+from tests.test_metrics import scrape, value
 
 API_KEY = "sk-llm-TEST-secret-0123456789abcdef"
 GLOBAL_PROMPT = "You are the front desk of Acme Dental. Be brief."
@@ -268,6 +269,9 @@ async def test_a_refused_api_key_apologises_hangs_up_and_fails_the_run(
     run = await finished_run(store, tenant)
     assert (run.state, run.end_reason) == ("failed", "llm_error")
     assert run.error == "LLM failed: the LLM endpoint answered HTTP 401 (check the API key)"
+    # counted as a failed call, though it closed with 1000 (an alert on failures reads state)
+    assert value(await scrape(client), "agent_stream_calls_ended_total", provider="cloudonix",
+                 state="failed", end_reason="llm_error", close_code="1000") == 1
     assert conversation(run)[-1] == ("agent", APOLOGY)
     assert [r.method for r in emulator.requests] == ["GET", "DELETE"]
 

@@ -168,7 +168,7 @@ async def test_a_call_shows_in_the_counters_gauge_and_histograms(
     cloudonix = {"provider": "cloudonix"}
     assert value(after, "agent_stream_calls_live", **cloudonix) == 0
     assert value(after, "agent_stream_calls_ended_total", provider="cloudonix",
-                 end_reason="transfer", close_code="1000") == 1
+                 state="completed", end_reason="transfer", close_code="1000") == 1
     # the same figures as the run's logs
     frames_out = run.logs["outbound_audio"]["media_frames_out"]
     assert value(after, "agent_stream_outbound_audio_gap_seconds_count", **cloudonix) == frames_out - 1
@@ -204,7 +204,7 @@ async def test_a_failed_validation_counts_the_provider_s_answer_and_the_4400(
     assert value(samples, "agent_stream_provider_api_requests_total", provider="cloudonix",
                  operation="validate", status="404") == 1
     assert value(samples, "agent_stream_calls_ended_total", provider="cloudonix",
-                 end_reason="handshake_failed", close_code="4400") == 1
+                 state="failed", end_reason="handshake_failed", close_code="4400") == 1
     assert value(samples, "agent_stream_validation_seconds_count", provider="cloudonix") == 1
     assert value(samples, "agent_stream_handshake_seconds_count", provider="cloudonix") == 0
     assert value(samples, "agent_stream_calls_live", provider="cloudonix") == 0
@@ -233,7 +233,7 @@ async def test_a_caller_hanging_up_ends_the_live_call(
     await finished_run(store, tenant)
     samples = await scrape(client)
     assert value(samples, "agent_stream_calls_ended_total", provider="cloudonix",
-                 end_reason="caller_hangup", close_code="1000") == 1
+                 state="completed", end_reason="caller_hangup", close_code="1000") == 1
     assert value(samples, "agent_stream_calls_live", provider="cloudonix") == 0
 
 
@@ -362,7 +362,7 @@ async def test_any_worker_answers_for_all_of_them_and_a_dead_one_leaves_the_live
             assert await call.wait_closed(timeout=30) == (1000, "call ended")
         deadline = asyncio.get_running_loop().time() + START_TIMEOUT
         while value(samples := await scraped(), "agent_stream_calls_ended_total", provider="cloudonix",
-                    end_reason="caller_hangup", close_code="1000") != len(left):
+                    state="completed", end_reason="caller_hangup", close_code="1000") != len(left):
             assert asyncio.get_running_loop().time() < deadline, "the ended calls are not counted"
             await asyncio.sleep(0.1)
         assert value(samples, "agent_stream_calls_live", provider="cloudonix") == 0

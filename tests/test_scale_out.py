@@ -108,7 +108,8 @@ async def test_a_live_instance_fails_the_runs_of_a_lost_one_and_never_a_live_one
         assert run.error == "the instance serving this call stopped answering"
         assert run.duration_seconds is not None and run.ended_at is not None
         # the watcher counts the lost call as ended, with no close code
-        lost_calls = {"provider": "cloudonix", "end_reason": "instance_lost", "close_code": "none"}
+        lost_calls = {"provider": "cloudonix", "state": "failed", "end_reason": "instance_lost",
+                      "close_code": "none"}
         assert value(await scrape(watcher), "agent_stream_calls_ended_total", **lost_calls) == 1
         # the live instance's run, older than the timeout, is untouched
         assert (await store.get_run_by_id(alive_run)).state == "running"
@@ -143,7 +144,8 @@ async def test_a_restarted_instance_fails_only_its_own_open_runs(
     assert own.instance_id == "restarting:8000:0"
     neighbour = await store.get_run_by_id(runs["neighbour:8000:0"])
     assert (neighbour.state, neighbour.end_reason) == ("running", None)
-    restarted_calls = {"provider": "cloudonix", "end_reason": "server_restarted", "close_code": "none"}
+    restarted_calls = {"provider": "cloudonix", "state": "failed", "end_reason": "server_restarted",
+                       "close_code": "none"}
     assert value(await scrape(restarted), "agent_stream_calls_ended_total", **restarted_calls) == 1
 
 

@@ -274,7 +274,8 @@ class Call:
             try:
                 await self._end(record, outcome, pipeline, connected.wire if connected else None)
             finally:
-                self.metrics.call_ended(provider.name, outcome.end_reason, outcome.close_code)
+                self.metrics.call_ended(provider.name, outcome.state, outcome.end_reason,
+                                        outcome.close_code)
                 if pipeline is not None:
                     pipeline.release()  # freed at once, not by a full collection: memory.py
 
