@@ -36,6 +36,7 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
@@ -44,6 +45,10 @@ from .errors import DatabaseUnavailable
 from .keys import METRICS, SETTINGS, STORE
 from .providers import PROVIDERS
 from .security import parse_ip, same_secret
+
+# No `*_created` series beside every counter and histogram: Prometheus stores each as a
+# series of its own, twice the series for nothing an alert reads (multiprocess mode has none).
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Where the workers of one supervisor keep their series (prometheus-client reads it at import).
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"

@@ -140,7 +140,8 @@ async def wave(calls: int, workers: int, spread: float) -> None:
                         seen[wanted[sample.name]] += sample.value
             return seen
 
-        print(f"{calls} calls arriving over {spread:g} s, {workers} worker(s); /metrics every second:")
+        print(f"{calls} calls arriving over {spread:g} s, {workers} worker(s); "
+              f"{bench.base}/metrics every second (scrape it yourself meanwhile, too):")
         print("   t   " + "  ".join(f"{name:>10}" for name in wanted.values()))
         began = time.monotonic()
         callers = asyncio.gather(*(
