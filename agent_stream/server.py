@@ -216,6 +216,7 @@ async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
         store.run_event_listeners.append(sender.poke)
         task = asyncio.create_task(sender.run(), name="webhook sender")
         yield
+        await sender.stop_claiming()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

@@ -27,7 +27,7 @@ from agent_stream.config import Settings
 from agent_stream.crypto import KEY_ENV
 from agent_stream.keys import STORE, WEBHOOKS
 from agent_stream.simulator import SimulatedCall
-from agent_stream.store import Store, utcnow
+from agent_stream.store import Store, open_store, utcnow
 from agent_stream.webhooks import delivery
 from agent_stream.webhooks.targets import ALLOW_PRIVATE_ENV
 from tests.admin_fixtures import Operator, make_operator
@@ -74,6 +74,8 @@ class Receiver:
 
     url: str = ""
     fail_first: int = 0
+    slow: float = 0.0  # seconds it takes to answer
+    arrived: int = 0  # requests that came in, answered or not yet
     hang: bool = False
     refuse_all: bool = False
     requests: list[Received] = field(default_factory=list)
@@ -82,6 +84,7 @@ class Receiver:
     release: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def handle(self, request: web.Request) -> web.Response:
+        self.arrived += 1
         body = await request.read()
         headers = dict(request.headers)
         if self.hang:
@@ -89,6 +92,7 @@ class Receiver:
             self.held.append(body)
             await self.release.wait()
             return web.Response(status=200)
+        await asyncio.sleep(self.slow)
         tries = sum(1 for r in self.requests if r.key == headers.get("Idempotency-Key"))
         status = 500 if tries < self.fail_first or self.refuse_all else 200
         self.requests.append(Received(headers, body, status))
@@ -548,6 +552,32 @@ async def test_every_try_sends_the_body_of_the_first_even_after_a_crash_mid_atte
     assert accepted.body == receiver.held[0]
     assert (accepted.json["event"], accepted.json["run"]["state"]) == ("run.started", "running")
     check_signature(accepted)
+
+
+async def test_a_server_stopping_lets_an_attempt_under_way_finish_and_records_it(
+    serve_app: ServeApp, settings: Settings, crash: Crash, receivers: Any,
+) -> None:
+    """The server stops while a receiver takes a second to answer: the stop waits for the
+    answer and records the delivery, so the next start does not send the event again (the
+    attempt was cut off, and the receiver got it twice)."""
+    receiver = await receivers(slow=1.0)
+    org_id = crash.workflow.organization_id
+    webhook = await crash.store.create_webhook(org_id, url=receiver.url, events=["run.started"],
+                                               secret=SECRET)
+    await crash.store.close()
+    first = await serve_app(settings)
+    run = await first.app[STORE].start_run(crash.workflow, crash.owner, mode="cloudonix",
+                                           initial_context={}, gathered_context={}, logs={})
+    await first.app[STORE].mark_run_running(run.id)
+    await until(lambda: receiver.arrived == 1)
+    await first.close()  # while the receiver takes its second
+    assert len(receiver.accepted()) == 1
+    store = await open_store(settings)
+    try:
+        (shown,) = await store.list_deliveries(org_id, webhook.id)
+    finally:
+        await store.close()
+    assert (shown.state, shown.attempts, shown.status_code) == ("delivered", 1, 200)
 
 
 async def runs_started(store: Store, tenant: Tenant, count: int) -> None:

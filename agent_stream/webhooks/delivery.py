@@ -56,6 +56,8 @@ CLAIM_MARGIN_SECONDS: Final = 30.0
 # Deliveries accepted or failed are forgotten after this long (checked this often).
 KEEP_DELIVERIES_DAYS: Final = 30
 PRUNE_EVERY_SECONDS: Final = 3600.0
+# At shutdown, how long attempts under way may finish (an answered one is not sent again).
+STOP_GRACE_SECONDS: Final = 5.0
 # How much of a receiver's error is kept.
 ERROR_CHARS: Final = 200
 
@@ -99,6 +101,9 @@ class WebhookSender:
         self._claimed: dict[int, DueDelivery] = {}  # claimed, not yet recorded
         self._database_down = False
         self._pruned_at = 0.0
+        self._stopping = False
+        self._idle = asyncio.Event()  # set while no claimed delivery is waiting or under way
+        self._idle.set()
 
     def poke(self) -> None:
         """A run event was written here: look for deliveries now."""
@@ -128,9 +133,20 @@ class WebhookSender:
                 with contextlib.suppress(DatabaseUnavailable):
                     await self._store.release_claims(self._instance, unfinished)
 
+    async def stop_claiming(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """At shutdown: claim nothing more and give the attempts under way up to `grace`
+        seconds to finish and be recorded, so a receiver that answers is not sent the same
+        event again by the next start. Those still going then are cut off by the cancel."""
+        self._stopping = True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self._idle.wait()
+
     async def _dispatch(self) -> None:
         """Claim what the senders can take (fairly) and queue it; a database that does not
         answer is waited out."""
+        if self._stopping:
+            return
         try:
             await self._prune()
             free = QUEUE_SIZE - len(self._claimed)
@@ -170,6 +186,7 @@ class WebhookSender:
             self._database_down = False
         for due_delivery in claimed:
             self._claimed[due_delivery.delivery.id] = due_delivery
+            self._idle.clear()
             self._queue.put_nowait(due_delivery)  # never full: claimed no more than it holds
 
     async def _prune(self) -> None:
@@ -191,6 +208,8 @@ class WebhookSender:
             except Exception:
                 log.exception("webhook delivery %d failed", due.delivery.id)
             self._claimed.pop(due.delivery.id, None)
+            if not self._claimed:
+                self._idle.set()
             self.poke()  # a sender is free, and this webhook's next delivery may go
 
     async def _body(self, due: DueDelivery) -> str | None:
