@@ -249,9 +249,12 @@ class CallFeed:
         self._gaps_taken = 0
         self._replies_taken = 0
 
-    def take(self, gaps: Sequence[float], replies_ms: Sequence[int]) -> None:
-        new_gaps = sorted(gaps[self._gaps_taken:])
+    def take(self, gaps: Sequence[float], later_gaps: list[float], replies_ms: Sequence[int]) -> None:
+        """`gaps` only grows (what is new is past what was taken); `later_gaps` (a long
+        call's, past those it keeps) is emptied."""
+        new_gaps = sorted([*gaps[self._gaps_taken:], *later_gaps])
         self._gaps_taken = len(gaps)
+        later_gaps.clear()
         add_sorted(self._gaps, new_gaps)
         new_replies = sorted(ms / 1000 for ms in replies_ms[self._replies_taken:])
         self._replies_taken = len(replies_ms)

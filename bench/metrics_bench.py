@@ -83,7 +83,7 @@ def per_frame_costs() -> dict[str, float]:
                     gaps.append(now - last)
                 last = now
             took = time.perf_counter()
-            feed.take(gaps, replies)
+            feed.take(gaps, [], replies)
             taking += time.perf_counter() - took
         framing = time.perf_counter() - began - taking
         return framing, taking

@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent_stream.config import Settings
 from agent_stream.metrics import GAP_BUCKETS, add_sorted
+from agent_stream.pipeline import transport
 from agent_stream.server import create_app, runner_options
 from agent_stream.simulator import SimulatedCall, connect, stream_url, tone_ulaw
 from agent_stream.store import Store
@@ -190,6 +191,24 @@ async def test_a_call_shows_in_the_counters_gauge_and_histograms(
     assert value(after, "agent_stream_provider_api_requests_total", provider="cloudonix",
                  operation="transfer", status="200") == 1
     assert [r.method for r in emulator.requests].count("POST") == 1
+
+
+async def test_a_long_call_s_gaps_past_those_it_keeps_still_reach_the_histogram_and_its_logs(
+    client: TestClient, dial: Dial, tenant: Tenant, store: Store, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A call keeps 100,000 gaps (33 minutes of agent audio) for its run's percentiles; the
+    histogram stopped there, and the frame count with it. Here it keeps 20."""
+    monkeypatch.setattr(transport, "KEPT_GAPS", 20)
+    call = await answered(dial, tenant.workflow.uuid)
+    await until(lambda: "utt-1" in call.marks)  # the whole greeting went out: ~200 frames
+    await call.press("0")
+    assert await call.wait_closed(timeout=20) == (1000, "call transferred")
+    run = await finished_run(store, tenant)
+    frames_out = run.logs["outbound_audio"]["media_frames_out"]
+    assert frames_out > 100  # all of them counted, not the 20 kept
+    after = await scrape(client)
+    assert value(after, "agent_stream_outbound_audio_gap_seconds_count",
+                 provider="cloudonix") == frames_out - 1
 
 
 async def test_a_failed_validation_counts_the_provider_s_answer_and_the_4400(

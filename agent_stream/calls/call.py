@@ -513,7 +513,8 @@ class Call:
     def _feed_metrics(self, pipeline: CallPipeline) -> None:
         """The gaps and replies measured since the last time, to the histograms."""
         if self._feed is not None:
-            self._feed.take(pipeline.transport.output().gaps, pipeline.transcript.replies_ms)
+            output = pipeline.transport.output()
+            self._feed.take(output.gaps, output.later_gaps, pipeline.transcript.replies_ms)
 
     async def close_socket(self, code: int, reason: str) -> None:
         """Send our close frame (once); a peer that is already gone is only logged."""
@@ -600,14 +601,15 @@ def _no_configuration(provider: Provider, organization_id: int) -> TelephonyConf
 
 def _gap_summary(pipeline: CallPipeline) -> dict[str, Any]:
     """Outbound pacing as the provider saw it: gaps between media messages while speaking."""
-    gaps = sorted(pipeline.transport.output().gaps)
+    output = pipeline.transport.output()
+    gaps = sorted(output.gaps)
     if not gaps:
         return {"media_frames_out": 0}
-    return {
-        "media_frames_out": len(gaps) + 1,
+    return {  # percentiles of the kept gaps (KEPT_GAPS); count and maximum of them all
+        "media_frames_out": len(gaps) + output.later_gap_count + 1,
         "gap_p50_ms": round(gaps[len(gaps) // 2] * 1000, 1),
         "gap_p99_ms": round(gaps[min(len(gaps) - 1, int(len(gaps) * 0.99))] * 1000, 1),
-        "gap_max_ms": round(gaps[-1] * 1000, 1),
+        "gap_max_ms": round(max(gaps[-1], output.later_gap_max) * 1000, 1),
     }
 
 

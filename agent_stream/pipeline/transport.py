@@ -54,6 +54,11 @@ IDLE_RESET_SECONDS: Final = 0.2
 PREROLL_FRAMES: Final = 15
 # Agent speech queued for the speaker at most; a longer utterance waits for room as it plays.
 MAX_QUEUED_SPEECH_SECONDS: Final = 20.0
+# Outbound gaps kept for the run's percentiles (about 33 minutes of agent audio); a
+# longer call's later gaps still count, reach the metrics and its maximum.
+KEPT_GAPS: Final = 100_000
+# Later gaps held for the metrics at most: their feed empties them every 5 s (~250).
+LATER_GAPS_HELD: Final = 10_000
 
 
 class AiohttpWebsocketParams(TransportParams):
@@ -144,6 +149,11 @@ class OutputTransport(BaseOutputTransport):
         self._next_send_time = 0.0
         self.send_failures = 0
         self.gaps: list[float] = []  # seconds between media sends while speaking
+        # Gaps past KEPT_GAPS: counted and handed to the metrics (their feed empties this),
+        # not kept for the run's percentiles.
+        self.later_gaps: list[float] = []
+        self.later_gap_count = 0
+        self.later_gap_max = 0.0
         self._last_send = 0.0
         # (20 ms of PCM, None) or (None, mark name), in the order they go out
         self._speech: deque[tuple[bytes | None, str | None]] = deque()
@@ -265,8 +275,11 @@ class OutputTransport(BaseOutputTransport):
             # a packetizing provider (Exotel's 100 ms) sends every few chunks: it gets them
             # at once, then a pause as long as the audio sent; gaps are between sends
             now = time.monotonic()
-            if self._last_send and len(self.gaps) < 100_000:
-                self.gaps.append(now - self._last_send)
+            if self._last_send:
+                if len(self.gaps) < KEPT_GAPS:
+                    self.gaps.append(now - self._last_send)
+                else:
+                    self._later_gap(now - self._last_send)
             self._last_send = now
             packetizer = serializer.packetizer
             seconds = (self._packet_seconds(len(messages)) if packetizer is not None
@@ -279,6 +292,13 @@ class OutputTransport(BaseOutputTransport):
         serializer = self._serializer
         assert serializer is not None and serializer.packetizer is not None
         return packets * serializer.packetizer.size / serializer.codec.bytes_per_second
+
+    def _later_gap(self, gap: float) -> None:
+        """A gap of a long call, past the ones kept: counted, and on to the metrics."""
+        self.later_gap_count += 1
+        self.later_gap_max = max(self.later_gap_max, gap)
+        if len(self.later_gaps) < LATER_GAPS_HELD:
+            self.later_gaps.append(gap)
 
     def _sent(self) -> None:
         """The audio the wire held went out: now it is recorded and in the transcript."""
