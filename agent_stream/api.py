@@ -650,7 +650,8 @@ def api_document(app: web.Application) -> dict[str, Any]:
     return build_document(
         app, title="Agent Stream management API", version="1",
         description="Agents (workflows), telephony configurations, runs and their recordings, "
-                    "scoped to the API key's organization. Errors are JSON `{\"error\": ...}`.",
+                    "refused streams, and webhooks with their deliveries, scoped to the API "
+                    "key's organization. Errors are JSON `{\"error\": ...}`.",
         common=COMMON_ANSWERS,
     )
 

@@ -235,6 +235,7 @@ async def _speech_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _close_live_calls(app: web.Application) -> None:
     """On shutdown: stop taking streams, close live calls with 1001, let their runs finish."""
+    log.info("shutting down: no new calls; live ones are closed and their runs finished")
     await app[CALLS].shutdown(SHUTDOWN_GRACE_SECONDS)
 
 

@@ -146,6 +146,7 @@ async def test_serve_then_sigterm_closes_live_calls_and_finishes_runs(
     assert (state, end_reason, close_code) == ("completed", "server_shutdown", 1001)
     assert ended is not None
     assert (db.parent / "recordings" / "1.wav").exists()
+    assert "shutting down: no new calls" in stderr and "closing 1 live call(s)" in stderr
 
     # the logs name the agent only by its first block, and never the token or key
     assert f"/api/v1/agent-stream/{agent_uuid[:8]}…?provider=cloudonix" in stderr
