@@ -67,8 +67,17 @@ def starter_definition() -> dict[str, Any]:
     return copy.deepcopy(STARTER_DEFINITION)
 
 
-def validate_definition(definition: Any) -> list[str]:
-    """Every problem of a definition, in plain words; an empty list means it is valid."""
+def validate_definition(definition: Any, *, saving: bool = True) -> list[str]:
+    """Every problem of a definition, in plain words; an empty list means it is valid.
+    A definition being saved must also keep its one-line fields to one line; one stored
+    before that rule (a call starting runs it: `saving=False`) is run as it is."""
+    problems = _structure_problems(definition)
+    if saving and isinstance(definition, dict):
+        problems.extend(_one_line_problems(definition))
+    return problems
+
+
+def _structure_problems(definition: Any) -> list[str]:
     if not isinstance(definition, dict):
         return ["definition must be a JSON object"]
     problems: list[str] = []
@@ -99,7 +108,6 @@ def validate_definition(definition: Any) -> list[str]:
         for key in ("language", "voice"):
             if settings.get(key) is not None and not isinstance(settings.get(key), str):
                 problems.append(f"settings.{key} must be text")
-        problems.extend(_one_line_problems(settings, ("language", "voice"), "settings"))
         problems.extend(_engine_problems(settings))
         problems.extend(_speech_problems(settings, "stt", STT_PROVIDERS))
         problems.extend(_speech_problems(settings, "tts", TTS_PROVIDERS))
@@ -115,8 +123,6 @@ def validate_definition(definition: Any) -> list[str]:
         if not isinstance(node_id, str) or not node_id:
             problems.append(f"{where}.id must be a non-empty string")
             continue
-        if not one_line(node_id):
-            problems.append(f"{where}.id {ONE_LINE}")
         where = f"node {node_id!r}"
         if node_id in ids:
             problems.append(f"duplicate node id {node_id!r}")
@@ -131,7 +137,6 @@ def validate_definition(definition: Any) -> list[str]:
         for text_key in ("say", "prompt", "destination"):
             if node.get(text_key) is not None and not isinstance(node.get(text_key), str):
                 problems.append(f"{where}.{text_key} must be text")
-        problems.extend(_one_line_problems(node, ("destination",), where))
         if node.get("interruptible") is not None and not isinstance(node.get("interruptible"), bool):
             problems.append(f"{where}.interruptible must be true or false")
     if not starts:
@@ -219,7 +224,6 @@ def _engine_problems(settings: dict[str, Any]) -> list[str]:
         problems.append("settings.llm.model is required when settings.engine is llm")
     if llm.get("api_key") is not None and not isinstance(llm.get("api_key"), str):
         problems.append("settings.llm.api_key must be text")
-    problems.extend(_one_line_problems(llm, ("base_url", "model", "api_key"), "settings.llm"))
     return problems
 
 
@@ -242,18 +246,36 @@ def _speech_problems(settings: dict[str, Any], section: str, providers: tuple[st
     for key in ("model", "voice", "api_key"):
         if speech.get(key) is not None and not isinstance(speech.get(key), str):
             problems.append(f"{where}.{key} must be text")
-    problems.extend(_one_line_problems(speech, ("base_url", "model", "voice", "api_key"), where))
     return problems
 
 
-def _one_line_problems(section: dict[str, Any], keys: tuple[str, ...], where: str) -> list[str]:
-    """The `keys` of `section` that are text holding a control character: a name, a model,
-    a key or an address ends up in an HTTP header, a provider's XML or a log line, where a
-    line break or a NUL breaks it (spoken text, `say` and `prompt`, is kept as given)."""
-    return [
-        f"{where}.{key} {ONE_LINE}" for key in keys
-        if isinstance(section.get(key), str) and not one_line(section[key])
-    ]
+def _one_line_problems(definition: dict[str, Any]) -> list[str]:
+    """The one-line fields holding a control character: a node's id or transfer
+    destination, the voice and language, an LLM's or speech vendor's address, model, voice
+    and key. They end up in a log line, a provider's XML or an HTTP header, where a line
+    break or a NUL breaks it (spoken text, `say` and `prompt`, is kept as given)."""
+    fields: list[tuple[str, Any]] = []
+    settings = definition.get("settings")
+    if isinstance(settings, dict):
+        fields += [(f"settings.{key}", settings.get(key)) for key in ("language", "voice")]
+        llm = settings.get("llm")
+        if isinstance(llm, dict):
+            fields += [(f"settings.llm.{key}", llm.get(key))
+                       for key in ("base_url", "model", "api_key")]
+        for section in ("stt", "tts"):
+            speech = settings.get(section)
+            if isinstance(speech, dict):
+                fields += [(f"settings.{section}.{key}", speech.get(key))
+                           for key in ("base_url", "model", "voice", "api_key")]
+    nodes = definition.get("nodes")
+    for index, node in enumerate(nodes if isinstance(nodes, list) else []):
+        if isinstance(node, dict):
+            node_id = node.get("id")
+            fields.append((f"nodes[{index}].id", node_id))
+            where = f"node {node_id!r}" if isinstance(node_id, str) and node_id else f"nodes[{index}]"
+            fields.append((f"{where}.destination", node.get("destination")))
+    return [f"{name} {ONE_LINE}" for name, value in fields
+            if isinstance(value, str) and not one_line(value)]
 
 
 def _speech_section(value: Any) -> dict[str, Any] | None:

@@ -254,6 +254,29 @@ async def test_one_line_fields_of_a_definition_refuse_control_characters(
     assert [w.name for w in await store.list_workflows(tenant.org_id)] == [tenant.workflow.name]
 
 
+async def test_an_agent_saved_before_the_one_line_rule_still_takes_calls(
+    client: TestClient, tenant: Tenant, store: Store, dial: Dial
+) -> None:
+    """A definition stored when a line break in a destination was accepted is run as it
+    is (refusing its calls would break an agent that worked); saving or publishing it
+    again asks for the field to be mended."""
+    definition = starter_definition()
+    definition["nodes"][2]["destination"] = "+15555550123\n"
+    await store.update_workflow(tenant.org_id, tenant.workflow.uuid, definition=definition)
+    call = await dial(tenant.workflow.uuid)
+    await call.handshake()
+    await call.hang_up()
+    assert (await call.wait_closed())[0] == 1000
+    run_id = await latest_run_id(store, tenant.org_id, wait=5)
+    assert run_id is not None
+    run = await wait_for_state(store, run_id, "completed", "failed")
+    assert (run.state, run.end_reason) == ("completed", "caller_hangup")
+    path = f"/api/v1/workflows/{tenant.workflow.uuid}"
+    response = await client.post(f"{path}/publish", headers=tenant.headers)
+    assert (await body_of(response, 400))["problems"] == [
+        "node 'human'.destination must be one line, without control characters"]
+
+
 async def test_invalid_definition_in_a_patch_keeps_the_saved_version(
     client: TestClient, tenant: Tenant, store: Store
 ) -> None:

@@ -350,7 +350,7 @@ class Call:
         """The engine for this workflow: scripted unless an LLM endpoint is configured."""
         assert self._workflow is not None
         definition = self._workflow.live_definition
-        problems = validate_definition(definition)
+        problems = validate_definition(definition, saving=False)
         if problems:
             raise StreamError(f"invalid workflow definition: {problems[0]}")
         speech = self.request.app[SPEECH]
