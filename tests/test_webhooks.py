@@ -43,6 +43,7 @@ from tests.conftest import (
     open_call,
     short_call,
     stored_bytes,
+    stored_rows,
     until,
 )
 from tests.test_process import ROOT, wait_healthy
@@ -578,6 +579,48 @@ async def test_a_server_stopping_lets_an_attempt_under_way_finish_and_records_it
     finally:
         await store.close()
     assert (shown.state, shown.attempts, shown.status_code) == ("delivered", 1, 200)
+
+
+async def test_a_stopping_server_starts_no_queued_attempt_and_gives_its_claim_back(
+    serve_app: ServeApp, settings: Settings, crash: Crash, receivers: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One sender, busy with a slow receiver's run.started while run.completed waits in
+    its queue: the stop lets the first finish, does not start the second (it would be cut
+    off, and sent twice), and gives its claim back so the next start sends it at once."""
+    monkeypatch.setattr(delivery, "SENDERS", 1)
+    receiver = await receivers(slow=1.0)
+    org_id = crash.workflow.organization_id
+    webhook = await crash.store.create_webhook(org_id, url=receiver.url, events=ALL_EVENTS,
+                                               secret=SECRET)
+    await crash.store.close()
+    first = await serve_app(settings)
+    store = first.app[STORE]
+    run = await store.start_run(crash.workflow, crash.owner, mode="cloudonix",
+                                initial_context={}, gathered_context={}, logs={})
+    await store.mark_run_running(run.id)
+    await until(lambda: receiver.arrived == 1)
+    await store.finish_run(run.id, state="completed", end_reason="caller_hangup", close_code=1000)
+
+    async def queued() -> None:  # the second is claimed while the only sender is busy
+        while True:
+            if len(await claimed_by(settings, webhook.id)) == 2:
+                return
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(queued(), 5)
+    await first.close()
+    assert receiver.arrived == 1 and receiver.events() == ["run.started"]
+    assert await claimed_by(settings, webhook.id) == []  # given back
+    await serve_app(settings)
+    await until(lambda: receiver.events() == ["run.completed", "run.started"], timeout=5)
+
+
+async def claimed_by(settings: Settings, webhook_id: int) -> list[str]:
+    """Who holds a claim on a pending delivery of the webhook, read past the app."""
+    rows = await stored_rows(settings, f"""SELECT claimed_by FROM webhook_deliveries
+        WHERE webhook_id = {int(webhook_id)} AND state = 'pending' AND claimed_by IS NOT NULL""")
+    return [str(row[0]) for row in rows]
 
 
 async def runs_started(store: Store, tenant: Tenant, count: int) -> None:

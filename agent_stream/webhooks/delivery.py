@@ -102,7 +102,8 @@ class WebhookSender:
         self._database_down = False
         self._pruned_at = 0.0
         self._stopping = False
-        self._idle = asyncio.Event()  # set while no claimed delivery is waiting or under way
+        self._under_way = 0  # attempts being sent
+        self._idle = asyncio.Event()  # set while none is
         self._idle.set()
 
     def poke(self) -> None:
@@ -128,15 +129,16 @@ class WebhookSender:
             for task in senders:
                 task.cancel()
             await asyncio.gather(*senders, return_exceptions=True)
-            unfinished = list(self._claimed)
-            if unfinished:
-                with contextlib.suppress(DatabaseUnavailable):
-                    await self._store.release_claims(self._instance, unfinished)
+            # every claim of ours: those queued or cut off, and one a claim in flight when
+            # the cancel came may have written without our knowing
+            with contextlib.suppress(DatabaseUnavailable):
+                await self._store.release_claims(self._instance)
 
     async def stop_claiming(self, grace: float = STOP_GRACE_SECONDS) -> None:
-        """At shutdown: claim nothing more and give the attempts under way up to `grace`
-        seconds to finish and be recorded, so a receiver that answers is not sent the same
-        event again by the next start. Those still going then are cut off by the cancel."""
+        """At shutdown: claim nothing more, start no queued attempt, and give the attempts
+        under way up to `grace` seconds to finish and be recorded, so a receiver that
+        answers is not sent the same event again. Those still going then are cut off by
+        the cancel; the queued ones' claims are given back by `run`."""
         self._stopping = True
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
@@ -186,7 +188,6 @@ class WebhookSender:
             self._database_down = False
         for due_delivery in claimed:
             self._claimed[due_delivery.delivery.id] = due_delivery
-            self._idle.clear()
             self._queue.put_nowait(due_delivery)  # never full: claimed no more than it holds
 
     async def _prune(self) -> None:
@@ -199,6 +200,10 @@ class WebhookSender:
     async def _sender(self) -> None:
         while True:
             due = await self._queue.get()
+            if self._stopping:
+                continue  # left claimed: run() gives every claim of ours back
+            self._under_way += 1
+            self._idle.clear()
             try:
                 await self._attempt(due)
             except asyncio.CancelledError:
@@ -207,9 +212,11 @@ class WebhookSender:
                 log.warning("webhook delivery %d: outcome not recorded: %s", due.delivery.id, exc)
             except Exception:
                 log.exception("webhook delivery %d failed", due.delivery.id)
+            finally:
+                self._under_way -= 1
+                if not self._under_way:
+                    self._idle.set()
             self._claimed.pop(due.delivery.id, None)
-            if not self._claimed:
-                self._idle.set()
             self.poke()  # a sender is free, and this webhook's next delivery may go
 
     async def _body(self, due: DueDelivery) -> str | None:
