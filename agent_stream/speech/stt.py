@@ -57,9 +57,9 @@ def grammar_for(phrases: tuple[str, ...]) -> tuple[str, str]:
 def _init_worker(priority: DecoderPriority) -> None:
     """Set up the decoder process. Ctrl-C is the server's to handle: the worker ends when
     the server shuts its pool down, without a traceback. The one-off start (~0.7 s of CPU:
-    numpy, the acoustic model) runs at normal priority and only then does the process
-    yield: on a busy machine an idle-priority start could take longer than a caller waits
-    for an answer (seen in CI as a first decode timing out)."""
+    numpy, the acoustic model) runs at normal priority and only then does the process take
+    its `priority`: on a busy machine an idle-priority start could take longer than a
+    caller waits for an answer (seen in CI as a first decode timing out)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_the_server()
     import numpy  # noqa: F401  (decode's first import, paid here)
@@ -91,9 +91,9 @@ def _take_priority(priority: DecoderPriority) -> None:
     try:
         if priority == "idle":
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        else:
-            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+        else:  # niceness first: the policy then reads as done once it is batch
             os.nice(19)
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     except (AttributeError, OSError):
         with contextlib.suppress(OSError):
             os.nice(19)
