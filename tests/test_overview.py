@@ -49,8 +49,15 @@ async def test_the_overview_sums_up_the_organizations_calls_of_today(
 async def test_the_overview_counts_days_in_utc_and_only_the_last_thirty(
     store: Store, tenant: Tenant
 ) -> None:
-    await stored_call(store, tenant, seconds=20)
+    await stored_call(store, tenant, seconds=20,
+                      transcript=lines(("caller", 0, 1000), ("agent", 1400, 2000)))
     now = datetime.now(UTC)
+
+    # seen from three days before, today's call is after the days shown: in no figure
+    days_before = await store.organization_overview(tenant.org_id, now=now - timedelta(days=3))
+    assert days_before.totals["calls"] == 0
+    assert sum(b.count for b in days_before.durations) == 0 and days_before.duration_median is None
+    assert sum(b.count for b in days_before.latencies) == 0 and days_before.latency_median is None
 
     three_days_on = await store.organization_overview(tenant.org_id, now=now + timedelta(days=3))
     assert three_days_on.calls_per_day["completed"][-4:] == [1, 0, 0, 0]

@@ -25,8 +25,10 @@ DURATION_EDGES: Final = (0, 15, 30, 60, 120, 300, 600)
 LATENCY_EDGES: Final = (0, 300, 600, 900, 1200, 1600, 2000, 3000)
 LIVE_LIMIT: Final = 100
 
+# An organization's runs created in [since, until): the days shown, no later (a skewed
+# clock's future run, a `now` in the past).
 _ORG_RUNS: Final = """FROM workflow_runs r JOIN workflows w ON w.id = r.workflow_id
-                      WHERE w.organization_id = ? AND r.created_at >= ?"""
+                      WHERE w.organization_id = ? AND r.created_at >= ? AND r.created_at < ?"""
 
 # A reply: an agent line right after a caller line of the same run's transcript; its
 # latency is the silence between them (an agent line that overlaps the caller's is none).
@@ -39,7 +41,7 @@ _REPLY_LATENCIES: Final = f"""
                LAG(l.end_ms) OVER (PARTITION BY l.run_id ORDER BY l.seq) AS previous_end
         FROM run_transcript_lines l JOIN workflow_runs r ON r.id = l.run_id
         JOIN workflows w ON w.id = r.workflow_id
-        WHERE w.organization_id = ? AND r.created_at >= ?
+        WHERE w.organization_id = ? AND r.created_at >= ? AND r.created_at < ?
     ) t
     WHERE t.role = 'agent' AND t.previous_role = 'caller' AND t.start_ms >= t.previous_end
     GROUP BY (t.start_ms - t.previous_end) / {LATENCY_STEP_MS}
@@ -154,16 +156,18 @@ class OverviewStore(StoreBase):
         calls live now."""
         shown = overview_days(now or datetime.now(UTC), days)
         since = iso(datetime.fromisoformat(shown[0]).replace(tzinfo=UTC))
-        calls = await self._all(_CALLS, (organization_id, since))
+        until = iso(datetime.fromisoformat(shown[-1]).replace(tzinfo=UTC) + timedelta(days=1))
+        period = (organization_id, since, until)
+        calls = await self._all(_CALLS, period)
         tenths = self._db.whole_part("r.duration_seconds * 10")
         durations = await self._all(
             f"""SELECT {tenths} AS tenths, COUNT(*) AS calls {_ORG_RUNS}
                 AND r.started_at IS NOT NULL AND r.duration_seconds IS NOT NULL
                 AND NOT {OPEN_RUN_SQL}
                 GROUP BY {tenths}""",
-            (organization_id, since),
+            period,
         )
-        latencies = await self._all(_REPLY_LATENCIES, (organization_id, since))
+        latencies = await self._all(_REPLY_LATENCIES, period)
         return summarize(
             [{key: row[key] for key in ("day", "state", "end_reason", "mode", "calls")}
              for row in calls],
