@@ -47,7 +47,8 @@ QUICK_EXIT_SECONDS: Final = 10.0
 # stops, for whoever supervises the parent to see), rather than restart it forever.
 GIVE_UP_AFTER_QUICK_EXITS: Final = 5
 # How long a drain may take: longer than a worker's own (SHUTDOWN_GRACE_SECONDS for live
-# calls, then run_app's shutdown_timeout for requests in flight). Past it, SIGKILL.
+# calls, run_app's shutdown_timeout for requests in flight, then the webhook attempts under
+# way: delivery.STOP_GRACE_SECONDS). Past it, SIGKILL.
 DRAIN_DEADLINE_SECONDS: Final = 45.0
 
 
