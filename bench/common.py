@@ -25,6 +25,17 @@ from tests.provider_kits import Kit  # noqa: E402
 DOMAIN = "bench.cloudonix.net"
 TOKEN = "bench-token-0000000000"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# How often `ticker` asks the event loop to wake it.
+TICK_SECONDS = 0.005
+
+
+async def ticker(lags: list[float], stop: asyncio.Event) -> None:
+    """How late the loop wakes a task that asked to sleep TICK_SECONDS."""
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        asked = loop.time()
+        await asyncio.sleep(TICK_SECONDS)
+        lags.append(loop.time() - asked - TICK_SECONDS)
 
 
 def cpu_seconds(pid: int) -> float:

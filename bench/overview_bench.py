@@ -24,26 +24,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import asyncpg  # noqa: E402
+from common import TICK_SECONDS, ticker  # noqa: E402
 from cryptography.fernet import Fernet  # noqa: E402
 
 from agent_stream.crypto import SecretKey  # noqa: E402
 from agent_stream.store import Store  # noqa: E402
 from agent_stream.workflow import starter_definition  # noqa: E402
 
-TICK_SECONDS = 0.005
 LINES_PER_RUN = 8
 RUN_COLUMNS = ("id", "workflow_id", "name", "call_type", "mode", "state", "created_at",
                "started_at", "ended_at", "duration_seconds", "end_reason")
 LINE_COLUMNS = ("run_id", "seq", "role", "text", "start_ms", "end_ms")
-
-
-async def ticker(lags: list[float], stop: asyncio.Event) -> None:
-    """How late the loop wakes a task that asked to sleep TICK_SECONDS."""
-    loop = asyncio.get_running_loop()
-    while not stop.is_set():
-        asked = loop.time()
-        await asyncio.sleep(TICK_SECONDS)
-        lags.append(loop.time() - asked - TICK_SECONDS)
 
 
 def month_of_calls(workflow_id: int, count: int) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:

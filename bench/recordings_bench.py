@@ -27,20 +27,11 @@ import subprocess  # noqa: E402
 
 from aiobotocore.session import get_session  # noqa: E402
 from aiohttp.test_utils import unused_port  # noqa: E402
+from common import TICK_SECONDS, ticker  # noqa: E402
 
 from agent_stream.recordings.s3 import S3Recordings  # noqa: E402
 
-TICK_SECONDS = 0.005
 BUCKET = "bench-recordings"
-
-
-async def ticker(lags: list[float], stop: asyncio.Event) -> None:
-    """How late the loop wakes a task that asked to sleep TICK_SECONDS."""
-    loop = asyncio.get_running_loop()
-    while not stop.is_set():
-        asked = loop.time()
-        await asyncio.sleep(TICK_SECONDS)
-        lags.append(loop.time() - asked - TICK_SECONDS)
 
 
 def make_wav(path: Path, minutes: float) -> int:
