@@ -244,3 +244,5 @@ class DueDelivery:
     url: str
     secret: str
     body: str | None  # the JSON of the first attempt, when there was one
+    run_name: str = ""  # for the log lines about the attempt ("" when the run is gone)
+    agent_uuid: str = ""

@@ -26,6 +26,7 @@ from yarl import URL
 from agent_stream.config import Settings
 from agent_stream.crypto import KEY_ENV
 from agent_stream.keys import STORE, WEBHOOKS
+from agent_stream.logs import CallFieldsFilter
 from agent_stream.simulator import SimulatedCall
 from agent_stream.store import Store, open_store, utcnow
 from agent_stream.webhooks import delivery
@@ -342,6 +343,7 @@ async def test_a_call_is_reported_started_and_completed_signed_with_the_run_as_t
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="agent_stream.webhooks")
+    caplog.handler.addFilter(CallFieldsFilter())  # as the server's own handler has it
     receiver = await receivers()
     webhook = await add_webhook(client, tenant, receiver.url)
     assert await short_call(dial, tenant) == (1000, "call ended")
@@ -364,7 +366,11 @@ async def test_a_call_is_reported_started_and_completed_signed_with_the_run_as_t
 
     # logged by the receiver's origin: not its path (a Slack hook's path is its secret), its
     # query, nor the signing secret
-    sent = [r.getMessage() for r in caplog.records if r.name.startswith("agent_stream.webhooks")]
+    attempts = [r for r in caplog.records if r.name.startswith("agent_stream.webhooks")]
+    # each names the run and the agent (shortened) as a call's lines do
+    assert {(getattr(r, "run", None), getattr(r, "agent", None)) for r in attempts} == {
+        (run.name, f"{tenant.workflow.uuid[:8]}…")}
+    sent = [r.getMessage() for r in attempts]
     origin = str(URL(receiver.url).origin())
     assert sum(f" to {origin}: HTTP 200 " in line for line in sent) == 2, sent
     assert not [line for line in sent if "/hook" in line or "query-secret-123" in line]

@@ -185,8 +185,10 @@ class WebhooksStore(StoreBase):
                 return []
             rows = await db.fetch(
                 f"""SELECT {_DELIVERY_COLUMNS}, d.body, h.organization_id, h.url,
-                        h.secret AS sealed_secret
+                        h.secret AS sealed_secret, r.name AS run_name, w.uuid AS agent_uuid
                     FROM webhook_deliveries d JOIN webhooks h ON h.id = d.webhook_id
+                    LEFT JOIN workflow_runs r ON r.id = d.run_id
+                    LEFT JOIN workflows w ON w.id = r.workflow_id
                     WHERE d.id IN ({placeholders(mine)}) ORDER BY d.next_attempt_at, d.id""",
                 mine,
             )
@@ -194,6 +196,7 @@ class WebhooksStore(StoreBase):
             DueDelivery(
                 from_row(WebhookDelivery, r), int(r["organization_id"]), r["url"],
                 self._box.open(r["sealed_secret"]).get("secret", ""), r["body"],
+                r["run_name"] or "", r["agent_uuid"] or "",
             )
             for r in rows
         ]

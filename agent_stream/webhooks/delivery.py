@@ -26,7 +26,9 @@ import aiohttp
 
 from ..api import run_json
 from ..errors import DatabaseUnavailable, NotFound
+from ..logs import CALL_FIELDS
 from ..models import DueDelivery
+from ..security import short_uuid
 from ..store import Store
 from ..store.base import iso, utcnow
 from .signing import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, shown_url, signature
@@ -233,7 +235,16 @@ class WebhookSender:
                            "run": run_json(run)})
 
     async def _attempt(self, due: DueDelivery) -> None:
-        """One POST, its outcome recorded: delivered (2xx), retried, or failed for good."""
+        """One POST, its outcome recorded: delivered (2xx), retried, or failed for good. Its
+        log lines name the run and agent as a call's lines do."""
+        fields = {"run": due.run_name, "agent": short_uuid(due.agent_uuid)} if due.run_name else {}
+        about_this_run = CALL_FIELDS.set(fields)
+        try:
+            await self._send(due)
+        finally:
+            CALL_FIELDS.reset(about_this_run)
+
+    async def _send(self, due: DueDelivery) -> None:
         d = due.delivery
         body = await self._body(due)
         if body is not None and due.body is None:
