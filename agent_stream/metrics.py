@@ -176,15 +176,15 @@ class Metrics:
         run's `state` (completed or failed) is what an alert on failing calls wants: a
         close code does not say it (an LLM that fails mid-call still closes with 1000)."""
         label = self.provider(provider)
-        reason = end_reason if end_reason in END_REASONS else OTHER
-        self.calls_ended.labels(label, _ended_state(state), reason, str(close_code)).inc()
+        self.calls_ended.labels(label, _ended_state(state), _end_reason(end_reason),
+                                str(close_code)).inc()
         self.calls_live.labels(label).dec()
 
     def calls_lost(self, end_reason: str, providers: Iterable[str | None]) -> None:
         """Runs failed because their calls died with a process (`server_restarted`,
         `instance_lost`): ended calls too, with no close code. Their live count went with
         the process that held them."""
-        reason = end_reason if end_reason in END_REASONS else OTHER
+        reason = _end_reason(end_reason)
         for provider in providers:
             self.calls_ended.labels(self.provider(provider), "failed", reason, NO_CLOSE_CODE).inc()
 
@@ -232,6 +232,11 @@ class Metrics:
                     self.worker_cpu.set(sample.value)
                 elif sample.name == "process_resident_memory_bytes":
                     self.worker_memory.set(sample.value)
+
+
+def _end_reason(end_reason: str) -> str:
+    """An end reason as a label: one of ours (END_REASONS), else other."""
+    return end_reason if end_reason in END_REASONS else OTHER
 
 
 def _ended_state(state: str) -> str:

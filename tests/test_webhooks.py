@@ -573,9 +573,7 @@ async def test_a_server_stopping_lets_an_attempt_under_way_finish_and_records_it
                                                secret=SECRET)
     await crash.store.close()
     first = await serve_app(settings)
-    run = await first.app[STORE].start_run(crash.workflow, crash.owner, mode="cloudonix",
-                                           initial_context={}, gathered_context={}, logs={})
-    await first.app[STORE].mark_run_running(run.id)
+    await replace(crash, store=first.app[STORE]).open_run()
     await until(lambda: receiver.arrived == 1)
     await first.close()  # while the receiver takes its second
     assert len(receiver.accepted()) == 1
@@ -602,9 +600,7 @@ async def test_a_stopping_server_starts_no_queued_attempt_and_gives_its_claim_ba
     await crash.store.close()
     first = await serve_app(settings)
     store = first.app[STORE]
-    run = await store.start_run(crash.workflow, crash.owner, mode="cloudonix",
-                                initial_context={}, gathered_context={}, logs={})
-    await store.mark_run_running(run.id)
+    run = await replace(crash, store=store).open_run()
     await until(lambda: receiver.arrived == 1)
     await store.finish_run(run.id, state="completed", end_reason="caller_hangup", close_code=1000)
 

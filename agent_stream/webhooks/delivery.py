@@ -221,11 +221,9 @@ class WebhookSender:
             self._claimed.pop(due.delivery.id, None)
             self.poke()  # a sender is free, and this webhook's next delivery may go
 
-    async def _body(self, due: DueDelivery) -> str | None:
-        """The JSON every attempt sends: fixed (stored) before the first one goes, with the
-        event and the run as the API shows it then. None when the run no longer exists."""
-        if due.body is not None:
-            return due.body
+    async def _first_body(self, due: DueDelivery) -> str | None:
+        """The JSON of a first attempt: the event and the run as the API shows it now (every
+        later attempt sends the same, stored). None when the run no longer exists."""
         try:
             run = await self._store.get_run_by_id(due.delivery.run_id)
         except NotFound:
@@ -246,13 +244,13 @@ class WebhookSender:
 
     async def _send(self, due: DueDelivery) -> None:
         d = due.delivery
-        body = await self._body(due)
-        if body is not None and due.body is None:
-            kept = await self._store.keep_delivery_body(d.id, instance_id=self._instance, body=body)
-            if kept is None:
+        body = due.body
+        if body is None and (rendered := await self._first_body(due)) is not None:
+            body = await self._store.keep_delivery_body(d.id, instance_id=self._instance,
+                                                        body=rendered)
+            if body is None:
                 log.info("webhook delivery %d: claimed by another instance meanwhile", d.id)
                 return
-            body = kept
         status: int | None = None
         error: str | None = None
         started = time.monotonic()
